@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .direct import direct as run_direct
+from .direct import direct_reason
 from .errors import AttnlensError
 from .steering.bias import BiasPlan, apply_bias
 
@@ -97,12 +99,20 @@ def generate_batch(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     stop_at_eos: bool = True,
+    direct: bool | None = None,
 ) -> list[list[int]]:
     """Generate from token rows with bias plans built in unpadded positions.
 
     Every plan is shifted to the padded layout and installed for the whole
     generation; plans add up. Returns each row's new tokens, cut after the first
     end-of-sequence token.
+
+    ``direct``: None runs the wrapped Hugging Face model directly (see
+    :mod:`attnlens.direct`) when that computes what the bridge computes, else the
+    bridge's own ``generate``; True requires the direct run (ValueError naming
+    why not); False always uses the bridge. Greedy decoding gives the same tokens
+    either way; sampling draws from the same distribution through a different
+    sampler (Hugging Face's or the bridge's), so seeded samples differ between them.
     """
     check_generation_kwargs(
         dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
@@ -115,18 +125,28 @@ def generate_batch(
     with ExitStack() as stack, torch.no_grad():
         for plan in plans:
             stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
-        out = model.generate(
-            batch.tokens,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            stop_at_eos=stop_at_eos,
-            verbose=False,
-        )
+        reason = direct_reason(model) if direct is not False else "not asked for"
+        if reason is None:
+            hf = stack.enter_context(run_direct(model))
+            out = _hf_generate(hf, batch, eos if stop_at_eos else None, pad_id(tokenizer),
+                               max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                               top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
+        elif direct:
+            raise ValueError(f"cannot run the model directly: {reason}")
+        else:
+            logger.debug("generating through the bridge: %s", reason)
+            out = model.generate(
+                batch.tokens,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                repetition_penalty=repetition_penalty,
+                stop_at_eos=stop_at_eos,
+                verbose=False,
+            )
     new = out[:, batch.length :].tolist()
     result = []
     for row in new:
@@ -134,3 +154,28 @@ def generate_batch(
             row = row[: row.index(eos)]
         result.append(row)
     return result
+
+
+def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_tokens: int, do_sample: bool,
+                 temperature: float, top_p: float | None, top_k: int | None,
+                 repetition_penalty: float) -> torch.Tensor:
+    """Hugging Face ``generate`` with the bridge's meaning of each argument.
+
+    Explicit settings replace the model's generation defaults: no top-k unless
+    asked for, and end-of-sequence only when generation should stop at it.
+    """
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=(1.0 if top_p is None else top_p) if do_sample else None,
+        top_k=(top_k or 0) if do_sample else None,
+        repetition_penalty=repetition_penalty,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=getattr(hf.generation_config, "bos_token_id", None),
+    )
+    mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
+    return hf.generate(batch.tokens, attention_mask=mask, generation_config=config)

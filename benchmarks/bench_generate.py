@@ -4,11 +4,16 @@ Greedy decoding of a fixed number of new tokens (48 by default, end-of-sequence
 ignored so every run does the same work) from the same prompt tokens:
 
 * plain HF: ``LlamaForCausalLM.generate`` with sdpa attention, no hooks;
-* bridge, unsteered: ``TransformerBridge.generate`` through attnlens, no plan;
-* bridge, GUIDE: the same with a GUIDE plan on every layer.
+* attnlens, GUIDE: ``generate_batch`` with a GUIDE plan on every layer (what the
+  pipeline, the CLI and PASTA run: the wrapped model run directly, the bias
+  added by hooks on the bridge's ``hook_attn_scores`` points; see ``attnlens.direct``);
+* bridge, unsteered: ``TransformerBridge.generate``, no plan;
+* bridge, GUIDE: ``TransformerBridge.generate`` inside ``attnlens.guide``, every
+  call going through the bridge's wrapper modules.
 
-The three are timed in rounds (order rotated each round) in one process, and the
-script prints median times and the ratios against plain HF. Goal: GUIDE/HF <= 1.25.
+The four are timed in rounds (order rotated each round) in one process, and the
+script prints median times and the ratios against plain HF. Goal: GUIDE/HF <= 1.25
+(attnlens' generation); the bridge rows show what the wrapper modules cost.
 
 Clock: by default the process's CPU time with one torch thread, which other
 processes on a shared machine barely disturb; ``--clock wall --threads N``
@@ -26,7 +31,9 @@ import time
 import torch
 
 import attnlens as al
+from attnlens.generation import generate_batch
 from attnlens.models import load_embedded_hf
+from attnlens.pipeline import guide_plan_for
 
 PROMPT = [{"role": "user", "content": "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world. "
            "It is known for the Eiffel Tower, its museums and its cafés."}]
@@ -57,18 +64,26 @@ def main() -> None:
     def run_bridge() -> torch.Tensor:
         return bridge.generate(tokens, max_new_tokens=n, do_sample=False, stop_at_eos=False, verbose=False)
 
-    def run_guide() -> torch.Tensor:
+    def run_bridge_guide() -> torch.Tensor:
         with al.guide(bridge, [(span.start, span.end)], delta=span.delta):
             return run_bridge()
 
-    runs = {"plain HF (sdpa)": run_hf, "bridge, unsteered": run_bridge, "bridge, GUIDE": run_guide}
+    plan = guide_plan_for(bridge, prompt)
+
+    def run_attnlens() -> torch.Tensor:
+        (new,) = generate_batch(bridge, [prompt.input_ids], [plan], max_new_tokens=n, stop_at_eos=False, direct=True)
+        return torch.cat([tokens, torch.tensor([new])], dim=1)
+
+    runs = {"plain HF (sdpa)": run_hf, "attnlens, GUIDE": run_attnlens, "bridge, unsteered": run_bridge,
+            "bridge, GUIDE": run_bridge_guide}
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for fn in runs.values():  # warm-up
+        same = torch.equal(run_attnlens(), run_bridge_guide())  # also the warm-up
+        for fn in runs.values():
             fn()
         names = list(runs)
         for r in range(args.rounds):
-            for name in names[r % 3 :] + names[: r % 3]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 t0 = clock()
                 out = runs[name]()
                 times[name].append(clock() - t0)
@@ -77,13 +92,16 @@ def main() -> None:
     base = statistics.median(times["plain HF (sdpa)"])
     print(f"embedded SmolLM2-135M-Instruct, prompt {tokens.shape[1]} tokens, {n} new tokens, greedy, "
           f"{args.rounds} rounds, {torch.get_num_threads()} thread(s), {args.clock} time")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:<20} median {med:6.3f} s  ({n / med:6.1f} tok/s)  ratio vs plain HF {med / base:5.2f}")
-    guide_ratio = statistics.median(times["bridge, GUIDE"]) / base
-    print(f"GUIDE-steered / plain HF = {guide_ratio:.2f} (goal <= 1.25: {'met' if guide_ratio <= 1.25 else 'missed'})")
-    print(f"unsteered bridge / plain HF = {statistics.median(times['bridge, unsteered']) / base:.2f}")
-    print(f"GUIDE / unsteered bridge = {statistics.median(times['bridge, GUIDE']) / statistics.median(times['bridge, unsteered']):.2f}")
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, m in med.items():
+        print(f"  {name:<18} median {m:6.3f} s  ({n / m:6.1f} tok/s)  ratio vs plain HF {m / base:5.2f}")
+    guide_ratio = med["attnlens, GUIDE"] / base
+    print(f"same tokens from attnlens and bridge GUIDE generation: {same}")
+    print(f"GUIDE-steered (attnlens) / plain HF = {guide_ratio:.2f} "
+          f"(goal <= 1.25: {'met' if guide_ratio <= 1.25 else 'missed'})")
+    print(f"GUIDE-steered through bridge.generate / plain HF = {med['bridge, GUIDE'] / base:.2f}")
+    print(f"unsteered bridge / plain HF = {med['bridge, unsteered'] / base:.2f}")
+    print(f"GUIDE / unsteered, both through the bridge = {med['bridge, GUIDE'] / med['bridge, unsteered']:.2f}")
 
 
 if __name__ == "__main__":

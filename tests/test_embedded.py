@@ -75,6 +75,19 @@ def test_pipeline_steers_the_chat_example(embedded):
     assert steered["generated_text"] != plain["generated_text"]
 
 
+def test_direct_generation_equals_the_bridge_on_embedded(embedded):
+    from attnlens.generation import generate_batch
+    from attnlens.pipeline import guide_plan_for
+
+    prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=2.0),
+               al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=2.0)]
+    plans = guide_plan_for(embedded, prompts)
+    rows = [p.input_ids for p in prompts]
+    direct = generate_batch(embedded, rows, [plans], max_new_tokens=12, direct=True)
+    assert direct == generate_batch(embedded, rows, [plans], max_new_tokens=12, direct=False)
+    assert direct != generate_batch(embedded, rows, max_new_tokens=12, direct=True)
+
+
 def test_cli_generate_compare_json(embedded, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_load", lambda args: embedded)
     code = cli.main(["generate", "<!!-> Rewrite in French: <-!!> Paris is big.", "--compare", "--json",

@@ -161,8 +161,10 @@ def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_to
                  repetition_penalty: float) -> torch.Tensor:
     """Hugging Face ``generate`` with the bridge's meaning of each argument.
 
-    Explicit settings replace the model's generation defaults: no top-k unless
-    asked for, and end-of-sequence only when generation should stop at it.
+    ``generate`` fills every setting left unset from the model's own generation
+    config, so a stop token it names would end the text even with ``eos=None``;
+    the model's config is therefore replaced by this call's for its duration.
+    Sampling uses no top-k unless asked for.
     """
     from transformers import GenerationConfig
 
@@ -178,4 +180,9 @@ def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_to
         bos_token_id=getattr(hf.generation_config, "bos_token_id", None),
     )
     mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
-    return hf.generate(batch.tokens, attention_mask=mask, generation_config=config)
+    own = hf.generation_config
+    hf.generation_config = config
+    try:
+        return hf.generate(batch.tokens, attention_mask=mask, generation_config=config)
+    finally:
+        hf.generation_config = own

@@ -141,16 +141,19 @@ def test_generation_direct_equals_bridge(steerable, stop_at_eos):
 def test_generation_stops_at_eos_on_both_paths(steerable):
     rows = ROWS[:1]
     first = generate_batch(steerable, rows, max_new_tokens=5, stop_at_eos=False)[0]
-    tokenizer = steerable.tokenizer
-    original = tokenizer.eos_token
-    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first[0])  # the first new token now ends the text
+    tokenizer, config = steerable.tokenizer, steerable.original_model.generation_config
+    original = tokenizer.eos_token, config.eos_token_id
+    # the first new token now ends the text, for the tokenizer and for the model's generation defaults
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first[0])
+    config.eos_token_id = first[0]
     try:
         assert tokenizer.eos_token_id == first[0]
         for use in (True, False):
             assert generate_batch(steerable, rows, max_new_tokens=5, direct=use)[0] == []
             assert generate_batch(steerable, rows, max_new_tokens=5, direct=use, stop_at_eos=False)[0] == first
+        assert steerable.original_model.generation_config is config
     finally:
-        tokenizer.eos_token = original
+        tokenizer.eos_token, config.eos_token_id = original
 
 
 def test_sampling_is_seeded_and_honours_top_k(tiny):

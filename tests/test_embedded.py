@@ -86,6 +86,13 @@ def test_direct_generation_equals_the_bridge_on_embedded(embedded):
     direct = generate_batch(embedded, rows, [plans], max_new_tokens=12, direct=True)
     assert direct == generate_batch(embedded, rows, [plans], max_new_tokens=12, direct=False)
     assert direct != generate_batch(embedded, rows, max_new_tokens=12, direct=True)
+    # a raw text the model ends at once: without stopping, both paths go on past the end token
+    row = embedded.tokenizer("Mary is a doctor. She obtains her bachelor degree from UCSD. Answer the occupation "
+                             "of Mary and generate the answer as json format.")["input_ids"]
+    (first,) = generate_batch(embedded, [row], max_new_tokens=6, stop_at_eos=False, direct=True)
+    assert first[0] == embedded.tokenizer.eos_token_id and len(first) == 6
+    assert [first] == generate_batch(embedded, [row], max_new_tokens=6, stop_at_eos=False, direct=False)
+    assert generate_batch(embedded, [row], max_new_tokens=6, direct=True) == [[]]
 
 
 def test_cli_generate_compare_json(embedded, monkeypatch, capsys):

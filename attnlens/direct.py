@@ -129,6 +129,10 @@ def direct_reason(model: Any) -> str | None:
         return "the bridge runs in compatibility mode (processed weights)"
     if id(hf) in _active:
         return "a direct block is already active on this model"
+    try:
+        _register()
+    except ImportError as exc:  # a transformers without the attention interfaces
+        return f"this transformers cannot take a custom attention function ({exc})"
     allowed: set[int] = set()
     # the bridge's own capture hooks live on wrappers that a direct run sets aside
     internal = frozenset(

@@ -171,3 +171,16 @@ def test_fallback_is_logged(tiny, caplog):
             tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: t)]):
         generate_batch(tiny, [[1, 2, 3]], max_new_tokens=1)
     assert any("generating through the bridge" in r.getMessage() for r in caplog.records)
+
+
+def test_a_transformers_without_attention_interfaces_falls_back(tiny, monkeypatch):
+    import attnlens.direct as module
+
+    def missing():
+        raise ImportError("no AttentionInterface")
+
+    monkeypatch.setattr(module, "_register", missing)
+    assert "AttentionInterface" in direct_reason(tiny)
+    rows = [[1, 5, 9, 200]]
+    assert generate_batch(tiny, rows, max_new_tokens=3, stop_at_eos=False) == generate_batch(
+        tiny, rows, max_new_tokens=3, stop_at_eos=False, direct=False)

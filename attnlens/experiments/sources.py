@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import records
 from .runner import ExperimentError
 
 logger = logging.getLogger(__name__)
@@ -33,19 +34,7 @@ def data_file(name: str) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExperimentError(f"{path}: line {n} is not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ExperimentError(f"{path}: line {n} is not a JSON object")
-            rows.append(row)
-    return rows
+    return [row for _, row in records.read_jsonl(path, error=ExperimentError)]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..errors import AttnlensError
 from ..generation import model_device
+from ..records import read_jsonl
 from .bias import BiasPlan, apply_bias, complement, model_shape
 from .pasta import (
     HeadConfig,
@@ -160,19 +161,7 @@ class ProfileExample:
 def load_examples(path: str | os.PathLike) -> list[ProfileExample]:
     """Read examples from a JSONL file (``prompt``, ``emphasize``, ``target`` per line)."""
     file = Path(path).expanduser()
-    try:
-        lines = file.read_text().splitlines()
-    except OSError as exc:
-        raise AttnlensError(f"cannot read examples {str(file)!r}: {exc.strerror or exc}") from None
-    examples = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AttnlensError(f"{file.name}, line {number}: not valid JSON ({exc.msg})") from None
-        examples.append(ProfileExample.from_dict(data, f"{file.name}, line {number}"))
+    examples = [ProfileExample.from_dict(row, where) for where, row in read_jsonl(file, what="examples")]
     if not examples:
         raise AttnlensError(f"{str(file)!r} holds no example")
     return examples

@@ -23,7 +23,7 @@ when the body raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,6 +49,14 @@ _active: set[int] = set()
 _registered = False
 
 
+class DirectUnavailable(ValueError):
+    """The model cannot be run directly; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot run the model directly: {reason}")
+        self.reason = reason
+
+
 def _register() -> None:
     global _registered
     if _registered:
@@ -63,7 +71,7 @@ def _register() -> None:
     _registered = True
 
 
-def _has_hooks(module: nn.Module, ignore: frozenset[int] = frozenset()) -> bool:
+def _has_hooks(module: nn.Module, ignore: Collection[int] = ()) -> bool:
     return any(k not in ignore for k in module._forward_hooks) or any(
         k not in ignore for k in module._forward_pre_hooks
     )
@@ -135,10 +143,9 @@ def direct_reason(model: Any) -> str | None:
         return f"this transformers cannot take a custom attention function ({exc})"
     allowed: set[int] = set()
     # the bridge's own capture hooks live on wrappers that a direct run sets aside
-    internal = frozenset(
-        handle.id for block in model.blocks for handle in getattr(block, "_capture_hook_handles", ())
-    )
+    internal: set[int] = set()
     for block in model.blocks:
+        internal.update(handle.id for handle in getattr(block, "_capture_hook_handles", ()))
         attn = getattr(block, "attn", None)
         if attn is None or attn._modules.get("_original_component") is None:
             return "a block has no wrapped attention module"
@@ -167,17 +174,17 @@ def direct(model: Any) -> Iterator[nn.Module]:
     """Run ``model``'s wrapped Hugging Face model directly for the ``with`` block.
 
     Yields the Hugging Face model; call it or its ``generate`` inside the block.
-    Raises ``ValueError`` naming the reason when :func:`direct_reason` gives one.
+    Raises :class:`DirectUnavailable` (a ``ValueError``) naming the reason when
+    :func:`direct_reason` gives one.
     """
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-    reason = direct_reason(model)
+    reason = direct_reason(model)  # also registers the attention function
     if reason is not None:
-        raise ValueError(f"cannot run the model directly: {reason}")
-    _register()
+        raise DirectUnavailable(reason)
     hf: nn.Module = model.original_model
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
-    configs: list[tuple[Any, str]] = []
+    configs: dict[int, tuple[Any, str]] = {}  # id(config) -> (config, its implementation)
     routes = {}
     for block in model.blocks:
         attn = block.attn
@@ -203,10 +210,8 @@ def direct(model: Any) -> Iterator[nn.Module]:
                     stack.append(child)
         for module in hf.modules():
             config = getattr(module, "config", None)
-            if config is not None and hasattr(config, "_attn_implementation") and all(
-                config is not c for c, _ in configs
-            ):
-                configs.append((config, config._attn_implementation))
+            if config is not None and hasattr(config, "_attn_implementation") and id(config) not in configs:
+                configs[id(config)] = (config, config._attn_implementation)
                 config._attn_implementation = IMPLEMENTATION
         _routes.update(routes)
         logger.debug("direct run: %d wrappers set aside", len(swaps))
@@ -214,7 +219,7 @@ def direct(model: Any) -> Iterator[nn.Module]:
     finally:
         for key in routes:
             _routes.pop(key, None)
-        for config, implementation in reversed(configs):
+        for config, implementation in configs.values():
             config._attn_implementation = implementation
         for module, name, child in reversed(swaps):
             module._modules[name] = child

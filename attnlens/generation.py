@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from .direct import DirectUnavailable
 from .direct import direct as run_direct
-from .direct import direct_reason
 from .errors import AttnlensError
 from .steering.bias import BiasPlan, apply_bias
 
@@ -109,8 +109,9 @@ def generate_batch(
 
     ``direct``: None runs the wrapped Hugging Face model directly (see
     :mod:`attnlens.direct`) when that computes what the bridge computes, else the
-    bridge's own ``generate``; True requires the direct run (ValueError naming
-    why not); False always uses the bridge. Greedy decoding gives the same tokens
+    bridge's own ``generate``; True requires the direct run
+    (:class:`~attnlens.direct.DirectUnavailable`, a ValueError, naming why not);
+    False always uses the bridge. Greedy decoding gives the same tokens
     either way; sampling draws from the same distribution through a different
     sampler (Hugging Face's or the bridge's), so seeded samples differ between them.
     """
@@ -125,16 +126,19 @@ def generate_batch(
     with ExitStack() as stack, torch.no_grad():
         for plan in plans:
             stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
-        reason = direct_reason(model) if direct is not False else "not asked for"
-        if reason is None:
-            hf = stack.enter_context(run_direct(model))
+        hf = None
+        if direct is not False:
+            try:
+                hf = stack.enter_context(run_direct(model))
+            except DirectUnavailable as exc:
+                if direct:
+                    raise
+                logger.debug("generating through the bridge: %s", exc.reason)
+        if hf is not None:
             out = _hf_generate(hf, batch, eos if stop_at_eos else None, pad_id(tokenizer),
                                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
-        elif direct:
-            raise ValueError(f"cannot run the model directly: {reason}")
         else:
-            logger.debug("generating through the bridge: %s", reason)
             out = model.generate(
                 batch.tokens,
                 attention_mask=batch.attention_mask,

@@ -13,6 +13,7 @@ from .steering import BiasPlan, apply_bias, guide, guide_plan, level_delta
 from .steering.pasta import PASTA, load_head_config, pasta
 from .steering.profile import HeadProfile, profile_heads
 from .tags import ParsedText, TagSpan, escape_tags, parse_tags
+from .upstream import UpstreamDriftError
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "TagError",
     "TagSpan",
     "TokenSpan",
+    "UpstreamDriftError",
     "apply_bias",
     "encode_chat",
     "encode_text",

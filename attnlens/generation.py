@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .direct import DirectUnavailable
+from .upstream import check_kv_cache
 from .direct import direct as run_direct
 from .errors import AttnlensError
 from .steering.bias import BiasPlan, apply_bias
@@ -139,6 +140,7 @@ def generate_batch(
                                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
         else:
+            check_kv_cache(model)
             out = model.generate(
                 batch.tokens,
                 attention_mask=batch.attention_mask,

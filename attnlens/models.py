@@ -129,6 +129,58 @@ def load_embedded_hf(
     return model, tokenizer
 
 
+_TORCH_BUILDS = "https://pytorch.org/get-started/locally/"
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """Parse ``device`` and make sure this torch build and machine have it.
+
+    Raises:
+        ModelLoadError: the name is not a device, or the device is not available here,
+            naming what is missing and how to install a torch build that has it.
+    """
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"device {device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") from exc
+    build = torch.__version__
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise ModelLoadError(
+                f"device {device!r}: this torch build ({build}) has no CUDA support. Install a CUDA build "
+                f"of torch (e.g. pip install torch --index-url https://download.pytorch.org/whl/cu128; see "
+                f"{_TORCH_BUILDS}), then install attnlens beside it, or use device='cpu'"
+            )
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {device!r}: torch {build} has CUDA {torch.version.cuda}, but no CUDA device is visible "
+                "(check the driver with nvidia-smi and CUDA_VISIBLE_DEVICES), or use device='cpu'"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_built():
+            raise ModelLoadError(
+                f"device {device!r}: this torch build ({build}) has no MPS support; MPS needs torch for macOS "
+                f"on Apple silicon ({_TORCH_BUILDS}), or use device='cpu'"
+            )
+        if not torch.backends.mps.is_available():
+            raise ModelLoadError(f"device {device!r}: MPS is built into torch {build} but not available on this machine")
+    elif parsed.type != "cpu":
+        try:
+            torch.empty(0, device=parsed)
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(
+                f"device {device!r} is not available with torch {build} on this machine ({exc}); "
+                f"see {_TORCH_BUILDS} for builds, or use device='cpu'"
+            ) from exc
+    return parsed
+
+
 def load_model(
     name: str | os.PathLike | None = None,
     *,
@@ -151,6 +203,10 @@ def load_model(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from .upstream import apply_workarounds, check_kv_cache
+
+    device = check_device(device)
+    apply_workarounds()
     if name is None:
         hf_model, tokenizer = load_embedded_hf(dtype=dtype)
         if device is not None:
@@ -159,6 +215,7 @@ def load_model(
             EMBEDDED_NAME, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
         )
         logger.info("loaded the embedded model %s", EMBEDDED_NAME)
+        check_kv_cache(bridge)
         return bridge
 
     name = str(name)
@@ -176,4 +233,5 @@ def load_model(
             f"could not load model {name!r}: tried {' and '.join(tried)}; "
             f"the hub may be unreachable (offline?). Cause: {type(exc).__name__}: {exc}"
         ) from exc
+    check_kv_cache(bridge)
     return bridge

@@ -300,7 +300,14 @@ class _ScoreBias:
 
 @contextmanager
 def apply_bias(model: Any, plan: BiasPlan) -> Iterator[BiasPlan]:
-    """Install ``plan`` on ``model`` for the ``with`` block; hooks are removed on exit."""
+    """Install ``plan`` on ``model`` for the ``with`` block; hooks are removed on exit.
+
+    The first time a plan is installed on a model, :func:`attnlens.upstream.check_kv_cache`
+    makes sure its cached decoding is sound (generated tokens would be steered wrongly otherwise).
+    """
+    from ..upstream import check_kv_cache
+
+    check_kv_cache(model)
     n_layers, n_heads = model_shape(model)
     if (plan.n_layers, plan.n_heads) != (n_layers, n_heads):
         raise AttnlensError(

@@ -1,0 +1,195 @@
+"""Where attnlens meets the moving parts of its dependencies: versions, one workaround, one guard.
+
+TransformerLens' ``TransformerBridge`` runs a Hugging Face model through its own
+wrapper components, and those lean on how ``transformers`` names its arguments.
+When the two drift apart, generation can go wrong without an error. This module
+holds everything attnlens does about that, in one place:
+
+- :data:`TESTED`: the versions the test suite passed on (the lock,
+  ``requirements.lock``, installs the newest of them).
+- :func:`apply_workarounds`: the one workaround for a known fault of TransformerLens.
+  transformers 5.24 renamed the KV cache argument its attention modules receive
+  from ``past_key_values`` to ``cache``; TransformerLens 4.3.0's attention
+  bridge (``AttentionBridge._update_kv_cache``) reads only the old name, so every
+  cached decoding step through the bridge attends to the new token alone (greedy
+  text turns to garbage, bias plans see one-token sequences). The workaround
+  hands the cache to the bridge under the name it reads. It is applied only when
+  a probe shows the installed TransformerLens ignores ``cache``, so it switches
+  itself off once upstream reads the new name; then it can be deleted.
+- :func:`check_kv_cache`: the guard. One cached decoding step must give the
+  logits of an uncached forward pass; otherwise :class:`UpstreamDriftError`
+  names the installed versions and the fix. It runs once per model (when
+  attnlens loads it, and before a bias plan is first installed on it).
+
+Checked on TransformerLens 4.3.0 with transformers 5.23.0 (no workaround needed) and
+5.24.0 (workaround applied), torch 2.13.0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from .errors import AttnlensError
+
+logger = logging.getLogger(__name__)
+
+#: the versions the test suite passed on; the lock installs the newest of each
+TESTED = {
+    "torch": ("2.13.0",),
+    "transformers": ("5.23.0", "5.24.0"),
+    "transformer-lens": ("4.3.0",),
+}
+
+_checked: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+_workaround_applied = False
+
+
+class UpstreamDriftError(AttnlensError):
+    """The installed TransformerLens and transformers disagree in a way that gives wrong results."""
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of torch, transformers and TransformerLens."""
+    found = {}
+    for name in TESTED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def describe_versions() -> str:
+    """``torch 2.13.0, transformers 5.24.0, transformer-lens 4.3.0``: for messages."""
+    return ", ".join(f"{name} {version}" for name, version in versions().items())
+
+
+class _ProbeCache:
+    """Stands in for a Hugging Face cache: records whether the bridge updated it."""
+
+    def __init__(self) -> None:
+        self.updated = False
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.updated = True
+        return k, v
+
+
+class _ProbeAttention:
+    _layer_idx = 0
+    name = "probe"
+
+
+def _bridge_reads_cache_kwarg(update_kv_cache: Any) -> bool:
+    """Whether TransformerLens' cache update uses a cache passed as ``cache=``."""
+    probe = _ProbeCache()
+    k = v = torch.zeros(1, 1, 1, 1)
+    try:
+        update_kv_cache(_ProbeAttention(), k, v, cache=probe)
+    except Exception as exc:  # an internal that changed shape: the guard decides
+        logger.debug("could not probe TransformerLens' KV cache update: %r", exc)
+        return True
+    return probe.updated
+
+
+def apply_workarounds() -> bool:
+    """Install the KV-cache workaround where the installed TransformerLens needs it.
+
+    Idempotent. Returns whether the workaround is in place.
+    """
+    global _workaround_applied
+    if _workaround_applied:
+        return True
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:  # a TransformerLens without this component: nothing to mend
+        return False
+    original = AttentionBridge._update_kv_cache
+    if _bridge_reads_cache_kwarg(original):
+        return False
+
+    @functools.wraps(original)
+    def _update_kv_cache(self: Any, k: torch.Tensor, v: torch.Tensor, **kwargs: Any):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache.__attnlens_original__ = original  # type: ignore[attr-defined]
+    AttentionBridge._update_kv_cache = _update_kv_cache
+    _workaround_applied = True
+    logger.info(
+        "TransformerLens ignores the KV cache that transformers passes as 'cache' (%s): "
+        "handing it over as 'past_key_values'", describe_versions()
+    )
+    return True
+
+
+def _is_bridge(model: Any) -> bool:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return False
+    return isinstance(model, TransformerBridge)
+
+
+def _has_hooks(model: Any) -> bool:
+    hook_points = getattr(model, "hook_dict", {})
+    return any(point._forward_hooks or point._forward_pre_hooks for point in hook_points.values())
+
+
+def _probe_tokens(model: Any, length: int = 6) -> torch.Tensor:
+    vocab = int(getattr(model.cfg, "d_vocab", 0) or 0)
+    if vocab < 2:
+        raise UpstreamDriftError("cannot check the KV cache: the model reports no vocabulary size")
+    ids = [(7 + 13 * i) % vocab for i in range(length)]
+    device = next(model.parameters()).device
+    return torch.tensor([ids], device=device)
+
+
+def kv_cache_mismatch(model: Any) -> float:
+    """Largest difference between a cached decoding step and an uncached forward pass.
+
+    The logits are scaled by the largest absolute logit, so the figure is relative.
+    """
+    tokens = _probe_tokens(model)
+    with torch.no_grad():
+        full = model(tokens, return_type="logits")[0, -1].float()
+        _, cache = model(tokens[:, :-1], return_type="logits_and_cache", use_cache=True)
+        step = model(tokens[:, -1:], return_type="logits", past_key_values=cache)[0, -1].float()
+    scale = full.abs().max().clamp_min(1e-6)
+    return float(((full - step).abs().max() / scale).item())
+
+
+def check_kv_cache(model: Any, *, force: bool = False) -> None:
+    """Raise :class:`UpstreamDriftError` when the bridge's cached decoding is wrong.
+
+    Runs once per model (``force`` runs it again); models that are not a
+    ``TransformerBridge`` are not checked.
+    """
+    if not _is_bridge(model):
+        return
+    if not force and _checked.get(model):
+        return
+    if _has_hooks(model):
+        # the probe would run the user's own hooks on made-up tokens; check later
+        logger.debug("KV-cache check deferred: the model has hooks installed")
+        return
+    apply_workarounds()
+    tolerance = 1e-3 if model.cfg.dtype in (torch.float32, torch.float64) else 5e-2
+    mismatch = kv_cache_mismatch(model)
+    if mismatch > tolerance:
+        tested = "; ".join(f"{name} {' or '.join(v)}" for name, v in TESTED.items())
+        raise UpstreamDriftError(
+            "the model's KV-cached decoding disagrees with an uncached forward pass "
+            f"(relative difference {mismatch:.3g}), so generation would silently be wrong. "
+            f"Installed: {describe_versions()}. Tested: {tested}. "
+            "Fix: install the tested set (`make setup`, or `pip install -r requirements.lock`)."
+        )
+    _checked[model] = True
+    logger.debug("KV-cached decoding matches an uncached forward (relative difference %.2g)", mismatch)

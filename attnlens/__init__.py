@@ -2,17 +2,20 @@
 
 from . import viz
 from .attribution import InfluenceTrace, influence, rollout, trace_influence
-from .describe import DescribeError
-from .errors import AttnlensError, ModelLoadError, SpanError, TagError
+from .core.errors import (
+    AttnlensError, CLIError, DescribeError, DirectUnavailable, ExperimentError, HeadConfigError, ModelLoadError,
+    SpanError, TagError,
+)
+from .core.errors import AttnlensError, ModelLoadError, SpanError, TagError
 from .experiments import ExperimentConfig, run_experiment
-from .heads import AttentionData
-from .models import load_model
-from .pipeline import PayAttentionPipeline, Prompt, TokenSpan, pipeline, prepare
-from .spans import encode_chat, encode_text
+from .analysis.attention_data import AttentionData
+from .runtime.models import load_model
+from .api.pipeline import PayAttentionPipeline, Prompt, TokenSpan, pipeline, prepare
+from .prompts.spans import encode_chat, encode_text
 from .steering import BiasPlan, apply_bias, guide, guide_plan, level_delta
 from .steering.pasta import PASTA, load_head_config, pasta
-from .steering.profile import HeadProfile, profile_heads
-from .tags import ParsedText, TagSpan, escape_tags, parse_tags
+from .api.profile import HeadProfile, profile_heads
+from .prompts.tags import ParsedText, TagSpan, escape_tags, parse_tags
 
 __version__ = "0.1.0"
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import attnlens as al
-from attnlens.direct import IMPLEMENTATION, direct, direct_reason
-from attnlens.generation import generate_batch
+from attnlens.runtime.direct import IMPLEMENTATION, direct, direct_reason
+from attnlens.runtime.generate import generate_batch
 from attnlens.steering.bias import BiasPlan
 from attnlens.steering.pasta import pasta_plan
 from conftest import make_tiny_bridge
@@ -167,14 +167,14 @@ def test_sampling_is_seeded_and_honours_top_k(tiny):
 
 
 def test_fallback_is_logged(tiny, caplog):
-    with caplog.at_level(logging.DEBUG, logger="attnlens.generation"), \
+    with caplog.at_level(logging.DEBUG, logger="attnlens.runtime.generate"), \
             tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: t)]):
         generate_batch(tiny, [[1, 2, 3]], max_new_tokens=1)
     assert any("generating through the bridge" in r.getMessage() for r in caplog.records)
 
 
 def test_a_transformers_without_attention_interfaces_falls_back(tiny, monkeypatch):
-    import attnlens.direct as module
+    import attnlens.runtime.direct as module
 
     def missing():
         raise ImportError("no AttentionInterface")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import attnlens.models
+import attnlens.runtime.models
 from attnlens import cli
-from attnlens.errors import AttnlensError
+from attnlens.core.errors import AttnlensError
 from attnlens.experiments import (
     Condition,
     ExperimentConfig,
@@ -228,7 +228,7 @@ def no_model_load(monkeypatch):
         calls.append(args)
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(attnlens.models, "load_model", refuse)
+    monkeypatch.setattr(attnlens.runtime.models, "load_model", refuse)
     return calls
 
 
@@ -428,7 +428,7 @@ def test_pasta_condition_steers_the_chosen_heads(tiny, tmp_path):
 
 @pytest.mark.embedded
 def test_cli_run_on_the_embedded_model(embedded, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(attnlens.models, "load_model", lambda name=None, **kw: embedded)
+    monkeypatch.setattr(attnlens.runtime.models, "load_model", lambda name=None, **kw: embedded)
     out = tmp_path / "smoke"
     argv = ["experiment", "summarize", "--limit", "1", "--max-new-tokens", "6", "--delta", "0", "2",
             "--conditions", "none", "guide", "--out", str(out)]

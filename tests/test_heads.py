@@ -11,8 +11,8 @@ import torch
 
 import attnlens as al
 from attnlens import cli
-from attnlens.errors import AttnlensError
-from attnlens.heads import AttentionData, Sample, TokenMultiple
+from attnlens.core.errors import AttnlensError
+from attnlens.analysis.attention_data import AttentionData, Sample, TokenMultiple
 
 TEXTS = [
     "The cat sat on the mat because it was tired after chasing the mouse all day.",
@@ -56,7 +56,7 @@ def ad(tiny):
 
 @pytest.mark.parametrize("suppress", [True, False])
 def test_samples_match_hand_computation_despite_padding(tiny, suppress, caplog):
-    with caplog.at_level(logging.WARNING, logger="attnlens.heads"):
+    with caplog.at_level(logging.WARNING, logger="attnlens.analysis.attention_data"):
         data = AttentionData(
             tiny, text_batch=TEXTS, min_length=4, max_length=14, suppress_first_token=suppress, batch_size=2
         )
@@ -190,7 +190,7 @@ def test_bad_head_input(ad, caplog):
     with pytest.raises(AttnlensError, match="num_samples must be a positive integer"):
         ad.get_head_samples(layer=0, head=0, num_samples=0)
     available = len(ad.head_data(0, 0).samples)
-    with caplog.at_level(logging.WARNING, logger="attnlens.heads"):
+    with caplog.at_level(logging.WARNING, logger="attnlens.analysis.attention_data"):
         samples = ad.get_head_samples(layer=0, head=0, num_samples=available + 50)
     assert len(samples) == available  # clamped, with a warning
     assert f"only {available} rows" in caplog.text

@@ -10,7 +10,7 @@ import torch
 
 from attnlens import AttnlensError
 from attnlens.steering.pasta import PASTA, load_head_config
-from attnlens.steering.profile import (
+from attnlens.api.profile import (
     HeadScore,
     ProfileExample,
     json_format_examples,

@@ -47,7 +47,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from ..errors import AttnlensError, SpanError
+from ..core.validate import is_int
+from ..core.errors import AttnlensError, SpanError
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def as_token_row(tokens: TokensLike) -> torch.Tensor:
             raise AttnlensError(
                 f"tokens must be a 1-D tensor, a [1, seq] tensor or a list of ints; got {type(tokens).__name__}"
             )
-        if any(isinstance(t, bool) or not isinstance(t, int) for t in tokens):
+        if any(not is_int(t) for t in tokens):
             raise AttnlensError("tokens must be a list of ints (token ids)")
         row = torch.tensor([list(tokens)], dtype=torch.long)
     if row.shape[1] == 0:
@@ -135,7 +136,7 @@ def check_spans(
         if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
             raise SpanError(f"span {item!r} must be a (start, end) pair of token positions")
         start, end = item
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, end)):
+        if any(not is_int(v) for v in (start, end)):
             raise SpanError(f"span {tuple(item)!r}: start and end must be integers")
         if start < 0 or end <= start:
             raise SpanError(f"span [{start}, {end}) is empty or negative: need 0 <= start < end")

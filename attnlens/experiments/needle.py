@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.validate import is_int
 from .metrics import bootstrap_ci, contains_answer
 from .runner import ExperimentConfig, ExperimentError, Item, Score, Segments, Study, item_means, write_csv
 from .sources import data_file, hf_texts, is_local, read_jsonl, sentences
@@ -49,7 +50,7 @@ def _lengths(config: ExperimentConfig) -> tuple[int, ...]:
     values = getattr(config, "context_lengths", NeedleConfig.context_lengths)
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 16:
+        if not is_int(v) or v < 16:
             raise ExperimentError(f"context length {v!r} must be an integer of at least 16 tokens")
         out.append(v)
     if not out:

@@ -34,9 +34,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import AttnlensError
-from ..steering.bias import BiasPlan, LayerSpec, apply_bias, resolve_layers
-from ..tags import escape_tags
+from ..core.validate import is_int
+from ..core.errors import AttnlensError, ExperimentError
+from ..core.validate import LayerSpec, resolve_layers
+from ..steering.bias import BiasPlan, apply_bias
+from ..prompts.tags import escape_tags
 from .metrics import bootstrap_ci
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,6 @@ IDENTITY_FIELDS = (
     "dataset", "pasta_heads", "pasta_alpha", "chat",
 )
 
-
-class ExperimentError(AttnlensError):
-    """A bad experiment setting (study, condition, delta, output directory, data set)."""
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -136,7 +135,7 @@ def _number(value: Any, what: str) -> float:
 def _positive_int(value: Any, what: str, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ExperimentError(f"{what} must be a positive integer, got {value!r}")
     return value
 
@@ -180,7 +179,7 @@ def validate_config(config: ExperimentConfig) -> list[Condition]:
     _positive_int(config.batch_size, "batch_size")
     _positive_int(config.max_batch_tokens, "max_batch_tokens")
     _positive_int(config.limit, "limit", allow_none=True)
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+    if not is_int(config.seed):
         raise ExperimentError(f"seed must be an integer, got {config.seed!r}")
     if _number(config.temperature, "temperature") <= 0:
         raise ExperimentError(f"temperature must be > 0, got {config.temperature!r}")
@@ -417,7 +416,7 @@ def build_messages(study: Study, item: Item, condition: Condition,
 
 def _prepare(study: Study, item: Item, condition: Condition, tokenizer: Any, chat: bool,
              config: ExperimentConfig) -> Any:
-    from ..pipeline import prepare
+    from ..api.pipeline import prepare
 
     messages = build_messages(study, item, condition, config)
     if chat:
@@ -529,7 +528,7 @@ def run_experiment(
     done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
 
     if model is None:
-        from ..models import load_model
+        from ..runtime.models import load_model
 
         model = load_model(config.model)
     tokenizer = model.tokenizer
@@ -610,7 +609,7 @@ def _load_heads(path: Any) -> Any:
 
 def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job], config: ExperimentConfig,
                head_config: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
-    from ..generation import generate_batch
+    from ..runtime.generate import generate_batch
 
     if config.influence:
         for job in batch:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .. import records
+from ..core import records
 from .runner import ExperimentError
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from .bias import BiasPlan, BiasTerm, apply_bias, complement, resolve_layers
 from .guide import LEVEL_FACTORS, guide, guide_plan, level_delta
 from .pasta import PASTA, load_head_config, pasta_plan
-from .profile import HeadProfile, profile_heads
+from ..api.profile import HeadProfile, profile_heads
 
 __all__ = [
     "BiasPlan",

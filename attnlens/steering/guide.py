@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Union
 
-from ..errors import AttnlensError, SpanError
+from ..core.errors import AttnlensError, SpanError
 from .bias import BiasPlan, LayerSpec, apply_bias
 
 #: Tag levels 1, 2, 3 scale ``delta_mid`` by these factors.

@@ -40,9 +40,12 @@ from typing import Any, Union
 
 from tqdm.auto import tqdm
 
-from ..errors import AttnlensError, SpanError
-from ..spans import Encoded, encode_chat, encode_text, find_substring, pick_occurrence
-from .bias import BiasPlan, apply_bias, complement, model_shape
+from ..core.validate import is_int
+from ..core.errors import AttnlensError, SpanError
+from ..prompts.spans import Encoded, encode_chat, encode_text, find_substring, pick_occurrence
+from ..core.errors import HeadConfigError
+from ..core.model import model_shape
+from .bias import BiasPlan, apply_bias, complement
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +58,6 @@ HeadConfig = dict[int, tuple[int, ...]]
 #: a substring to emphasise, optionally with the occurrence to use (None: every occurrence)
 SubstringLike = Union[str, tuple[str, Union[int, None]]]
 
-
-class HeadConfigError(AttnlensError):
-    """A ``head_config`` that names layers or heads the model does not have, or is malformed."""
 
 
 # ----------------------------------------------------------------------------- head configs
@@ -184,7 +184,7 @@ def _is_span(item: Any) -> bool:
     return (
         isinstance(item, (list, tuple))
         and len(item) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+        and all(is_int(v) for v in item)
     )
 
 
@@ -255,7 +255,7 @@ def pasta_plan(
         if not per_row or len(lengths) != len(rows):
             raise SpanError(f"seq_len gives {len(lengths)} lengths for {len(rows)} row(s) of spans")
     for n in lengths:
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        if n is not None and (not is_int(n) or n < 1):
             raise SpanError(f"seq_len must be a positive integer, got {n!r}")
 
     # layers with the same heads share terms
@@ -492,7 +492,7 @@ class PASTA:
             batch_size: prompts generated together (left padding; per-row spans).
             **generate_kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ...
         """
-        from ..generation import check_generation_kwargs, generate_batch
+        from ..runtime.generate import check_generation_kwargs, generate_batch
 
         single = isinstance(prompts, str) or _is_chat(prompts)
         items = [prompts] if single else list(prompts)
@@ -507,7 +507,7 @@ class PASTA:
                     f"got {substrings!r:.80}"
                 )
             subs = list(substrings)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
         generate_kwargs.setdefault("max_new_tokens", 64)
         check_generation_kwargs(generate_kwargs)

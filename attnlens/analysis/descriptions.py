@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AttnlensError
+from ..core.errors import AttnlensError, DescribeError
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +36,6 @@ DEFAULT_TIMEOUT = 120.0
 #: Stands in for the key of a local endpoint that needs none (the client insists on one).
 NO_KEY_PLACEHOLDER = "not-needed"
 
-
-class DescribeError(AttnlensError):
-    """Describing a head failed; the message says why and what to change.
-
-    ``fatal`` is True when retrying later cannot help (no key, a rejected key, an
-    unknown model, an unreachable endpoint): :meth:`AttentionData.describe_heads`
-    then stops instead of trying the other heads.
-    """
-
-    def __init__(self, message: str, *, fatal: bool = True, status: int | None = None) -> None:
-        super().__init__(message)
-        self.fatal = fatal
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,12 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .describe import DEFAULT_SYSTEM_PROMPT, DescribeError, complete, make_client
-from .errors import AttnlensError
-from .steering.bias import LayerSpec, model_shape, resolve_layers
+from ..core.errors import DescribeError
+from .descriptions import DEFAULT_SYSTEM_PROMPT, complete, make_client
+from ..core.validate import is_int
+from ..core.errors import AttnlensError
+from ..core.model import model_shape
+from ..core.validate import LayerSpec, resolve_layers
 
 logger = logging.getLogger(__name__)
 
@@ -210,13 +213,13 @@ def _flatten(text_batch: Any) -> list[str]:
 
 
 def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise AttnlensError(f"{name} must be a non-negative integer, got {value!r}")
     return value
 
 
 def _positive_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise AttnlensError(f"{name} must be a positive integer, got {value!r}")
     return value
 
@@ -344,7 +347,7 @@ class AttentionData:
 
     def _check(self, layer: Any, head: Any) -> tuple[int, int]:
         for name, value, size in (("layer", layer, self.n_layers), ("head", head, self.n_heads)):
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 raise AttnlensError(f"{name} must be an integer, got {value!r}")
             if not -size <= value < size:
                 what = "layers" if name == "layer" else "heads per layer"
@@ -353,7 +356,7 @@ class AttentionData:
 
     def _patterns(self, wanted: dict[int, tuple[int, ...]]) -> dict[tuple[int, int], torch.Tensor]:
         """The attention patterns of the wanted heads over every text: ``[text, query, key]`` each."""
-        from .generation import model_device, pad_id
+        from ..core.model import model_device, pad_id
 
         rows = self._rows
         width = max(len(r.ids) for r in rows)
@@ -556,7 +559,7 @@ class AttentionData:
             ranked = ranked[::-1]
         chosen = ranked[:num_multiples]
         if display:
-            from . import viz
+            from .. import viz
 
             title = f"Layer {layer} Head {head}, {'bottom' if reverse else 'top'} {len(chosen)} / {total} multiples"
             if str_token is not None:
@@ -574,7 +577,7 @@ class AttentionData:
         k = self._clamp("num_multiples", num_multiples, len(ranked), f"multiples for layer {layer} head {head}")
         chosen = [ranked[i] for i in self._rng.sample(range(len(ranked)), k)]
         if display:
-            from . import viz
+            from .. import viz
 
             title = f"Layer {layer} Head {head}, {k} / {len(ranked)} random multiples"
             table = viz.multiples_table(chosen, title=title, suppress_first_token=self.suppress_first_token)
@@ -627,7 +630,7 @@ class AttentionData:
         data.prompts.append(prompt)
         data.descriptions.append(answer.text)
         if print_description:
-            from . import viz
+            from .. import viz
 
             viz.show_description(data.layer, data.head, answer.text)
         return prompt, answer.text
@@ -700,7 +703,7 @@ class AttentionData:
                 heads = [int(h) for h in heads.replace(",", " ").split()]
             except ValueError:
                 raise AttnlensError(f"heads={heads!r}: expected 'all' or head indices") from None
-        if isinstance(heads, int) and not isinstance(heads, bool):
+        if is_int(heads):
             heads = [heads]
         out = sorted({self._check(0, h)[1] for h in heads})  # type: ignore[union-attr]
         if not out:

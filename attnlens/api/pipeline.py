@@ -35,14 +35,16 @@ from typing import Any, Union
 
 from tqdm.auto import tqdm
 
-from .attribution.influence import METHODS as INFLUENCE_METHODS
-from .attribution.influence import InfluenceTrace, trace_influence
-from .errors import AttnlensError, TagError
-from .generation import check_generation_kwargs, generate_batch
-from .spans import Encoded, encode_chat, encode_text
-from .steering.bias import BiasPlan, LayerSpec, apply_bias, resolve_layers
-from .steering.guide import level_delta
-from .tags import TagSpan, parse_tags
+from ..core.validate import is_int
+from ..attribution.influence import METHODS as INFLUENCE_METHODS
+from ..attribution.influence import InfluenceTrace, trace_influence
+from ..core.errors import AttnlensError, TagError
+from ..runtime.generate import check_generation_kwargs, generate_batch
+from ..prompts.spans import Encoded, encode_chat, encode_text
+from ..core.validate import LayerSpec, resolve_layers
+from ..steering.bias import BiasPlan, apply_bias
+from ..steering.guide import level_delta
+from ..prompts.tags import TagSpan, parse_tags
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ class PayAttentionPipeline:
         self.delta_mid = _check_delta(delta_mid)
         resolve_layers(layers, model.cfg.n_layers)  # validate early
         self.layers = layers
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.chat = chat
@@ -363,7 +365,7 @@ def pipeline(
     if task not in TASKS:
         raise AttnlensError(f"unknown task {task!r}; attnlens provides {', '.join(TASKS)}")
     if model is None or isinstance(model, str):
-        from .models import load_model
+        from ..runtime.models import load_model
 
         model = load_model(model, device=device)
     return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat)

@@ -16,20 +16,17 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from .errors import AttnlensError
+from ..core.errors import AttnlensError, CLIError
 
 DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
 
-
-class CLIError(AttnlensError):
-    """A bad command-line argument."""
 
 
 # ----------------------------------------------------------------------------- shared helpers
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .models import load_model
+    from ..runtime.models import load_model
 
     return load_model(getattr(args, "model", None))
 
@@ -111,8 +108,8 @@ def _add_generate(sub: Any) -> None:
 
 
 def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    from .pipeline import PayAttentionPipeline
-    from .tags import escape_tags, parse_tags
+    from ..api.pipeline import PayAttentionPipeline
+    from ..prompts.tags import escape_tags, parse_tags
 
     pipe = PayAttentionPipeline(model, delta_mid=args.delta_mid, layers=args.layers)
     prompt: Any = args.prompt if args.raw else _messages(args.prompt, args.system)
@@ -141,10 +138,10 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 def _generate_with_pasta(args: argparse.Namespace, model: Any, pipe: Any, prompt: Any) -> dict[str, Any]:
     """GUIDE tags and PASTA's --emphasize substrings, both steering one generation."""
-    from .generation import generate_batch
-    from .pipeline import guide_plan_for
-    from .steering.pasta import PASTA
-    from .tags import parse_tags
+    from ..runtime.generate import generate_batch
+    from ..api.pipeline import guide_plan_for
+    from ..steering.pasta import PASTA
+    from ..prompts.tags import parse_tags
 
     if not args.pasta_heads:
         raise CLIError("--emphasize needs --pasta-heads FILE (a head config, JSON {\"layer\": [heads]})")
@@ -194,7 +191,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .models import EMBEDDED_NAME
+    from ..runtime.models import EMBEDDED_NAME
 
     print(f"attnlens demo: {EMBEDDED_NAME} (embedded), GUIDE delta_mid={args.delta_mid}")
     print(f"prompt: {args.prompt}\n")
@@ -226,7 +223,7 @@ def _read_texts(path: str) -> list[str]:
 
 
 def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
-    from .heads import AttentionData
+    from ..analysis.attention_data import AttentionData
 
     texts = _read_texts(args.texts)
     model = _load(args)
@@ -266,7 +263,7 @@ def _add_heads(sub: Any) -> None:
     rank.add_argument("--html", default=None, help="also save the table as a standalone HTML file")
     rank.set_defaults(run=_run_heads_rank)
 
-    from .describe import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+    from ..analysis.descriptions import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 
     describe = actions.add_parser("describe", parents=[common], help="ask a chat model what the head attends to")
     describe.add_argument("--openai-model", required=True, help="the chat model (e.g. gpt-4o-mini, or a local model)")
@@ -284,7 +281,7 @@ def _add_heads(sub: Any) -> None:
 
 
 def _run_heads_rank(args: argparse.Namespace) -> int:
-    from . import viz
+    from .. import viz
 
     ad = _attention_data(args)
     if args.random:
@@ -318,7 +315,7 @@ def _run_heads_rank(args: argparse.Namespace) -> int:
 
 
 def _run_heads_describe(args: argparse.Namespace) -> int:
-    from .describe import make_client
+    from ..analysis.descriptions import make_client
 
     client = make_client(
         base_url=args.base_url, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries
@@ -348,7 +345,7 @@ def _run_heads_describe(args: argparse.Namespace) -> int:
 
 
 def _add_experiment(sub: Any) -> None:
-    from .experiments import METHODS, STUDIES
+    from ..experiments import METHODS, STUDIES
 
     p = sub.add_parser("experiment", help="does steering help? French summaries, needle in a haystack, JSON output",
                        description="Run one of the GUIDE paper's studies under no emphasis, GUIDE at each delta, "
@@ -409,7 +406,7 @@ def _add_experiment(sub: Any) -> None:
 
 
 def _experiment_config(args: argparse.Namespace) -> Any:
-    from .experiments import CONFIGS
+    from ..experiments import CONFIGS
 
     layers = " ".join(args.layers)
     kwargs: dict[str, Any] = dict(
@@ -439,7 +436,7 @@ def _format_estimate(row: dict[str, Any], metric: str) -> str:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from .experiments import run_experiment
+    from ..experiments import run_experiment
 
     config = _experiment_config(args)
     result = run_experiment(args.study, config)
@@ -502,8 +499,8 @@ def _add_influence(sub: Any) -> None:
 
 
 def _influence_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    from .generation import generate_batch
-    from .pipeline import PayAttentionPipeline, guide_plan_for
+    from ..runtime.generate import generate_batch
+    from ..api.pipeline import PayAttentionPipeline, guide_plan_for
 
     if args.raw and args.system:
         raise CLIError("--system needs the chat template; drop --raw")
@@ -535,7 +532,7 @@ def _influence_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 def _influence_plot(result: dict[str, Any], path: str) -> str:
-    from .viz import HTMLView, influence_view
+    from ..viz import HTMLView, influence_view
 
     views = [
         influence_view(
@@ -593,7 +590,7 @@ def _run_influence(args: argparse.Namespace) -> int:
 
 
 def _add_pasta(sub: Any) -> None:
-    from .steering.profile import SCORERS
+    from ..api.profile import SCORERS
 
     p = sub.add_parser("pasta", help="PASTA: find which attention heads to steer")
     tasks = p.add_subparsers(dest="pasta_command", metavar="TASK")
@@ -626,8 +623,8 @@ def _add_pasta(sub: Any) -> None:
 def _run_pasta_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .steering.bias import resolve_layers
-    from .steering.profile import load_examples, profile_heads
+    from ..core.validate import resolve_layers
+    from ..api.profile import load_examples, profile_heads
 
     examples = load_examples(args.data)
     if args.threads:

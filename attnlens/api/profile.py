@@ -44,11 +44,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import AttnlensError
-from ..generation import model_device
-from ..records import read_jsonl
-from .bias import BiasPlan, apply_bias, complement, model_shape
-from .pasta import (
+from ..core.validate import is_int
+from ..core.errors import AttnlensError
+from ..core.model import model_device, model_shape
+from ..core.records import read_jsonl
+from ..steering.bias import BiasPlan, apply_bias, complement
+from ..steering.pasta import (
     HeadConfig,
     HeadConfigLike,
     PastaPrompt,
@@ -147,7 +148,7 @@ class ProfileExample:
         if not isinstance(target, str) or not target:
             raise AttnlensError(f"{where}: 'target' must be a non-empty string")
         occurrence = data.get("occurrence", 0)
-        if occurrence is not None and (isinstance(occurrence, bool) or not isinstance(occurrence, int)):
+        if occurrence is not None and (not is_int(occurrence)):
             raise AttnlensError(f"{where}: 'occurrence' must be an integer or null")
         prompt = prompt if isinstance(prompt, str) else tuple(dict(m) for m in prompt)
         return cls(prompt, tuple(emphasize), target, occurrence)
@@ -190,7 +191,7 @@ _SCHOOLS = ("UCSD", "MIT", "Oxford", "Stanford", "ETH Zurich", "the University o
 def json_format_examples(n: int = 16) -> list[ProfileExample]:
     """A small built-in task in the example format: a short biography, an instruction to answer
     in JSON (emphasised), and the JSON answer as the target."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise AttnlensError(f"n must be a positive integer, got {n!r}")
     out = []
     for i in range(n):
@@ -272,7 +273,7 @@ class HeadProfile:
 
         ``only_helpful=True`` keeps only heads that beat the unsteered baseline.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_int(k) or k < 1:
             raise AttnlensError(f"k must be a positive integer, got {k!r}")
         chosen = [s for s in self.ranking() if not only_helpful or s.gain > 0][:k]
         config: dict[int, list[int]] = {}
@@ -535,7 +536,7 @@ def profile_heads(
     scale_position = check_scale_position(scale_position)
     alpha = check_alpha(alpha, scale_position)
     scorer_name, score_fn = _resolve_scorer(scorer)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
         raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import AttnlensError
+from ..core.validate import is_int
+from ..core.errors import AttnlensError
 
 if TYPE_CHECKING:
-    from .heads import AttentionData, RankedMultiple
+    from ..analysis.attention_data import AttentionData, RankedMultiple
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def _as_tokens(model: Any, tokens: Any) -> torch.Tensor:
 
 
 def _steering_context(model: Any, plan_or_context: Any) -> Any:
-    from .steering.bias import BiasPlan, apply_bias
+    from ..steering.bias import BiasPlan, apply_bias
 
     if isinstance(plan_or_context, BiasPlan):
         return apply_bias(model, plan_or_context)
@@ -312,8 +313,8 @@ def _steering_context(model: Any, plan_or_context: Any) -> Any:
 
 def layer_pattern(model: Any, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     """The attention pattern of every head of ``layer`` for one token row: ``[head, query, key]``."""
-    from .generation import model_device
-    from .steering.bias import model_shape
+    from ..core.model import model_device
+    from ..core.model import model_shape
 
     n_layers, _ = model_shape(model)
     captured: dict[str, torch.Tensor] = {}
@@ -359,10 +360,11 @@ def steering_diff(
     """
     import circuitsvis as cv
 
-    from .steering.bias import model_shape, resolve_heads
+    from ..core.model import model_shape
+    from ..core.validate import resolve_heads
 
     n_layers, n_heads = model_shape(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+    if not is_int(layer) or not -n_layers <= layer < n_layers:
         raise AttnlensError(f"layer {layer!r} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
     layer %= n_layers
     chosen = resolve_heads(heads, n_heads, layer=layer) or tuple(range(n_heads))
@@ -445,7 +447,7 @@ def _influence_positions(positions: Sequence[int] | int | None, seq: int, prompt
         positions = [positions]
     out = []
     for p in positions:
-        if isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq:
+        if not is_int(p) or not -seq <= p < seq:
             raise AttnlensError(f"position {p!r} out of range: the sequence has {seq} tokens")
         out.append(p % seq)
     if not out:

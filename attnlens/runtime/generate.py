@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from .direct import DirectUnavailable
 from .direct import direct as run_direct
-from .errors import AttnlensError
-from .steering.bias import BiasPlan, apply_bias
+from ..core.errors import AttnlensError, DirectUnavailable
+from ..core.model import model_device, pad_id
+from ..core.validate import is_int
+from ..steering.bias import BiasPlan, apply_bias
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +52,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> 
     return Batch(tokens, mask, offsets)
 
 
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - GENERATION_KWARGS)
     if unknown:
@@ -73,7 +59,7 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
             f"unknown generation argument(s) {', '.join(unknown)}; accepted: {', '.join(sorted(GENERATION_KWARGS))}"
         )
     n = kwargs.get("max_new_tokens", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise AttnlensError(f"max_new_tokens must be a positive integer, got {n!r}")
     t = kwargs.get("temperature", 1.0)
     if not isinstance(t, (int, float)) or t <= 0:
@@ -82,7 +68,7 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     if p is not None and not (isinstance(p, (int, float)) and 0 < p <= 1):
         raise AttnlensError(f"top_p must be in (0, 1], got {p!r}")
     k = kwargs.get("top_k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+    if k is not None and (not is_int(k) or k < 1):
         raise AttnlensError(f"top_k must be a positive integer, got {k!r}")
 
 

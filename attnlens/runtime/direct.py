@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import DirectUnavailable
+
 logger = logging.getLogger(__name__)
 
 #: the name registered with transformers' attention and mask interfaces
@@ -48,13 +50,6 @@ _routes: dict[int, tuple[nn.Module, nn.Module]] = {}
 _active: set[int] = set()
 _registered = False
 
-
-class DirectUnavailable(ValueError):
-    """The model cannot be run directly; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"cannot run the model directly: {reason}")
-        self.reason = reason
 
 
 def _register() -> None:

@@ -17,20 +17,32 @@ It is used only when it computes what the bridge computes: :func:`direct_reason`
 says why not otherwise (a hook on any other hook point or module, an
 architecture whose equivalence is not tested, processed weights, offloading),
 and callers then run the bridge as it is. Everything is restored on exit, also
-when the body raises.
+when the body raises: the wrappers, each config's attention implementation and
+the attention function registered with transformers (what was registered under
+its name before is put back).
+
+Hooks added inside the block are checked on every forward call: one on a hook
+point the direct run sets aside (it would never fire) raises
+:class:`~attnlens.core.errors.DirectUnavailable`; hooks on the score and pattern
+points take effect. The run's state (which attention module fires which hook
+points) lives in the run itself; the model carries only its configs' attention
+implementation, which is how a second direct block on the same model is refused.
+Everything it touches in TransformerLens and transformers goes through
+:mod:`attnlens.runtime._internals`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.errors import DirectUnavailable
+from . import _internals as tl
 
 logger = logging.getLogger(__name__)
 
@@ -44,32 +56,12 @@ SUPPORTED_MODEL_TYPES = frozenset({"gemma", "gpt2", "llama", "mistral", "phi3", 
 #: scores + mask -> softmax -> values (softcapping, attention sinks, ...)
 _UNSUPPORTED_ATTENTION_KWARGS = ("softcap", "s_aux", "sinks", "position_bias")
 
-# id(Hugging Face attention module) -> (hook_attn_scores, hook_pattern) while a direct block runs
-_routes: dict[int, tuple[nn.Module, nn.Module]] = {}
-# ids of Hugging Face models inside a direct block
-_active: set[int] = set()
-_registered = False
-
+Route = tuple["nn.Module | None", "nn.Module | None"]
 
 
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(IMPLEMENTATION, hooked_attention)
-    # the bridge's wrapped models run with eager masks (a float mask added to the
-    # scores); the same masks give the hooks the same scores
-    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
-    _registered = True
-
-
-def _has_hooks(module: nn.Module, ignore: Collection[int] = ()) -> bool:
-    return any(k not in ignore for k in module._forward_hooks) or any(
-        k not in ignore for k in module._forward_pre_hooks
-    )
+    """Raise ImportError when this transformers cannot take a custom attention function."""
+    tl.attention_interfaces()
 
 
 def hooked_attention(
@@ -80,21 +72,24 @@ def hooked_attention(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
+    *,
+    route: Route = (None, None),
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A Hugging Face attention function that fires the bridge's score and pattern hook points."""
+    """A Hugging Face attention function that fires a bridge's score and pattern hook points.
+
+    ``route`` is ``(hook_attn_scores, hook_pattern)`` of the block ``module`` belongs to;
+    without hooks on either, Hugging Face's fused ``sdpa`` attention runs.
+    """
     for name in _UNSUPPORTED_ATTENTION_KWARGS:
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"direct attention does not support {name!r}")
-    route = _routes.get(id(module))
-    scores_point, pattern_point = route if route is not None else (None, None)
-    if not (scores_point is not None and _has_hooks(scores_point)) and not (
-        pattern_point is not None and _has_hooks(pattern_point)
+    scores_point, pattern_point = route
+    if not (scores_point is not None and tl.has_hooks(scores_point)) and not (
+        pattern_point is not None and tl.has_hooks(pattern_point)
     ):
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return tl.sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                 **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
@@ -117,10 +112,35 @@ def hooked_attention(
     return out, pattern
 
 
+def _routes(model: Any) -> dict[nn.Module, Route] | str:
+    """``{Hugging Face attention module: (hook_attn_scores, hook_pattern)}``, or why there is none."""
+    routes: dict[nn.Module, Route] = {}
+    for block in model.blocks:
+        attn = getattr(block, "attn", None)
+        original = None if attn is None else tl.original_component(attn)
+        if original is None:
+            return "a block has no wrapped attention module"
+        routes[original] = (getattr(attn, "hook_attn_scores", None), getattr(attn, "hook_pattern", None))
+    return routes
+
+
+def _allowed_and_internal(model: Any, routes: dict[nn.Module, Route]) -> tuple[set[int], set[int]]:
+    allowed = {id(point) for route in routes.values() for point in route if point is not None}
+    internal: set[int] = set()
+    for block in model.blocks:
+        internal |= tl.capture_hook_ids(block)
+    return allowed, internal
+
+
+def _hooked_module(model: Any, modules: Any, allowed: set[int], internal: set[int]) -> str | None:
+    for module in modules:
+        if id(module) not in allowed and tl.has_hooks(module, internal):
+            return f"{_name_of(model, module)} has a hook"
+    return None
+
+
 def direct_reason(model: Any) -> str | None:
     """Why :func:`direct` cannot run ``model`` (None when it can)."""
-    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
-
     hf = getattr(model, "original_model", None)
     if hf is None or not isinstance(hf, nn.Module) or not hasattr(model, "blocks"):
         return f"{type(model).__name__} is not a TransformerBridge over a Hugging Face model"
@@ -130,38 +150,53 @@ def direct_reason(model: Any) -> str | None:
         return f"model type {model_type!r} is not among those tested for direct runs"
     if getattr(model, "compatibility_mode", False):
         return "the bridge runs in compatibility mode (processed weights)"
-    if id(hf) in _active:
+    if tl.attention_implementation(config) == IMPLEMENTATION:
         return "a direct block is already active on this model"
     try:
         _register()
     except ImportError as exc:  # a transformers without the attention interfaces
         return f"this transformers cannot take a custom attention function ({exc})"
-    allowed: set[int] = set()
-    # the bridge's own capture hooks live on wrappers that a direct run sets aside
-    internal: set[int] = set()
-    for block in model.blocks:
-        internal.update(handle.id for handle in getattr(block, "_capture_hook_handles", ()))
-        attn = getattr(block, "attn", None)
-        if attn is None or attn._modules.get("_original_component") is None:
-            return "a block has no wrapped attention module"
-        for name in ("hook_attn_scores", "hook_pattern"):
-            point = attn._modules.get(name)
-            if point is not None:
-                allowed.add(id(point))
+    routes = _routes(model)
+    if isinstance(routes, str):
+        return routes
+    allowed, internal = _allowed_and_internal(model, routes)
     for module in model.modules():
-        if module.__dict__.get("_hf_hook") is not None:
+        if tl.is_offloaded(module):
             return f"{_name_of(model, module)} is offloaded by accelerate"
-        if (module._forward_hooks or module._forward_pre_hooks) and id(module) not in allowed and _has_hooks(
-            module, internal
-        ):
-            return f"{_name_of(model, module)} has a hook"
-        if isinstance(module, GeneralizedComponent) and module._modules.get("_original_component") is None:
+        if tl.is_wrapper(module) and tl.original_component(module) is None:
             return f"{_name_of(model, module)} ({type(module).__name__}) wraps no module"
-    return None
+    return _hooked_module(model, model.modules(), allowed, internal)
 
 
 def _name_of(model: nn.Module, target: nn.Module) -> str:
     return next((name or "the model" for name, module in model.named_modules() if module is target), "a module")
+
+
+class _Run:
+    """One direct block's state: the attention routes and the hook check."""
+
+    def __init__(self, model: Any, routes: dict[nn.Module, Route], fallback: Callable[..., Any] | None) -> None:
+        self.model = model
+        self.routes = routes
+        self.fallback = fallback
+        self.allowed, self.internal = _allowed_and_internal(model, routes)
+        self.set_aside: list[nn.Module] = []
+        self.hooks_seen = -1
+
+    def attention(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        route = self.routes.get(module)
+        if route is None and self.fallback is not None:  # another model's direct block, further out
+            return self.fallback(module, *args, **kwargs)
+        return hooked_attention(module, *args, route=route or (None, None), **kwargs)
+
+    def check_hooks(self, *_: Any, **__: Any) -> None:
+        """Before every forward: a hook registered since the last check must be one that fires."""
+        if tl.hook_counter() == self.hooks_seen:
+            return
+        reason = _hooked_module(self.model, self.set_aside, self.allowed, self.internal)
+        if reason is not None:
+            raise DirectUnavailable(f"{reason}, added inside the direct block, where it would not be called")
+        self.hooks_seen = tl.hook_counter()
 
 
 @contextmanager
@@ -169,53 +204,52 @@ def direct(model: Any) -> Iterator[nn.Module]:
     """Run ``model``'s wrapped Hugging Face model directly for the ``with`` block.
 
     Yields the Hugging Face model; call it or its ``generate`` inside the block.
-    Raises :class:`DirectUnavailable` (a ``ValueError``) naming the reason when
-    :func:`direct_reason` gives one.
+    Raises :class:`~attnlens.core.errors.DirectUnavailable` naming the reason when
+    :func:`direct_reason` gives one, and from a forward call inside the block when a
+    hook was added to a module the direct run does not call.
     """
-    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
-
-    reason = direct_reason(model)  # also registers the attention function
+    reason = direct_reason(model)
     if reason is not None:
         raise DirectUnavailable(reason)
     hf: nn.Module = model.original_model
+    routes = _routes(model)
+    assert not isinstance(routes, str)  # direct_reason checked it
+    attention_interface = tl.attention_interfaces()[0]
+    run = _Run(model, routes, attention_interface._global_mapping.get(IMPLEMENTATION))
+    before = list(model.modules())
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
-    configs: dict[int, tuple[Any, str]] = {}  # id(config) -> (config, its implementation)
-    routes = {}
-    for block in model.blocks:
-        attn = block.attn
-        routes[id(attn._modules["_original_component"])] = (
-            attn._modules.get("hook_attn_scores"),
-            attn._modules.get("hook_pattern"),
-        )
-    _active.add(id(hf))
-    try:
-        stack, seen = [hf], set()
-        while stack:
-            module = stack.pop()
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
-            for name, child in list(module._modules.items()):
-                if isinstance(child, GeneralizedComponent):
-                    original = child._modules["_original_component"]
-                    module._modules[name] = original
-                    swaps.append((module, name, child))
-                    child = original
-                if child is not None:
-                    stack.append(child)
-        for module in hf.modules():
-            config = getattr(module, "config", None)
-            if config is not None and hasattr(config, "_attn_implementation") and id(config) not in configs:
-                configs[id(config)] = (config, config._attn_implementation)
-                config._attn_implementation = IMPLEMENTATION
-        _routes.update(routes)
-        logger.debug("direct run: %d wrappers set aside", len(swaps))
-        yield hf
-    finally:
-        for key in routes:
-            _routes.pop(key, None)
-        for config, implementation in configs.values():
-            config._attn_implementation = implementation
-        for module, name, child in reversed(swaps):
-            module._modules[name] = child
-        _active.discard(id(hf))
+    configs: dict[int, tuple[Any, str | None]] = {}  # id(config) -> (config, its implementation)
+    with ExitStack() as stack:
+        stack.enter_context(tl.registered_attention(IMPLEMENTATION, run.attention))
+        try:
+            todo, seen = [hf], set()
+            while todo:
+                module = todo.pop()
+                if id(module) in seen:
+                    continue
+                seen.add(id(module))
+                for name, child in tl.children(module):
+                    if child is not None and tl.is_wrapper(child):
+                        original = tl.original_component(child)
+                        tl.set_child(module, name, original)
+                        swaps.append((module, name, child))
+                        child = original
+                    if child is not None:
+                        todo.append(child)
+            for module in hf.modules():
+                config = getattr(module, "config", None)
+                if config is not None and hasattr(config, "_attn_implementation") and id(config) not in configs:
+                    configs[id(config)] = (config, tl.attention_implementation(config))
+                    tl.set_attention_implementation(config, IMPLEMENTATION)
+            running = {id(m) for m in hf.modules()}
+            run.set_aside = [m for m in before if id(m) not in running]
+            handle = hf.register_forward_pre_hook(run.check_hooks)
+            stack.callback(handle.remove)
+            run.hooks_seen = tl.hook_counter()
+            logger.debug("direct run: %d wrappers set aside", len(swaps))
+            yield hf
+        finally:
+            for config, implementation in configs.values():
+                tl.set_attention_implementation(config, implementation)
+            for module, name, child in reversed(swaps):
+                tl.set_child(module, name, child)

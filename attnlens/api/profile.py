@@ -48,7 +48,8 @@ from ..core.validate import is_int
 from ..core.errors import AttnlensError
 from ..core.model import model_device, model_shape
 from ..core.records import read_jsonl
-from ..steering.bias import BiasPlan, apply_bias, complement
+from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
+from ..steering.bias import BiasPlan, apply_bias
 from ..steering.pasta import (
     HeadConfig,
     HeadConfigLike,
@@ -59,6 +60,7 @@ from ..steering.pasta import (
     head_config_to_json,
     locate,
     normalize_head_config,
+    pasta_plan,
 )
 
 logger = logging.getLogger(__name__)
@@ -349,93 +351,6 @@ def _auto_batch_size(suffix_len: int, rows: int, budget: int) -> int:
     return max(1, min(rows, budget // max(1, suffix_len)))
 
 
-class _Runner:
-    """Runs the suffix of one example for many rows, from a shared prefix KV cache.
-
-    With ``skip`` it also keeps the unsteered residual stream entering every
-    block, so rows that steer heads of layer ``l`` or later start at block ``l``
-    (blocks before it are passed through without computing: their output is the
-    unsteered one).
-    """
-
-    def __init__(self, model: Any, prep: _Prepared, use_prefix: bool, keep_logits: bool, skip: bool) -> None:
-        self.model = model
-        device = model_device(model)
-        self.ids = torch.tensor([prep.ids], dtype=torch.long, device=device)
-        self.n_target = len(prep.target)
-        self.prefix = prep.prefix if use_prefix else 0
-        self.keep_logits = keep_logits
-        self.cache = None
-        if self.prefix > 0:
-            try:
-                _, self.cache = model(
-                    self.ids[:, : self.prefix], return_type="logits_and_cache", use_cache=True, **self._keep(1)
-                )
-            except (TypeError, ValueError, NotImplementedError, AttributeError) as exc:
-                logger.info("no shared prefix cache for this model (%s); running whole rows", exc)
-                self.cache = None
-            if self.cache is None:
-                self.prefix = 0
-        self.resid: dict[int, torch.Tensor] = {}
-        if skip:
-            n_layers = model_shape(model)[0]
-
-            def keep(tensor: torch.Tensor, hook: Any) -> None:
-                self.resid[int(hook.name.split(".")[1])] = tensor.detach().clone()
-
-            hooks = [(f"blocks.{layer}.hook_in", keep) for layer in range(1, n_layers)]
-            with model.hooks(fwd_hooks=hooks):
-                self.baseline = self(1)
-        else:
-            self.baseline = self(1)
-
-    @property
-    def suffix_len(self) -> int:
-        return self.ids.shape[1] - self.prefix
-
-    def _keep(self, n: int) -> dict[str, Any]:
-        return {"logits_to_keep": n} if self.keep_logits else {}
-
-    def __call__(self, rows: int, start_layer: int = 0) -> torch.Tensor:
-        """Target-predicting logits ``[rows, n_target, vocab]`` (bias hooks installed by the caller)."""
-        kwargs: dict[str, Any] = {}
-        if self.keep_logits:  # only the positions that predict the target reach the unembedding
-            end = self.suffix_len - 1
-            kwargs["logits_to_keep"] = torch.arange(end - self.n_target, end, device=self.ids.device)
-        if self.cache is not None:
-            cache = copy.deepcopy(self.cache)
-            if rows > 1:
-                cache.batch_repeat_interleave(rows)
-            kwargs["past_key_values"] = cache
-        if start_layer > 0:
-            resid = self.resid[start_layer].expand(rows, -1, -1)
-            with _pass_through_blocks(self.model, start_layer):
-                logits = self.model(resid, start_at_layer=start_layer, **kwargs)
-        else:
-            logits = self.model(self.ids[:, self.prefix :].expand(rows, -1), **kwargs)
-        if logits.shape[1] != self.n_target:  # every position came back
-            logits = logits[:, -(self.n_target + 1) : -1]
-        return logits
-
-
-def _pass_through(*args: Any, **kwargs: Any) -> Any:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-@contextmanager
-def _pass_through_blocks(model: Any, upto: int) -> Iterator[None]:
-    """Blocks ``[0, upto)`` return their input unchanged inside the block (restored on exit)."""
-    blocks = list(model.blocks)[:upto]
-    try:
-        for block in blocks:
-            # on the instance itself: bridge components forward attribute writes to the wrapped module
-            object.__setattr__(block, "forward", _pass_through)
-        yield
-    finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)
-
-
 def _schedule(
     heads: Sequence[tuple[int, int]], size: int, skip: bool
 ) -> Iterator[tuple[int, list[tuple[int, int]]]]:
@@ -461,38 +376,6 @@ def _schedule(
         chunk.extend(members)
     if chunk:
         yield chunk[0][0], chunk
-
-
-def _skip_reproduces_baseline(runner: "_Runner", n_layers: int) -> bool:
-    """Whether starting mid-stack reproduces the unsteered full pass on this model."""
-    layer = n_layers // 2
-    if layer < 1 or layer not in runner.resid:
-        return False
-    try:
-        logits = runner(1, layer)
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not skip on this model
-        logger.info("starting at block %d fails on this model (%s); running every block", layer, exc)
-        return False
-    ok = logits.shape == runner.baseline.shape and bool(
-        torch.allclose(logits, runner.baseline, atol=1e-3, rtol=1e-4)
-    )
-    if not ok:
-        logger.info("starting at block %d does not reproduce the full pass on this model; running every block", layer)
-    return ok
-
-
-def _can_skip(model: Any) -> bool:
-    return hasattr(model, "blocks") and hasattr(model, "_setup_start_at_layer")
-
-
-def _supports_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    hf = getattr(model, "original_model", None)
-    try:
-        return hf is not None and "logits_to_keep" in inspect.signature(hf.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def profile_heads(
@@ -545,12 +428,11 @@ def profile_heads(
     todo = _head_list(heads, n_layers, n_heads)
     items = _examples(examples)
     prepared = [_prepare(tokenizer, ex, chat, i) for i, ex in enumerate(items)]
-    keep_logits = _supports_logits_to_keep(model)
-    value = math.log(alpha) if scale_position == "exclude" else -math.log(alpha)
+    keep_logits = supports_logits_to_keep(model)
 
     per_example = np.full((n_layers, n_heads, len(items)), np.nan)
     baseline = np.zeros(len(items))
-    skip = skip_layers and _can_skip(model)
+    skip = skip_layers and can_skip(model)
     started = time.perf_counter()
     bar = tqdm(total=len(todo) * len(items), desc="profiling heads", unit="head", disable=not progress)
 
@@ -563,22 +445,19 @@ def profile_heads(
     try:
         with torch.no_grad():
             for e, prep in enumerate(prepared):
-                runner = _Runner(model, prep, share_prefix, keep_logits, skip)
+                runner = PrefixRun(model, prep.ids, len(prep.target), prep.prefix if share_prefix else 0,
+                                   keep_logits=keep_logits, skip=skip)
                 target = torch.tensor(prep.target, device=runner.baseline.device)
                 if skip and e == 0:
-                    skip = _skip_reproduces_baseline(runner, n_layers)
+                    skip = skip_reproduces_baseline(runner, n_layers)
                 baseline[e] = score(runner.baseline, target, 1)[0]
-                ranges = (
-                    complement(list(prep.prompt.spans), len(prep.prompt))
-                    if scale_position == "exclude"
-                    else list(prep.prompt.spans)
-                )
+                spans = list(prep.prompt.spans)
                 size = batch_size or _auto_batch_size(runner.suffix_len, len(todo), token_budget)
                 for start_layer, chunk in _schedule(todo, size, skip):
-                    plan = BiasPlan(n_layers, n_heads, n_rows=len(chunk))
-                    for r, (layer, head) in enumerate(chunk):
-                        for s, end in ranges:
-                            plan.add(s, end, value, layers=[layer], heads=[head], row=r)
+                    plan = BiasPlan.stack([
+                        pasta_plan(model, spans, {layer: [head]}, alpha, scale_position, seq_len=len(prep.prompt))
+                        for layer, head in chunk
+                    ])
                     with apply_bias(model, plan):
                         logits = runner(len(chunk), start_layer)
                     for (layer, head), value_ in zip(chunk, score(logits, target, len(chunk))):

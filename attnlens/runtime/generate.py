@@ -72,6 +72,30 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
         raise AttnlensError(f"top_k must be a positive integer, got {k!r}")
 
 
+#: the runtimes :func:`generate_batch` can use
+BACKENDS = ("auto", "direct", "bridge")
+
+
+class Generation(list):
+    """New tokens per row (a list of lists) and the ``backend`` that produced them."""
+
+    def __init__(self, rows: Sequence[list[int]] = (), *, backend: str) -> None:
+        super().__init__(rows)
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"Generation({list.__repr__(self)}, backend={self.backend!r})"
+
+
+def resolve_backend(backend: Any, direct: bool | None = None) -> str:
+    """Check ``backend`` (one of :data:`BACKENDS`); ``direct=True/False`` overrides it."""
+    if direct is not None:
+        return "direct" if direct else "bridge"
+    if backend not in BACKENDS:
+        raise AttnlensError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend
+
+
 def generate_batch(
     model: Any,
     rows: Sequence[Sequence[int]],
@@ -85,22 +109,26 @@ def generate_batch(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     stop_at_eos: bool = True,
+    backend: str = "auto",
     direct: bool | None = None,
-) -> list[list[int]]:
+) -> "Generation":
     """Generate from token rows with bias plans built in unpadded positions.
 
     Every plan is shifted to the padded layout and installed for the whole
     generation; plans add up. Returns each row's new tokens, cut after the first
     end-of-sequence token.
 
-    ``direct``: None runs the wrapped Hugging Face model directly (see
-    :mod:`attnlens.direct`) when that computes what the bridge computes, else the
-    bridge's own ``generate``; True requires the direct run
-    (:class:`~attnlens.direct.DirectUnavailable`, a ValueError, naming why not);
-    False always uses the bridge. Greedy decoding gives the same tokens
+    ``backend``: ``"auto"`` runs the wrapped Hugging Face model directly (see
+    :mod:`attnlens.runtime.direct`) when that computes what the bridge computes, else the
+    bridge's own ``generate``; ``"direct"`` requires the direct run
+    (:class:`~attnlens.core.errors.DirectUnavailable` naming why not);
+    ``"bridge"`` always uses the bridge. ``direct=True/False`` is the same as
+    ``backend="direct"/"bridge"``. The result is a list of token lists whose
+    ``backend`` attribute says which ran. Greedy decoding gives the same tokens
     either way; sampling draws from the same distribution through a different
     sampler (Hugging Face's or the bridge's), so seeded samples differ between them.
     """
+    backend = resolve_backend(backend, direct)
     check_generation_kwargs(
         dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     )
@@ -113,11 +141,11 @@ def generate_batch(
         for plan in plans:
             stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
         hf = None
-        if direct is not False:
+        if backend != "bridge":
             try:
                 hf = stack.enter_context(run_direct(model))
             except DirectUnavailable as exc:
-                if direct:
+                if backend == "direct":
                     raise
                 logger.debug("generating through the bridge: %s", exc.reason)
         if hf is not None:
@@ -138,7 +166,7 @@ def generate_batch(
                 verbose=False,
             )
     new = out[:, batch.length :].tolist()
-    result = []
+    result = Generation(backend="direct" if hf is not None else "bridge")
     for row in new:
         if stop_at_eos and eos is not None and eos in row:
             row = row[: row.index(eos)]

@@ -140,6 +140,20 @@ class BiasPlan:
                 plan.terms.append(BiasTerm(t.start + o, end, t.value, t.layers, t.heads, r))
         return plan
 
+    @classmethod
+    def stack(cls, plans: Sequence["BiasPlan"]) -> "BiasPlan":
+        """One per-row plan for a batch: row ``r`` gets ``plans[r]``'s terms (each plan for all rows)."""
+        if not plans:
+            raise AttnlensError("no plans to stack")
+        out = cls(plans[0].n_layers, plans[0].n_heads, n_rows=len(plans))
+        for r, plan in enumerate(plans):
+            if (plan.n_layers, plan.n_heads) != (out.n_layers, out.n_heads):
+                raise AttnlensError("cannot stack plans built for different model shapes")
+            if plan.rows is not None:
+                raise AttnlensError(f"plan {r} is already per-row; only all-row plans stack")
+            out.terms.extend(BiasTerm(t.start, t.end, t.value, t.layers, t.heads, r) for t in plan.terms)
+        return out
+
     @property
     def length(self) -> int:
         """One past the last key position with a fixed bias (open terms count their start)."""

@@ -33,7 +33,7 @@ import torch
 import attnlens as al
 from attnlens.runtime.generate import generate_batch
 from attnlens.runtime.models import load_embedded_hf
-from attnlens.api.pipeline import guide_plan_for
+from attnlens.steering.guide import guide_plan_for
 
 PROMPT = [{"role": "user", "content": "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world. "
            "It is known for the Eiffel Tower, its museums and its cafés."}]

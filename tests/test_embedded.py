@@ -78,7 +78,7 @@ def test_pipeline_steers_the_chat_example(embedded):
 
 def test_direct_generation_equals_the_bridge_on_embedded(embedded):
     from attnlens.runtime.generate import generate_batch
-    from attnlens.api.pipeline import guide_plan_for
+    from attnlens.steering.guide import guide_plan_for
 
     prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=2.0),
                al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=2.0)]

@@ -13,15 +13,10 @@ from attnlens import AttnlensError, SpanError
 from attnlens.runtime.generate import generate_batch
 from attnlens.steering.bias import BiasPlan, apply_bias
 from attnlens.steering.guide import guide_plan
-from attnlens.steering.pasta import (
-    HeadConfigError,
-    PASTA,
-    load_head_config,
-    locate,
-    normalize_head_config,
-    pasta,
-    pasta_plan,
-)
+from attnlens.api.pasta import PASTA
+from attnlens.core.errors import HeadConfigError
+from attnlens.prompts.prompt import locate_substrings as locate
+from attnlens.steering.pasta import load_head_config, normalize_head_config, pasta, pasta_plan
 
 TEXT = (
     "Mary is a doctor. She obtains her bachelor degree from UCSD. "

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from attnlens import AttnlensError
-from attnlens.steering.pasta import PASTA, load_head_config
+from attnlens.api.pasta import PASTA
+from attnlens.steering.pasta import load_head_config
 from attnlens.api.profile import (
     HeadScore,
     ProfileExample,

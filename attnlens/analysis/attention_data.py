@@ -46,7 +46,7 @@ from .descriptions import DEFAULT_SYSTEM_PROMPT, complete, make_client
 from ..core.validate import is_int
 from ..core.errors import AttnlensError
 from ..core.model import model_shape
-from ..core.validate import LayerSpec, resolve_layers
+from ..core.validate import LayerSpec, resolve_heads, resolve_layer, resolve_layers
 
 logger = logging.getLogger(__name__)
 
@@ -346,13 +346,9 @@ class AttentionData:
     # ------------------------------------------------------------------ patterns and samples
 
     def _check(self, layer: Any, head: Any) -> tuple[int, int]:
-        for name, value, size in (("layer", layer, self.n_layers), ("head", head, self.n_heads)):
-            if not is_int(value):
-                raise AttnlensError(f"{name} must be an integer, got {value!r}")
-            if not -size <= value < size:
-                what = "layers" if name == "layer" else "heads per layer"
-                raise AttnlensError(f"{name} {value} out of range: the model has {size} {what} (0..{size - 1})")
-        return layer % self.n_layers, head % self.n_heads
+        if not is_int(head):
+            raise AttnlensError(f"head must be an integer, got {head!r}")
+        return resolve_layer(layer, self.n_layers), resolve_heads(head, self.n_heads)[0]  # type: ignore[index]
 
     def _patterns(self, wanted: dict[int, tuple[int, ...]]) -> dict[tuple[int, int], torch.Tensor]:
         """The attention patterns of the wanted heads over every text: ``[text, query, key]`` each."""
@@ -696,19 +692,7 @@ class AttentionData:
         return HeadDescriptions([results[p] for p in pairs])
 
     def _resolve_heads(self, heads: HeadSpec) -> tuple[int, ...]:
-        if isinstance(heads, str):
-            if heads.strip().lower() == "all":
-                return tuple(range(self.n_heads))
-            try:
-                heads = [int(h) for h in heads.replace(",", " ").split()]
-            except ValueError:
-                raise AttnlensError(f"heads={heads!r}: expected 'all' or head indices") from None
-        if is_int(heads):
-            heads = [heads]
-        out = sorted({self._check(0, h)[1] for h in heads})  # type: ignore[union-attr]
-        if not out:
-            raise AttnlensError("heads selects no head")
-        return tuple(out)
+        return resolve_heads(heads, self.n_heads)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (

@@ -50,15 +50,13 @@ from ..core.model import model_device, model_shape
 from ..core.records import read_jsonl
 from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
 from ..steering.bias import BiasPlan, apply_bias
+from ..prompts.prompt import Prompt, is_chat, locate_substrings
 from ..steering.pasta import (
     HeadConfig,
     HeadConfigLike,
-    PastaPrompt,
-    _is_chat,
     check_alpha,
     check_scale_position,
     head_config_to_json,
-    locate,
     normalize_head_config,
     pasta_plan,
 )
@@ -135,7 +133,7 @@ class ProfileExample:
         if missing:
             raise AttnlensError(f"{where}: missing field(s) {', '.join(missing)}")
         prompt = data["prompt"]
-        if not isinstance(prompt, str) and not _is_chat(prompt):
+        if not isinstance(prompt, str) and not is_chat(prompt):
             raise AttnlensError(f"{where}: 'prompt' must be a string or a list of {{'role', 'content'}} messages")
         emphasize = data["emphasize"]
         if isinstance(emphasize, str):
@@ -313,7 +311,7 @@ class HeadProfile:
 
 @dataclass
 class _Prepared:
-    prompt: PastaPrompt
+    prompt: Prompt
     target: list[int]
 
     @property
@@ -328,7 +326,7 @@ class _Prepared:
 
 def _prepare(tokenizer: Any, ex: ProfileExample, chat: bool, i: int) -> _Prepared:
     try:
-        prompt = locate(tokenizer, ex.prompt, list(ex.emphasize), occurrence=ex.occurrence, chat=chat)
+        prompt = locate_substrings(tokenizer, ex.prompt, list(ex.emphasize), occurrence=ex.occurrence, chat=chat)
     except AttnlensError as exc:
         raise type(exc)(f"example {i}: {exc}") from None
     target = list(tokenizer(ex.target, add_special_tokens=False)["input_ids"])

@@ -60,33 +60,46 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
 
 def resolve_layer(layer: Any, n_layers: int) -> int:
     """One layer index (negative counts from the end)."""
-    if not is_int(layer) or not -n_layers <= layer < n_layers:
-        raise AttnlensError(f"layer {layer!r} out of range: the model has {n_layers} layers")
+    if not is_int(layer):
+        raise AttnlensError(f"layer must be an integer, got {layer!r}")
+    if not -n_layers <= layer < n_layers:
+        raise AttnlensError(f"layer {layer} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
     return layer % n_layers
 
 
 def resolve_heads(
-    heads: Iterable[int] | int | None,
+    heads: Iterable[int] | int | str | None,
     n_heads: int,
     *,
     layer: int | None = None,
+    negative: bool = True,
     error: type[Exception] = AttnlensError,
 ) -> tuple[int, ...] | None:
-    """Validate head indices (one int or several); ``None`` means every head.
+    """Validate head indices: one int, several, ``"all"`` or ``"0,2 3"``; ``None`` means every head.
 
-    Negative indices count from the end; the result is sorted and unique.
+    Negative indices count from the end (unless ``negative=False``); the result is
+    sorted and unique. ``error`` is the exception class raised (a subclass of
+    :class:`AttnlensError` names the caller's kind of input).
     """
     if heads is None:
         return None
+    where = f" in layer {layer}" if layer is not None else ""
+    if isinstance(heads, str):
+        if heads.strip().lower() == "all":
+            return tuple(range(n_heads))
+        try:
+            heads = [int(h) for h in heads.replace(",", " ").split()]
+        except ValueError:
+            raise error(f"heads={heads!r}{where}: expected 'all' or head indices") from None
     if is_int(heads):
         heads = [heads]  # type: ignore[list-item]
-    where = f" in layer {layer}" if layer is not None else ""
+    low = -n_heads if negative else 0
     out = set()
     for head in heads:  # type: ignore[union-attr]
         if not is_int(head):
             raise error(f"head {head!r}{where} is not an integer")
-        if not -n_heads <= head < n_heads:
-            raise error(f"head {head}{where} out of range: layers have {n_heads} heads")
+        if not low <= head < n_heads:
+            raise error(f"head {head}{where} out of range: layers have {n_heads} heads (0..{n_heads - 1})")
         out.add(head % n_heads)
     if not out:
         raise error(f"empty head list{where}")

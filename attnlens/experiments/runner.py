@@ -28,6 +28,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,12 @@ from tqdm.auto import tqdm
 from ..core.validate import is_int
 from ..core.errors import AttnlensError, ExperimentError
 from ..core.validate import LayerSpec, resolve_layers
+from ..api import chain
+from ..api.chain import PastaSettings
+from ..attribution.influence import trace_influence
+from ..prompts.prompt import Prompt, tokenize_prompt
 from ..steering.bias import BiasPlan, apply_bias
+from ..steering.guide import with_strength
 from ..prompts.tags import escape_tags
 from .metrics import bootstrap_ci
 
@@ -387,7 +393,7 @@ class _Job:
     condition: Condition
     item: Item
     generation: int
-    prompt: Any  # pipeline.Prompt
+    prompt: Prompt
 
     @property
     def key(self) -> str:
@@ -415,38 +421,30 @@ def build_messages(study: Study, item: Item, condition: Condition,
 
 
 def _prepare(study: Study, item: Item, condition: Condition, tokenizer: Any, chat: bool,
-             config: ExperimentConfig) -> Any:
-    from ..api.pipeline import prepare
-
+             config: ExperimentConfig) -> Prompt:
+    """The item's prompt under ``condition``: one focus span (GUIDE's tag, or PASTA's emphasis) with its strength."""
     messages = build_messages(study, item, condition, config)
-    if chat:
-        prompt = prepare(tokenizer, messages, delta_mid=condition.delta or 1.0, chat=True)
-    else:
-        text = "\n\n".join(m["content"] for m in messages)
-        prompt = prepare(tokenizer, text, delta_mid=condition.delta or 1.0, chat=False)
+    item_input: Any = messages if chat else "\n\n".join(m["content"] for m in messages)
+    prompt = tokenize_prompt(tokenizer, item_input, chat=chat)
     if len(prompt.spans) != 1:
         raise ExperimentError(f"item {item.id}: expected one focus span in the prompt, found {len(prompt.spans)}")
+    prompt = with_strength(prompt, condition.delta or 0.0)
+    if condition.method == "pasta":  # the focus is what PASTA emphasises
+        prompt = dataclasses.replace(prompt, spans=tuple(dataclasses.replace(s, kind="emphasis")
+                                                         for s in prompt.spans))
     return prompt
 
 
-def _focus(prompt: Any) -> tuple[int, int]:
+def _focus(prompt: Prompt) -> tuple[int, int]:
     span = prompt.spans[0]
     return span.start, span.end
 
 
-def _condition_plan(model: Any, condition: Condition, prompt: Any, config: ExperimentConfig,
-                    head_config: Any, row: int | None) -> BiasPlan:
-    plan = BiasPlan.for_model(model)
-    start, end = _focus(prompt)
-    if condition.method == "guide":
-        plan.add(start, end, condition.delta, layers=config.layers, row=row)
-    elif condition.method == "pasta":
-        from ..steering.pasta import pasta_plan
-
-        pasta = pasta_plan(model, [(start, end)], head_config, alpha=config.pasta_alpha,
-                           scale_position="exclude", seq_len=len(prompt.input_ids))
-        plan.terms.extend(dataclasses.replace(t, row=row) for t in pasta.terms)
-    return plan
+def _condition_plans(model: Any, condition: Condition, prompts: Sequence[Prompt], config: ExperimentConfig,
+                     head_config: Any) -> list[BiasPlan]:
+    """The condition's plans for ``prompts`` (one row each), through the chain every caller shares."""
+    pasta = PastaSettings(head_config, config.pasta_alpha, "exclude") if condition.method == "pasta" else None
+    return chain.plans_for(model, prompts, layers=config.layers, pasta=pasta)
 
 
 def _batches(jobs: list[_Job], batch_size: int, max_tokens: int) -> list[list[_Job]]:
@@ -469,22 +467,13 @@ def _batch_seed(config: ExperimentConfig, jobs: Sequence[_Job]) -> int:
     return zlib.crc32(f"{config.seed}|{jobs[0].key}".encode()) & 0x7FFFFFFF
 
 
-_INFLUENCE_WARNED = False
-
-
-def _influence(model: Any, prompt: Any, plan: BiasPlan) -> float | None:
-    """The focus span's influence on the last prompt token at the last layer, under the condition's plan."""
-    global _INFLUENCE_WARNED
-    try:
-        from ..attribution.influence import trace_influence
-    except ImportError:
-        if not _INFLUENCE_WARNED:
-            logger.warning("attnlens.attribution.influence is not available: rows record no influence")
-            _INFLUENCE_WARNED = True
-        return None
+def _influence(model: Any, prompt: Prompt, plans: Sequence[BiasPlan]) -> float:
+    """The focus span's influence on the last prompt token at the last layer, under the condition's plans."""
     import torch
 
-    with apply_bias(model, plan), torch.no_grad():
+    with ExitStack() as stack, torch.no_grad():
+        for plan in plans:
+            stack.enter_context(apply_bias(model, plan))
         trace = trace_influence(model, list(prompt.input_ids), [_focus(prompt)], methods=("influence",),
                                 progress=False)  # the run's own bar shows progress
     return float(trace["influence"][0, -1, -1])
@@ -609,22 +598,19 @@ def _load_heads(path: Any) -> Any:
 
 def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job], config: ExperimentConfig,
                head_config: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
-    from ..runtime.generate import generate_batch
-
     if config.influence:
         for job in batch:
             key = (condition.name, job.item.id)
             if key not in influences:
-                single = _condition_plan(model, condition, job.prompt, config, head_config, None)
+                single = _condition_plans(model, condition, [job.prompt], config, head_config)
                 influences[key] = _influence(model, job.prompt, single)
-    plan = BiasPlan.for_model(model)
-    for r, job in enumerate(batch):
-        plan.extend(_condition_plan(model, condition, job.prompt, config, head_config, r))
+    prompts = [j.prompt for j in batch]
+    plans = _condition_plans(model, condition, prompts, config, head_config)
     seed = _batch_seed(config, batch)
     sample_kwargs: dict[str, Any] = {}
     if config.sampling:
         sample_kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "seed": seed}
-    new_tokens = generate_batch(model, [j.prompt.input_ids for j in batch], [plan] if plan.terms else [],
+    new_tokens = chain.generate(model, prompts, plans, batch_size=len(batch), progress=False,
                                 max_new_tokens=config.max_new_tokens, **sample_kwargs)
     outputs = [_decode(model.tokenizer, t) for t in new_tokens]
     scores = study.score([j.item for j in batch], outputs, config)

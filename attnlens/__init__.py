@@ -7,8 +7,8 @@ The package is layered; each layer imports only the ones listed before it:
 """
 
 from . import viz
-from .analysis import AttentionData
-from .api import PASTA, HeadProfile, PastaSettings, PayAttentionPipeline, pipeline, prepare, profile_heads
+
+from .api import PASTA, AttentionData, HeadProfile, PastaSettings, PayAttentionPipeline, pipeline, prepare, profile_heads
 from .api.chain import influence_report, measure_influence, plans_for, steered_generation
 from .attribution import InfluenceTrace, influence, rollout, trace_influence
 from .core.errors import (

@@ -299,11 +299,11 @@ def test_cli_accepts_the_seed_spellings(tmp_path):
     args = parser.parse_args(["experiment", "summarize", "--out", str(tmp_path), "--max_new_tokens", "7",
                               "--model_name", "some/model", "--num_generations", "3", "--delta", "0", "1.5",
                               "--layers", "0", "2"])
-    config = cli._experiment_config(args)
+    config = cli.experiment._experiment_config(args)
     assert isinstance(config, SummarizeConfig)
     assert (config.max_new_tokens, config.model, config.num_generations) == (7, "some/model", 3)
     assert list(config.deltas) == [0.0, 1.5] and config.layers == "0 2" and config.sampling
-    needle = cli._experiment_config(parser.parse_args(
+    needle = cli.experiment._experiment_config(parser.parse_args(
         ["experiment", "needle", "--out", str(tmp_path), "--context-lengths", "512", "1024", "--depths", "0", "50"]))
     assert list(needle.context_lengths) == [512, 1024] and list(needle.depths) == [0, 50]
     assert needle.max_new_tokens == NeedleConfig.max_new_tokens

@@ -12,7 +12,8 @@ import torch
 import attnlens as al
 from attnlens import cli
 from attnlens.core.errors import AttnlensError
-from attnlens.analysis.attention_data import AttentionData, Sample, TokenMultiple
+from attnlens.analysis.multiples import Sample, TokenMultiple
+from attnlens.api import AttentionData
 
 TEXTS = [
     "The cat sat on the mat because it was tired after chasing the mouse all day.",
@@ -148,8 +149,8 @@ def test_seeded_sampling_is_reproducible(tiny):
 def test_prompt_lists_text_then_sorted_pairs(ad):
     samples = ad.get_head_samples(layer=1, head=2, num_samples=2)
     prompt = ad.build_prompt(samples, custom_prompt="Mind the punctuation.")
-    assert prompt.startswith(al.heads.PROMPT_PREFIX)
-    assert prompt.rstrip().endswith(al.heads.PROMPT_SUFFIX)
+    assert prompt.startswith(al.analysis.descriptions.PROMPT_PREFIX)
+    assert prompt.rstrip().endswith(al.analysis.descriptions.PROMPT_SUFFIX)
     assert prompt.index("Mind the punctuation.") > prompt.index("Example 2:")
     block = prompt.split("Example 1:\n", 1)[1].split("\n")
     text, pairs = block[0], block[1]

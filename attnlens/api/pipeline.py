@@ -36,11 +36,10 @@ from ..attribution.influence import METHODS as INFLUENCE_METHODS
 from ..attribution.influence import InfluenceTrace
 from ..core.errors import AttnlensError
 from ..core.validate import LayerSpec, is_int, resolve_layers
-from ..prompts.prompt import Prompt, PromptInput, TokenSpan, is_chat
+from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
-from ..steering.guide import check_delta, guide_plan_for
+from ..steering.guide import check_delta
 from . import chain
-from .chain import prepare
 
 logger = logging.getLogger(__name__)
 

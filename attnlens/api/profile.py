@@ -27,14 +27,12 @@ string or a list of strings; an optional ``occurrence`` picks a repeated one.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -46,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..core.validate import is_int
 from ..core.errors import AttnlensError
-from ..core.model import model_device, model_shape
+from ..core.model import model_shape
 from ..core.records import read_jsonl
 from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
 from ..steering.bias import BiasPlan, apply_bias

@@ -8,10 +8,10 @@ import textwrap
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, messages, non_negative_int, number, positive_int, read_texts, side_by_side
+from ._common import load_model_for, non_negative_int, number, positive_int, read_texts
 
 def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
-    from ..analysis.attention_data import AttentionData
+    from ..api import AttentionData
 
     texts = read_texts(args.texts)
     model = load_model_for(args)

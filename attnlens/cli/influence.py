@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import textwrap
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, messages, non_negative_int, number, positive_int, read_texts, side_by_side
+from ._common import load_model_for, messages, number, positive_int
 
 def _zero_or_more(text: str) -> int:
     try:

@@ -96,7 +96,7 @@ def _locate(encoded: Encoded, base: int, parsed_spans: Sequence[TagSpan], text: 
 
 def tokenize_prompt(
     tokenizer: Any,
-    item: PipelineInput,
+    item: PromptInput,
     *,
     chat: bool = False,
     add_generation_prompt: bool = True,

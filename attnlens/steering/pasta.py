@@ -34,11 +34,9 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
-from tqdm.auto import tqdm
 
 from ..core.validate import is_int
 from ..core.errors import AttnlensError, SpanError

@@ -48,6 +48,8 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..core.validate import is_int
+from ..core import hooks
+from ..core.model import model_device
 from ..core.errors import AttnlensError, SpanError
 
 logger = logging.getLogger(__name__)
@@ -57,10 +59,7 @@ METHODS: tuple[str, ...] = ("influence", "rollout")
 TokensLike = Union[torch.Tensor, Sequence[int]]
 SpanLike = Sequence[int]
 
-RESID_PRE = "blocks.{layer}.hook_resid_pre"
-ATTN_OUT = "blocks.{layer}.hook_attn_out"
-PATTERN = "blocks.{layer}.attn.hook_pattern"
-VALUES = "blocks.{layer}.attn.hook_v"
+RESID_PRE, ATTN_OUT, PATTERN, VALUES = hooks.RESID_PRE, hooks.ATTN_OUT, hooks.PATTERN, hooks.VALUES
 
 #: sequences at least this long show a progress bar over layers
 PROGRESS_FROM = 1024
@@ -353,7 +352,7 @@ def trace_influence(
     if cfg is None:
         raise AttnlensError(f"expected a TransformerLens model (with .cfg), got {type(model).__name__}")
     methods = _check_methods(methods)
-    device = _device(model)
+    device = model_device(model)
     row = as_token_row(tokens).to(device)
     seq = row.shape[1]
     checked = check_spans(None, spans, seq)
@@ -436,9 +435,3 @@ def influence(
     result = trace[method]
     return result[0] if span is not None else result
 
-
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..core.errors import AttnlensError, CLIError
+from ..core.errors import AttnlensError
 from . import experiment, generate, heads, influence, pasta
 
 

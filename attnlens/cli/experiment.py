@@ -9,7 +9,7 @@ from typing import Any
 from ._common import non_negative_int, number, positive_int
 
 def add_experiment(sub: Any) -> None:
-    from ..experiments import METHODS, STUDIES
+    from ..experiments import CONDITION_METHODS, STUDIES
 
     p = sub.add_parser("experiment", help="does steering help? French summaries, needle in a haystack, JSON output",
                        description="Run one of the GUIDE paper's studies under no emphasis, GUIDE at each delta, "
@@ -20,7 +20,7 @@ def add_experiment(sub: Any) -> None:
     common.add_argument("--out", required=True, help="the output directory (rows.jsonl, summary.csv, plots)")
     common.add_argument("--delta", dest="deltas", nargs="+", type=number, default=[0.0, 1.0, 2.0],
                         help="GUIDE deltas (0 is the unsteered prompt)")
-    common.add_argument("--conditions", nargs="+", choices=METHODS, default=None,
+    common.add_argument("--conditions", nargs="+", choices=CONDITION_METHODS, default=None,
                         help="which conditions to run (default: none, guide, emphatic, and pasta with --pasta-heads)")
     common.add_argument("--layers", nargs="+", default=["all"],
                         help="layers GUIDE steers: all | none | first | last | indices")

@@ -19,7 +19,11 @@ from typing import Any
 
 from ..core.validate import is_int
 from .metrics import bootstrap_ci, contains_answer
-from .runner import ExperimentConfig, ExperimentError, Item, Score, Segments, Study, item_means, write_csv
+from ..core.errors import ExperimentError
+from .config import ExperimentConfig
+from .store import write_csv
+from .study import Item, Score, Segments, Study
+from .summary import item_means
 from .sources import data_file, hf_texts, is_local, read_jsonl, sentences
 
 logger = logging.getLogger(__name__)

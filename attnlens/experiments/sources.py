@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..core import records
-from .runner import ExperimentError
+from ..core.errors import ExperimentError
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from ..core.model import Model
 from ..core.errors import AttnlensError, DescribeError
 from ..core.model import model_shape
 from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layer, resolve_layers
@@ -127,7 +128,7 @@ class AttentionData:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         openai_model: str | None = None,
         openai_api_key: str | None = None,
         text_batch: TextBatch | None = None,

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
+from ..core.model import Model
 from ..core import hooks as hooks_
 from ..core.errors import AttnlensError
 from ..core.model import model_device, model_shape, pad_id
@@ -38,7 +39,7 @@ class SteeringPatterns:
     steered: Float[torch.Tensor, "head query key"]  # noqa: F821
 
 
-def capture_patterns(model: Any, rows: Sequence[Sequence[int]], wanted: dict[int, tuple[int, ...]], *,
+def capture_patterns(model: Model, rows: Sequence[Sequence[int]], wanted: dict[int, tuple[int, ...]], *,
                  batch_size: int = 16) -> dict[tuple[int, int], torch.Tensor]:
     """The attention patterns of the ``wanted`` heads (``{layer: heads}``) over token ``rows``: ``[row, query, key]`` each.
 
@@ -82,7 +83,7 @@ def capture_patterns(model: Any, rows: Sequence[Sequence[int]], wanted: dict[int
             _run(model, n_layers, tokens, mask, hooks, stop)
     return out
 
-def _run(model: Any, n_layers: int, tokens: torch.Tensor, mask: torch.Tensor, hooks: list, stop: int) -> None:
+def _run(model: Model, n_layers: int, tokens: torch.Tensor, mask: torch.Tensor, hooks: list, stop: int) -> None:
     kwargs: dict[str, Any] = {"attention_mask": mask, "return_type": None}
     if stop < n_layers:
         kwargs["stop_at_layer"] = stop
@@ -93,7 +94,7 @@ def _run(model: Any, n_layers: int, tokens: torch.Tensor, mask: torch.Tensor, ho
         model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
 
 
-def as_tokens(model: Any, tokens: Any) -> torch.Tensor:
+def as_tokens(model: Model, tokens: Any) -> torch.Tensor:
     if isinstance(tokens, str):
         if getattr(model, "tokenizer", None) is None:
             raise AttnlensError("the model has no tokenizer; pass token ids instead of a string")
@@ -110,7 +111,7 @@ def as_tokens(model: Any, tokens: Any) -> torch.Tensor:
     return ids
 
 
-def steering_context(model: Any, plan_or_context: Any) -> Any:
+def steering_context(model: Model, plan_or_context: Any) -> Any:
     if isinstance(plan_or_context, BiasPlan):
         return apply_bias(model, plan_or_context)
     if hasattr(plan_or_context, "__enter__") and hasattr(plan_or_context, "__exit__"):
@@ -126,7 +127,7 @@ def steering_context(model: Any, plan_or_context: Any) -> Any:
     )
 
 
-def layer_pattern(model: Any, tokens: Int[torch.Tensor, "pos"], layer: int) -> Float[torch.Tensor, "head query key"]:  # noqa: F821
+def layer_pattern(model: Model, tokens: Int[torch.Tensor, "pos"], layer: int) -> Float[torch.Tensor, "head query key"]:  # noqa: F821
     """The attention pattern of every head of ``layer`` for one token row: ``[head, query, key]``."""
     n_layers, _ = model_shape(model)
     captured: dict[str, torch.Tensor] = {}
@@ -147,7 +148,7 @@ def layer_pattern(model: Any, tokens: Int[torch.Tensor, "pos"], layer: int) -> F
 
 
 def steering_patterns(
-    model: Any, tokens: Any, layer: int, plan_or_context: Any, *, heads: Sequence[int] | None = None
+    model: Model, tokens: Any, layer: int, plan_or_context: Any, *, heads: Sequence[int] | None = None
 ) -> SteeringPatterns:
     """Run ``model`` on ``tokens`` twice, without and with the steering, and keep ``layer``'s patterns.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..core.model import Model
 from ..attribution.influence import InfluenceTrace, trace_influence
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_shape
@@ -86,7 +87,7 @@ class PastaSettings:
 
 
 def plans_for(
-    model: Any,
+    model: Model,
     prompts: Sequence[Prompt],
     *,
     layers: LayerSpec = "all",
@@ -118,7 +119,7 @@ def select_rows(plan: BiasPlan, start: int, count: int) -> BiasPlan:
 
 
 def generate(
-    model: Any,
+    model: Model,
     prompts: Sequence[Prompt] | Sequence[Sequence[int]],
     plans: Sequence[BiasPlan] = (),
     *,
@@ -152,7 +153,7 @@ def generate(
 
 
 def measure_influence(
-    model: Any,
+    model: Model,
     prompt: Prompt,
     *,
     methods: Sequence[str] = ("influence",),
@@ -176,7 +177,7 @@ def measure_influence(
 
 
 def steered_generation(
-    model: Any,
+    model: Model,
     item: PromptInput,
     *,
     delta_mid: float = 1.0,
@@ -214,7 +215,7 @@ def steered_generation(
 
 
 def influence_report(
-    model: Any,
+    model: Model,
     item: PromptInput,
     *,
     methods: Sequence[str] = ("influence",),

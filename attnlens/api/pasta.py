@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..core.model import Model
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_shape
 from ..core.validate import is_int
@@ -49,7 +50,7 @@ class PASTA:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         head_config: HeadConfigLike,
         alpha: float = 0.01,
         scale_position: str = "exclude",

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.model import Model
 from ..attribution.influence import METHODS as INFLUENCE_METHODS
 from ..attribution.influence import InfluenceTrace
 from ..core.errors import AttnlensError
@@ -55,7 +56,7 @@ class PayAttentionPipeline:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         *,
         delta_mid: float = 1.0,
         layers: LayerSpec = "all",
@@ -213,7 +214,7 @@ def _check_influence_request(
 
 def pipeline(
     task: str = "pay-attention",
-    model: Any = None,
+    model: Model = None,
     *,
     delta_mid: float = 1.0,
     layers: LayerSpec = "all",

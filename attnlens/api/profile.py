@@ -32,23 +32,33 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.model import Model
 from ..core.validate import is_int
 from ..core.errors import AttnlensError
 from ..core.model import model_shape
-from ..core.records import read_jsonl
 from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
 from ..steering.bias import BiasPlan, apply_bias
-from ..prompts.prompt import Prompt, is_chat, locate_substrings
+from ..prompts.prompt import Prompt, locate_substrings
+from .profile_examples import ProfileExample, _examples, json_format_examples, load_examples
+from .scorers import (
+    SCORERS,
+    Scorer,
+    _resolve_scorer,
+    first_token_logprob,
+    mean_logprob,
+    sum_logprob,
+    token_accuracy,
+)
 from ..steering.pasta import (
     HeadConfig,
     HeadConfigLike,
@@ -60,148 +70,6 @@ from ..steering.pasta import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: ``scorer(logits, target) -> score per row``: ``logits`` ``[rows, n_target, vocab]`` predict
-#: the target tokens ``target`` ``[n_target]``; higher scores are better.
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def mean_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The mean log-probability of the target tokens (the default scorer)."""
-    return _target_logprobs(logits, target).mean(-1)
-
-
-def sum_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The log-probability of the whole target completion."""
-    return _target_logprobs(logits, target).sum(-1)
-
-
-def token_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The share of target tokens that greedy decoding would pick (teacher-forced)."""
-    return (logits.argmax(-1) == target.to(logits.device)).float().mean(-1)
-
-
-def first_token_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The log-probability of the target's first token (say, ``{`` for a JSON answer)."""
-    return _target_logprobs(logits[:, :1], target[:1]).squeeze(-1)
-
-
-def _target_logprobs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    logprobs = logits.float().log_softmax(-1)
-    index = target.to(logits.device).view(1, -1, 1).expand(logits.shape[0], -1, 1)
-    return logprobs.gather(-1, index).squeeze(-1)
-
-
-SCORERS: dict[str, Scorer] = {
-    "mean_logprob": mean_logprob,
-    "sum_logprob": sum_logprob,
-    "token_accuracy": token_accuracy,
-    "first_token_logprob": first_token_logprob,
-}
-
-
-def _resolve_scorer(scorer: str | Scorer) -> tuple[str, Scorer]:
-    if isinstance(scorer, str):
-        try:
-            return scorer, SCORERS[scorer]
-        except KeyError:
-            raise AttnlensError(f"unknown scorer {scorer!r}; built in: {', '.join(SCORERS)}") from None
-    if not callable(scorer):
-        raise AttnlensError(f"scorer must be a name ({', '.join(SCORERS)}) or a callable, got {scorer!r}")
-    return getattr(scorer, "__name__", type(scorer).__name__), scorer
-
-
-# ----------------------------------------------------------------------------- examples
-
-
-@dataclass(frozen=True)
-class ProfileExample:
-    """One task example: the prompt, what to emphasise in it, and the completion wanted."""
-
-    prompt: Union[str, tuple[Mapping[str, str], ...]]
-    emphasize: tuple[str, ...]
-    target: str
-    occurrence: int | None = 0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "example") -> "ProfileExample":
-        if not isinstance(data, Mapping):
-            raise AttnlensError(f"{where}: expected an object with 'prompt', 'emphasize' and 'target'")
-        missing = [k for k in ("prompt", "emphasize", "target") if k not in data]
-        if missing:
-            raise AttnlensError(f"{where}: missing field(s) {', '.join(missing)}")
-        prompt = data["prompt"]
-        if not isinstance(prompt, str) and not is_chat(prompt):
-            raise AttnlensError(f"{where}: 'prompt' must be a string or a list of {{'role', 'content'}} messages")
-        emphasize = data["emphasize"]
-        if isinstance(emphasize, str):
-            emphasize = [emphasize]
-        if (
-            not isinstance(emphasize, Sequence)
-            or not emphasize
-            or not all(isinstance(e, str) and e for e in emphasize)
-        ):
-            raise AttnlensError(f"{where}: 'emphasize' must be a non-empty string or list of strings")
-        target = data["target"]
-        if not isinstance(target, str) or not target:
-            raise AttnlensError(f"{where}: 'target' must be a non-empty string")
-        occurrence = data.get("occurrence", 0)
-        if occurrence is not None and (not is_int(occurrence)):
-            raise AttnlensError(f"{where}: 'occurrence' must be an integer or null")
-        prompt = prompt if isinstance(prompt, str) else tuple(dict(m) for m in prompt)
-        return cls(prompt, tuple(emphasize), target, occurrence)
-
-    def as_dict(self) -> dict[str, Any]:
-        prompt = self.prompt if isinstance(self.prompt, str) else [dict(m) for m in self.prompt]
-        return {"prompt": prompt, "emphasize": list(self.emphasize), "target": self.target,
-                "occurrence": self.occurrence}
-
-
-def load_examples(path: str | os.PathLike) -> list[ProfileExample]:
-    """Read examples from a JSONL file (``prompt``, ``emphasize``, ``target`` per line)."""
-    file = Path(path).expanduser()
-    examples = [ProfileExample.from_dict(row, where) for where, row in read_jsonl(file, what="examples")]
-    if not examples:
-        raise AttnlensError(f"{str(file)!r} holds no example")
-    return examples
-
-
-def _examples(examples: Any) -> list[ProfileExample]:
-    if isinstance(examples, (str, os.PathLike)):
-        return load_examples(examples)
-    if isinstance(examples, (ProfileExample, Mapping)):
-        examples = [examples]
-    out = []
-    for i, ex in enumerate(examples):
-        out.append(ex if isinstance(ex, ProfileExample) else ProfileExample.from_dict(ex, f"example {i}"))
-    if not out:
-        raise AttnlensError("no examples given")
-    return out
-
-
-_NAMES = ("Mary", "John", "Aisha", "Carlos", "Mei", "Olga", "Tom", "Priya", "Lucas", "Sara", "Kenji", "Nora",
-          "Ahmed", "Elena", "David", "Fatima")
-_JOBS = ("doctor", "teacher", "lawyer", "nurse", "architect", "pilot", "chef", "journalist", "dentist", "engineer",
-         "painter", "pharmacist", "photographer", "accountant", "farmer", "librarian")
-_SCHOOLS = ("UCSD", "MIT", "Oxford", "Stanford", "ETH Zurich", "the University of Tokyo", "McGill", "Harvard")
-
-
-def json_format_examples(n: int = 16) -> list[ProfileExample]:
-    """A small built-in task in the example format: a short biography, an instruction to answer
-    in JSON (emphasised), and the JSON answer as the target."""
-    if not is_int(n) or n < 1:
-        raise AttnlensError(f"n must be a positive integer, got {n!r}")
-    out = []
-    for i in range(n):
-        name, job = _NAMES[i % len(_NAMES)], _JOBS[(i * 7) % len(_JOBS)]
-        school = _SCHOOLS[i % len(_SCHOOLS)]
-        pronoun = ("She", "her") if i % 2 == 0 else ("He", "his")
-        instruction = f"Answer the occupation of {name} and generate the answer as json format"
-        prompt = (f"{name} is a {job}. {pronoun[0]} obtains {pronoun[1]} bachelor degree from {school}. "
-                  f"{instruction}.")
-        out.append(ProfileExample(prompt, (instruction,), json.dumps({"occupation": job})))
-    return out
-
 
 # ----------------------------------------------------------------------------- results
 
@@ -375,7 +243,7 @@ def _schedule(
 
 
 def profile_heads(
-    model: Any,
+    model: Model,
     examples: Iterable[ProfileExample | Mapping[str, Any]] | str | os.PathLike,
     *,
     alpha: float = 0.01,
@@ -474,3 +342,9 @@ def profile_heads(
         scorer=scorer_name,
         seconds=seconds,
     )
+
+
+__all__ = [
+    "SCORERS", "HeadProfile", "HeadScore", "ProfileExample", "Scorer", "first_token_logprob",
+    "json_format_examples", "load_examples", "mean_logprob", "profile_heads", "sum_logprob", "token_accuracy",
+]

@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from ..core.model import Model
 from ..core.validate import is_int
 from ..core import hooks
 from ..core.model import model_device
@@ -74,7 +75,7 @@ class InfluenceTrace:
     """
 
     spans: list[tuple[int, int]]
-    results: dict[str, torch.Tensor] = field(default_factory=dict)
+    results: dict[str, Float[torch.Tensor, "span layer_plus_1 *head seq"]] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)  # the measured token ids
     use_values: bool = False
     per_head: bool = False
@@ -321,7 +322,7 @@ def _mix(method: str, prev: torch.Tensor, att: torch.Tensor, x_share: torch.Tens
 
 
 def trace_influence(
-    model: Any,
+    model: Model,
     tokens: TokensLike,
     spans: Sequence[SpanLike],
     *,
@@ -391,7 +392,7 @@ def trace_influence(
 
 
 def influence(
-    model: Any,
+    model: Model,
     tokens: TokensLike,
     span: SpanLike | None = None,
     *,
@@ -400,7 +401,7 @@ def influence(
     use_values: bool = False,
     per_head: bool = False,
     attention_mask: Any = None,
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "*span layer_plus_1 *head seq"]:
     """How much a token span reaches each position, layer by layer (see the module docstring).
 
     Args:

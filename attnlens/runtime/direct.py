@@ -39,8 +39,10 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import nn
 
+from ..core.model import Model
 from ..core.errors import DirectUnavailable
 from . import _internals as tl
 
@@ -66,16 +68,16 @@ def _register() -> None:
 
 def hooked_attention(
     module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
+    query: Float[torch.Tensor, "batch head query d_head"],
+    key: Float[torch.Tensor, "batch kv_head key d_head"],
+    value: Float[torch.Tensor, "batch kv_head key d_head"],
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
     *,
     route: Route = (None, None),
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[Float[torch.Tensor, "batch query head d_head"], Float[torch.Tensor, "batch head query key"] | None]:
     """A Hugging Face attention function that fires a bridge's score and pattern hook points.
 
     ``route`` is ``(hook_attn_scores, hook_pattern)`` of the block ``module`` belongs to;
@@ -112,7 +114,7 @@ def hooked_attention(
     return out, pattern
 
 
-def _routes(model: Any) -> dict[nn.Module, Route] | str:
+def _routes(model: Model) -> dict[nn.Module, Route] | str:
     """``{Hugging Face attention module: (hook_attn_scores, hook_pattern)}``, or why there is none."""
     routes: dict[nn.Module, Route] = {}
     for block in model.blocks:
@@ -124,7 +126,7 @@ def _routes(model: Any) -> dict[nn.Module, Route] | str:
     return routes
 
 
-def _allowed_and_internal(model: Any, routes: dict[nn.Module, Route]) -> tuple[set[int], set[int]]:
+def _allowed_and_internal(model: Model, routes: dict[nn.Module, Route]) -> tuple[set[int], set[int]]:
     allowed = {id(point) for route in routes.values() for point in route if point is not None}
     internal: set[int] = set()
     for block in model.blocks:
@@ -132,14 +134,14 @@ def _allowed_and_internal(model: Any, routes: dict[nn.Module, Route]) -> tuple[s
     return allowed, internal
 
 
-def _hooked_module(model: Any, modules: Any, allowed: set[int], internal: set[int]) -> str | None:
+def _hooked_module(model: Model, modules: Any, allowed: set[int], internal: set[int]) -> str | None:
     for module in modules:
         if id(module) not in allowed and tl.has_hooks(module, internal):
             return f"{_name_of(model, module)} has a hook"
     return None
 
 
-def direct_reason(model: Any) -> str | None:
+def direct_reason(model: Model) -> str | None:
     """Why :func:`direct` cannot run ``model`` (None when it can)."""
     hf = getattr(model, "original_model", None)
     if hf is None or not isinstance(hf, nn.Module) or not hasattr(model, "blocks"):
@@ -175,7 +177,7 @@ def _name_of(model: nn.Module, target: nn.Module) -> str:
 class _Run:
     """One direct block's state: the attention routes and the hook check."""
 
-    def __init__(self, model: Any, routes: dict[nn.Module, Route], fallback: Callable[..., Any] | None) -> None:
+    def __init__(self, model: Model, routes: dict[nn.Module, Route], fallback: Callable[..., Any] | None) -> None:
         self.model = model
         self.routes = routes
         self.fallback = fallback
@@ -200,7 +202,7 @@ class _Run:
 
 
 @contextmanager
-def direct(model: Any) -> Iterator[nn.Module]:
+def direct(model: Model) -> Iterator[nn.Module]:
     """Run ``model``'s wrapped Hugging Face model directly for the ``with`` block.
 
     Yields the Hugging Face model; call it or its ``generate`` inside the block.

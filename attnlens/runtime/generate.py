@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Int
 
 from .direct import direct as run_direct
+from ..core.model import Model
 from ..core.errors import AttnlensError, DirectUnavailable
 from ..core.model import model_device, pad_id
 from ..core.validate import is_int
@@ -28,8 +30,8 @@ GENERATION_KWARGS = frozenset(
 class Batch:
     """Left-padded token rows."""
 
-    tokens: torch.Tensor  # [batch, pos]
-    attention_mask: torch.Tensor | None  # [batch, pos]; None when nothing is padded
+    tokens: Int[torch.Tensor, "batch pos"]
+    attention_mask: Int[torch.Tensor, "batch pos"] | None  # None when nothing is padded
     offsets: list[int]  # padding added before each row
 
     @property
@@ -97,7 +99,7 @@ def resolve_backend(backend: Any, direct: bool | None = None) -> str:
 
 
 def generate_batch(
-    model: Any,
+    model: Model,
     rows: Sequence[Sequence[int]],
     plans: Sequence[BiasPlan] = (),
     *,

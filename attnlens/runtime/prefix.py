@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
 
+from ..core.model import Model
 from ..core import hooks as hooks_
 from ..core.model import model_device, model_shape
 from . import _internals as tl
@@ -40,7 +42,7 @@ class PrefixRun:
     unsteered one).
     """
 
-    def __init__(self, model: Any, ids: Sequence[int], n_target: int, prefix: int, *, keep_logits: bool,
+    def __init__(self, model: Model, ids: Sequence[int], n_target: int, prefix: int, *, keep_logits: bool,
                  skip: bool) -> None:
         """``ids``: prompt + target tokens; the last ``n_target`` are predicted; the first ``prefix``
         (0: none) run once and their KV cache is shared by every row."""
@@ -81,7 +83,7 @@ class PrefixRun:
     def _keep(self, n: int) -> dict[str, Any]:
         return {"logits_to_keep": n} if self.keep_logits else {}
 
-    def __call__(self, rows: int, start_layer: int = 0) -> torch.Tensor:
+    def __call__(self, rows: int, start_layer: int = 0) -> Float[torch.Tensor, "rows n_target vocab"]:
         """Target-predicting logits ``[rows, n_target, vocab]`` (bias hooks installed by the caller)."""
         kwargs: dict[str, Any] = {}
         if self.keep_logits:  # only the positions that predict the target reach the unembedding
@@ -121,11 +123,11 @@ def skip_reproduces_baseline(runner: "PrefixRun", n_layers: int) -> bool:
     return ok
 
 
-def can_skip(model: Any) -> bool:
+def can_skip(model: Model) -> bool:
     return hasattr(model, "blocks") and hasattr(model, "_setup_start_at_layer")
 
 
-def supports_logits_to_keep(model: Any) -> bool:
+def supports_logits_to_keep(model: Model) -> bool:
     hf = getattr(model, "original_model", None)
     try:
         return hf is not None and "logits_to_keep" in inspect.signature(hf.forward).parameters

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..core.model import Model
 from ..core import hooks
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_device, model_dtype, model_shape
@@ -85,7 +86,7 @@ class BiasPlan:
     n_rows: int | None = None
 
     @classmethod
-    def for_model(cls, model: Any) -> "BiasPlan":
+    def for_model(cls, model: Model) -> "BiasPlan":
         n_layers, n_heads = model_shape(model)
         return cls(n_layers, n_heads)
 
@@ -258,7 +259,7 @@ class _ScoreBias:
 
 
 @contextmanager
-def apply_bias(model: Any, plan: BiasPlan) -> Iterator[BiasPlan]:
+def apply_bias(model: Model, plan: BiasPlan) -> Iterator[BiasPlan]:
     """Install ``plan`` on ``model`` for the ``with`` block; hooks are removed on exit."""
     n_layers, n_heads = model_shape(model)
     if (plan.n_layers, plan.n_heads) != (n_layers, n_heads):

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 from dataclasses import replace
 
+from ..core.model import Model
 from ..core.errors import AttnlensError, SpanError
 from ..core.validate import LayerSpec
 from ..prompts.prompt import Prompt
@@ -49,7 +50,7 @@ def _unpack(span: Any, delta: float) -> tuple[int, int, float]:
 
 
 def guide_plan(
-    model: Any,
+    model: Model,
     spans: Sequence[Span] | Sequence[Sequence[Span]],
     delta: float = 1.0,
     layers: LayerSpec = "all",
@@ -75,7 +76,7 @@ def guide_plan(
 
 @contextmanager
 def guide(
-    model: Any,
+    model: Model,
     spans: Sequence[Span] | Sequence[Sequence[Span]],
     delta: float = 1.0,
     layers: LayerSpec = "all",
@@ -116,7 +117,7 @@ def with_strength(prompt: Prompt, delta_mid: float) -> Prompt:
 
 
 def guide_plan_for(
-    model: Any,
+    model: Model,
     prompts: Prompt | Sequence[Prompt],
     layers: LayerSpec = "all",
     *,

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Union
 
 
+from ..core.model import Model
 from ..core.validate import is_int
 from ..core.errors import AttnlensError, SpanError
 from ..core.errors import HeadConfigError
@@ -215,7 +216,7 @@ def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def pasta_plan(
-    model: Any,
+    model: Model,
     spans: Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]],
     head_config: HeadConfigLike,
     alpha: float = 0.01,
@@ -279,7 +280,7 @@ def pasta_plan(
 
 @contextmanager
 def pasta(
-    model: Any,
+    model: Model,
     spans: Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]],
     head_config: HeadConfigLike,
     alpha: float = 0.01,

@@ -31,6 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..core.errors import ExperimentError
+from ..core.model import context_window
 from ..core.validate import resolve_layers
 from ..api import chain
 from ..api.chain import PastaSettings
@@ -181,7 +182,7 @@ def run_experiment(
                 pending.append(_Job(condition, item, g, prompts[key]))
         jobs_by_condition[condition] = pending
     total = sum(len(v) for v in jobs_by_condition.values())
-    n_ctx = getattr(model.cfg, "n_ctx", None)
+    n_ctx = context_window(model)
     if n_ctx:
         longest = max((len(p.input_ids) for p in prompts.values()), default=0)
         if longest + config.max_new_tokens > n_ctx:

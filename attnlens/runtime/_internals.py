@@ -94,6 +94,15 @@ def is_offloaded(module: nn.Module) -> bool:
 # ----------------------------------------------------------------------------- transformers
 
 
+def has_attention_implementation(config: Any) -> bool:
+    return config is not None and hasattr(config, "_attn_implementation")
+
+
+def registered_attention(name: str) -> Callable[..., Any] | None:
+    """The attention function registered under ``name`` with transformers, if any."""
+    return attention_interfaces()[0]._global_mapping.get(name)
+
+
 def attention_implementation(config: Any) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
@@ -111,7 +120,7 @@ def attention_interfaces() -> tuple[Any, Any, Callable[..., Any]]:
 
 
 @contextmanager
-def registered_attention(name: str, attention: Callable[..., Any]) -> Iterator[None]:
+def registering_attention(name: str, attention: Callable[..., Any]) -> Iterator[None]:
     """Register ``attention`` (with eager masks) under ``name`` for the ``with`` block.
 
     What was registered under ``name`` before is put back on exit; a name that was

@@ -216,13 +216,12 @@ def direct(model: Model) -> Iterator[nn.Module]:
     hf: nn.Module = model.original_model
     routes = _routes(model)
     assert not isinstance(routes, str)  # direct_reason checked it
-    attention_interface = tl.attention_interfaces()[0]
-    run = _Run(model, routes, attention_interface._global_mapping.get(IMPLEMENTATION))
+    run = _Run(model, routes, tl.registered_attention(IMPLEMENTATION))
     before = list(model.modules())
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     configs: dict[int, tuple[Any, str | None]] = {}  # id(config) -> (config, its implementation)
     with ExitStack() as stack:
-        stack.enter_context(tl.registered_attention(IMPLEMENTATION, run.attention))
+        stack.enter_context(tl.registering_attention(IMPLEMENTATION, run.attention))
         try:
             todo, seen = [hf], set()
             while todo:
@@ -240,7 +239,7 @@ def direct(model: Model) -> Iterator[nn.Module]:
                         todo.append(child)
             for module in hf.modules():
                 config = getattr(module, "config", None)
-                if config is not None and hasattr(config, "_attn_implementation") and id(config) not in configs:
+                if tl.has_attention_implementation(config) and id(config) not in configs:
                     configs[id(config)] = (config, tl.attention_implementation(config))
                     tl.set_attention_implementation(config, IMPLEMENTATION)
             running = {id(m) for m in hf.modules()}

@@ -22,7 +22,7 @@ outside the union of the sections get ``log(alpha)`` once.
 
 Which heads: ``head_config`` is ``{layer: [heads]}`` (int or str keys, as in
 pastalib's published JSON files, see :func:`load_head_config`) or a list of
-layers (all their heads). :func:`attnlens.steering.profile.profile_heads` finds
+layers (all their heads). :func:`attnlens.api.profile.profile_heads` finds
 heads worth steering for a task.
 """
 

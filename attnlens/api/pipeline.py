@@ -7,7 +7,7 @@ model generates::
 
     pipe = attnlens.pipeline("pay-attention", delta_mid=1.0)
     pipe("<!-> Answer in French. <-!> What is the capital of Italy?", max_new_tokens=30)
-    # [{"generated_text": "...", "spans": [...]}]
+    # [{"generated_text": "...", "spans": [...], "prompt": "...", "backend": "direct"}]
 
 A string is continued as raw text (as in ``transformers``); pass ``chat=True``
 to send it as a user message through the model's chat template. A single
@@ -126,6 +126,7 @@ class PayAttentionPipeline:
         results: list[list[dict[str, Any]]] = []
         for prompt, tokens in zip(prompts, new_tokens):
             result = self._result(prompt, tokens, return_full_text)
+            result["backend"] = new_tokens.backend
             if measure and prompt.influence_spans():
                 trace = self.measure_influence(
                     prompt,

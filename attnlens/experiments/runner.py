@@ -270,6 +270,7 @@ def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job]
             "prompt_tokens": len(job.prompt.input_ids),
             "focus_span": [start, end],
             "new_tokens": len(tokens),
+            "backend": new_tokens.backend,
             "output": output,
             "metrics": {k: float(v) for k, v in score.metrics.items()},
             "influence": influences.get((condition.name, job.item.id)) if config.influence else None,

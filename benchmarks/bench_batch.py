@@ -23,7 +23,7 @@ import torch
 
 import attnlens as al
 from attnlens.experiments import Condition, SummarizeConfig, SummarizeStudy, build_messages
-from attnlens.generation import generate_batch
+from attnlens.runtime.generate import generate_batch
 from attnlens.steering.bias import BiasPlan
 
 

@@ -6,7 +6,7 @@ ignored so every run does the same work) from the same prompt tokens:
 * plain HF: ``LlamaForCausalLM.generate`` with sdpa attention, no hooks;
 * attnlens, GUIDE: ``generate_batch`` with a GUIDE plan on every layer (what the
   pipeline, the CLI and PASTA run: the wrapped model run directly, the bias
-  added by hooks on the bridge's ``hook_attn_scores`` points; see ``attnlens.direct``);
+  added by hooks on the bridge's ``hook_attn_scores`` points; see ``attnlens.runtime.direct``);
 * bridge, unsteered: ``TransformerBridge.generate``, no plan;
 * bridge, GUIDE: ``TransformerBridge.generate`` inside ``attnlens.guide``, every
   call going through the bridge's wrapper modules.
@@ -31,9 +31,9 @@ import time
 import torch
 
 import attnlens as al
-from attnlens.generation import generate_batch
-from attnlens.models import load_embedded_hf
-from attnlens.pipeline import guide_plan_for
+from attnlens.runtime.generate import generate_batch
+from attnlens.runtime.models import load_embedded_hf
+from attnlens.steering.guide import guide_plan_for
 
 PROMPT = [{"role": "user", "content": "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world. "
            "It is known for the Eiffel Tower, its museums and its cafés."}]

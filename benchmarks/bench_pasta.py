@@ -8,7 +8,7 @@
       (eager attention, the kind pastalib edits);
     * attnlens: ``attnlens.PASTA.generate`` on the TransformerBridge wrapping the same weights
       (the wrapped model run directly, the bias added by hooks on the bridge's
-      ``hook_attn_scores`` points; see ``attnlens.direct``).
+      ``hook_attn_scores`` points; see ``attnlens.runtime.direct``).
 
     Timed in rounds (order alternating) in one process; prints medians and the ratio
     attnlens / pastalib. Goal: <= 1.0.
@@ -35,9 +35,9 @@ import time
 import torch
 
 import attnlens as al
-from attnlens.generation import generate_batch
-from attnlens.models import load_embedded_hf
-from attnlens.steering.profile import json_format_examples, profile_heads
+from attnlens.runtime.generate import generate_batch
+from attnlens.runtime.models import load_embedded_hf
+from attnlens.api.profile import json_format_examples, profile_heads
 
 TEXT = (
     "Mary is a doctor. She obtains her bachelor degree from UCSD. "

@@ -48,7 +48,7 @@ def make_tiny_bridge(tokenizer=None, **kwargs):
 @pytest.fixture(scope="session")
 def tokenizer():
     """The embedded model's tokenizer (no weights loaded)."""
-    from attnlens.models import load_embedded_tokenizer
+    from attnlens.runtime.models import load_embedded_tokenizer
 
     return load_embedded_tokenizer()
 

@@ -10,8 +10,9 @@ from openai import OpenAI
 
 import attnlens as al
 from attnlens import cli
-from attnlens.describe import DEFAULT_SYSTEM_PROMPT, DescribeError, complete, make_client
-from attnlens.heads import PROMPT_PREFIX, AttentionData
+from attnlens.analysis.descriptions import DEFAULT_SYSTEM_PROMPT, DescribeError, complete, make_client
+from attnlens.analysis.descriptions import PROMPT_PREFIX
+from attnlens.api import AttentionData
 from attnlens.testing import ChatStubServer
 
 TEXTS = [

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import attnlens as al
-from attnlens.direct import IMPLEMENTATION, direct, direct_reason
-from attnlens.generation import generate_batch
+from attnlens.runtime.direct import IMPLEMENTATION, direct, direct_reason
+from attnlens.runtime.generate import generate_batch
 from attnlens.steering.bias import BiasPlan
 from attnlens.steering.pasta import pasta_plan
 from conftest import make_tiny_bridge
@@ -167,14 +167,14 @@ def test_sampling_is_seeded_and_honours_top_k(tiny):
 
 
 def test_fallback_is_logged(tiny, caplog):
-    with caplog.at_level(logging.DEBUG, logger="attnlens.generation"), \
+    with caplog.at_level(logging.DEBUG, logger="attnlens.runtime.generate"), \
             tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: t)]):
         generate_batch(tiny, [[1, 2, 3]], max_new_tokens=1)
     assert any("generating through the bridge" in r.getMessage() for r in caplog.records)
 
 
 def test_a_transformers_without_attention_interfaces_falls_back(tiny, monkeypatch):
-    import attnlens.direct as module
+    import attnlens.runtime.direct as module
 
     def missing():
         raise ImportError("no AttentionInterface")
@@ -184,3 +184,34 @@ def test_a_transformers_without_attention_interfaces_falls_back(tiny, monkeypatc
     rows = [[1, 5, 9, 200]]
     assert generate_batch(tiny, rows, max_new_tokens=3, stop_at_eos=False) == generate_batch(
         tiny, rows, max_new_tokens=3, stop_at_eos=False, direct=False)
+
+
+def test_the_attention_function_is_removed_on_exit(tiny):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    with direct(tiny):
+        assert IMPLEMENTATION in AttentionInterface._global_mapping
+    assert IMPLEMENTATION not in AttentionInterface._global_mapping
+    assert IMPLEMENTATION not in AttentionMaskInterface._global_mapping
+
+
+def test_a_hook_added_inside_the_block_is_refused(tiny):
+    from attnlens import DirectUnavailable
+
+    tokens = torch.tensor([[1, 5, 9, 200]])
+    with direct(tiny) as hf:
+        hf(tokens)
+        with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda t, hook: t)]):
+            with pytest.raises(DirectUnavailable, match="inside the direct block"):
+                hf(tokens)
+        hf(tokens)  # removed again: runs
+
+
+def test_a_score_hook_added_inside_the_block_fires(tiny):
+    seen = []
+    tokens = torch.tensor([[1, 5, 9, 200]])
+    with direct(tiny) as hf:
+        with tiny.hooks(fwd_hooks=[("blocks.1.attn.hook_attn_scores", lambda t, hook: seen.append(t.shape))]):
+            hf(tokens)
+    assert seen and seen[0][-1] == 4

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import attnlens as al
-from attnlens import cli, models
+from attnlens import cli
+from attnlens.runtime import models
 from reference import reference_guide, use_reference_attention
 
 pytestmark = pytest.mark.embedded
@@ -76,8 +77,8 @@ def test_pipeline_steers_the_chat_example(embedded):
 
 
 def test_direct_generation_equals_the_bridge_on_embedded(embedded):
-    from attnlens.generation import generate_batch
-    from attnlens.pipeline import guide_plan_for
+    from attnlens.runtime.generate import generate_batch
+    from attnlens.steering.guide import guide_plan_for
 
     prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=2.0),
                al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=2.0)]

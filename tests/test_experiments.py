@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import attnlens.models
+import attnlens.runtime.models
 from attnlens import cli
-from attnlens.errors import AttnlensError
+from attnlens.core.errors import AttnlensError
 from attnlens.experiments import (
     Condition,
     ExperimentConfig,
@@ -228,7 +228,7 @@ def no_model_load(monkeypatch):
         calls.append(args)
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(attnlens.models, "load_model", refuse)
+    monkeypatch.setattr(attnlens.runtime.models, "load_model", refuse)
     return calls
 
 
@@ -299,11 +299,11 @@ def test_cli_accepts_the_seed_spellings(tmp_path):
     args = parser.parse_args(["experiment", "summarize", "--out", str(tmp_path), "--max_new_tokens", "7",
                               "--model_name", "some/model", "--num_generations", "3", "--delta", "0", "1.5",
                               "--layers", "0", "2"])
-    config = cli._experiment_config(args)
+    config = cli.experiment._experiment_config(args)
     assert isinstance(config, SummarizeConfig)
     assert (config.max_new_tokens, config.model, config.num_generations) == (7, "some/model", 3)
     assert list(config.deltas) == [0.0, 1.5] and config.layers == "0 2" and config.sampling
-    needle = cli._experiment_config(parser.parse_args(
+    needle = cli.experiment._experiment_config(parser.parse_args(
         ["experiment", "needle", "--out", str(tmp_path), "--context-lengths", "512", "1024", "--depths", "0", "50"]))
     assert list(needle.context_lengths) == [512, 1024] and list(needle.depths) == [0, 50]
     assert needle.max_new_tokens == NeedleConfig.max_new_tokens
@@ -428,7 +428,7 @@ def test_pasta_condition_steers_the_chosen_heads(tiny, tmp_path):
 
 @pytest.mark.embedded
 def test_cli_run_on_the_embedded_model(embedded, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(attnlens.models, "load_model", lambda name=None, **kw: embedded)
+    monkeypatch.setattr(attnlens.runtime.models, "load_model", lambda name=None, **kw: embedded)
     out = tmp_path / "smoke"
     argv = ["experiment", "summarize", "--limit", "1", "--max-new-tokens", "6", "--delta", "0", "2",
             "--conditions", "none", "guide", "--out", str(out)]

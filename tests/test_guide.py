@@ -5,7 +5,7 @@ import torch
 
 import attnlens as al
 from attnlens import AttnlensError, SpanError
-from attnlens.generation import generate_batch
+from attnlens.runtime.generate import generate_batch
 from attnlens.steering.bias import BiasPlan
 from conftest import make_tiny_bridge, make_tiny_hf
 from reference import reference_guide, use_reference_attention

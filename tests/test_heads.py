@@ -11,8 +11,9 @@ import torch
 
 import attnlens as al
 from attnlens import cli
-from attnlens.errors import AttnlensError
-from attnlens.heads import AttentionData, Sample, TokenMultiple
+from attnlens.core.errors import AttnlensError
+from attnlens.analysis.multiples import Sample, TokenMultiple
+from attnlens.api import AttentionData
 
 TEXTS = [
     "The cat sat on the mat because it was tired after chasing the mouse all day.",
@@ -56,7 +57,7 @@ def ad(tiny):
 
 @pytest.mark.parametrize("suppress", [True, False])
 def test_samples_match_hand_computation_despite_padding(tiny, suppress, caplog):
-    with caplog.at_level(logging.WARNING, logger="attnlens.heads"):
+    with caplog.at_level(logging.WARNING, logger="attnlens.analysis.attention_data"):
         data = AttentionData(
             tiny, text_batch=TEXTS, min_length=4, max_length=14, suppress_first_token=suppress, batch_size=2
         )
@@ -148,8 +149,8 @@ def test_seeded_sampling_is_reproducible(tiny):
 def test_prompt_lists_text_then_sorted_pairs(ad):
     samples = ad.get_head_samples(layer=1, head=2, num_samples=2)
     prompt = ad.build_prompt(samples, custom_prompt="Mind the punctuation.")
-    assert prompt.startswith(al.heads.PROMPT_PREFIX)
-    assert prompt.rstrip().endswith(al.heads.PROMPT_SUFFIX)
+    assert prompt.startswith(al.analysis.descriptions.PROMPT_PREFIX)
+    assert prompt.rstrip().endswith(al.analysis.descriptions.PROMPT_SUFFIX)
     assert prompt.index("Mind the punctuation.") > prompt.index("Example 2:")
     block = prompt.split("Example 1:\n", 1)[1].split("\n")
     text, pairs = block[0], block[1]
@@ -190,7 +191,7 @@ def test_bad_head_input(ad, caplog):
     with pytest.raises(AttnlensError, match="num_samples must be a positive integer"):
         ad.get_head_samples(layer=0, head=0, num_samples=0)
     available = len(ad.head_data(0, 0).samples)
-    with caplog.at_level(logging.WARNING, logger="attnlens.heads"):
+    with caplog.at_level(logging.WARNING, logger="attnlens.analysis.attention_data"):
         samples = ad.get_head_samples(layer=0, head=0, num_samples=available + 50)
     assert len(samples) == available  # clamped, with a warning
     assert f"only {available} rows" in caplog.text

@@ -13,7 +13,7 @@ import torch
 
 import attnlens as al
 from attnlens.attribution import trace_influence
-from attnlens.errors import AttnlensError, SpanError
+from attnlens.core.errors import AttnlensError, SpanError
 
 PROMPT = "Rewrite in French: Paris is the most visited city in the world."
 

@@ -10,18 +10,13 @@ import torch
 
 import attnlens as al
 from attnlens import AttnlensError, SpanError
-from attnlens.generation import generate_batch
+from attnlens.runtime.generate import generate_batch
 from attnlens.steering.bias import BiasPlan, apply_bias
 from attnlens.steering.guide import guide_plan
-from attnlens.steering.pasta import (
-    HeadConfigError,
-    PASTA,
-    load_head_config,
-    locate,
-    normalize_head_config,
-    pasta,
-    pasta_plan,
-)
+from attnlens.api.pasta import PASTA
+from attnlens.core.errors import HeadConfigError
+from attnlens.prompts.prompt import locate_substrings as locate
+from attnlens.steering.pasta import load_head_config, normalize_head_config, pasta, pasta_plan
 
 TEXT = (
     "Mary is a doctor. She obtains her bachelor degree from UCSD. "
@@ -264,7 +259,7 @@ def test_pasta_generate_with_a_guide_plan(tiny):
 @pytest.fixture(scope="module")
 def hf_pair(embedded):
     """The embedded model as plain HF with eager attention (pastalib's kind of model)."""
-    from attnlens.models import load_embedded_hf
+    from attnlens.runtime.models import load_embedded_hf
 
     hf, _ = load_embedded_hf(attn_implementation="eager")
     return embedded, hf

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from attnlens import AttnlensError
-from attnlens.steering.pasta import PASTA, load_head_config
-from attnlens.steering.profile import (
+from attnlens.api.pasta import PASTA
+from attnlens.steering.pasta import load_head_config
+from attnlens.api.profile import (
     HeadScore,
     ProfileExample,
     json_format_examples,

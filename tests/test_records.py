@@ -4,7 +4,7 @@ import pytest
 
 from attnlens import AttnlensError
 from attnlens.experiments.runner import ExperimentError
-from attnlens.records import read_jsonl
+from attnlens.core.records import read_jsonl
 
 
 def test_rows_with_where_they_came_from(tmp_path):

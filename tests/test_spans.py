@@ -1,7 +1,7 @@
 import pytest
 
 from attnlens import SpanError, encode_chat, encode_text, prepare
-from attnlens.spans import char_span_to_tokens, find_substring, render_chat
+from attnlens.prompts.spans import char_span_to_tokens, find_substring, render_chat
 
 
 def test_overlap_rule_straddling_tokens_belong_to_the_span():

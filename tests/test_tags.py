@@ -1,7 +1,7 @@
 import pytest
 
 from attnlens import TagError, escape_tags, parse_tags
-from attnlens.tags import has_tags
+from attnlens.prompts.tags import has_tags
 
 
 def test_plain_text_has_no_spans():

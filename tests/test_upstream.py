@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import attnlens as al
-from attnlens import upstream
-from attnlens.models import check_device
+from attnlens.runtime import upstream
+from attnlens.core import _internals
+from attnlens.runtime.models import check_device
 from tests.conftest import make_tiny_bridge
 
 
@@ -30,7 +31,7 @@ def attention_bridge(monkeypatch):
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
     monkeypatch.setattr(AttentionBridge, "_update_kv_cache", AttentionBridge._update_kv_cache)
-    monkeypatch.setattr(upstream, "_workaround_applied", upstream._workaround_applied)
+    monkeypatch.setattr(_internals, "_workaround_applied", _internals._workaround_applied)
     return AttentionBridge
 
 
@@ -46,20 +47,20 @@ def test_cached_decoding_matches_uncached_forward(tokenizer):
 
 
 def test_probe_tells_whether_the_bridge_reads_the_renamed_argument():
-    assert not upstream._bridge_reads_cache_kwarg(_tl_4_3_update)
-    assert not upstream._bridge_reads_cache_kwarg(_ignores_cache)
+    assert not _internals._bridge_reads_cache_kwarg(_tl_4_3_update)
+    assert not _internals._bridge_reads_cache_kwarg(_ignores_cache)
 
     def reads_cache(self, k, v, **kwargs):
         return _tl_4_3_update(self, k, v, past_key_values=kwargs.get("cache"))
 
-    assert upstream._bridge_reads_cache_kwarg(reads_cache)
+    assert _internals._bridge_reads_cache_kwarg(reads_cache)
 
 
 def test_workaround_mends_a_bridge_that_reads_only_the_old_name(attention_bridge, tokenizer):
     attention_bridge._update_kv_cache = _tl_4_3_update
-    upstream._workaround_applied = False
+    _internals._workaround_applied = False
     assert upstream.apply_workarounds()
-    assert upstream._bridge_reads_cache_kwarg(attention_bridge._update_kv_cache)
+    assert _internals._bridge_reads_cache_kwarg(attention_bridge._update_kv_cache)
     assert upstream.apply_workarounds()  # idempotent
     assert attention_bridge._update_kv_cache.__attnlens_original__ is _tl_4_3_update
     model = make_tiny_bridge(tokenizer)
@@ -68,7 +69,7 @@ def test_workaround_mends_a_bridge_that_reads_only_the_old_name(attention_bridge
 
 def test_guard_raises_on_simulated_drift(attention_bridge, tokenizer):
     model = make_tiny_bridge(tokenizer)
-    upstream._workaround_applied = True  # a workaround that no longer helps
+    _internals._workaround_applied = True  # a workaround that no longer helps
     attention_bridge._update_kv_cache = _ignores_cache
     assert upstream.kv_cache_mismatch(model) > 1e-2
     with pytest.raises(al.UpstreamDriftError, match="KV-cached decoding disagrees") as info:
@@ -77,17 +78,16 @@ def test_guard_raises_on_simulated_drift(attention_bridge, tokenizer):
     for name, version in upstream.versions().items():
         assert f"{name} {version}" in message
     assert "requirements.lock" in message
-    # steering a drifted model refuses instead of generating wrong text
+    # generating through the bridge refuses instead of generating wrong text
     with pytest.raises(al.UpstreamDriftError):
-        with al.guide(model, [(0, 2)], delta=1.0):
-            pass
+        al.generate_batch(model, [[1, 5, 9]], max_new_tokens=2, backend="bridge")
 
 
 def test_guard_waits_while_user_hooks_are_installed(attention_bridge, tokenizer):
     model = make_tiny_bridge(tokenizer)
     seen = []
     attention_bridge._update_kv_cache = _ignores_cache
-    upstream._workaround_applied = True
+    _internals._workaround_applied = True
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape))]):
         upstream.check_kv_cache(model)  # deferred: the probe would run the user's hook
     assert seen == []

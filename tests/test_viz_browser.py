@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import attnlens as al
-from attnlens.errors import AttnlensError
-from attnlens.heads import AttentionData
+from attnlens.core.errors import AttnlensError
+from attnlens.analysis.attention_data import AttentionData
 from attnlens.steering import BiasPlan, guide
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

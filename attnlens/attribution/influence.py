@@ -47,7 +47,11 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from ..errors import AttnlensError, SpanError
+from ..core.model import Model
+from ..core.validate import is_int
+from ..core import hooks
+from ..core.model import model_device
+from ..core.errors import AttnlensError, SpanError
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +60,7 @@ METHODS: tuple[str, ...] = ("influence", "rollout")
 TokensLike = Union[torch.Tensor, Sequence[int]]
 SpanLike = Sequence[int]
 
-RESID_PRE = "blocks.{layer}.hook_resid_pre"
-ATTN_OUT = "blocks.{layer}.hook_attn_out"
-PATTERN = "blocks.{layer}.attn.hook_pattern"
-VALUES = "blocks.{layer}.attn.hook_v"
+RESID_PRE, ATTN_OUT, PATTERN, VALUES = hooks.RESID_PRE, hooks.ATTN_OUT, hooks.PATTERN, hooks.VALUES
 
 #: sequences at least this long show a progress bar over layers
 PROGRESS_FROM = 1024
@@ -74,7 +75,7 @@ class InfluenceTrace:
     """
 
     spans: list[tuple[int, int]]
-    results: dict[str, torch.Tensor] = field(default_factory=dict)
+    results: dict[str, Float[torch.Tensor, "span layer_plus_1 *head seq"]] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)  # the measured token ids
     use_values: bool = False
     per_head: bool = False
@@ -109,7 +110,7 @@ def as_token_row(tokens: TokensLike) -> torch.Tensor:
             raise AttnlensError(
                 f"tokens must be a 1-D tensor, a [1, seq] tensor or a list of ints; got {type(tokens).__name__}"
             )
-        if any(isinstance(t, bool) or not isinstance(t, int) for t in tokens):
+        if any(not is_int(t) for t in tokens):
             raise AttnlensError("tokens must be a list of ints (token ids)")
         row = torch.tensor([list(tokens)], dtype=torch.long)
     if row.shape[1] == 0:
@@ -135,7 +136,7 @@ def check_spans(
         if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
             raise SpanError(f"span {item!r} must be a (start, end) pair of token positions")
         start, end = item
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, end)):
+        if any(not is_int(v) for v in (start, end)):
             raise SpanError(f"span {tuple(item)!r}: start and end must be integers")
         if start < 0 or end <= start:
             raise SpanError(f"span [{start}, {end}) is empty or negative: need 0 <= start < end")
@@ -321,7 +322,7 @@ def _mix(method: str, prev: torch.Tensor, att: torch.Tensor, x_share: torch.Tens
 
 
 def trace_influence(
-    model: Any,
+    model: Model,
     tokens: TokensLike,
     spans: Sequence[SpanLike],
     *,
@@ -352,7 +353,7 @@ def trace_influence(
     if cfg is None:
         raise AttnlensError(f"expected a TransformerLens model (with .cfg), got {type(model).__name__}")
     methods = _check_methods(methods)
-    device = _device(model)
+    device = model_device(model)
     row = as_token_row(tokens).to(device)
     seq = row.shape[1]
     checked = check_spans(None, spans, seq)
@@ -391,7 +392,7 @@ def trace_influence(
 
 
 def influence(
-    model: Any,
+    model: Model,
     tokens: TokensLike,
     span: SpanLike | None = None,
     *,
@@ -400,7 +401,7 @@ def influence(
     use_values: bool = False,
     per_head: bool = False,
     attention_mask: Any = None,
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "*span layer_plus_1 *head seq"]:
     """How much a token span reaches each position, layer by layer (see the module docstring).
 
     Args:
@@ -435,9 +436,3 @@ def influence(
     result = trace[method]
     return result[0] if span is not None else result
 
-
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from ..core.model import Model
 from .influence import SpanLike, TokensLike, influence
 
 
 def rollout(
-    model: Any,
+    model: Model,
     tokens: TokensLike,
     span: SpanLike | None = None,
     *,

@@ -16,23 +16,12 @@ from __future__ import annotations
 
 from .json_generation import JSONConfig, JSONStudy
 from .needle import NeedleConfig, NeedleStudy
-from .runner import (
-    METHODS,
-    Condition,
-    ConditionSummary,
-    ExperimentConfig,
-    ExperimentError,
-    ExperimentResult,
-    Item,
-    Score,
-    Segments,
-    Study,
-    build_messages,
-    read_rows,
-    resolve_conditions,
-    run_experiment,
-    validate_config,
-)
+from ..core.errors import ExperimentError
+from .config import CONDITION_METHODS, METHODS, Condition, ExperimentConfig, resolve_conditions, validate_config
+from .runner import run_experiment
+from .store import read_rows
+from .study import Item, Score, Segments, Study, build_messages
+from .summary import ConditionSummary, ExperimentResult
 from .summarize import SummarizeConfig, SummarizeStudy
 
 STUDIES: dict[str, type[Study]] = {"summarize": SummarizeStudy, "needle": NeedleStudy, "json": JSONStudy}
@@ -51,6 +40,7 @@ def get_study(name: str) -> Study:
 
 __all__ = [
     "CONFIGS",
+    "CONDITION_METHODS",
     "METHODS",
     "STUDIES",
     "Condition",

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import score_json
-from .runner import ExperimentConfig, ExperimentError, Item, Score, Segments, Study
+from ..core.errors import ExperimentError
+from .config import ExperimentConfig
+from .study import Item, Score, Segments, Study
 from .sources import data_file, is_local, read_records
 
 logger = logging.getLogger(__name__)

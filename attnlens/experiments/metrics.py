@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AttnlensError
+from ..core.errors import AttnlensError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.validate import is_int
 from .metrics import bootstrap_ci, contains_answer
-from .runner import ExperimentConfig, ExperimentError, Item, Score, Segments, Study, item_means, write_csv
+from ..core.errors import ExperimentError
+from .config import ExperimentConfig
+from .store import write_csv
+from .study import Item, Score, Segments, Study
+from .summary import item_means
 from .sources import data_file, hf_texts, is_local, read_jsonl, sentences
 
 logger = logging.getLogger(__name__)
@@ -49,7 +54,7 @@ def _lengths(config: ExperimentConfig) -> tuple[int, ...]:
     values = getattr(config, "context_lengths", NeedleConfig.context_lengths)
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 16:
+        if not is_int(v) or v < 16:
             raise ExperimentError(f"context length {v!r} must be an integer of at least 16 tokens")
         out.append(v)
     if not out:

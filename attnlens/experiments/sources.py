@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .. import records
-from .runner import ExperimentError
+from ..core import records
+from ..core.errors import ExperimentError
 
 logger = logging.getLogger(__name__)
 

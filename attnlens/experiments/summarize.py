@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import bertscore_f1, detect_language, require_bertscore, semantic_similarity
-from .runner import ExperimentConfig, ExperimentError, Item, Score, Segments, Study
+from ..core.errors import ExperimentError
+from .config import ExperimentConfig
+from .study import Item, Score, Segments, Study
 from .sources import data_file, hf_texts, is_local, read_records, truncate_words
 
 logger = logging.getLogger(__name__)

@@ -1,23 +1,22 @@
-"""Steering: the bias mechanism and the methods built on it."""
+"""Steering: plan builders only. Every method is a :class:`BiasPlan`; :func:`apply_bias` installs one."""
 
-from .bias import BiasPlan, BiasTerm, apply_bias, complement, resolve_layers
-from .guide import LEVEL_FACTORS, guide, guide_plan, level_delta
-from .pasta import PASTA, load_head_config, pasta_plan
-from .profile import HeadProfile, profile_heads
+from .bias import BiasPlan, BiasTerm, apply_bias, complement
+from .guide import LEVEL_FACTORS, guide, guide_plan, guide_plan_for, level_delta, with_strength
+from .pasta import load_head_config, normalize_head_config, pasta, pasta_plan
 
 __all__ = [
     "BiasPlan",
     "BiasTerm",
-    "HeadProfile",
     "LEVEL_FACTORS",
-    "PASTA",
     "apply_bias",
     "complement",
     "guide",
     "guide_plan",
+    "guide_plan_for",
     "level_delta",
     "load_head_config",
+    "normalize_head_config",
+    "pasta",
     "pasta_plan",
-    "profile_heads",
-    "resolve_layers",
+    "with_strength",
 ]

@@ -21,74 +21,20 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float
 
-from ..errors import AttnlensError, SpanError
+from ..core.model import Model
+from ..core import hooks
+from ..core.errors import AttnlensError, SpanError
+from ..core.model import model_device, model_dtype, model_shape
+from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layers
 
 logger = logging.getLogger(__name__)
 
-LayerSpec = Union[str, int, Iterable[int], None]
-SCORE_HOOK = "blocks.{layer}.attn.hook_attn_scores"
-
-
-def model_shape(model: Any) -> tuple[int, int]:
-    """``(n_layers, n_heads)`` of a TransformerLens model or bridge."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        raise AttnlensError(
-            f"expected a TransformerLens model (with .cfg), got {type(model).__name__}"
-        )
-    return int(cfg.n_layers), int(cfg.n_heads)
-
-
-def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
-    """Turn ``"all" | "none" | "first" | "last" | int | [ints]`` into sorted layer indices.
-
-    Negative indices count from the end, as in Python.
-    """
-    if layers is None or (isinstance(layers, str) and layers.lower() == "none"):
-        return ()
-    if isinstance(layers, str):
-        key = layers.strip().lower()
-        named = {"all": range(n_layers), "first": [0], "last": [n_layers - 1]}
-        if key in named:
-            return tuple(named[key])
-        try:
-            layers = [int(part) for part in key.replace(",", " ").split()]
-        except ValueError:
-            raise AttnlensError(
-                f"layers={layers!r}: expected 'all', 'none', 'first', 'last' or layer indices"
-            ) from None
-    if isinstance(layers, (int,)) and not isinstance(layers, bool):
-        layers = [layers]
-    resolved = set()
-    for layer in layers:  # type: ignore[union-attr]
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise AttnlensError(f"layer {layer!r} is not an integer")
-        if not -n_layers <= layer < n_layers:
-            raise AttnlensError(f"layer {layer} out of range: the model has {n_layers} layers")
-        resolved.add(layer % n_layers)
-    return tuple(sorted(resolved))
-
-
-def resolve_heads(heads: Iterable[int] | None, n_heads: int, *, layer: int | None = None) -> tuple[int, ...] | None:
-    """Validate head indices; ``None`` means every head."""
-    if heads is None:
-        return None
-    where = f" in layer {layer}" if layer is not None else ""
-    out = set()
-    for head in heads:
-        if isinstance(head, bool) or not isinstance(head, int):
-            raise AttnlensError(f"head {head!r}{where} is not an integer")
-        if not -n_heads <= head < n_heads:
-            raise AttnlensError(f"head {head}{where} out of range: layers have {n_heads} heads")
-        out.add(head % n_heads)
-    if not out:
-        raise AttnlensError(f"empty head list{where}")
-    return tuple(sorted(out))
+SCORE_HOOK = hooks.SCORES
 
 
 def complement(
@@ -140,7 +86,7 @@ class BiasPlan:
     n_rows: int | None = None
 
     @classmethod
-    def for_model(cls, model: Any) -> "BiasPlan":
+    def for_model(cls, model: Model) -> "BiasPlan":
         n_layers, n_heads = model_shape(model)
         return cls(n_layers, n_heads)
 
@@ -158,14 +104,14 @@ class BiasPlan:
         for name, v in (("start", start), ("end", end)):
             if v is None and name == "end":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not is_int(v):
                 raise SpanError(f"span {name} {v!r} is not an integer")
         if start < 0 or (end is not None and end <= start):
             raise SpanError(f"span [{start}, {end}) is empty or negative")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             raise AttnlensError(f"bias value {value} is not finite")
-        if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 0):
+        if row is not None and (not is_int(row) or row < 0):
             raise AttnlensError(f"row {row!r} is not a non-negative integer")
         resolved = resolve_layers(layers, self.n_layers)
         head_sel = resolve_heads(heads, self.n_heads)
@@ -194,6 +140,20 @@ class BiasPlan:
                 end = None if t.end is None else t.end + o
                 plan.terms.append(BiasTerm(t.start + o, end, t.value, t.layers, t.heads, r))
         return plan
+
+    @classmethod
+    def stack(cls, plans: Sequence["BiasPlan"]) -> "BiasPlan":
+        """One per-row plan for a batch: row ``r`` gets ``plans[r]``'s terms (each plan for all rows)."""
+        if not plans:
+            raise AttnlensError("no plans to stack")
+        out = cls(plans[0].n_layers, plans[0].n_heads, n_rows=len(plans))
+        for r, plan in enumerate(plans):
+            if (plan.n_layers, plan.n_heads) != (out.n_layers, out.n_heads):
+                raise AttnlensError("cannot stack plans built for different model shapes")
+            if plan.rows is not None:
+                raise AttnlensError(f"plan {r} is already per-row; only all-row plans stack")
+            out.terms.extend(BiasTerm(t.start, t.end, t.value, t.layers, t.heads, r) for t in plan.terms)
+        return out
 
     @property
     def length(self) -> int:
@@ -299,25 +259,26 @@ class _ScoreBias:
 
 
 @contextmanager
-def apply_bias(model: Any, plan: BiasPlan) -> Iterator[BiasPlan]:
+def apply_bias(model: Model, plan: BiasPlan) -> Iterator[BiasPlan]:
     """Install ``plan`` on ``model`` for the ``with`` block; hooks are removed on exit.
 
-    The first time a plan is installed on a model, :func:`attnlens.upstream.check_kv_cache`
-    makes sure its cached decoding is sound (generated tokens would be steered wrongly otherwise).
+    Also makes sure cached decoding through a TransformerLens bridge inside the block
+    sees its KV cache on every transformers release attnlens supports
+    (:func:`attnlens.core._internals.mend_kv_cache_argument`).
     """
-    from ..upstream import check_kv_cache
+    from ..core._internals import mend_kv_cache_argument
 
-    check_kv_cache(model)
+    mend_kv_cache_argument()
     n_layers, n_heads = model_shape(model)
     if (plan.n_layers, plan.n_heads) != (n_layers, n_heads):
         raise AttnlensError(
             f"the plan was built for {plan.n_layers} layers x {plan.n_heads} heads; "
             f"the model has {n_layers} x {n_heads}"
         )
-    device = _model_device(model)
+    device = model_device(model)
     hooks = [
         (SCORE_HOOK.format(layer=layer), _ScoreBias(bias, layer))
-        for layer, bias in plan.compile(device=device, dtype=_model_dtype(model)).items()
+        for layer, bias in plan.compile(device=device, dtype=model_dtype(model)).items()
     ]
     logger.debug("installing %d attention-score bias hooks", len(hooks))
     if not hooks:
@@ -326,16 +287,3 @@ def apply_bias(model: Any, plan: BiasPlan) -> Iterator[BiasPlan]:
     with model.hooks(fwd_hooks=hooks):
         yield plan
 
-
-def _model_device(model: Any) -> torch.device | None:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return None
-
-
-def _model_dtype(model: Any) -> torch.dtype:
-    try:
-        return next(model.parameters()).dtype
-    except (StopIteration, AttributeError, TypeError):
-        return torch.float32

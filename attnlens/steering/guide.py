@@ -11,8 +11,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Union
 
-from ..errors import AttnlensError, SpanError
-from .bias import BiasPlan, LayerSpec, apply_bias
+from dataclasses import replace
+
+from ..core.model import Model
+from ..core.errors import AttnlensError, SpanError
+from ..core.validate import LayerSpec
+from ..prompts.prompt import Prompt
+from .bias import BiasPlan, apply_bias
 
 #: Tag levels 1, 2, 3 scale ``delta_mid`` by these factors.
 LEVEL_FACTORS = {1: 0.5, 2: 1.0, 3: 2.0}
@@ -45,7 +50,7 @@ def _unpack(span: Any, delta: float) -> tuple[int, int, float]:
 
 
 def guide_plan(
-    model: Any,
+    model: Model,
     spans: Sequence[Span] | Sequence[Sequence[Span]],
     delta: float = 1.0,
     layers: LayerSpec = "all",
@@ -71,7 +76,7 @@ def guide_plan(
 
 @contextmanager
 def guide(
-    model: Any,
+    model: Model,
     spans: Sequence[Span] | Sequence[Sequence[Span]],
     delta: float = 1.0,
     layers: LayerSpec = "all",
@@ -89,3 +94,55 @@ def guide(
     """
     with apply_bias(model, guide_plan(model, spans, delta, layers)) as plan:
         yield plan
+
+
+def check_delta(delta: Any) -> float:
+    """``delta`` as a finite float, else an error naming it."""
+    try:
+        value = float(delta)
+    except (TypeError, ValueError):
+        raise AttnlensError(f"delta_mid must be a number, got {delta!r}") from None
+    if value != value or abs(value) == float("inf"):
+        raise AttnlensError(f"delta_mid must be finite, got {delta!r}")
+    return value
+
+
+def with_strength(prompt: Prompt, delta_mid: float) -> Prompt:
+    """``prompt`` with each GUIDE span's bias set from its level and ``delta_mid`` (others get 0)."""
+    delta_mid = check_delta(delta_mid)
+    spans = tuple(
+        replace(s, delta=level_delta(s.level, delta_mid) if s.kind == "guide" else 0.0) for s in prompt.spans
+    )
+    return replace(prompt, spans=spans)
+
+
+def guide_plan_for(
+    model: Model,
+    prompts: Prompt | Sequence[Prompt],
+    layers: LayerSpec = "all",
+    *,
+    delta_mid: float | None = None,
+) -> BiasPlan:
+    """The bias plan of prompts' GUIDE spans (positions in the unpadded prompts).
+
+    One :class:`~attnlens.prompts.prompt.Prompt` gives a plan for every row; a
+    sequence of prompts gives one row per prompt (for
+    :func:`~attnlens.runtime.generate.generate_batch`). ``delta_mid`` sets the
+    strength here; without it each span's ``delta`` (:func:`with_strength`) is used.
+    """
+    plan = BiasPlan.for_model(model)
+    if isinstance(prompts, Prompt):
+        rows: list[tuple[int | None, Prompt]] = [(None, prompts)]
+    else:
+        rows = list(enumerate(prompts))
+        plan.n_rows = len(rows)
+    for row, prompt in rows:
+        for span in prompt.guide_spans():
+            if delta_mid is not None:
+                delta = level_delta(span.level, delta_mid)
+            elif span.delta is not None:
+                delta = span.delta
+            else:
+                raise AttnlensError("the prompt's GUIDE spans have no strength: pass delta_mid")
+            plan.add(span.start, span.end, delta, layers=layers, row=row)
+    return plan

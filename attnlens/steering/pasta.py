@@ -22,7 +22,7 @@ outside the union of the sections get ``log(alpha)`` once.
 
 Which heads: ``head_config`` is ``{layer: [heads]}`` (int or str keys, as in
 pastalib's published JSON files, see :func:`load_head_config`) or a list of
-layers (all their heads). :func:`attnlens.steering.profile.profile_heads` finds
+layers (all their heads). :func:`attnlens.api.profile.profile_heads` finds
 heads worth steering for a task.
 """
 
@@ -34,15 +34,18 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
-from tqdm.auto import tqdm
 
-from ..errors import AttnlensError, SpanError
-from ..spans import Encoded, encode_chat, encode_text, find_substring, pick_occurrence
-from .bias import BiasPlan, apply_bias, complement, model_shape
+from ..core.model import Model
+from ..core.validate import is_int
+from ..core.errors import AttnlensError, SpanError
+from ..core.errors import HeadConfigError
+from ..core.model import model_shape
+from ..core.validate import resolve_heads
+from ..prompts.prompt import TokenSpan
+from .bias import BiasPlan, apply_bias, complement
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +55,7 @@ SCALE_POSITIONS = ("exclude", "include")
 HeadConfigLike = Union[Mapping[Any, Sequence[int]], Sequence[int], str, os.PathLike]
 #: a normalised head config: sorted layers, each with its sorted heads
 HeadConfig = dict[int, tuple[int, ...]]
-#: a substring to emphasise, optionally with the occurrence to use (None: every occurrence)
-SubstringLike = Union[str, tuple[str, Union[int, None]]]
 
-
-class HeadConfigError(AttnlensError):
-    """A ``head_config`` that names layers or heads the model does not have, or is malformed."""
 
 
 # ----------------------------------------------------------------------------- head configs
@@ -131,15 +129,8 @@ def normalize_head_config(head_config: HeadConfigLike, n_layers: int, n_heads: i
                 raise HeadConfigError(f"layer {layer}: heads must be a list of integers, got {heads!r}")
             if not heads:
                 raise HeadConfigError(f"layer {layer} has an empty head list in head_config")
-            chosen = set()
-            for head in heads:
-                h = _index(head, f"head (layer {layer})")
-                if not 0 <= h < n_heads:
-                    raise HeadConfigError(
-                        f"head {head!r} of layer {layer} in head_config is out of range: "
-                        f"layers have {n_heads} heads (0..{n_heads - 1})"
-                    )
-                chosen.add(h)
+            chosen = set(resolve_heads([_index(h, f"head (layer {layer})") for h in heads], n_heads,
+                                       layer=layer, negative=False, error=HeadConfigError) or ())
         out.setdefault(layer, set()).update(chosen)
     return {layer: tuple(sorted(out[layer])) for layer in sorted(out)}
 
@@ -181,10 +172,12 @@ def check_scale_position(scale_position: Any) -> str:
 
 
 def _is_span(item: Any) -> bool:
+    if isinstance(item, TokenSpan):
+        return True
     return (
         isinstance(item, (list, tuple))
         and len(item) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+        and all(is_int(v) for v in item)
     )
 
 
@@ -223,7 +216,7 @@ def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def pasta_plan(
-    model: Any,
+    model: Model,
     spans: Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]],
     head_config: HeadConfigLike,
     alpha: float = 0.01,
@@ -255,7 +248,7 @@ def pasta_plan(
         if not per_row or len(lengths) != len(rows):
             raise SpanError(f"seq_len gives {len(lengths)} lengths for {len(rows)} row(s) of spans")
     for n in lengths:
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        if n is not None and (not is_int(n) or n < 1):
             raise SpanError(f"seq_len must be a positive integer, got {n!r}")
 
     # layers with the same heads share terms
@@ -287,7 +280,7 @@ def pasta_plan(
 
 @contextmanager
 def pasta(
-    model: Any,
+    model: Model,
     spans: Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]],
     head_config: HeadConfigLike,
     alpha: float = 0.01,
@@ -307,232 +300,3 @@ def pasta(
 
 
 # ----------------------------------------------------------------------------- substrings -> spans
-
-
-@dataclass(frozen=True)
-class PastaPrompt:
-    """A prompt as the model sees it and the token spans its substrings cover."""
-
-    input_ids: list[int]
-    text: str
-    spans: tuple[tuple[int, int], ...]
-    substrings: tuple[str, ...] = field(default=())
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-def _is_chat(item: Any) -> bool:
-    return (
-        isinstance(item, Sequence)
-        and not isinstance(item, str)
-        and len(item) > 0
-        and all(isinstance(m, Mapping) for m in item)
-    )
-
-
-def _substring_items(substrings: Any, occurrence: int | None) -> list[tuple[str, int | None]]:
-    if isinstance(substrings, str):
-        substrings = [substrings]
-    if not isinstance(substrings, Sequence) or not substrings:
-        raise SpanError("PASTA needs at least one substring to emphasise")
-    items = []
-    for sub in substrings:
-        if isinstance(sub, str):
-            items.append((sub, occurrence))
-        elif isinstance(sub, (list, tuple)) and len(sub) == 2 and isinstance(sub[0], str) and (
-            sub[1] is None or (isinstance(sub[1], int) and not isinstance(sub[1], bool))
-        ):
-            items.append((sub[0], sub[1]))
-        else:
-            raise SpanError(f"a substring must be a string or (string, occurrence), got {sub!r}")
-    return items
-
-
-def _char_spans(
-    pieces: Sequence[tuple[int, str]], substring: str, occurrence: int | None
-) -> list[tuple[int, int]]:
-    """Character spans of ``substring`` inside ``pieces`` (start, content) of a text, in order."""
-    found: list[tuple[int, int]] = []
-    for start, content in pieces:
-        try:
-            found.extend((start + a, start + b) for a, b in find_substring(content, substring, None))
-        except SpanError:
-            continue
-    where = "the prompt" if len(pieces) == 1 else "any message of the chat"
-    return pick_occurrence(found, substring, occurrence, where)
-
-
-def locate(
-    tokenizer: Any,
-    prompt: str | Sequence[Mapping[str, str]],
-    substrings: SubstringLike | Sequence[SubstringLike],
-    *,
-    occurrence: int | None = 0,
-    chat: bool = False,
-    add_generation_prompt: bool = True,
-) -> PastaPrompt:
-    """Tokenize a prompt (text, or chat messages) and map the substrings to token spans.
-
-    In a chat, substrings are searched in the messages' contents (never in the
-    template's own text), in message order; ``occurrence`` (0-based, negative
-    from the end, ``None`` for all) counts across messages. A substring may be
-    given as ``(substring, occurrence)`` to override ``occurrence`` for it.
-    """
-    items = _substring_items(substrings, occurrence)
-    if isinstance(prompt, str) and chat:
-        prompt = [{"role": "user", "content": prompt}]
-    if isinstance(prompt, str):
-        encoded: Encoded = encode_text(tokenizer, prompt)
-        pieces = [(0, prompt)]
-    elif _is_chat(prompt):
-        encoded = encode_chat(tokenizer, prompt, add_generation_prompt=add_generation_prompt)
-        pieces = [(start, m["content"]) for start, m in zip(encoded.message_starts, prompt)]
-    else:
-        raise AttnlensError(
-            "a prompt must be a string or a chat (a non-empty list of {'role', 'content'} dicts); "
-            f"got {type(prompt).__name__}"
-        )
-    spans: list[tuple[int, int]] = []
-    for sub, occ in items:
-        for c0, c1 in _char_spans(pieces, sub, occ):
-            spans.append(encoded.token_span(c0, c1))
-    return PastaPrompt(list(encoded.input_ids), encoded.text, tuple(spans), tuple(s for s, _ in items))
-
-
-# ----------------------------------------------------------------------------- the steerer
-
-
-class PASTA:
-    """Steer a model's chosen heads towards user-given substrings.
-
-    Example::
-
-        steerer = attnlens.PASTA(model, head_config={"3": [1, 2], "5": [0, 4]}, alpha=0.01)
-        steerer.generate(text, substrings=["Answer ... as json format"], max_new_tokens=64)
-
-    Args:
-        model: a TransformerBridge with a tokenizer (``attnlens.load_model()``).
-        head_config: ``{layer: [heads]}`` (int or str keys), a list of layers (all
-            their heads), or the path of a pastalib-format JSON file.
-        alpha: the scaling coefficient (``exclude``: in (0, 1]).
-        scale_position: ``"exclude"`` (scale the rest of the prompt by ``alpha``)
-            or ``"include"`` (scale the spans by ``1/alpha``).
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        head_config: HeadConfigLike,
-        alpha: float = 0.01,
-        scale_position: str = "exclude",
-    ) -> None:
-        self.model = model
-        self.scale_position = check_scale_position(scale_position)
-        self.alpha = check_alpha(alpha, self.scale_position)
-        n_layers, n_heads = model_shape(model)
-        self.head_config: HeadConfig = normalize_head_config(head_config, n_layers, n_heads)
-
-    def __repr__(self) -> str:
-        return (
-            f"PASTA({count_heads(self.head_config)} heads in {len(self.head_config)} layers, "
-            f"alpha={self.alpha}, scale_position={self.scale_position!r})"
-        )
-
-    @property
-    def tokenizer(self) -> Any:
-        tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None:
-            raise AttnlensError("the model has no tokenizer; PASTA needs one to locate substrings")
-        return tokenizer
-
-    def locate(
-        self,
-        prompt: str | Sequence[Mapping[str, str]],
-        substrings: SubstringLike | Sequence[SubstringLike],
-        *,
-        occurrence: int | None = 0,
-        chat: bool = False,
-    ) -> PastaPrompt:
-        """The prompt's tokens and the token spans of ``substrings``; see :func:`locate`."""
-        return locate(self.tokenizer, prompt, substrings, occurrence=occurrence, chat=chat)
-
-    def plan(self, spans: Any, seq_len: int | Sequence[int] | None = None) -> BiasPlan:
-        """This steerer's :func:`pasta_plan` for token ``spans``."""
-        return pasta_plan(self.model, spans, self.head_config, self.alpha, self.scale_position, seq_len)
-
-    @contextmanager
-    def steer(self, spans: Any, seq_len: int | Sequence[int] | None = None) -> Iterator[BiasPlan]:
-        """Context manager: steer every forward inside the block towards token ``spans``."""
-        with apply_bias(self.model, self.plan(spans, seq_len)) as plan:
-            yield plan
-
-    def generate(
-        self,
-        prompts: Any,
-        substrings: Any,
-        *,
-        occurrence: int | None = 0,
-        chat: bool = False,
-        plans: Sequence[BiasPlan] = (),
-        batch_size: int = 8,
-        **generate_kwargs: Any,
-    ) -> str | list[str]:
-        """Generate with the substrings emphasised; returns the new text (a list for a list of prompts).
-
-        Args:
-            prompts: a string, a chat (list of ``{"role", "content"}``), or a list of either.
-            substrings: for one prompt, a substring or a list of them (several sections); for a
-                list of prompts, one such entry per prompt. A substring may be
-                ``(substring, occurrence)``.
-            occurrence: which occurrence of each substring (0-based; ``None``: all).
-            chat: send plain strings through the chat template as user messages.
-            plans: further bias plans (say, GUIDE's) in unpadded positions, added to PASTA's; their
-                per-row terms index the prompts.
-            batch_size: prompts generated together (left padding; per-row spans).
-            **generate_kwargs: ``max_new_tokens``, ``do_sample``, ``temperature``, ...
-        """
-        from ..generation import check_generation_kwargs, generate_batch
-
-        single = isinstance(prompts, str) or _is_chat(prompts)
-        items = [prompts] if single else list(prompts)
-        if not items:
-            raise AttnlensError("no prompts given")
-        if single:
-            subs = [substrings]
-        else:
-            if isinstance(substrings, str) or not isinstance(substrings, Sequence) or len(substrings) != len(items):
-                raise SpanError(
-                    f"give one entry of substrings per prompt: {len(items)} prompt(s), "
-                    f"got {substrings!r:.80}"
-                )
-            subs = list(substrings)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
-        generate_kwargs.setdefault("max_new_tokens", 64)
-        check_generation_kwargs(generate_kwargs)
-        located = [self.locate(p, s, occurrence=occurrence, chat=chat) for p, s in zip(items, subs)]
-        outputs: list[str] = []
-        starts = range(0, len(located), batch_size)
-        for start in tqdm(starts, desc="PASTA generate", unit="batch", disable=len(starts) < 2):
-            chunk = located[start : start + batch_size]
-            rows = [p.input_ids for p in chunk]
-            plan = self.plan([list(p.spans) for p in chunk], seq_len=[len(p) for p in chunk])
-            extra = [_select_rows(other, start, len(chunk)) for other in plans]
-            logger.debug("PASTA: generating %d prompt(s), spans %s", len(chunk), [p.spans for p in chunk])
-            new = generate_batch(self.model, rows, [plan, *extra], **generate_kwargs)
-            outputs.extend(self.tokenizer.decode(t, skip_special_tokens=True) for t in new)
-        return outputs[0] if single else outputs
-
-
-def _select_rows(plan: BiasPlan, start: int, count: int) -> BiasPlan:
-    """The part of ``plan`` for rows ``[start, start + count)``, renumbered from 0."""
-    out = BiasPlan(plan.n_layers, plan.n_heads)
-    for t in plan.terms:
-        if t.row is None:
-            out.terms.append(t)
-        elif start <= t.row < start + count:
-            out.terms.append(replace(t, row=t.row - start))
-    if any(t.row is not None for t in out.terms):
-        out.n_rows = count
-    return out

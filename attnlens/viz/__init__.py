@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import AttnlensError
+from ..core.validate import is_int
+from ..analysis.capture import SteeringPatterns, steering_patterns
+from ..core.errors import AttnlensError
 
 if TYPE_CHECKING:
-    from .heads import AttentionData, RankedMultiple
+    from ..analysis.attention_data import AttentionData, RankedMultiple
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +254,7 @@ def head_patterns(
         raise AttnlensError("head_patterns needs at least one text")
     parts, shown = [], {}
     for index in texts:
-        r = data._row_index(index)
+        r = data.row_of(index)
         tokens = data.str_tokens(index)
         n = len(tokens)
         pattern = record.patterns[r, :n, :n].clone()
@@ -273,64 +275,6 @@ def head_patterns(
     title = f"Layer {layer} head {head}: attention patterns" + (" (first token hidden)" if hide else "")
     body = f"<h3>{_html.escape(title)}</h3>\n" + circuitsvis_html(parts)
     return HTMLView(body, title=title, data={"patterns": shown, "layer": layer, "head": head})
-
-
-def _as_tokens(model: Any, tokens: Any) -> torch.Tensor:
-    if isinstance(tokens, str):
-        if getattr(model, "tokenizer", None) is None:
-            raise AttnlensError("the model has no tokenizer; pass token ids instead of a string")
-        ids = model.tokenizer(tokens)["input_ids"]
-    elif hasattr(tokens, "input_ids"):  # an attnlens Prompt, or a tokenizer's output
-        ids = tokens.input_ids
-    else:
-        ids = tokens
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.ndim == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.ndim != 1 or ids.numel() == 0:
-        raise AttnlensError(f"tokens must be one non-empty sequence of token ids, got shape {tuple(ids.shape)}")
-    return ids
-
-
-def _steering_context(model: Any, plan_or_context: Any) -> Any:
-    from .steering.bias import BiasPlan, apply_bias
-
-    if isinstance(plan_or_context, BiasPlan):
-        return apply_bias(model, plan_or_context)
-    if hasattr(plan_or_context, "__enter__") and hasattr(plan_or_context, "__exit__"):
-        return plan_or_context
-    if callable(plan_or_context):
-        made = plan_or_context()
-        if hasattr(made, "__enter__") and hasattr(made, "__exit__"):
-            return made
-    raise AttnlensError(
-        "plan_or_context must be a BiasPlan, a context manager that steers the model "
-        "(e.g. attnlens.guide(model, spans)), or a function returning one; "
-        f"got {type(plan_or_context).__name__}"
-    )
-
-
-def layer_pattern(model: Any, tokens: torch.Tensor, layer: int) -> torch.Tensor:
-    """The attention pattern of every head of ``layer`` for one token row: ``[head, query, key]``."""
-    from .generation import model_device
-    from .steering.bias import model_shape
-
-    n_layers, _ = model_shape(model)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(pattern: torch.Tensor, hook: Any = None) -> None:
-        captured["pattern"] = pattern.detach()[0].float().cpu()
-
-    kwargs: dict[str, Any] = {"return_type": None}
-    if layer + 1 < n_layers:
-        kwargs["stop_at_layer"] = layer + 1
-    with torch.no_grad():
-        model.run_with_hooks(
-            tokens[None].to(model_device(model)),
-            fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", hook)],
-            **kwargs,
-        )
-    return captured["pattern"]
 
 
 def steering_diff(
@@ -357,27 +301,17 @@ def steering_diff(
     where steering raised attention, blue where it lowered it). ``view.data`` holds
     the ``unsteered`` and ``steered`` patterns (``[head, query, key]``) and ``tokens``.
     """
+    captured = steering_patterns(model, tokens, layer, plan_or_context, heads=heads)
+    return steering_view(captured)
+
+
+def steering_view(captured: SteeringPatterns) -> HTMLView:
+    """The view of :func:`steering_diff` from captured patterns (data in, HTML out)."""
     import circuitsvis as cv
 
-    from .steering.bias import model_shape, resolve_heads
-
-    n_layers, n_heads = model_shape(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-        raise AttnlensError(f"layer {layer!r} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    layer %= n_layers
-    chosen = resolve_heads(heads, n_heads, layer=layer) or tuple(range(n_heads))
-    ids = _as_tokens(model, tokens)
-    context = _steering_context(model, plan_or_context)
-    unsteered = layer_pattern(model, ids, layer)
-    with context:
-        steered = layer_pattern(model, ids, layer)
-    index = torch.tensor(chosen)
-    unsteered, steered = unsteered[index], steered[index]
+    layer, chosen = captured.layer, captured.heads
+    unsteered, steered, str_tokens = captured.unsteered, captured.steered, captured.str_tokens
     diff = steered - unsteered
-    tokenizer = getattr(model, "tokenizer", None)
-    str_tokens = (
-        [tokenizer.decode([t]) for t in ids.tolist()] if tokenizer is not None else [str(t) for t in ids.tolist()]
-    )
     labels = [_label(t) for t in str_tokens]
     names = [f"L{layer}H{h}" for h in chosen]
     bound = max(float(diff.abs().max()), 1e-6)
@@ -445,7 +379,7 @@ def _influence_positions(positions: Sequence[int] | int | None, seq: int, prompt
         positions = [positions]
     out = []
     for p in positions:
-        if isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq:
+        if not is_int(p) or not -seq <= p < seq:
             raise AttnlensError(f"position {p!r} out of range: the sequence has {seq} tokens")
         out.append(p % seq)
     if not out:

@@ -7,7 +7,7 @@ holds everything attnlens does about that, in one place:
 
 - :data:`TESTED`: the versions the test suite passed on (the lock,
   ``requirements.lock``, installs the newest of them).
-- :func:`apply_workarounds`: the one workaround for a known fault of TransformerLens.
+- :func:`apply_workarounds` (in :mod:`attnlens.core._internals`, with every other internal): the one workaround for a known fault of TransformerLens.
   transformers 5.24 renamed the KV cache argument its attention modules receive
   from ``past_key_values`` to ``cache``; TransformerLens 4.3.0's attention
   bridge (``AttentionBridge._update_kv_cache``) reads only the old name, so every
@@ -27,7 +27,6 @@ Checked on TransformerLens 4.3.0 with transformers 5.23.0 (no workaround needed)
 
 from __future__ import annotations
 
-import functools
 import logging
 import weakref
 from importlib import metadata
@@ -35,7 +34,8 @@ from typing import Any
 
 import torch
 
-from .errors import AttnlensError
+from ..core.errors import UpstreamDriftError
+from ..core import _internals
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ TESTED = {
 }
 
 _checked: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
-_workaround_applied = False
-
-
-class UpstreamDriftError(AttnlensError):
-    """The installed TransformerLens and transformers disagree in a way that gives wrong results."""
 
 
 def versions() -> dict[str, str]:
@@ -70,66 +65,6 @@ def describe_versions() -> str:
     return ", ".join(f"{name} {version}" for name, version in versions().items())
 
 
-class _ProbeCache:
-    """Stands in for a Hugging Face cache: records whether the bridge updated it."""
-
-    def __init__(self) -> None:
-        self.updated = False
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        self.updated = True
-        return k, v
-
-
-class _ProbeAttention:
-    _layer_idx = 0
-    name = "probe"
-
-
-def _bridge_reads_cache_kwarg(update_kv_cache: Any) -> bool:
-    """Whether TransformerLens' cache update uses a cache passed as ``cache=``."""
-    probe = _ProbeCache()
-    k = v = torch.zeros(1, 1, 1, 1)
-    try:
-        update_kv_cache(_ProbeAttention(), k, v, cache=probe)
-    except Exception as exc:  # an internal that changed shape: the guard decides
-        logger.debug("could not probe TransformerLens' KV cache update: %r", exc)
-        return True
-    return probe.updated
-
-
-def apply_workarounds() -> bool:
-    """Install the KV-cache workaround where the installed TransformerLens needs it.
-
-    Idempotent. Returns whether the workaround is in place.
-    """
-    global _workaround_applied
-    if _workaround_applied:
-        return True
-    try:
-        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
-    except ImportError:  # a TransformerLens without this component: nothing to mend
-        return False
-    original = AttentionBridge._update_kv_cache
-    if _bridge_reads_cache_kwarg(original):
-        return False
-
-    @functools.wraps(original)
-    def _update_kv_cache(self: Any, k: torch.Tensor, v: torch.Tensor, **kwargs: Any):
-        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-            kwargs["past_key_values"] = kwargs["cache"]
-        return original(self, k, v, **kwargs)
-
-    _update_kv_cache.__attnlens_original__ = original  # type: ignore[attr-defined]
-    AttentionBridge._update_kv_cache = _update_kv_cache
-    _workaround_applied = True
-    logger.info(
-        "TransformerLens ignores the KV cache that transformers passes as 'cache' (%s): "
-        "handing it over as 'past_key_values'", describe_versions()
-    )
-    return True
-
-
 def _is_bridge(model: Any) -> bool:
     try:
         from transformer_lens.model_bridge import TransformerBridge
@@ -138,9 +73,19 @@ def _is_bridge(model: Any) -> bool:
     return isinstance(model, TransformerBridge)
 
 
+def apply_workarounds() -> bool:
+    """Install the KV-cache workaround where the installed TransformerLens needs it (idempotent).
+
+    Returns whether it is in place. See :func:`attnlens.core._internals.mend_kv_cache_argument`.
+    """
+    applied = _internals.mend_kv_cache_argument()
+    if applied:
+        logger.debug("KV-cache workaround in place (%s)", describe_versions())
+    return applied
+
+
 def _has_hooks(model: Any) -> bool:
-    hook_points = getattr(model, "hook_dict", {})
-    return any(point._forward_hooks or point._forward_pre_hooks for point in hook_points.values())
+    return any(_internals.has_hooks(point) for point in getattr(model, "hook_dict", {}).values())
 
 
 def _probe_tokens(model: Any, length: int = 6) -> torch.Tensor:

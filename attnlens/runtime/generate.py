@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Int
 
-from .direct import DirectUnavailable
-from .upstream import check_kv_cache
 from .direct import direct as run_direct
-from .errors import AttnlensError
-from .steering.bias import BiasPlan, apply_bias
+from .upstream import check_kv_cache
+from ..core.model import Model
+from ..core.errors import AttnlensError, DirectUnavailable
+from ..core.model import model_device, pad_id
+from ..core.validate import is_int
+from ..steering.bias import BiasPlan, apply_bias
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,8 @@ GENERATION_KWARGS = frozenset(
 class Batch:
     """Left-padded token rows."""
 
-    tokens: torch.Tensor  # [batch, pos]
-    attention_mask: torch.Tensor | None  # [batch, pos]; None when nothing is padded
+    tokens: Int[torch.Tensor, "batch pos"]
+    attention_mask: Int[torch.Tensor, "batch pos"] | None  # None when nothing is padded
     offsets: list[int]  # padding added before each row
 
     @property
@@ -52,21 +55,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> 
     return Batch(tokens, mask, offsets)
 
 
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - GENERATION_KWARGS)
     if unknown:
@@ -74,7 +62,7 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
             f"unknown generation argument(s) {', '.join(unknown)}; accepted: {', '.join(sorted(GENERATION_KWARGS))}"
         )
     n = kwargs.get("max_new_tokens", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise AttnlensError(f"max_new_tokens must be a positive integer, got {n!r}")
     t = kwargs.get("temperature", 1.0)
     if not isinstance(t, (int, float)) or t <= 0:
@@ -83,12 +71,36 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     if p is not None and not (isinstance(p, (int, float)) and 0 < p <= 1):
         raise AttnlensError(f"top_p must be in (0, 1], got {p!r}")
     k = kwargs.get("top_k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+    if k is not None and (not is_int(k) or k < 1):
         raise AttnlensError(f"top_k must be a positive integer, got {k!r}")
 
 
+#: the runtimes :func:`generate_batch` can use
+BACKENDS = ("auto", "direct", "bridge")
+
+
+class Generation(list):
+    """New tokens per row (a list of lists) and the ``backend`` that produced them."""
+
+    def __init__(self, rows: Sequence[list[int]] = (), *, backend: str) -> None:
+        super().__init__(rows)
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"Generation({list.__repr__(self)}, backend={self.backend!r})"
+
+
+def resolve_backend(backend: Any, direct: bool | None = None) -> str:
+    """Check ``backend`` (one of :data:`BACKENDS`); ``direct=True/False`` overrides it."""
+    if direct is not None:
+        return "direct" if direct else "bridge"
+    if backend not in BACKENDS:
+        raise AttnlensError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend
+
+
 def generate_batch(
-    model: Any,
+    model: Model,
     rows: Sequence[Sequence[int]],
     plans: Sequence[BiasPlan] = (),
     *,
@@ -100,22 +112,26 @@ def generate_batch(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     stop_at_eos: bool = True,
+    backend: str = "auto",
     direct: bool | None = None,
-) -> list[list[int]]:
+) -> "Generation":
     """Generate from token rows with bias plans built in unpadded positions.
 
     Every plan is shifted to the padded layout and installed for the whole
     generation; plans add up. Returns each row's new tokens, cut after the first
     end-of-sequence token.
 
-    ``direct``: None runs the wrapped Hugging Face model directly (see
-    :mod:`attnlens.direct`) when that computes what the bridge computes, else the
-    bridge's own ``generate``; True requires the direct run
-    (:class:`~attnlens.direct.DirectUnavailable`, a ValueError, naming why not);
-    False always uses the bridge. Greedy decoding gives the same tokens
+    ``backend``: ``"auto"`` runs the wrapped Hugging Face model directly (see
+    :mod:`attnlens.runtime.direct`) when that computes what the bridge computes, else the
+    bridge's own ``generate``; ``"direct"`` requires the direct run
+    (:class:`~attnlens.core.errors.DirectUnavailable` naming why not);
+    ``"bridge"`` always uses the bridge. ``direct=True/False`` is the same as
+    ``backend="direct"/"bridge"``. The result is a list of token lists whose
+    ``backend`` attribute says which ran. Greedy decoding gives the same tokens
     either way; sampling draws from the same distribution through a different
     sampler (Hugging Face's or the bridge's), so seeded samples differ between them.
     """
+    backend = resolve_backend(backend, direct)
     check_generation_kwargs(
         dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     )
@@ -128,11 +144,11 @@ def generate_batch(
         for plan in plans:
             stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
         hf = None
-        if direct is not False:
+        if backend != "bridge":
             try:
                 hf = stack.enter_context(run_direct(model))
             except DirectUnavailable as exc:
-                if direct:
+                if backend == "direct":
                     raise
                 logger.debug("generating through the bridge: %s", exc.reason)
         if hf is not None:
@@ -154,7 +170,7 @@ def generate_batch(
                 verbose=False,
             )
     new = out[:, batch.length :].tolist()
-    result = []
+    result = Generation(backend="direct" if hf is not None else "bridge")
     for row in new:
         if stop_at_eos and eos is not None and eos in row:
             row = row[: row.index(eos)]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
+from ..core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

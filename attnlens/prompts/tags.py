@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import TagError
+from ..core.errors import TagError
 
 Kind = Literal["guide", "influence"]
 

@@ -16,7 +16,7 @@ cut to ``max_length`` tokens first.
 
 A *sample* is one row: ``(text_index, query, [(token, key, multiple), ...])``,
 its pairs sorted from the highest multiple down. ``describe_head`` sends a few
-random samples to a chat model (see :mod:`attnlens.describe`) and asks what the
+random samples to a chat model (see :mod:`attnlens.analysis.descriptions`) and asks what the
 head pays attention to. ``get_ranked_multiples`` lists the individual
 ``(token, multiple)`` pairs of every sample, highest first.
 
@@ -28,158 +28,37 @@ after the last layer needed).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
-from html import escape
+from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .describe import DEFAULT_SYSTEM_PROMPT, DescribeError, complete, make_client
-from .errors import AttnlensError
-from .steering.bias import LayerSpec, model_shape, resolve_layers
+from ..core.model import Model
+from ..core.errors import AttnlensError, DescribeError
+from ..core.model import model_shape
+from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layer, resolve_layers
+from .capture import capture_patterns
+from .descriptions import (
+    DEFAULT_SYSTEM_PROMPT,
+    PROMPT_PREFIX,
+    PROMPT_SUFFIX,
+    HeadDescription,
+    HeadDescriptions,
+    complete,
+    make_client,
+)
+from .multiples import HeadData, RankedMultiple, Sample, TokenMultiple, multiples, quote_token, same_token
 
 logger = logging.getLogger(__name__)
 
-PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
-
-#: The text before the samples in a description prompt.
-PROMPT_PREFIX = (
-    "Below are examples of how one attention head of a transformer language model spreads its "
-    "attention while the model reads the last token of a text. Each example gives the text, then, "
-    "on the next line, the tokens that received more than the average attention of that row, as "
-    '`"token" multiple` pairs separated by commas. The multiple is the token\'s attention divided '
-    "by the average attention over the tokens the last token can see (2.0 means twice the "
-    "average); the pairs are sorted from the highest multiple to the lowest."
-)
-#: The request after the samples (and after a custom prompt).
-PROMPT_SUFFIX = (
-    "Summarise what this attention head pays attention to, generalising from the specific "
-    "examples. Be as specific as possible: consider the position of the attended tokens relative "
-    "to the last token, what the tokens are and mean, the size of the multiples, and how these "
-    "interact. Do not explain how attention heads or transformers work in general. Answer in one "
-    "paragraph."
-)
-
 TextBatch = Union[Sequence[str], Sequence[Sequence[str]]]
 HeadSpec = Union[str, int, Iterable[int]]
-
-
-@dataclass(frozen=True)
-class TokenMultiple:
-    """One above-average key of a row: its token string, position and multiple."""
-
-    token: str
-    key: int
-    multiple: float
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One row: query ``query`` of text ``text_index``, its above-average keys sorted highest first."""
-
-    text_index: int
-    query: int
-    multiples: tuple[TokenMultiple, ...]
-
-
-@dataclass(frozen=True)
-class RankedMultiple:
-    """One ``(token, multiple)`` pair with its row: the tokens up to the query and their attention."""
-
-    token: str
-    multiple: float
-    str_tokens: tuple[str, ...]
-    pattern: Float[torch.Tensor, "key"]  # noqa: F821 (jaxtyping dimension name)
-    text_index: int
-    query: int
-    key: int
-
-
-@dataclass
-class HeadData:
-    """What AttentionData keeps for one head: its patterns, samples, and every description asked for."""
-
-    layer: int
-    head: int
-    patterns: Float[torch.Tensor, "text query key"]  # noqa: F821
-    samples: list[Sample]
-    descriptions: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    _ranked: list[RankedMultiple] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class HeadDescription:
-    """One row of :meth:`AttentionData.describe_heads`' table (``error`` is set when it failed)."""
-
-    layer: int
-    head: int
-    description: str | None
-    prompt: str
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class HeadDescriptions:
-    """The results of :meth:`AttentionData.describe_heads`, one row per head, in (layer, head) order.
-
-    Renders as a table in notebooks; ``str()`` gives a plain-text table.
-    """
-
-    rows: list[HeadDescription]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[HeadDescription]:
-        return iter(self.rows)
-
-    def __getitem__(self, index: int) -> HeadDescription:
-        return self.rows[index]
-
-    def get(self, layer: int, head: int) -> HeadDescription:
-        for row in self.rows:
-            if (row.layer, row.head) == (layer, head):
-                return row
-        raise KeyError((layer, head))
-
-    def to_records(self) -> list[dict[str, Any]]:
-        return [asdict(row) for row in self.rows]
-
-    def to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.to_records())
-
-    def _repr_html_(self) -> str:
-        cells = "".join(
-            f"<tr><td>{r.layer}</td><td>{r.head}</td>"
-            f"<td style='text-align:left'>{escape(r.description or '')}"
-            f"{'<b>error:</b> ' + escape(r.error) if r.error else ''}</td></tr>"
-            for r in self.rows
-        )
-        return (
-            "<table class='attnlens-descriptions'><tr><th>layer</th><th>head</th>"
-            f"<th>description</th></tr>{cells}</table>"
-        )
-
-    def __str__(self) -> str:
-        lines = []
-        for r in self.rows:
-            text = r.description if r.ok else f"error: {r.error}"
-            lines.append(f"L{r.layer}H{r.head}: {text}")
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -210,24 +89,15 @@ def _flatten(text_batch: Any) -> list[str]:
 
 
 def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value) or value < 0:
         raise AttnlensError(f"{name} must be a non-negative integer, got {value!r}")
     return value
 
 
 def _positive_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise AttnlensError(f"{name} must be a positive integer, got {value!r}")
     return value
-
-
-def _quote_token(token: str) -> str:
-    return json.dumps(token.strip() or token, ensure_ascii=False)
-
-
-def same_token(a: str, b: str) -> bool:
-    """Whether two token strings match, ignoring surrounding whitespace (``" Paris"`` is ``"Paris"``)."""
-    return a == b or (a.strip() == b.strip() and bool(a.strip()))
 
 
 class AttentionData:
@@ -258,7 +128,7 @@ class AttentionData:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         openai_model: str | None = None,
         openai_api_key: str | None = None,
         text_batch: TextBatch | None = None,
@@ -343,88 +213,18 @@ class AttentionData:
     # ------------------------------------------------------------------ patterns and samples
 
     def _check(self, layer: Any, head: Any) -> tuple[int, int]:
-        for name, value, size in (("layer", layer, self.n_layers), ("head", head, self.n_heads)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise AttnlensError(f"{name} must be an integer, got {value!r}")
-            if not -size <= value < size:
-                what = "layers" if name == "layer" else "heads per layer"
-                raise AttnlensError(f"{name} {value} out of range: the model has {size} {what} (0..{size - 1})")
-        return layer % self.n_layers, head % self.n_heads
+        if not is_int(head):
+            raise AttnlensError(f"head must be an integer, got {head!r}")
+        return resolve_layer(layer, self.n_layers), resolve_heads(head, self.n_heads)[0]  # type: ignore[index]
+
+    def multiples(self, patterns: Float[torch.Tensor, "text query key"]) -> Float[torch.Tensor, "text query key"]:  # noqa: F821
+        """Every row's multiples; see :func:`attnlens.analysis.multiples.multiples`."""
+        lengths = [len(r.ids) for r in self._rows]
+        return multiples(patterns, lengths, self.first_query, self.suppress_first_token)
 
     def _patterns(self, wanted: dict[int, tuple[int, ...]]) -> dict[tuple[int, int], torch.Tensor]:
         """The attention patterns of the wanted heads over every text: ``[text, query, key]`` each."""
-        from .generation import model_device, pad_id
-
-        rows = self._rows
-        width = max(len(r.ids) for r in rows)
-        out = {
-            (layer, head): torch.zeros(len(rows), width, width)
-            for layer, heads in wanted.items()
-            for head in heads
-        }
-        where = {"start": 0}
-
-        def make_hook(layer: int, heads: tuple[int, ...]) -> Any:
-            index = torch.tensor(heads)
-
-            def hook(pattern: torch.Tensor, hook: Any = None) -> None:
-                kept = pattern.detach().index_select(1, index.to(pattern.device)).float().cpu()
-                start, n, q = where["start"], kept.shape[0], kept.shape[2]
-                for i, h in enumerate(heads):
-                    out[(layer, h)][start : start + n, :q, :q] = kept[:, i]
-
-            return hook
-
-        hooks = [(PATTERN_HOOK.format(layer=layer), make_hook(layer, heads)) for layer, heads in wanted.items()]
-        stop = max(wanted) + 1
-        device, pad = model_device(self.model), pad_id(self.model.tokenizer)
-        starts = range(0, len(rows), self.batch_size)
-        names = ", ".join(f"L{layer}H{h}" for layer, heads in wanted.items() for h in heads)
-        logger.info("computing attention patterns of %s over %d texts", names, len(rows))
-        for start in tqdm(starts, desc="attention patterns", disable=len(starts) < 2, leave=False):
-            chunk = rows[start : start + self.batch_size]
-            n = max(len(r.ids) for r in chunk)
-            tokens = torch.tensor([list(r.ids) + [pad] * (n - len(r.ids)) for r in chunk], device=device)
-            mask = torch.tensor([[1] * len(r.ids) + [0] * (n - len(r.ids)) for r in chunk], device=device)
-            where["start"] = start
-            with torch.no_grad():
-                self._run(tokens, mask, hooks, stop)
-        return out
-
-    def _run(self, tokens: torch.Tensor, mask: torch.Tensor, hooks: list, stop: int) -> None:
-        kwargs: dict[str, Any] = {"attention_mask": mask, "return_type": None}
-        if stop < self.n_layers:
-            kwargs["stop_at_layer"] = stop
-        try:
-            self.model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
-        except NotImplementedError:  # a model without a blocks stack cannot stop early
-            kwargs.pop("stop_at_layer", None)
-            self.model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
-
-    def multiples(self, patterns: Float[torch.Tensor, "text query key"]) -> Float[torch.Tensor, "text query key"]:  # noqa: F821
-        """Every row's multiples: ``multiple[t, i, j] = A[t, i, j] / average[t, i]``.
-
-        ``patterns[t, i, j] = A[t, i, j]`` is the attention of query ``i`` on key ``j``
-        in text ``t`` (of :attr:`texts_used`), padded on the right. The row's average
-        is the mean of ``A[t, i, k]`` over the keys query ``i`` can see,
-        ``K(i) = {k : k <= i, k < length(t)}``, minus ``k = 0`` (the text's first
-        token) when ``suppress_first_token``. Entries are 0 where no multiple is
-        defined: keys outside ``K(i)``, padded queries, queries before
-        :attr:`first_query`, and rows whose average is 0.
-        """
-        n, width, _ = patterns.shape
-        lengths = torch.tensor([len(r.ids) for r in self._rows])[:n]
-        pos = torch.arange(width)
-        keys, queries = pos[None, None, :], pos[None, :, None]
-        visible = (keys <= queries) & (keys < lengths[:, None, None])
-        if self.suppress_first_token:
-            visible = visible & (keys >= 1)
-        p = torch.nan_to_num(patterns.double())
-        counts = visible.sum(-1)
-        average = torch.where(visible, p, 0.0).sum(-1) / counts.clamp(min=1)
-        rows_ok = (pos[None, :] >= self.first_query) & (pos[None, :] < lengths[:, None]) & (average > 0)
-        ratio = p / torch.where(average > 0, average, 1.0)[..., None]
-        return torch.where(visible & rows_ok[..., None], ratio, 0.0)
+        return capture_patterns(self.model, [r.ids for r in self._rows], wanted, batch_size=self.batch_size)
 
     def _build_samples(self, patterns: torch.Tensor) -> list[Sample]:
         multiples = self.multiples(patterns)
@@ -469,6 +269,20 @@ class AttentionData:
             self.heads[(layer, head)].prompts[:0] = old.prompts
         return self.heads[(layer, head)].samples
 
+    # ------------------------------------------------------------------ display (the seam views plug into)
+
+    def display_multiples(self, rows: Sequence[RankedMultiple], title: str) -> None:
+        """Show ranked multiples; here a log record at INFO (:class:`attnlens.api.AttentionData` shows a table)."""
+        logger.info("%s: %s", title, ", ".join(f"{quote_token(r.token)} {r.multiple:.2f}" for r in rows))
+
+    def display_description(self, layer: int, head: int, description: str) -> None:
+        """Show a head's description; here a log record at INFO."""
+        logger.info("layer %d head %d: %s", layer, head, description)
+
+    def row_of(self, text_index: int) -> int:
+        """The row (into every head's ``patterns``) of text ``text_index``."""
+        return self._row_index(text_index)
+
     def _row_index(self, text_index: int) -> int:
         for r, row in enumerate(self._rows):
             if row.text_index == text_index:
@@ -499,7 +313,7 @@ class AttentionData:
         blocks = []
         for k, sample in enumerate(samples, 1):
             text = " ".join(self.sample_text(sample).split("\n"))
-            pairs = ", ".join(f"{_quote_token(tm.token)} {tm.multiple:.2f}" for tm in sample.multiples)
+            pairs = ", ".join(f"{quote_token(tm.token)} {tm.multiple:.2f}" for tm in sample.multiples)
             blocks.append(f"Example {k}:\n{text}\n{pairs}\n")
         return "\n".join(blocks)
 
@@ -556,13 +370,10 @@ class AttentionData:
             ranked = ranked[::-1]
         chosen = ranked[:num_multiples]
         if display:
-            from . import viz
-
             title = f"Layer {layer} Head {head}, {'bottom' if reverse else 'top'} {len(chosen)} / {total} multiples"
             if str_token is not None:
                 title += f" for {str_token!r}"
-            table = viz.multiples_table(chosen, title=title, suppress_first_token=self.suppress_first_token)
-            viz.show(table, text=viz.multiples_text(chosen, title=title))
+            self.display_multiples(chosen, title)
         return chosen
 
     def get_random_multiples(
@@ -574,11 +385,8 @@ class AttentionData:
         k = self._clamp("num_multiples", num_multiples, len(ranked), f"multiples for layer {layer} head {head}")
         chosen = [ranked[i] for i in self._rng.sample(range(len(ranked)), k)]
         if display:
-            from . import viz
-
             title = f"Layer {layer} Head {head}, {k} / {len(ranked)} random multiples"
-            table = viz.multiples_table(chosen, title=title, suppress_first_token=self.suppress_first_token)
-            viz.show(table, text=viz.multiples_text(chosen, title=title))
+            self.display_multiples(chosen, title)
         return chosen
 
     # ------------------------------------------------------------------ descriptions
@@ -627,9 +435,7 @@ class AttentionData:
         data.prompts.append(prompt)
         data.descriptions.append(answer.text)
         if print_description:
-            from . import viz
-
-            viz.show_description(data.layer, data.head, answer.text)
+            self.display_description(data.layer, data.head, answer.text)
         return prompt, answer.text
 
     def describe_heads(
@@ -693,19 +499,7 @@ class AttentionData:
         return HeadDescriptions([results[p] for p in pairs])
 
     def _resolve_heads(self, heads: HeadSpec) -> tuple[int, ...]:
-        if isinstance(heads, str):
-            if heads.strip().lower() == "all":
-                return tuple(range(self.n_heads))
-            try:
-                heads = [int(h) for h in heads.replace(",", " ").split()]
-            except ValueError:
-                raise AttnlensError(f"heads={heads!r}: expected 'all' or head indices") from None
-        if isinstance(heads, int) and not isinstance(heads, bool):
-            heads = [heads]
-        out = sorted({self._check(0, h)[1] for h in heads})  # type: ignore[union-attr]
-        if not out:
-            raise AttnlensError("heads selects no head")
-        return tuple(out)
+        return resolve_heads(heads, self.n_heads)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SpanError
+from ..core.errors import SpanError
 
 Message = Mapping[str, str]
 

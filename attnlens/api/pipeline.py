@@ -7,7 +7,7 @@ model generates::
 
     pipe = attnlens.pipeline("pay-attention", delta_mid=1.0)
     pipe("<!-> Answer in French. <-!> What is the capital of Italy?", max_new_tokens=30)
-    # [{"generated_text": "...", "spans": [...]}]
+    # [{"generated_text": "...", "spans": [...], "prompt": "...", "backend": "direct"}]
 
 A string is continued as raw text (as in ``transformers``); pass ``chat=True``
 to send it as a user message through the model's chat template. A single
@@ -29,130 +29,24 @@ same prompt steer that forward pass too::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Union
+from collections.abc import Sequence
+from typing import Any
 
-from tqdm.auto import tqdm
-
-from .attribution.influence import METHODS as INFLUENCE_METHODS
-from .attribution.influence import InfluenceTrace, trace_influence
-from .errors import AttnlensError, TagError
-from .generation import check_generation_kwargs, generate_batch
-from .spans import Encoded, encode_chat, encode_text
-from .steering.bias import BiasPlan, LayerSpec, apply_bias, resolve_layers
-from .steering.guide import level_delta
-from .tags import TagSpan, parse_tags
+from ..core.model import Model
+from ..attribution.influence import METHODS as INFLUENCE_METHODS
+from ..attribution.influence import InfluenceTrace
+from ..core.errors import AttnlensError
+from ..core.validate import LayerSpec, is_int, resolve_layers
+from ..prompts.prompt import Prompt, PromptInput, is_chat
+from ..runtime.generate import check_generation_kwargs
+from ..steering.guide import check_delta
+from . import chain
 
 logger = logging.getLogger(__name__)
 
-Chat = Sequence[Mapping[str, str]]
-PipelineInput = Union[str, Chat]
+PipelineInput = PromptInput
 
 TASKS = ("pay-attention", "guide")
-
-
-@dataclass(frozen=True)
-class TokenSpan:
-    """A tagged span located in the prompt's tokens ``[start, end)``."""
-
-    start: int
-    end: int
-    kind: str  # "guide" or "influence"
-    level: int
-    delta: float  # the bias applied (0 for influence spans)
-    text: str  # the tagged text
-    message: int | None = None  # index of the chat message it came from
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A prepared input: the tokens the model sees and the tagged spans in them."""
-
-    input_ids: list[int]
-    text: str
-    spans: tuple[TokenSpan, ...]
-
-    def guide_spans(self) -> list[TokenSpan]:
-        return [s for s in self.spans if s.kind == "guide"]
-
-    def influence_spans(self) -> list[TokenSpan]:
-        return [s for s in self.spans if s.kind == "influence"]
-
-
-def is_chat(item: Any) -> bool:
-    return isinstance(item, Sequence) and not isinstance(item, str) and len(item) > 0 and all(
-        isinstance(m, Mapping) for m in item
-    )
-
-
-def _locate(encoded: Encoded, base: int, parsed_spans: Sequence[TagSpan], text: str,
-            delta_mid: float, message: int | None) -> list[TokenSpan]:
-    out = []
-    for span in parsed_spans:
-        start, end = encoded.token_span(base + span.start, base + span.end)
-        delta = level_delta(span.level, delta_mid) if span.kind == "guide" else 0.0
-        out.append(TokenSpan(start, end, span.kind, span.level, delta, text[span.start : span.end], message))
-    return out
-
-
-def prepare(
-    tokenizer: Any,
-    item: PipelineInput,
-    *,
-    delta_mid: float = 1.0,
-    chat: bool = False,
-    add_generation_prompt: bool = True,
-) -> Prompt:
-    """Parse the tags of a string or chat, tokenize it and locate the spans in its tokens."""
-    if isinstance(item, str):
-        if chat:
-            item = [{"role": "user", "content": item}]
-        else:
-            parsed = parse_tags(item)
-            encoded = encode_text(tokenizer, parsed.text)
-            spans = _locate(encoded, 0, parsed.spans, parsed.text, delta_mid, None)
-            return Prompt(encoded.input_ids, encoded.text, tuple(spans))
-    if not is_chat(item):
-        raise AttnlensError(
-            "each input must be a string or a chat (a non-empty list of {'role', 'content'} dicts); "
-            f"got {type(item).__name__}"
-        )
-    parsed_messages = []
-    for i, message in enumerate(item):
-        if "content" not in message or not isinstance(message["content"], str):
-            raise AttnlensError(f"message {i} has no string 'content'")
-        try:
-            parsed_messages.append(parse_tags(message["content"]))
-        except TagError as exc:
-            raise TagError(f"in message {i} ({message.get('role', '?')}): {exc.reason}", exc.position) from None
-    clean = [{**dict(m), "content": p.text} for m, p in zip(item, parsed_messages)]
-    encoded = encode_chat(tokenizer, clean, add_generation_prompt=add_generation_prompt)
-    spans: list[TokenSpan] = []
-    for i, (p, start) in enumerate(zip(parsed_messages, encoded.message_starts)):
-        spans.extend(_locate(encoded, start, p.spans, p.text, delta_mid, i))
-    return Prompt(encoded.input_ids, encoded.text, tuple(spans))
-
-
-def guide_plan_for(model: Any, prompts: Prompt | Sequence[Prompt], layers: LayerSpec = "all") -> BiasPlan:
-    """The bias plan of GUIDE spans (positions in the unpadded prompts).
-
-    One :class:`Prompt` gives a plan for every row; a sequence of prompts gives
-    one row per prompt (for :func:`~attnlens.generation.generate_batch`).
-    """
-    plan = BiasPlan.for_model(model)
-    if isinstance(prompts, Prompt):
-        rows: list[tuple[int | None, Prompt]] = [(None, prompts)]
-    else:
-        rows = list(enumerate(prompts))
-        plan.n_rows = len(rows)
-    for row, prompt in rows:
-        for span in prompt.guide_spans():
-            plan.add(span.start, span.end, span.delta, layers=layers, row=row)
-    return plan
 
 
 class PayAttentionPipeline:
@@ -162,7 +56,7 @@ class PayAttentionPipeline:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         *,
         delta_mid: float = 1.0,
         layers: LayerSpec = "all",
@@ -173,16 +67,16 @@ class PayAttentionPipeline:
             raise AttnlensError("the model has no tokenizer; the pipeline needs one")
         self.model = model
         self.tokenizer = model.tokenizer
-        self.delta_mid = _check_delta(delta_mid)
+        self.delta_mid = check_delta(delta_mid)
         resolve_layers(layers, model.cfg.n_layers)  # validate early
         self.layers = layers
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.chat = chat
 
     def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None) -> Prompt:
-        return prepare(
+        return chain.prepare(
             self.tokenizer,
             item,
             delta_mid=self.delta_mid if delta_mid is None else delta_mid,
@@ -218,7 +112,7 @@ class PayAttentionPipeline:
             raise AttnlensError("no inputs given")
         generate_kwargs.setdefault("max_new_tokens", 64)
         check_generation_kwargs(generate_kwargs)
-        delta = self.delta_mid if delta_mid is None else _check_delta(delta_mid)
+        delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
         layer_spec = self.layers if layers is None else layers
         resolve_layers(layer_spec, self.model.cfg.n_layers)
         prompts = [self.prepare(item, delta_mid=delta, chat=chat) for item in items]
@@ -227,23 +121,22 @@ class PayAttentionPipeline:
             influence_generated or influence_use_values or influence_method != "influence",
         )
         size = batch_size or self.batch_size
-        chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+        new_tokens = chain.generate(self.model, prompts, chain.plans_for(self.model, prompts, layers=layer_spec),
+                                    batch_size=size, **generate_kwargs)
         results: list[list[dict[str, Any]]] = []
-        for chunk in tqdm(chunks, desc="generating", unit="batch", disable=len(chunks) < 2):
-            plans = [guide_plan_for(self.model, chunk, layer_spec)]
-            new_tokens = generate_batch(self.model, [p.input_ids for p in chunk], plans, **generate_kwargs)
-            for prompt, tokens in zip(chunk, new_tokens):
-                result = self._result(prompt, tokens, return_full_text)
-                if measure and prompt.influence_spans():
-                    trace = self.measure_influence(
-                        prompt,
-                        methods=(influence_method,),
-                        generated=tokens if influence_generated else (),
-                        layers=layer_spec,
-                        use_values=influence_use_values,
-                    )
-                    result["influence"] = self.influence_entries(prompt, trace, influence_method)
-                results.append([result])
+        for prompt, tokens in zip(prompts, new_tokens):
+            result = self._result(prompt, tokens, return_full_text)
+            result["backend"] = new_tokens.backend
+            if measure and prompt.influence_spans():
+                trace = self.measure_influence(
+                    prompt,
+                    methods=(influence_method,),
+                    generated=tokens if influence_generated else (),
+                    layers=layer_spec,
+                    use_values=influence_use_values,
+                )
+                result["influence"] = self.influence_entries(prompt, trace, influence_method)
+            results.append([result])
         return results[0] if single else results
 
     # ------------------------------------------------------------------ influence
@@ -261,17 +154,8 @@ class PayAttentionPipeline:
 
         ``generated`` tokens are appended to the prompt, so the result covers them too.
         """
-        spans = prompt.influence_spans()
-        if not spans:
-            raise AttnlensError(
-                "the prompt has no influence tag: wrap the text to measure in <?-> ... <-?>"
-            )
-        tokens = list(prompt.input_ids) + [int(t) for t in generated]
-        plan = guide_plan_for(self.model, prompt, self.layers if layers is None else layers)
-        with apply_bias(self.model, plan):
-            return trace_influence(
-                self.model, tokens, [(s.start, s.end) for s in spans], methods=methods, use_values=use_values
-            )
+        return chain.measure_influence(self.model, prompt, methods=methods, generated=generated,
+                                       layers=self.layers if layers is None else layers, use_values=use_values)
 
     def influence_entries(self, prompt: Prompt, trace: InfluenceTrace, method: str) -> list[dict[str, Any]]:
         """One dict per influence span: ``start``, ``end``, ``text``, ``message``, ``method``,
@@ -329,19 +213,9 @@ def _check_influence_request(
     return True
 
 
-def _check_delta(delta: Any) -> float:
-    try:
-        value = float(delta)
-    except (TypeError, ValueError):
-        raise AttnlensError(f"delta_mid must be a number, got {delta!r}") from None
-    if value != value or abs(value) == float("inf"):
-        raise AttnlensError(f"delta_mid must be finite, got {delta!r}")
-    return value
-
-
 def pipeline(
     task: str = "pay-attention",
-    model: Any = None,
+    model: Model = None,
     *,
     delta_mid: float = 1.0,
     layers: LayerSpec = "all",
@@ -363,7 +237,7 @@ def pipeline(
     if task not in TASKS:
         raise AttnlensError(f"unknown task {task!r}; attnlens provides {', '.join(TASKS)}")
     if model is None or isinstance(model, str):
-        from .models import load_model
+        from ..runtime.models import load_model
 
         model = load_model(model, device=device)
     return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat)

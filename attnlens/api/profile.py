@@ -1,0 +1,350 @@
+"""Find the heads worth steering with PASTA: steer each head alone and score the task.
+
+For every (layer, head) and every example, the head alone is steered towards
+the example's emphasised substrings and a scorer rates the model's prediction
+of the example's target completion (by default the mean log-probability of its
+tokens given the prompt: one forward pass, no generation). Heads are ranked by
+their mean score over the examples; the unsteered score is reported alongside,
+so a head whose score beats it helps the task.
+
+It is fast because:
+
+- each batch row steers a different head (per-row, per-head bias terms), so
+  one forward pass scores many heads;
+- no head changes what a query *before* the first emphasised token sees (with
+  ``exclude`` all its keys are scaled alike, with ``include`` none is), so the
+  prompt up to that token is run once per example and its KV cache is shared
+  by every row;
+- only the target positions go through the unembedding, without autograd.
+
+Example data (JSONL, one object a line)::
+
+    {"prompt": "Mary is a doctor. ... Answer in JSON.", "emphasize": "Answer in JSON", "target": "{\\"occupation\\": \\"doctor\\"}"}
+
+``prompt`` may be a chat (a list of ``{"role", "content"}``); ``emphasize`` a
+string or a list of strings; an optional ``occurrence`` picks a repeated one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.model import Model
+from ..core.validate import is_int
+from ..core.errors import AttnlensError
+from ..core.model import model_shape
+from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
+from ..steering.bias import BiasPlan, apply_bias
+from ..prompts.prompt import Prompt, locate_substrings
+from .profile_examples import ProfileExample, _examples, json_format_examples, load_examples
+from .scorers import (
+    SCORERS,
+    Scorer,
+    _resolve_scorer,
+    first_token_logprob,
+    mean_logprob,
+    sum_logprob,
+    token_accuracy,
+)
+from ..steering.pasta import (
+    HeadConfig,
+    HeadConfigLike,
+    check_alpha,
+    check_scale_position,
+    head_config_to_json,
+    normalize_head_config,
+    pasta_plan,
+)
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, order=True)
+class HeadScore:
+    """One head's mean score (sorting orders by score, then gain)."""
+
+    score: float
+    gain: float  # score minus the unsteered baseline
+    layer: int = field(compare=False)
+    head: int = field(compare=False)
+
+
+@dataclass
+class HeadProfile:
+    """The result of :func:`profile_heads`.
+
+    ``scores[layer, head]`` is the mean score over the examples with that head
+    alone steered (NaN for heads not profiled); ``baseline`` the unsteered mean.
+    """
+
+    scores: np.ndarray  # [n_layers, n_heads]
+    per_example: np.ndarray  # [n_layers, n_heads, n_examples]
+    baseline: float
+    baseline_per_example: np.ndarray  # [n_examples]
+    alpha: float
+    scale_position: str
+    scorer: str
+    seconds: float = 0.0
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.scores.shape[1])
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.per_example.shape[-1])
+
+    @property
+    def gains(self) -> np.ndarray:
+        """``scores - baseline``: positive where steering the head alone helps."""
+        return self.scores - self.baseline
+
+    def ranking(self) -> list[HeadScore]:
+        """Every profiled head, best first."""
+        heads = [
+            HeadScore(float(self.scores[l, h]), float(self.scores[l, h] - self.baseline), l, h)
+            for l in range(self.n_layers)
+            for h in range(self.n_heads)
+            if not math.isnan(self.scores[l, h])
+        ]
+        return sorted(heads, reverse=True)
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(~np.isnan(self.scores)))
+
+    def __iter__(self):
+        return iter(self.ranking())
+
+    def top(self, k: int, *, only_helpful: bool = False) -> dict[int, list[int]]:
+        """A head config (``{layer: [heads]}``) of the ``k`` best heads.
+
+        ``only_helpful=True`` keeps only heads that beat the unsteered baseline.
+        """
+        if not is_int(k) or k < 1:
+            raise AttnlensError(f"k must be a positive integer, got {k!r}")
+        chosen = [s for s in self.ranking() if not only_helpful or s.gain > 0][:k]
+        config: dict[int, list[int]] = {}
+        for s in chosen:  # layers in the order of their best head, as pastalib's files do
+            config.setdefault(s.layer, []).append(s.head)
+        return {layer: sorted(heads) for layer, heads in config.items()}
+
+    def to_json(self, k: int | None = None, *, only_helpful: bool = False) -> dict[str, list[int]]:
+        """pastalib's JSON head config (``{"layer": [heads]}``) of the ``k`` best heads (all: None)."""
+        return head_config_to_json(self.top(k or max(len(self), 1), only_helpful=only_helpful))
+
+    def save(self, path: str | os.PathLike, k: int | None = None, *, only_helpful: bool = False) -> Path:
+        """Write :meth:`to_json` to ``path`` (readable by ``load_head_config`` and pastalib)."""
+        file = Path(path).expanduser()
+        file.write_text(json.dumps(self.to_json(k, only_helpful=only_helpful)) + "\n")
+        return file
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready: settings, baseline and the ranking."""
+        return {
+            "alpha": self.alpha,
+            "scale_position": self.scale_position,
+            "scorer": self.scorer,
+            "n_examples": self.n_examples,
+            "baseline": self.baseline,
+            "seconds": self.seconds,
+            "ranking": [
+                {"layer": s.layer, "head": s.head, "score": s.score, "gain": s.gain} for s in self.ranking()
+            ],
+        }
+
+
+# ----------------------------------------------------------------------------- profiling
+
+
+@dataclass
+class _Prepared:
+    prompt: Prompt
+    target: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt.input_ids + self.target
+
+    @property
+    def prefix(self) -> int:
+        """Positions no single-head steering changes: those before the first emphasised token."""
+        return max(0, min(min(s for s, _ in self.prompt.spans), len(self.prompt) - 1))
+
+
+def _prepare(tokenizer: Any, ex: ProfileExample, chat: bool, i: int) -> _Prepared:
+    try:
+        prompt = locate_substrings(tokenizer, ex.prompt, list(ex.emphasize), occurrence=ex.occurrence, chat=chat)
+    except AttnlensError as exc:
+        raise type(exc)(f"example {i}: {exc}") from None
+    target = list(tokenizer(ex.target, add_special_tokens=False)["input_ids"])
+    if not target:
+        raise AttnlensError(f"example {i}: the target {ex.target!r} has no tokens")
+    return _Prepared(prompt, target)
+
+
+def _head_list(heads: HeadConfigLike | None, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    config: HeadConfig = (
+        {layer: tuple(range(n_heads)) for layer in range(n_layers)}
+        if heads is None
+        else normalize_head_config(heads, n_layers, n_heads)
+    )
+    return [(layer, head) for layer, hs in config.items() for head in hs]
+
+
+def _auto_batch_size(suffix_len: int, rows: int, budget: int) -> int:
+    """Rows per forward so each pass holds about ``budget`` tokens (bounded to [1, rows])."""
+    return max(1, min(rows, budget // max(1, suffix_len)))
+
+
+def _schedule(
+    heads: Sequence[tuple[int, int]], size: int, skip: bool
+) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """Chunks of at most ``size`` heads and the block each chunk can start at.
+
+    With ``skip``, heads go in layer order and chunks end at layer boundaries where they
+    can: a chunk starts at the layer of its first head, and every head of a later layer in
+    it runs the blocks in between unsteered, which is wasted work.
+    """
+    if not skip:
+        for start in range(0, len(heads), size):
+            yield 0, list(heads[start : start + size])
+        return
+    chunk: list[tuple[int, int]] = []
+    for _, group in groupby(sorted(heads), key=lambda lh: lh[0]):
+        members = list(group)
+        if chunk and len(chunk) + len(members) > size:
+            yield chunk[0][0], chunk
+            chunk = []
+        while len(members) > size:
+            yield members[0][0], members[:size]
+            members = members[size:]
+        chunk.extend(members)
+    if chunk:
+        yield chunk[0][0], chunk
+
+
+def profile_heads(
+    model: Model,
+    examples: Iterable[ProfileExample | Mapping[str, Any]] | str | os.PathLike,
+    *,
+    alpha: float = 0.01,
+    scale_position: str = "exclude",
+    scorer: str | Scorer = "mean_logprob",
+    heads: HeadConfigLike | None = None,
+    chat: bool = False,
+    batch_size: int | None = None,
+    token_budget: int = 512,
+    share_prefix: bool = True,
+    skip_layers: bool = True,
+    progress: bool = True,
+) -> HeadProfile:
+    """Steer each head alone on every example and score the task; rank the heads.
+
+    Args:
+        model: a TransformerBridge with a tokenizer.
+        examples: :class:`ProfileExample` objects, dicts with ``prompt``/``emphasize``/``target``,
+            or the path of a JSONL file of them.
+        alpha, scale_position: PASTA's settings, as in :class:`~attnlens.api.pasta.PASTA`.
+        scorer: ``"mean_logprob"`` (default), ``"sum_logprob"``, ``"token_accuracy"``,
+            ``"first_token_logprob"``, or ``f(logits [rows, n_target, vocab], target [n_target]) -> [rows]``
+            (higher is better).
+        heads: profile only these (a head config); default every head of every layer.
+        chat: send plain-string prompts through the chat template as user messages.
+        batch_size: rows (heads) per forward pass; default: about ``token_budget`` tokens per pass.
+        share_prefix: run the prompt before the first emphasised token once per example and
+            share its KV cache across the rows (same result, faster).
+        skip_layers: start the rows that steer layer ``l`` at block ``l`` from the unsteered
+            residual stream (same result, faster); checked on the first example against a full
+            pass, and turned off when the model does not reproduce it.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`HeadProfile`: per-head scores, the unsteered baseline, ``top(k)``, JSON export.
+    """
+    scale_position = check_scale_position(scale_position)
+    alpha = check_alpha(alpha, scale_position)
+    scorer_name, score_fn = _resolve_scorer(scorer)
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
+        raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise AttnlensError("the model has no tokenizer; profiling needs one")
+    n_layers, n_heads = model_shape(model)
+    todo = _head_list(heads, n_layers, n_heads)
+    items = _examples(examples)
+    prepared = [_prepare(tokenizer, ex, chat, i) for i, ex in enumerate(items)]
+    keep_logits = supports_logits_to_keep(model)
+
+    per_example = np.full((n_layers, n_heads, len(items)), np.nan)
+    baseline = np.zeros(len(items))
+    skip = skip_layers and can_skip(model)
+    started = time.perf_counter()
+    bar = tqdm(total=len(todo) * len(items), desc="profiling heads", unit="head", disable=not progress)
+
+    def score(logits: torch.Tensor, target: torch.Tensor, rows: int) -> np.ndarray:
+        out = score_fn(logits, target).detach().float().cpu().numpy()
+        if out.shape != (rows,):
+            raise AttnlensError(f"scorer {scorer_name!r} returned shape {tuple(out.shape)}; expected ({rows},)")
+        return out
+
+    try:
+        with torch.no_grad():
+            for e, prep in enumerate(prepared):
+                runner = PrefixRun(model, prep.ids, len(prep.target), prep.prefix if share_prefix else 0,
+                                   keep_logits=keep_logits, skip=skip)
+                target = torch.tensor(prep.target, device=runner.baseline.device)
+                if skip and e == 0:
+                    skip = skip_reproduces_baseline(runner, n_layers)
+                baseline[e] = score(runner.baseline, target, 1)[0]
+                spans = list(prep.prompt.spans)
+                size = batch_size or _auto_batch_size(runner.suffix_len, len(todo), token_budget)
+                for start_layer, chunk in _schedule(todo, size, skip):
+                    plan = BiasPlan.stack([
+                        pasta_plan(model, spans, {layer: [head]}, alpha, scale_position, seq_len=len(prep.prompt))
+                        for layer, head in chunk
+                    ])
+                    with apply_bias(model, plan):
+                        logits = runner(len(chunk), start_layer)
+                    for (layer, head), value_ in zip(chunk, score(logits, target, len(chunk))):
+                        per_example[layer, head, e] = value_
+                    bar.update(len(chunk))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    logger.info("profiled %d heads on %d examples in %.1f s", len(todo), len(items), seconds)
+    scores = per_example.mean(axis=-1)  # NaN for heads not profiled
+    return HeadProfile(
+        scores=scores,
+        per_example=per_example,
+        baseline=float(baseline.mean()),
+        baseline_per_example=baseline,
+        alpha=alpha,
+        scale_position=scale_position,
+        scorer=scorer_name,
+        seconds=seconds,
+    )
+
+
+__all__ = [
+    "SCORERS", "HeadProfile", "HeadScore", "ProfileExample", "Scorer", "first_token_logprob",
+    "json_format_examples", "load_examples", "mean_logprob", "profile_heads", "sum_logprob", "token_accuracy",
+]

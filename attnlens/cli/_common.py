@@ -1,0 +1,86 @@
+"""Helpers every command shares: argument types, the model loader, chat messages, side-by-side text."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from ..core.errors import CLIError
+
+def load_model_for(args: argparse.Namespace) -> Any:
+    """The model ``--model`` names (default: the embedded one), through ``attnlens.cli._load``."""
+    from . import _load  # looked up on the package at call time, so it can be replaced
+
+    return _load(args)
+
+
+def side_by_side(left_title: str, left: str, right_title: str, right: str) -> str:
+    width = max(40, min(shutil.get_terminal_size((120, 20)).columns, 160))
+    col = (width - 3) // 2
+
+    def wrap(text: str) -> list[str]:
+        lines: list[str] = []
+        for para in text.splitlines() or [""]:
+            lines.extend(textwrap.wrap(para, col) or [""])
+        return lines
+
+    a, b = wrap(left), wrap(right)
+    rows = [f"{left_title:<{col}} | {right_title}", f"{'-' * col}-+-{'-' * col}"]
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else ""
+        y = b[i] if i < len(b) else ""
+        rows.append(f"{x:<{col}} | {y}")
+    return "\n".join(rows)
+
+
+def messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "positive")
+non_negative_int = int_at_least(0, "non-negative")
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+
+def read_texts(path: str) -> list[str]:
+    """One text per line (blank lines skipped); ``-`` reads standard input."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise CLIError(f"--texts {path!r}: {exc.strerror or exc}") from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise CLIError(f"--texts {path!r} has no text (one text per line)")
+    return texts

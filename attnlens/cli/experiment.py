@@ -1,0 +1,126 @@
+"""``attnlens experiment``: does steering help? (the studies of :mod:`attnlens.experiments`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._common import non_negative_int, number, positive_int
+
+def add_experiment(sub: Any) -> None:
+    from ..experiments import CONDITION_METHODS, STUDIES
+
+    p = sub.add_parser("experiment", help="does steering help? French summaries, needle in a haystack, JSON output",
+                       description="Run one of the GUIDE paper's studies under no emphasis, GUIDE at each delta, "
+                       "an emphatic plain prompt (IMPORTANT: ...) and PASTA; results are resumable.")
+    studies = p.add_subparsers(dest="study", metavar="STUDY")
+    studies.required = True
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="the output directory (rows.jsonl, summary.csv, plots)")
+    common.add_argument("--delta", dest="deltas", nargs="+", type=number, default=[0.0, 1.0, 2.0],
+                        help="GUIDE deltas (0 is the unsteered prompt)")
+    common.add_argument("--conditions", nargs="+", choices=CONDITION_METHODS, default=None,
+                        help="which conditions to run (default: none, guide, emphatic, and pasta with --pasta-heads)")
+    common.add_argument("--layers", nargs="+", default=["all"],
+                        help="layers GUIDE steers: all | none | first | last | indices")
+    common.add_argument("--model", "--model_name", dest="model", default=None,
+                        help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=positive_int,
+                        default=None, help="tokens generated per output (default: per study)")
+    common.add_argument("--num-generations", "--num_generations", dest="num_generations", type=positive_int,
+                        default=1, help="outputs per item and condition (more than 1 samples)")
+    common.add_argument("--limit", type=positive_int, default=None, help="use only the first N items")
+    common.add_argument("--batch-size", type=positive_int, default=16, help="prompts generated together")
+    common.add_argument("--max-batch-tokens", type=positive_int, default=8192,
+                        help="cap on rows x padded length per batch (long contexts get smaller batches)")
+    common.add_argument("--seed", type=int, default=0)
+    sampling = common.add_mutually_exclusive_group()
+    sampling.add_argument("--sample", dest="do_sample", action="store_true", default=None,
+                          help="sample (the default when --num-generations > 1)")
+    sampling.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy decoding")
+    common.add_argument("--temperature", type=number, default=0.7)
+    common.add_argument("--top-p", type=number, default=0.95)
+    common.add_argument("--dataset", default=None,
+                        help="a local .jsonl/.json/.txt file, or a Hugging Face data set (openwebtext, blbooks, "
+                        "or a hub name; needs the network)")
+    common.add_argument("--dataset-split", default="train")
+    common.add_argument("--text-field", default="text", help="the data set's text field")
+    common.add_argument("--pasta-heads", default=None, help="a PASTA head config (JSON {layer: [heads]})")
+    common.add_argument("--pasta-alpha", type=number, default=0.01)
+    common.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    common.add_argument("--no-influence", action="store_true", help="do not record the focus span's influence")
+    common.add_argument("--no-plots", action="store_true")
+    common.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the CIs")
+    common.add_argument("--fresh", action="store_true", help="discard rows already in --out")
+    common.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    s = studies.add_parser("summarize", parents=[common], help="summarize English passages in French")
+    s.add_argument("--instruction", default=None, help='the instruction (default: "Summarize in French.")')
+    s.add_argument("--passage-words", type=positive_int, default=250,
+                   help="passages from a Hugging Face data set are cut to this many words")
+    s.add_argument("--bertscore", action="store_true", help="also score BERTScore (needs bert-score and the network)")
+    n = studies.add_parser("needle", parents=[common], help="retrieve a fact placed at a depth of a long context")
+    n.add_argument("--context-lengths", nargs="+", type=positive_int, default=[512, 1024, 2048],
+                   help="context lengths in tokens")
+    n.add_argument("--depths", nargs="+", type=number, default=[0, 25, 50, 75, 100], help="needle depths in percent")
+    studies.add_parser("json", parents=[common], help="turn records into JSON with a given key schema")
+    for name in STUDIES:
+        studies.choices[name].set_defaults(run=_run_experiment)
+
+
+def _experiment_config(args: argparse.Namespace) -> Any:
+    from ..experiments import CONFIGS
+
+    layers = " ".join(args.layers)
+    kwargs: dict[str, Any] = dict(
+        out=args.out, deltas=args.deltas, conditions=args.conditions, layers=layers, model=args.model,
+        num_generations=args.num_generations, do_sample=args.do_sample, temperature=args.temperature,
+        top_p=args.top_p, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, seed=args.seed,
+        limit=args.limit, dataset=args.dataset, dataset_split=args.dataset_split, text_field=args.text_field,
+        pasta_heads=args.pasta_heads, pasta_alpha=args.pasta_alpha, influence=not args.no_influence,
+        chat=False if args.raw else None, bootstrap=args.bootstrap, plots=not args.no_plots, fresh=args.fresh,
+    )
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.study == "summarize":
+        kwargs.update(passage_words=args.passage_words, bertscore=args.bertscore)
+        if args.instruction:
+            kwargs["instruction"] = args.instruction
+    elif args.study == "needle":
+        kwargs.update(context_lengths=args.context_lengths, depths=args.depths)
+    return CONFIGS[args.study](**kwargs)
+
+
+def _format_estimate(row: dict[str, Any], metric: str) -> str:
+    mean, low, high = row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    if mean is None or mean != mean:
+        return "-"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from ..experiments import run_experiment
+
+    config = _experiment_config(args)
+    result = run_experiment(args.study, config)
+    table = result.table()
+    if args.json:
+        print(json.dumps({"study": result.study, "out": str(result.out), "summary": table,
+                          "generated": result.generated, "skipped": result.skipped}, indent=2))
+        return 0
+    metrics = list(result.metrics)
+    headers = ["condition", "items", "gens"] + metrics
+    lines = [[r["condition"], str(r["items"]), str(r["generations"])] + [_format_estimate(r, m) for m in metrics]
+             for r in table]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+    print(f"{result.study}: {result.generated} new generation(s), {result.skipped} already done "
+          f"(means with {int(config.confidence * 100)}% bootstrap intervals over items)")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    for line in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    print(f"rows:    {result.rows_path}")
+    print(f"summary: {result.summary_path}")
+    for path in result.plots:
+        print(f"         {path}")
+    return 0

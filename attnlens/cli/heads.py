@@ -1,0 +1,129 @@
+"""``attnlens heads rank|describe``: what one attention head attends to (AttentionData)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from typing import Any
+
+from ..core.errors import CLIError
+from ._common import load_model_for, non_negative_int, number, positive_int, read_texts
+
+def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
+    from ..api import AttentionData
+
+    texts = read_texts(args.texts)
+    model = load_model_for(args)
+    return AttentionData(
+        model,
+        openai_model=getattr(args, "openai_model", None),
+        text_batch=texts,
+        min_length=args.min_length,
+        max_length=args.max_length,
+        suppress_first_token=not args.keep_first_token,
+        client=client,
+        seed=args.seed,
+    )
+
+
+def add_heads(sub: Any) -> None:
+    p = sub.add_parser("heads", help="rank what an attention head attends to, or describe it with an LLM")
+    actions = p.add_subparsers(dest="heads_command", metavar="ACTION")
+    actions.required = True
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
+    common.add_argument("--head", type=int, required=True, help="the head in that layer")
+    common.add_argument("--texts", required=True, help="a file with one text per line ('-' reads stdin)")
+    common.add_argument("--min-length", type=non_negative_int, default=10, help="first query position of a row")
+    common.add_argument("--max-length", type=positive_int, default=30, help="texts are cut to this many tokens")
+    common.add_argument("--keep-first-token", action="store_true",
+                        help="rank the first token too (by default it is left out, often an attention sink)")
+    common.add_argument("--seed", type=int, default=None, help="seed for the random choices")
+    common.add_argument("--model", default=None, help="a model name or path (default: the embedded model)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    rank = actions.add_parser("rank", parents=[common], help="the tokens the head attends to most, over the texts")
+    rank.add_argument("--num", type=positive_int, default=10, help="how many multiples to list")
+    rank.add_argument("--token", default=None, help="only this token (surrounding spaces ignored)")
+    rank.add_argument("--reverse", action="store_true", help="the lowest multiples instead of the highest")
+    rank.add_argument("--random", action="store_true", help="random multiples instead of the highest")
+    rank.add_argument("--html", default=None, help="also save the table as a standalone HTML file")
+    rank.set_defaults(run=_run_heads_rank)
+
+    from ..analysis.descriptions import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+
+    describe = actions.add_parser("describe", parents=[common], help="ask a chat model what the head attends to")
+    describe.add_argument("--openai-model", required=True, help="the chat model (e.g. gpt-4o-mini, or a local model)")
+    describe.add_argument("--base-url", default=None,
+                          help="an OpenAI-compatible endpoint (e.g. http://localhost:11434/v1); default: OpenAI")
+    describe.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                          help="the environment variable holding the key (default: OPENAI_API_KEY)")
+    describe.add_argument("--num-samples", type=positive_int, default=10, help="rows put in the prompt")
+    describe.add_argument("--custom-prompt", default=None, help="text added to the prompt after the rows")
+    describe.add_argument("--show-prompt", action="store_true", help="print the prompt before the description")
+    describe.add_argument("--timeout", type=number, default=DEFAULT_TIMEOUT, help="seconds to wait for one answer")
+    describe.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
+                          help="retries on 429, 5xx and timeouts (with backoff)")
+    describe.set_defaults(run=_run_heads_describe)
+
+
+def _run_heads_rank(args: argparse.Namespace) -> int:
+    from .. import viz
+
+    ad = _attention_data(args)
+    if args.random:
+        if args.token is not None or args.reverse:
+            raise CLIError("--random cannot be combined with --token or --reverse")
+        rows = ad.get_random_multiples(args.layer, args.head, num_multiples=args.num)
+        kind = "random"
+    else:
+        rows = ad.get_ranked_multiples(
+            args.layer, args.head, str_token=args.token, num_multiples=args.num, reverse=args.reverse
+        )
+        kind = "bottom" if args.reverse else "top"
+    record = ad.head_data(args.layer, args.head)
+    total = len(ad.ranked_multiples(record.layer, record.head))
+    title = f"layer {record.layer} head {record.head}: {kind} {len(rows)} of {total} multiples"
+    if args.token is not None:
+        title += f" for {args.token!r}"
+    if args.html:
+        viz.multiples_table(rows, title=title, suppress_first_token=ad.suppress_first_token).save(args.html)
+    if args.json:
+        print(json.dumps(
+            [{"token": r.token, "multiple": round(r.multiple, 4), "text_index": r.text_index, "query": r.query,
+              "key": r.key, "context": "".join(r.str_tokens)} for r in rows],
+            ensure_ascii=False, indent=2,
+        ))
+    else:
+        print(viz.multiples_text(rows, title=title))
+        if args.html:
+            print(f"table saved to {args.html}")
+    return 0
+
+
+def _run_heads_describe(args: argparse.Namespace) -> int:
+    from ..analysis.descriptions import make_client
+
+    client = make_client(
+        base_url=args.base_url, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries
+    )
+    ad = _attention_data(args, client=client)
+    prompt, description = ad.describe_head(
+        args.layer, args.head, num_samples=args.num_samples, custom_prompt=args.custom_prompt,
+        print_description=False,
+    )
+    record = ad.head_data(args.layer, args.head)
+    if args.json:
+        print(json.dumps(
+            {"layer": record.layer, "head": record.head, "openai_model": args.openai_model,
+             "description": description, "prompt": prompt},
+            ensure_ascii=False, indent=2,
+        ))
+        return 0
+    if args.show_prompt:
+        print(prompt)
+        print("-" * 40)
+    print(f"layer {record.layer} head {record.head} ({args.openai_model}):")
+    print(textwrap.fill(description, width=100))
+    return 0

@@ -1,0 +1,23 @@
+"""The base layer: model facts, hook names, shared checks and every exception. Imports nothing else of attnlens."""
+
+from . import hooks
+from .errors import (
+    AttnlensError,
+    CLIError,
+    DescribeError,
+    DirectUnavailable,
+    ExperimentError,
+    HeadConfigError,
+    ModelLoadError,
+    SpanError,
+    TagError,
+)
+from .model import Model, context_window, model_device, model_dtype, model_shape, pad_id
+from .validate import LayerSpec, check_int, is_int, resolve_heads, resolve_layer, resolve_layers
+
+__all__ = [
+    "AttnlensError", "CLIError", "DescribeError", "DirectUnavailable", "ExperimentError", "HeadConfigError",
+    "LayerSpec", "Model", "ModelLoadError", "SpanError", "TagError", "check_int", "context_window", "hooks",
+    "is_int", "model_device", "model_dtype", "model_shape", "pad_id", "resolve_heads", "resolve_layer",
+    "resolve_layers",
+]

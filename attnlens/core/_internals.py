@@ -1,0 +1,224 @@
+"""Every place attnlens reaches into TransformerLens, transformers or torch beyond their documented API.
+
+Checked against TransformerLens 4.3.0, transformers 5.23.0 and 5.24.0, torch 2.13.0.
+When one of them changes, this module is what to read again; nothing else in
+attnlens touches these internals.
+
+- TransformerLens: ``AttentionBridge._update_kv_cache`` (wrapped by
+  :func:`mend_kv_cache_argument` while TransformerLens ignores transformers 5.24's
+  ``cache`` argument); ``GeneralizedComponent`` and its public ``original_component``
+  (the wrapped Hugging Face module); a block's ``_capture_hook_handles`` (the
+  bridge's own hooks, which a direct run may ignore); a bridge block's
+  ``forward`` (replaced per instance by :func:`replace_forward`).
+- transformers: ``AttentionInterface`` and ``AttentionMaskInterface`` (their
+  ``register`` has no counterpart that removes an entry, so entries are removed
+  from ``_global_mapping``), ``eager_mask``, ``sdpa_attention_forward``, a
+  config's ``_attn_implementation``.
+- torch: a module's child table ``_modules``, its hook tables ``_forward_hooks``
+  and ``_forward_pre_hooks``, ``RemovableHandle.next_id`` (incremented by every
+  hook registration), accelerate's ``_hf_hook``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- TransformerLens
+
+
+def is_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is a TransformerLens bridge component wrapping a Hugging Face module."""
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    return isinstance(module, GeneralizedComponent)
+
+
+def original_component(wrapper: nn.Module) -> nn.Module | None:
+    """The Hugging Face module a bridge component wraps (TransformerLens' public accessor)."""
+    return getattr(wrapper, "original_component", None)
+
+
+def capture_hook_ids(block: nn.Module) -> set[int]:
+    """Handle ids of the hooks a bridge block installs for itself."""
+    return {handle.id for handle in getattr(block, "_capture_hook_handles", ())}
+
+
+@contextmanager
+def replace_forward(modules: list[nn.Module], forward: Callable[..., Any]) -> Iterator[None]:
+    """Give each module ``forward`` for the ``with`` block (on the instance; restored on exit).
+
+    Bridge components forward attribute writes to the module they wrap, so the
+    write goes to the instance's ``__dict__`` directly.
+    """
+    try:
+        for module in modules:
+            object.__setattr__(module, "forward", forward)
+        yield
+    finally:
+        for module in modules:
+            module.__dict__.pop("forward", None)
+
+
+_workaround_applied = False
+
+
+class _ProbeCache:
+    """Stands in for a Hugging Face cache: records whether the bridge updated it."""
+
+    def __init__(self) -> None:
+        self.updated = False
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.updated = True
+        return k, v
+
+
+class _ProbeAttention:
+    _layer_idx = 0
+    name = "probe"
+
+
+def _bridge_reads_cache_kwarg(update_kv_cache: Any) -> bool:
+    """Whether TransformerLens' cache update uses a cache passed as ``cache=``."""
+    probe = _ProbeCache()
+    k = v = torch.zeros(1, 1, 1, 1)
+    try:
+        update_kv_cache(_ProbeAttention(), k, v, cache=probe)
+    except Exception as exc:  # an internal that changed shape: the guard decides
+        logger.debug("could not probe TransformerLens' KV cache update: %r", exc)
+        return True
+    return probe.updated
+
+
+def mend_kv_cache_argument() -> bool:
+    """Let TransformerLens' attention bridge read the KV cache transformers passes as ``cache``.
+
+    transformers 5.24 renamed the cache argument of its attention modules from
+    ``past_key_values`` to ``cache``; TransformerLens 4.3.0's
+    ``AttentionBridge._update_kv_cache`` reads only the old name, so cached
+    decoding through the bridge ignores the cache. This wraps that method to hand
+    the cache over under the old name, only when a probe shows the installed
+    TransformerLens ignores ``cache`` (so it switches itself off once upstream reads
+    the new name, and can then be deleted). Idempotent; returns whether it is in place.
+    """
+    global _workaround_applied
+    if _workaround_applied:
+        return True
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:  # a TransformerLens without this component: nothing to mend
+        return False
+    original = AttentionBridge._update_kv_cache
+    if _bridge_reads_cache_kwarg(original):
+        return False
+
+    @functools.wraps(original)
+    def _update_kv_cache(self: Any, k: torch.Tensor, v: torch.Tensor, **kwargs: Any):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache.__attnlens_original__ = original  # type: ignore[attr-defined]
+    AttentionBridge._update_kv_cache = _update_kv_cache
+    _workaround_applied = True
+    logger.info("TransformerLens ignores the KV cache that transformers passes as 'cache': "
+                "handing it over as 'past_key_values'")
+    return True
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def children(module: nn.Module) -> list[tuple[str, nn.Module | None]]:
+    return list(module._modules.items())
+
+
+def set_child(parent: nn.Module, name: str, child: nn.Module | None) -> None:
+    """Put ``child`` in ``parent``'s child table, bypassing any ``__setattr__`` of ``parent``."""
+    parent._modules[name] = child
+
+
+def has_hooks(module: nn.Module, ignore: Collection[int] = ()) -> bool:
+    """Whether ``module`` has a forward or forward-pre hook whose handle id is not in ``ignore``."""
+    return any(k not in ignore for k in module._forward_hooks) or any(
+        k not in ignore for k in module._forward_pre_hooks
+    )
+
+
+def hook_counter() -> int:
+    """A number that changes whenever any torch module hook is registered anywhere."""
+    return RemovableHandle.next_id
+
+
+def is_offloaded(module: nn.Module) -> bool:
+    return module.__dict__.get("_hf_hook") is not None
+
+
+# ----------------------------------------------------------------------------- transformers
+
+
+def has_attention_implementation(config: Any) -> bool:
+    return config is not None and hasattr(config, "_attn_implementation")
+
+
+def registered_attention(name: str) -> Callable[..., Any] | None:
+    """The attention function registered under ``name`` with transformers, if any."""
+    return attention_interfaces()[0]._global_mapping.get(name)
+
+
+def attention_implementation(config: Any) -> str | None:
+    return getattr(config, "_attn_implementation", None)
+
+
+def set_attention_implementation(config: Any, name: str | None) -> None:
+    config._attn_implementation = name
+
+
+def attention_interfaces() -> tuple[Any, Any, Callable[..., Any]]:
+    """``(AttentionInterface, AttentionMaskInterface, eager_mask)``; ImportError when this transformers lacks them."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    return AttentionInterface, AttentionMaskInterface, eager_mask
+
+
+@contextmanager
+def registering_attention(name: str, attention: Callable[..., Any]) -> Iterator[None]:
+    """Register ``attention`` (with eager masks) under ``name`` for the ``with`` block.
+
+    What was registered under ``name`` before is put back on exit; a name that was
+    not registered is removed.
+    """
+    attention_interface, mask_interface, eager_mask = attention_interfaces()
+    missing = object()
+    saved = [(iface, iface._global_mapping.get(name, missing)) for iface in (attention_interface, mask_interface)]
+    attention_interface.register(name, attention)
+    # the bridge's wrapped models run with eager masks (a float mask added to the
+    # scores); the same masks give the hooks the same scores
+    mask_interface.register(name, eager_mask)
+    try:
+        yield
+    finally:
+        for iface, previous in saved:
+            if previous is missing:
+                iface._global_mapping.pop(name, None)
+            else:
+                iface._global_mapping[name] = previous
+
+
+def sdpa_attention(*args: Any, **kwargs: Any) -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(*args, **kwargs)

@@ -1,0 +1,75 @@
+"""Facts about a model that every layer asks for: its shape, device, dtype, pad id and context window.
+
+:class:`Model` names what attnlens needs from a "model": a TransformerLens
+``TransformerBridge`` (or anything offering the same) with a ``cfg``, a
+``tokenizer``, ``parameters()``, context-scoped ``hooks()``, ``run_with_hooks``
+and ``generate``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+import torch
+
+from .errors import AttnlensError
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What attnlens calls on a model (TransformerLens' ``TransformerBridge`` offers all of it)."""
+
+    cfg: Any
+    tokenizer: Any
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def hooks(self, fwd_hooks: list = ..., **kwargs: Any) -> AbstractContextManager[Any]: ...
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to_str_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def model_shape(model: Any) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` of a TransformerLens model or bridge."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise AttnlensError(
+            f"expected a TransformerLens model (with .cfg), got {type(model).__name__}"
+        )
+    return int(cfg.n_layers), int(cfg.n_heads)
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (torch's default device for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.get_default_device()
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """The dtype of the model's first parameter (float32 for a model without any)."""
+    try:
+        return next(model.parameters()).dtype
+    except (StopIteration, AttributeError, TypeError):
+        return torch.float32
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad token, else its end-of-sequence token, else 0."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def context_window(model: Any) -> int | None:
+    """The model's context length in tokens (``cfg.n_ctx``), None when it does not say."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    return int(n_ctx) if n_ctx else None

@@ -1,0 +1,182 @@
+"""Experiment configuration: the conditions, :class:`ExperimentConfig` and its checks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+from ..core.errors import AttnlensError, ExperimentError
+from ..core.validate import LayerSpec, is_int, resolve_layers
+
+logger = logging.getLogger(__name__)
+
+#: the condition kinds, in the order they run
+CONDITION_METHODS: tuple[str, ...] = ("none", "guide", "emphatic", "pasta")
+IDENTITY_FIELDS = (
+    "model", "max_new_tokens", "layers", "seed", "do_sample", "temperature", "top_p",
+    "dataset", "pasta_heads", "pasta_alpha", "chat",
+)
+
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of presenting the focus: ``none``, ``guide`` (with ``delta``), ``emphatic`` or ``pasta``."""
+
+    method: str
+    delta: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"guide@{self.delta:g}" if self.method == "guide" else self.method
+
+
+@dataclass
+class ExperimentConfig:
+    """Settings shared by every study; see ``attnlens experiment --help``."""
+
+    out: str | os.PathLike
+    deltas: Sequence[float] = (0.0, 1.0, 2.0)
+    conditions: Sequence[str] | None = None  # None: every applicable method
+    layers: LayerSpec = "all"
+    model: str | None = None
+    max_new_tokens: int = 64
+    num_generations: int = 1
+    do_sample: bool | None = None  # None: sample when num_generations > 1
+    temperature: float = 0.7
+    top_p: float | None = 0.95
+    batch_size: int = 16
+    max_batch_tokens: int = 8192  # rows x padded length per batch
+    seed: int = 0
+    limit: int | None = None
+    dataset: str | None = None
+    dataset_split: str = "train"
+    text_field: str = "text"
+    pasta_heads: str | None = None
+    pasta_alpha: float = 0.01
+    influence: bool = True
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    plots: bool = True
+    fresh: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in IDENTITY_FIELDS}
+        out["layers"] = _layers_key(self.layers)
+        out["do_sample"] = self.sampling
+        if not self.sampling:
+            out["temperature"] = out["top_p"] = None
+        return out
+
+    @property
+    def sampling(self) -> bool:
+        return self.num_generations > 1 if self.do_sample is None else bool(self.do_sample)
+
+
+def _layers_key(layers: LayerSpec) -> Any:
+    if isinstance(layers, (str, int)) or layers is None:
+        return layers
+    return list(layers)
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise ExperimentError(f"{what} must be a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ExperimentError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ExperimentError(f"{what} must be finite, got {value!r}")
+    return x
+
+
+def _positive_int(value: Any, what: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < 1:
+        raise ExperimentError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
+    """The conditions a config asks for, validated (GUIDE at delta 0 is the ``none`` condition)."""
+    if isinstance(config.deltas, (str, bytes)) or not isinstance(config.deltas, Iterable):
+        raise ExperimentError(f"deltas must be a list of numbers, got {config.deltas!r}")
+    deltas = [_number(d, f"delta {d!r}") for d in config.deltas]
+    methods = list(config.conditions) if config.conditions else None
+    if methods is None:
+        methods = ["none", "guide", "emphatic"] + (["pasta"] if config.pasta_heads else [])
+    unknown = [m for m in methods if m not in CONDITION_METHODS]
+    if unknown:
+        raise ExperimentError(
+            f"unknown condition(s) {', '.join(map(repr, unknown))}; choose from {', '.join(CONDITION_METHODS)}"
+        )
+    if "pasta" in methods and not config.pasta_heads:
+        raise ExperimentError("the 'pasta' condition needs a head configuration: pass pasta_heads (--pasta-heads FILE)")
+    if "guide" in methods and not deltas:
+        raise ExperimentError("the 'guide' condition needs at least one delta")
+    out: list[Condition] = []
+    for method in CONDITION_METHODS:
+        if method not in methods:
+            continue
+        if method == "guide":
+            for d in deltas:
+                cond = Condition("none") if d == 0 else Condition("guide", d)
+                if cond not in out:
+                    out.append(cond)
+        elif Condition(method) not in out:
+            out.append(Condition(method))
+    return out
+
+
+def validate_config(config: ExperimentConfig) -> list[Condition]:
+    """Check every setting that can be checked without a model; returns the conditions."""
+    conditions = resolve_conditions(config)
+    _positive_int(config.max_new_tokens, "max_new_tokens")
+    _positive_int(config.num_generations, "num_generations")
+    _positive_int(config.batch_size, "batch_size")
+    _positive_int(config.max_batch_tokens, "max_batch_tokens")
+    _positive_int(config.limit, "limit", allow_none=True)
+    if not is_int(config.seed):
+        raise ExperimentError(f"seed must be an integer, got {config.seed!r}")
+    if _number(config.temperature, "temperature") <= 0:
+        raise ExperimentError(f"temperature must be > 0, got {config.temperature!r}")
+    if config.top_p is not None and not 0 < _number(config.top_p, "top_p") <= 1:
+        raise ExperimentError(f"top_p must be in (0, 1], got {config.top_p!r}")
+    if not 0 < _number(config.pasta_alpha, "pasta_alpha") <= 1:
+        raise ExperimentError(f"pasta_alpha must be in (0, 1], got {config.pasta_alpha!r}")
+    if not 0 < _number(config.confidence, "confidence") < 1:
+        raise ExperimentError(f"confidence must be in (0, 1), got {config.confidence!r}")
+    if config.num_generations > 1 and config.do_sample is False:
+        raise ExperimentError(
+            "greedy decoding makes every generation of an item identical: "
+            "use num_generations=1 or sampling (do_sample)"
+        )
+    try:  # syntax only; the range is checked against the model
+        resolve_layers(config.layers, 10**6)
+    except AttnlensError as exc:
+        raise ExperimentError(f"layers: {exc}") from None
+    out = Path(config.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"output directory {str(out)!r} is a file")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExperimentError(f"output directory {str(out)!r}: {str(parent)!r} is a file")
+            break
+    return conditions
+
+
+#: the condition kinds (also ``attnlens.experiments.METHODS``)
+METHODS = CONDITION_METHODS

@@ -1,0 +1,111 @@
+"""The package's layers: each imports only the layers listed before it, and no module imports form a cycle.
+
+Imports are read from the source with ``ast`` (function-level imports too), so
+the test needs no model and imports nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "attnlens"
+
+#: the layers, lowest first; a module may import its own layer and those before it
+LAYERS = ("core", "prompts", "steering", "runtime", "attribution", "analysis", "viz", "api", "experiments", "cli")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """``(absolute module, line, at top level)`` for every attnlens import in ``path``."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = {id(node) for node in tree.body}
+    out = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # ``from . import x`` may name a submodule
+            targets = [f"{module}.{a.name}" if _is_module(f"{module}.{a.name}") else module for a in node.names]
+        for target in targets:
+            if target == "attnlens" or target.startswith("attnlens."):
+                out.append((target, node.lineno, id(node) in top))
+    return out
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+FILES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def test_every_subpackage_is_a_layer():
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert subpackages == set(LAYERS)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_the_layers(path):
+    mine = _layer(_module_name(path))
+    if mine is None:  # attnlens/__init__.py and attnlens/testing.py sit above every layer
+        return
+    for target, line, _ in _imports(path):
+        theirs = _layer(target)
+        assert theirs is not None, f"{path.name}:{line} imports {target}, outside every layer"
+        assert LAYERS.index(theirs) <= LAYERS.index(mine), (
+            f"{_module_name(path)} (layer {mine}) imports {target} (layer {theirs}) at line {line}"
+        )
+
+
+def test_no_import_cycles():
+    graph: dict[str, set[str]] = {}
+    for path in FILES:
+        graph[_module_name(path)] = {t for t, _, at_top in _imports(path) if at_top and _is_module(t)}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            # a package's __init__ importing its own submodules is how packages work
+            if node == nxt or nxt.startswith(node + ".") and _is_init(node):
+                continue
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if state.get(nxt) is None:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node)
+
+
+def _is_init(name: str) -> bool:
+    return (PACKAGE.parent.joinpath(*name.split(".")) / "__init__.py").is_file()

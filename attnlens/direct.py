@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import fused
+
 logger = logging.getLogger(__name__)
 
 #: the name registered with transformers' attention and mask interfaces
@@ -62,12 +64,12 @@ def _register() -> None:
     if _registered:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(IMPLEMENTATION, hooked_attention)
-    # the bridge's wrapped models run with eager masks (a float mask added to the
-    # scores); the same masks give the hooks the same scores
-    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
+    # sdpa's masks: none where causality alone masks (the fused kernels' is_causal), else a
+    # boolean mask; the reference path turns either into the bridge's additive eager mask
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
     _registered = True
 
 
@@ -93,6 +95,12 @@ def hooked_attention(
             raise NotImplementedError(f"direct attention does not support {name!r}")
     route = _routes.get(id(module))
     scores_point, pattern_point = route if route is not None else (None, None)
+    # --- fused long-context path (attnlens.fused): bias plans and influence without a score matrix
+    fused_out = fused.attention(module, query, key, value, attention_mask, scaling, dropout, scores_point,
+                                pattern_point, **kwargs)
+    if fused_out is not None:
+        return fused_out
+    # --- end of the fused path
     if not (scores_point is not None and _has_hooks(scores_point)) and not (
         pattern_point is not None and _has_hooks(pattern_point)
     ):
@@ -105,6 +113,9 @@ def hooked_attention(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is None and query.shape[-2] > 1 and kwargs.get("is_causal", getattr(module, "is_causal", True)):
+        queries, keys = query.shape[-2], key.shape[-2]
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril(keys - queries)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             attention_mask = torch.zeros((), dtype=scores.dtype, device=scores.device).masked_fill(

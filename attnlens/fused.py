@@ -191,6 +191,8 @@ def fused_sdpa(
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     dtype = out_dtype = query.dtype
+    if route is None and bias is not None and q_len == 1:
+        return _decode_step(query, key, value, attention_mask, scaling, bias)
     extra = route.values(value) if route is not None else None
     if extra is not None and dtype not in (torch.float32, torch.float64):
         # the chains need more than half precision: this call runs in float32
@@ -241,3 +243,34 @@ def fused_sdpa(
     if route is not None:
         route.take(out[..., d : d + n_extra])
     return out[..., :d].to(out_dtype).transpose(1, 2).contiguous(), None
+
+
+def _decode_step(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    bias: torch.Tensor,
+) -> tuple[torch.Tensor, None]:
+    """One query per row (a cached decoding step): the bias is an additive mask of one row per head.
+
+    It costs as much as the keys themselves; widening the whole cache for the
+    folded product would cost more. Grouped heads are packed as queries of their
+    key-value head, as Hugging Face's sdpa does for one query.
+    """
+    batch, heads, _, d = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    mask = bias.to(query.dtype)[:, :, None, :]  # [rows|1, heads|1, 1, key]
+    if attention_mask is not None:
+        given = attention_mask[..., :keys]
+        if given.dtype == torch.bool:
+            mask = mask.masked_fill(~given, torch.finfo(query.dtype).min)
+        else:
+            mask = mask + given.to(query.dtype)
+    if groups > 1:
+        query = query.reshape(batch, kv_heads, groups, d)
+        mask = mask.reshape(mask.shape[0], kv_heads, groups, keys) if mask.shape[1] == heads else mask
+    out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, heads, 1, d).transpose(1, 2).contiguous(), None

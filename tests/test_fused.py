@@ -108,7 +108,6 @@ def test_user_hooks_see_the_materialised_tensors(tiny, fused_calls):
         hf(tokens)
     assert seen == [(1, 4, 12, 12)]
     assert len(fused_calls) == tiny.cfg.n_layers - 1  # every other layer ran fused
-    assert not fused_influence.available(tiny) or True
     with tiny.hooks(fwd_hooks=hooks):
         assert not fused_influence.available(tiny)
         al.influence(tiny, tokens, span=(1, 4))  # the reference path, through the hook
@@ -172,3 +171,16 @@ def test_embedded_model_equals_the_reference(embedded):
         got = trace_influence(embedded, tokens, [(20, 40), (100, 110)], **kwargs)
     for method in ("influence", "rollout"):
         assert (got[method] - ref[method]).abs().max() < TOL
+
+
+def test_needle_contexts_fit_the_window(tokenizer):
+    from attnlens.experiments.needle import NeedleConfig, NeedleStudy
+
+    study = NeedleStudy()
+    config = NeedleConfig(out="unused", context_lengths=[1024, 8192], depths=[0, 100], limit=1, max_new_tokens=12)
+    data = study.load_data(config)
+    study.window = 8192
+    items = study.items(data, config, tokenizer)
+    by_length = {i.groups["length"]: i.data["context_tokens"] for i in items}
+    assert 1000 <= by_length[1024] <= 1050  # under the window: as asked
+    assert 7800 <= by_length[8192] <= 8192 - 12 - 64  # cut so that the prompt and the new tokens fit

@@ -113,7 +113,9 @@ def hooked_attention(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
-    if attention_mask is None and query.shape[-2] > 1 and kwargs.get("is_causal", getattr(module, "is_causal", True)):
+    causal = kwargs.get("is_causal")
+    if attention_mask is None and query.shape[-2] > 1 and (getattr(module, "is_causal", True) if causal is None
+                                                          else causal):
         queries, keys = query.shape[-2], key.shape[-2]
         attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril(keys - queries)
     if attention_mask is not None:

@@ -74,9 +74,14 @@ def _register() -> None:
 
 
 def _has_hooks(module: nn.Module, ignore: Collection[int] = ()) -> bool:
-    return any(k not in ignore for k in module._forward_hooks) or any(
-        k not in ignore for k in module._forward_pre_hooks
+    return any(k not in ignore and not _own_hook(f) for k, f in module._forward_hooks.items()) or any(
+        k not in ignore and not _own_hook(f) for k, f in module._forward_pre_hooks.items()
     )
+
+
+def _own_hook(fn: Any) -> bool:
+    """A hook of transformers' own (its output capturing, installed once on first use): part of the model."""
+    return str(getattr(fn, "__module__", "")).startswith("transformers.utils.output_capturing")
 
 
 def hooked_attention(

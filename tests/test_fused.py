@@ -184,3 +184,17 @@ def test_needle_contexts_fit_the_window(tokenizer):
     by_length = {i.groups["length"]: i.data["context_tokens"] for i in items}
     assert 1000 <= by_length[1024] <= 1050  # under the window: as asked
     assert 7800 <= by_length[8192] <= 8192 - 12 - 64  # cut so that the prompt and the new tokens fit
+
+
+def test_transformers_capture_hooks_keep_the_direct_run(tokenizer):
+    """transformers installs its output-capturing hooks once, on first use: they are part of the model."""
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks
+
+    from attnlens.direct import direct_reason
+    from conftest import make_tiny_bridge
+
+    model = make_tiny_bridge(tokenizer, seed=5)
+    maybe_install_capturing_hooks(model.original_model)
+    assert model.blocks[0]._modules["_original_component"]._forward_hooks
+    assert direct_reason(model) is None
+    assert fused_influence.available(model)

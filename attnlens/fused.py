@@ -240,6 +240,8 @@ def fused_sdpa(
     out = nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, scale=scaling, is_causal=causal, **sdpa_kwargs
     )
+    if mask is not None:
+        out = torch.nan_to_num(out)  # rows with every key masked (left padding): zeros, not NaN
     if route is not None:
         route.take(out[..., d : d + n_extra])
     return out[..., :d].to(out_dtype).transpose(1, 2).contiguous(), None
@@ -273,4 +275,6 @@ def _decode_step(
         query = query.reshape(batch, kv_heads, groups, d)
         mask = mask.reshape(mask.shape[0], kv_heads, groups, keys) if mask.shape[1] == heads else mask
     out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    if attention_mask is not None:
+        out = torch.nan_to_num(out)
     return out.reshape(batch, heads, 1, d).transpose(1, 2).contiguous(), None

@@ -97,6 +97,11 @@ def _resid_pre(stream: Any, layer: int, module: Any, args: tuple, kwargs: dict) 
 
 def _attn_out(stream: Any, layer: int, module: Any, args: tuple, output: Any) -> None:
     stream.attn_out(output[0] if isinstance(output, tuple) else output, layer=layer)
+    if not bool(torch.isfinite(stream.chain).all()):
+        # masked positions whose residual and attention output are both zero (0 / 0): the mask zeroes them
+        stream.chain = torch.nan_to_num(stream.chain)
+        for method in stream.methods:
+            stream.out[method][:, layer + 1] = torch.nan_to_num(stream.out[method][:, layer + 1])
 
 
 def run(model: Any, stream: Any, row: torch.Tensor, mask: torch.Tensor | None) -> None:

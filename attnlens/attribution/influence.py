@@ -52,6 +52,7 @@ from ..core.validate import is_int
 from ..core import hooks
 from ..core.model import model_device
 from ..core.errors import AttnlensError, SpanError
+from . import fused_influence
 
 logger = logging.getLogger(__name__)
 
@@ -374,8 +375,12 @@ def trace_influence(
     logger.debug("influence: %d tokens, %d span(s), methods %s", seq, len(checked), methods)
     kwargs = {} if mask is None else {"attention_mask": mask[None]}
     try:
-        with torch.no_grad(), model.hooks(fwd_hooks=stream.hooks()):
-            model(row, **kwargs)
+        # --- fused long-context path (attnlens.attribution.fused_influence): no pattern is formed
+        if fused_influence.available(model):
+            fused_influence.run(model, stream, row, mask)
+        else:
+            with torch.no_grad(), model.hooks(fwd_hooks=stream.hooks()):
+                model(row, **kwargs)
     finally:
         bar.close()
     if stream.layer != n_layers - 1:

@@ -164,6 +164,7 @@ def run_experiment(
     tokenizer = model.tokenizer
     resolve_layers(config.layers, model.cfg.n_layers)
     chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
+    study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
     items = study.items(data, config, tokenizer)
     if not items:
         raise ExperimentError(f"the {study.name} study has no items to run")

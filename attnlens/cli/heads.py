@@ -52,7 +52,7 @@ def add_heads(sub: Any) -> None:
     rank.add_argument("--html", default=None, help="also save the table as a standalone HTML file")
     rank.set_defaults(run=_run_heads_rank)
 
-    from ..analysis.descriptions import DEFAULT_DEADLINE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+    from ..analysis.descriptions import DEFAULT_DEADLINE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # no torch
 
     describe = actions.add_parser("describe", parents=[common], help="ask a chat model what the head attends to")
     describe.add_argument("--openai-model", required=True, help="the chat model (e.g. gpt-4o-mini, or a local model)")

@@ -9,9 +9,10 @@ and ``generate``.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .errors import AttnlensError
 
@@ -49,6 +50,8 @@ def model_device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError, TypeError):
+        import torch  # here, not at the top: the command line imports this module before any model
+
         return torch.get_default_device()
 
 
@@ -57,6 +60,8 @@ def model_dtype(model: Any) -> torch.dtype:
     try:
         return next(model.parameters()).dtype
     except (StopIteration, AttributeError, TypeError):
+        import torch
+
         return torch.float32
 
 

@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, non_negative_int, number, positive_int, positive_number, read_texts
+from ._common import load_model_for, non_negative_int, number, positive_int, positive_number, read_texts, writable
 
 def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
     from ..api import AttentionData
@@ -75,6 +75,8 @@ def add_heads(sub: Any) -> None:
 def _run_heads_rank(args: argparse.Namespace) -> int:
     from .. import viz
 
+    if args.html:
+        writable(args.html, "--html")
     ad = _attention_data(args)
     if args.random:
         if args.token is not None or args.reverse:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, number, positive_int
+from ._common import load_model_for, number, positive_int, writable
 
 #: the names of ``attnlens.api.scorers.SCORERS`` (kept here so --help imports no torch; a test checks they agree)
 SCORER_NAMES = ("first_token_logprob", "mean_logprob", "sum_logprob", "token_accuracy")
@@ -48,6 +48,9 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
     from ..core.validate import resolve_layers
     from ..api.profile import load_examples, profile_heads
 
+    writable(args.out, "--out")
+    if args.scores:
+        writable(args.scores, "--scores")
     examples = load_examples(args.data)
     if args.threads:
         import torch

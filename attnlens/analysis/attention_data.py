@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 
 from ..core.model import Model
 from ..core.errors import AttnlensError, DescribeError
-from ..core.model import model_shape
-from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layer, resolve_layers
+from ..core.model import check_window, model_shape
+from ..core.validate import LayerSpec, check_text, is_int, resolve_heads, resolve_layer, resolve_layers
 from .capture import capture_patterns
 from .descriptions import (
     DEFAULT_DEADLINE,
@@ -167,6 +167,8 @@ class AttentionData:
         self.seed = seed
         self._rng = random.Random(seed)
         self.text_batch = _flatten(text_batch)
+        for index, text in enumerate(self.text_batch):
+            check_text(text, f"text {index}")
         self.heads: dict[tuple[int, int], HeadData] = {}
         self._rows = self._tokenize(tokenizer)
 
@@ -182,6 +184,7 @@ class AttentionData:
         rows, short = [], []
         for index, ids in enumerate(encoded):
             ids = [int(t) for t in ids][: self.max_length]
+            check_window(self.model, len(ids), what=f"text {index} (cut to max_length={self.max_length})")
             if len(ids) <= self.first_query:
                 short.append((index, len(ids)))
                 continue

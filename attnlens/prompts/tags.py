@@ -85,6 +85,14 @@ class ParsedText:
 _KINDS: dict[str, tuple[Kind, int]] = {"!": ("guide", 1), "!!": ("guide", 2), "!!!": ("guide", 3), "?": ("influence", 0)}
 
 
+def _span(start: int, end: int, marker: str) -> TagSpan:
+    """A TagSpan the parser has already checked (``0 <= start < end``), built without the dataclass' checks."""
+    span = object.__new__(TagSpan)
+    kind, level = _KINDS[marker]
+    span.__dict__.update(start=start, end=end, kind=kind, level=level)
+    return span
+
+
 def _tag_name(marker: str, closing: bool) -> str:
     return f"<-{marker}>" if closing else f"<{marker}->"
 
@@ -147,7 +155,7 @@ def parse_tags(text: str) -> ParsedText:
                 f"{open_at} and {text[tag_pos:cursor]!r}",
                 tag_pos,
             )
-        spans.append(TagSpan(open_clean, clean_len, *_KINDS[open_marker]))
+        spans.append(_span(open_clean, clean_len, open_marker))
         open_marker = None
     if open_marker is not None:
         raise TagError(

@@ -62,3 +62,22 @@ def test_text_ending_in_backslashes_next_to_a_tag(before, inside):
     parsed = parse_tags(escape_tags(before) + "<!->" + escape_tags(inside) + "<-!>")
     assert parsed.text == before + inside
     assert [parsed.substring(s) for s in parsed.spans] == [inside]
+
+
+@given(any_text, any_text.filter(lambda t: t.strip() != ""), any_text, st.sampled_from(["guide", "none"]))
+def test_experiment_prompts_have_exactly_the_focus_span(before, focus, after, method):
+    from attnlens.experiments.config import Condition
+    from attnlens.experiments.study import Segments, build_messages
+
+    class _Study:
+        def segments(self, item, config):
+            return Segments(before=before, focus=focus, after=after)
+
+        def emphatic(self, text):  # pragma: no cover - not used by these conditions
+            return text
+
+    (message,) = build_messages(_Study(), None, Condition(method, 1.0), None)
+    parsed = parse_tags(message["content"])
+    assert parsed.text == before + focus + after
+    (span,) = parsed.spans
+    assert parsed.substring(span) == focus.strip()

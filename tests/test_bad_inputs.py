@@ -135,6 +135,8 @@ def test_window_pipeline_and_generate_batch(pipe, tiny):
         pipe(_long_text(tiny), max_new_tokens=1)
     with pytest.raises(ContextWindowError, match=f"max_new_tokens={10**9}"):
         pipe("Hello there", max_new_tokens=10**9)
+    with pytest.raises(ContextWindowError, match="prompt 1 has"):  # before the first batch generates
+        pipe(["Hi", _long_text(tiny)], max_new_tokens=1, batch_size=1)
     with pytest.raises(ContextWindowError, match=f"at most {n_ctx - 5} new tokens fit"):
         al.generate_batch(tiny, [[1, 2, 3, 4, 5]], max_new_tokens=n_ctx)
     with pytest.raises(ContextWindowError, match="the longest prompt has"):

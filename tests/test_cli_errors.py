@@ -111,3 +111,12 @@ def test_non_utf8_head_config(tmp_path, tiny, monkeypatch, capsys):
     assert cli.main(["generate", "hello world", "--pasta-heads", str(bad), "--emphasize", "hello",
                      "--max-new-tokens", "2"]) == 2
     _one_line_error(capsys, "heads.json")
+
+
+def test_static_choices_match_the_library():
+    from attnlens.api.scorers import SCORERS
+    from attnlens.cli.pasta import SCORER_NAMES
+    from attnlens.experiments import STUDIES, STUDY_NAMES
+
+    assert sorted(SCORER_NAMES) == sorted(SCORERS)
+    assert list(STUDY_NAMES) == list(STUDIES)

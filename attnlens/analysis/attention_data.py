@@ -41,15 +41,17 @@ from tqdm.auto import tqdm
 
 from ..core.model import Model
 from ..core.errors import AttnlensError, DescribeError
-from ..core.model import model_shape
-from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layer, resolve_layers
+from ..core.model import check_window, model_shape
+from ..core.validate import LayerSpec, check_text, is_int, resolve_heads, resolve_layer, resolve_layers
 from .capture import capture_patterns
 from .descriptions import (
+    DEFAULT_DEADLINE,
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_PREFIX,
     PROMPT_SUFFIX,
     HeadDescription,
     HeadDescriptions,
+    check_seconds,
     complete,
     make_client,
 )
@@ -140,8 +142,11 @@ class AttentionData:
         seed: int | None = None,
         batch_size: int = 16,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.n_layers, self.n_heads = model_shape(model)
+        #: seconds one description may take in all, retries included
+        self.deadline = check_seconds(deadline, "deadline")
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise AttnlensError("the model has no tokenizer; AttentionData needs one to read text_batch")
@@ -162,6 +167,8 @@ class AttentionData:
         self.seed = seed
         self._rng = random.Random(seed)
         self.text_batch = _flatten(text_batch)
+        for index, text in enumerate(self.text_batch):
+            check_text(text, f"text {index}")
         self.heads: dict[tuple[int, int], HeadData] = {}
         self._rows = self._tokenize(tokenizer)
 
@@ -177,6 +184,7 @@ class AttentionData:
         rows, short = [], []
         for index, ids in enumerate(encoded):
             ids = [int(t) for t in ids][: self.max_length]
+            check_window(self.model, len(ids), what=f"text {index} (cut to max_length={self.max_length})")
             if len(ids) <= self.first_query:
                 short.append((index, len(ids)))
                 continue
@@ -431,7 +439,7 @@ class AttentionData:
         data = self.head_data(layer, head)
         samples = self.get_head_samples(data.layer, data.head, num_samples)
         prompt = self.build_prompt(samples, custom_prompt)
-        answer = complete(self._client(), model_name, prompt, system=self.system_prompt)
+        answer = complete(self._client(), model_name, prompt, system=self.system_prompt, deadline=self.deadline)
         data.prompts.append(prompt)
         data.descriptions.append(answer.text)
         if print_description:
@@ -474,7 +482,8 @@ class AttentionData:
             total=len(pairs), desc="describing heads", disable=not progress
         ) as bar:
             futures = {
-                pool.submit(complete, client, model_name, prompts[p], system=self.system_prompt): p for p in pairs
+                pool.submit(complete, client, model_name, prompts[p], system=self.system_prompt,
+                            deadline=self.deadline): p for p in pairs
             }
             pending = set(futures)
             while pending:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..attribution.influence import InfluenceTrace, trace_influence
 from ..core.errors import AttnlensError, SpanError
-from ..core.model import model_shape
+from ..core.model import check_window, model_shape
 from ..core.validate import LayerSpec, check_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, SubstringLike, locate_substrings, tokenize_prompt
 from ..prompts.tags import parse_tags
@@ -141,6 +141,10 @@ def generate(
     generate_kwargs.setdefault("max_new_tokens", 64)
     backend_kwargs = {k: generate_kwargs.pop(k) for k in ("backend", "direct") if k in generate_kwargs}
     check_generation_kwargs(generate_kwargs)
+    # every prompt is checked against the window before the first batch runs
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    check_window(model, len(rows[longest]), new_tokens=generate_kwargs["max_new_tokens"],
+                 what=f"prompt {longest}" if len(rows) > 1 else "the prompt")
     out = Generation(backend="bridge")
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2):

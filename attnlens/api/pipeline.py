@@ -29,14 +29,14 @@ same prompt steer that forward pass too::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.model import Model
 from ..attribution.influence import METHODS as INFLUENCE_METHODS
 from ..attribution.influence import InfluenceTrace
 from ..core.errors import AttnlensError
-from ..core.validate import LayerSpec, is_int, resolve_layers
+from ..core.validate import LayerSpec, check_int, is_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
 from ..steering.guide import check_delta
@@ -107,9 +107,21 @@ class PayAttentionPipeline:
         ``influence_use_values`` (weight keys by their value norms).
         """
         single = isinstance(inputs, str) or is_chat(inputs)
+        if not single and (isinstance(inputs, (Mapping, bytes)) or not isinstance(inputs, Sequence)):
+            raise AttnlensError(
+                "the pipeline takes a string, a chat (a list of {'role', 'content'} messages) or a list of those; "
+                f"got {type(inputs).__name__} {_short(inputs)}"
+                + (" (wrap one message in a list: [message])" if isinstance(inputs, Mapping) else "")
+            )
         items = [inputs] if single else list(inputs)  # type: ignore[list-item]
         if not items:
             raise AttnlensError("no inputs given")
+        for i, item in enumerate(items):
+            if not (isinstance(item, str) or is_chat(item)):
+                raise AttnlensError(
+                    f"input {i} must be a string or a chat (a list of {{'role', 'content'}} messages); "
+                    f"got {type(item).__name__} {_short(item)}"
+                )
         generate_kwargs.setdefault("max_new_tokens", 64)
         check_generation_kwargs(generate_kwargs)
         delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
@@ -120,7 +132,7 @@ class PayAttentionPipeline:
             prompts, influence, influence_method,
             influence_generated or influence_use_values or influence_method != "influence",
         )
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
         new_tokens = chain.generate(self.model, prompts, chain.plans_for(self.model, prompts, layers=layer_spec),
                                     batch_size=size, **generate_kwargs)
         results: list[list[dict[str, Any]]] = []
@@ -185,6 +197,11 @@ class PayAttentionPipeline:
             "spans": [s.as_dict() for s in prompt.spans],
             "prompt": prompt.text,
         }
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _check_influence_request(

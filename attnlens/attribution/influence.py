@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..core.validate import is_int
 from ..core import hooks
-from ..core.model import model_device
+from ..core.model import check_window, model_device
 from ..core.errors import AttnlensError, SpanError
 from . import fused_influence
 
@@ -117,6 +117,20 @@ def as_token_row(tokens: TokensLike) -> torch.Tensor:
     if row.shape[1] == 0:
         raise AttnlensError("tokens is empty: influence needs at least one token")
     return row
+
+
+def _check_ids_for(model: Model, row: torch.Tensor) -> None:
+    """Token ids the model has (``[0, d_vocab)``) and a sequence that fits its window."""
+    vocab = getattr(model.cfg, "d_vocab", None)
+    if vocab:
+        bad = ((row < 0) | (row >= int(vocab)))[0].nonzero()
+        if len(bad):
+            position = int(bad[0])
+            raise AttnlensError(
+                f"tokens: {int(row[0, position])} at position {position} is not a token id of this model "
+                f"([0, {int(vocab)}))"
+            )
+    check_window(model, row.shape[1], what="the sequence to measure")
 
 
 def check_spans(
@@ -357,6 +371,7 @@ def trace_influence(
     device = model_device(model)
     row = as_token_row(tokens).to(device)
     seq = row.shape[1]
+    _check_ids_for(model, row)
     checked = check_spans(None, spans, seq)
     mask = _mask_row(attention_mask, seq, device)
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)

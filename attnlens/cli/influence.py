@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, messages, number, positive_int
+from ._common import load_model_for, messages, number, positive_int, writable
 
 def _zero_or_more(text: str) -> int:
     try:
@@ -73,6 +73,8 @@ def _influence_plot(result: dict[str, Any], path: str) -> str:
 
 
 def _run_influence(args: argparse.Namespace) -> int:
+    if args.plot:
+        writable(args.plot, "--plot")
     model = load_model_for(args)
     result = _influence_outputs(args, model)
     plot = _influence_plot(result, args.plot) if args.plot else None

@@ -20,19 +20,26 @@ def read_jsonl(
     """
     file = Path(path).expanduser()
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        data = file.read_bytes()
     except OSError as exc:
         raise error(f"cannot read {what} {str(file)!r}: {exc.strerror or exc}") from None
     rows = []
-    for number, line in enumerate(lines, 1):
+    # split on newlines only: a JSON string may hold U+2028 and other characters str.splitlines splits at
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{file.name}, line {number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{where}: invalid UTF-8 at byte {exc.start}") from None
         if not line.strip():
             continue
-        where = f"{file.name}, line {number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise error(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise error(f"{where}: JSON nested too deeply") from None
         if not isinstance(row, dict):
-            raise error(f"{where}: not a JSON object")
+            raise error(f"{where}: not a JSON object (a {type(row).__name__})")
         rows.append((where, row))
     return rows

@@ -19,9 +19,9 @@ way for every study:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -40,7 +40,7 @@ from ..prompts.prompt import Prompt, tokenize_prompt
 from ..steering.bias import BiasPlan, apply_bias
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
-from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key
+from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, append_rows, read_rows, row_key, run_lock
 from .study import Item, Study, build_messages
 from .summary import ExperimentResult, summarize_rows, write_summary
 
@@ -148,84 +148,94 @@ def run_experiment(
 
     out = Path(config.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / ROWS_FILE
-    if config.fresh:
-        for stale in (rows_path, out / RUN_FILE):
-            if stale.exists():
-                stale.unlink()
-    _check_run_file(out, config, study.name)
-    existing = read_rows(rows_path)
-    done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
+    with run_lock(out):  # one writer per folder: two runs on it would double every row
+        rows_path = out / ROWS_FILE
+        if config.fresh:
+            for stale in (rows_path, out / RUN_FILE):
+                if stale.exists():
+                    stale.unlink()
+        _check_run_file(out, config, study.name)
+        existing = read_rows(rows_path, repair=True)
+        done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
 
-    if model is None:
-        from ..runtime.models import load_model
+        if model is None:
+            from ..runtime.models import load_model
 
-        model = load_model(config.model)
-    tokenizer = model.tokenizer
-    resolve_layers(config.layers, model.cfg.n_layers)
-    chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
-    study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
-    items = study.items(data, config, tokenizer)
-    if not items:
-        raise ExperimentError(f"the {study.name} study has no items to run")
+            model = load_model(config.model)
+        tokenizer = model.tokenizer
+        resolve_layers(config.layers, model.cfg.n_layers)
+        chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
+        study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
+        items = study.items(data, config, tokenizer)
+        if not items:
+            raise ExperimentError(f"the {study.name} study has no items to run")
+        _check_unique_ids(study.name, items)
 
-    jobs_by_condition: dict[Condition, list[_Job]] = {}
-    prompts: dict[tuple[str, str], Any] = {}
-    for condition in conditions:
-        pending = []
-        for item in items:
-            for g in range(config.num_generations):
-                if row_key(condition.name, item.id, g) in done:
-                    continue
-                key = (condition.name, item.id)
-                if key not in prompts:
-                    prompts[key] = _prepare(study, item, condition, tokenizer, chat, config)
-                pending.append(_Job(condition, item, g, prompts[key]))
-        jobs_by_condition[condition] = pending
-    total = sum(len(v) for v in jobs_by_condition.values())
-    n_ctx = context_window(model)
-    if n_ctx:
-        longest = max((len(p.input_ids) for p in prompts.values()), default=0)
-        if longest + config.max_new_tokens > n_ctx:
-            raise ExperimentError(
-                f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
-                f"context of {n_ctx} tokens"
-            )
-    logger.info("%s: %d generations to run, %d already in %s", study.name, total, len(done), rows_path)
+        jobs_by_condition: dict[Condition, list[_Job]] = {}
+        prompts: dict[tuple[str, str], Any] = {}
+        for condition in conditions:
+            pending = []
+            for item in items:
+                for g in range(config.num_generations):
+                    if row_key(condition.name, item.id, g) in done:
+                        continue
+                    key = (condition.name, item.id)
+                    if key not in prompts:
+                        prompts[key] = _prepare(study, item, condition, tokenizer, chat, config)
+                    pending.append(_Job(condition, item, g, prompts[key]))
+            jobs_by_condition[condition] = pending
+        total = sum(len(v) for v in jobs_by_condition.values())
+        n_ctx = context_window(model)
+        if n_ctx:
+            longest = max((len(p.input_ids) for p in prompts.values()), default=0)
+            if longest + config.max_new_tokens > n_ctx:
+                raise ExperimentError(
+                    f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
+                    f"context of {n_ctx} tokens"
+                )
+        logger.info("%s: %d generations to run, %d already in %s", study.name, total, len(done), rows_path)
 
-    influences: dict[tuple[str, str], float | None] = {}
-    generated = 0
-    with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, \
-            rows_path.open("a", encoding="utf-8") as sink:
-        for condition, pending in jobs_by_condition.items():
-            for batch in _batches(pending, config.batch_size, config.max_batch_tokens):
-                bar.set_description(f"{study.name} {condition.name}")
-                bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
-                rows = _run_batch(model, study, condition, batch, config, head_config, influences)
-                for row in rows:
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sink.flush()
-                generated += len(rows)
-                bar.update(len(rows))
+        influences: dict[tuple[str, str], float | None] = {}
+        generated = 0
+        with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar:
+            for condition, pending in jobs_by_condition.items():
+                for batch in _batches(pending, config.batch_size, config.max_batch_tokens):
+                    bar.set_description(f"{study.name} {condition.name}")
+                    bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
+                    rows = _run_batch(model, study, condition, batch, config, head_config, influences)
+                    append_rows(rows_path, rows)
+                    generated += len(rows)
+                    bar.update(len(rows))
 
-    keep_conditions = {c.name for c in conditions}
-    keep_items = {i.id for i in items}
-    all_rows = [r for r in read_rows(rows_path) if r["condition"] in keep_conditions and r["item"] in keep_items]
-    declared = study.metric_names(config)
-    found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
-    metrics = declared + tuple(found) + ("influence",)
-    summary = summarize_rows(all_rows, conditions, metrics, config)
-    summary_path = out / SUMMARY_FILE
-    write_summary(summary_path, summary, metrics)
-    plots: list[Path] = []
-    if config.plots:
-        from . import plots as plotting
+        keep_conditions = {c.name for c in conditions}
+        keep_items = {i.id for i in items}
+        all_rows = [r for r in read_rows(rows_path) if r["condition"] in keep_conditions and r["item"] in keep_items]
+        declared = study.metric_names(config)
+        found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
+        metrics = declared + tuple(found) + ("influence",)
+        summary = summarize_rows(all_rows, conditions, metrics, config)
+        summary_path = out / SUMMARY_FILE
+        write_summary(summary_path, summary, metrics)
+        plots: list[Path] = []
+        if config.plots:
+            from . import plots as plotting
 
-        plots.append(plotting.accuracy_vs_delta(summary, study.primary, out / "accuracy_vs_delta.html",
-                                                title=f"{study.name}: {study.primary} by condition"))
-    plots.extend(study.extra_outputs(all_rows, out, config))
-    return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
-                            metrics, generated, len(done))
+            plots.append(plotting.accuracy_vs_delta(summary, study.primary, out / "accuracy_vs_delta.html",
+                                                    title=f"{study.name}: {study.primary} by condition"))
+        plots.extend(study.extra_outputs(all_rows, out, config))
+        return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
+                                metrics, generated, len(done))
+
+
+def _check_unique_ids(study: str, items: Sequence[Item]) -> None:
+    counts = Counter(item.id for item in items)
+    repeated = [f"{item_id!r} ({n} times)" for item_id, n in counts.items() if n > 1]
+    if repeated:
+        raise ExperimentError(
+            f"the {study} data has repeated item ids: {', '.join(repeated[:10])}"
+            + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            + "; every item needs its own id (rows are keyed by it)"
+        )
 
 
 def _load_heads(path: Any) -> Any:

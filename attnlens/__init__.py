@@ -8,6 +8,7 @@ The package is layered; each layer imports only the ones listed before it:
 
 from . import viz
 
+from .api import compat
 from .api import PASTA, AttentionData, HeadProfile, PastaSettings, PayAttentionPipeline, pipeline, prepare, profile_heads
 from .api.chain import influence_report, measure_influence, plans_for, steered_generation
 from .attribution import InfluenceTrace, influence, rollout, trace_influence
@@ -43,9 +44,11 @@ from .steering import (
 
 __version__ = "0.1.0"
 
+compat.register()  # transformers.pipeline("pay-attention", model=...) after `import attnlens`
+
 __all__ = [
     "AttentionData", "AttnlensError", "BiasPlan", "CLIError", "DescribeError", "DirectUnavailable",
-    "ExperimentConfig", "ExperimentError", "Generation", "HeadConfigError", "HeadProfile", "InfluenceTrace",
+    "ExperimentConfig", "ExperimentError", "compat", "Generation", "HeadConfigError", "HeadProfile", "InfluenceTrace",
     "Model", "ModelLoadError", "PASTA", "ParsedText", "PastaSettings", "PayAttentionPipeline", "Prompt",
     "SpanError", "TagError", "TagSpan", "TokenSpan", "UpstreamDriftError", "apply_bias", "encode_chat", "encode_text", "escape_tags",
     "generate_batch", "guide", "guide_plan", "guide_plan_for", "influence", "influence_report", "level_delta",

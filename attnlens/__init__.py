@@ -44,7 +44,7 @@ from .steering import (
 
 __version__ = "0.1.0"
 
-compat.register()  # transformers.pipeline("pay-attention", model=...) after `import attnlens`
+compat.register_on_import()  # transformers.pipeline("pay-attention", model=...) after `import attnlens`
 
 __all__ = [
     "AttentionData", "AttnlensError", "BiasPlan", "CLIError", "DescribeError", "DirectUnavailable",

@@ -99,6 +99,7 @@ class PayAttentionPipeline:
         self.chat = chat
         self.return_full_text = bool(return_full_text)
         self.convention = check_convention(convention)
+        self.influence_method = "influence"  # the method a call without influence_method/metric uses
 
     def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None) -> Prompt:
         return chain.prepare(
@@ -145,7 +146,8 @@ class PayAttentionPipeline:
             if influence_method is not None and metric_method(metric) != influence_method:
                 raise AttnlensError(f"metric={metric!r} and influence_method={influence_method!r} disagree; give one")
             influence_method = metric_method(metric)
-        method = "influence" if influence_method is None else influence_method
+        explicit = influence_method is not None and influence_method != "influence"
+        method = self.influence_method if influence_method is None else influence_method
         conv = self.convention if convention is None else check_convention(convention)
         full_text = self.return_full_text if return_full_text is None else bool(return_full_text)
         single = isinstance(inputs, str) or is_chat(inputs)
@@ -160,7 +162,7 @@ class PayAttentionPipeline:
         prompts = [self.prepare(item, delta_mid=delta, chat=chat) for item in items]
         measure = _check_influence_request(
             prompts, influence, method,
-            influence_generated or influence_use_values or method != "influence" or convention is not None,
+            influence_generated or influence_use_values or explicit or convention is not None,
         )
         size = batch_size or self.batch_size
         new_tokens = chain.generate(self.model, prompts, chain.plans_for(self.model, prompts, layers=layer_spec),

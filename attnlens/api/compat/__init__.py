@@ -11,7 +11,7 @@ The README's "Coming from ..." section lists what differs from each original and
 """
 
 from .attention_data import AttentionData
-from .pap import TransformersPayAttentionPipeline, register
+from .pap import TransformersPayAttentionPipeline, register, register_on_import
 from .pastalib import PASTA
 
-__all__ = ["AttentionData", "PASTA", "TransformersPayAttentionPipeline", "register"]
+__all__ = ["AttentionData", "PASTA", "TransformersPayAttentionPipeline", "register", "register_on_import"]

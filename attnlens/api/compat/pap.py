@@ -1,10 +1,12 @@
 """``transformers.pipeline("pay-attention", model=...)``, as pay-attention-pipeline registers it.
 
-Importing ``attnlens`` calls :func:`register`, which adds the task to
-transformers' ``PIPELINE_REGISTRY`` (once; ``exist_ok``). transformers then builds
+Importing ``attnlens`` arranges for :func:`register` to add the task to
+transformers' ``PIPELINE_REGISTRY`` (once) as soon as ``transformers.pipelines`` is
+imported (at once if it already is), so ``import attnlens`` stays fast. transformers then builds
 :class:`TransformersPayAttentionPipeline` from a model name or path (transformers
 loads it), a Hugging Face model, or a ``TransformerBridge``; a Hugging Face model
-is wrapped in a bridge (:func:`attnlens.runtime.models.wrap_hf_model`).
+is wrapped in a bridge (:func:`attnlens.runtime.models.wrap_hf_model`; TransformerLens
+wraps its modules in place, so save such a model before handing it over).
 
 Records follow transformers' text-generation conventions: ``generated_text`` holds
 the prompt and the new text unless ``return_full_text=False``, and ``<?->`` tags add
@@ -14,7 +16,10 @@ the prompt and the new text unless ``return_full_text=False``, and ``<?->`` tags
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
+import sys
 from typing import Any
 
 from ...core.errors import AttnlensError
@@ -81,14 +86,42 @@ class TransformersPayAttentionPipeline(PayAttentionPipeline):
             )
         if device is not None:
             logger.info("pay-attention: device=%r is ignored; the model stays where it is", device)
-        self.metric = metric_method(metric)
+        method = metric_method(metric)
         super().__init__(_as_bridge(model, tokenizer), delta_mid=delta_mid, layers=layers, batch_size=batch_size,
                          chat=chat, return_full_text=return_full_text, convention=convention)
+        self.influence_method = method
 
-    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        if "metric" not in kwargs and "influence_method" not in kwargs:
-            kwargs["influence_method"] = self.metric
-        return super().__call__(inputs, **kwargs)
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """Registers the task right after ``transformers.pipelines`` is first imported.
+
+    ``transformers.pipelines`` takes seconds to import; ``import attnlens`` does not
+    pay for it. ``transformers.pipeline(...)`` imports it, and then the task is there.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "transformers.pipelines":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:  # pragma: no cover - transformers without pipelines
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            register()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def register_on_import() -> None:
+    """Register now if ``transformers.pipelines`` is loaded, else as soon as it is (see :class:`_RegisterOnImport`)."""
+    if "transformers.pipelines" in sys.modules:
+        register()
+    elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())
 
 
 def register() -> None:

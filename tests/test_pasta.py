@@ -324,7 +324,7 @@ def test_cli_generate_with_pasta_heads(tmp_path, embedded, capsys, monkeypatch):
     heads.write_text(json.dumps({"3": [1, 2], "5": [0, 4]}))
     monkeypatch.setattr(cli, "_load", lambda args: embedded)
     code = cli.main(["generate", TEXT, "--pasta-heads", str(heads), "--emphasize", INSTRUCTION,
-                     "--emphasize", "Mary", "--alpha", "0.02", "--max-new-tokens", "8", "--json"])
+                     "--emphasize", "Mary", "--alpha", "0.02", "--max-new-tokens", "8", "--json", "--chat"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     steerer = PASTA(embedded, str(heads), alpha=0.02)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ...core.errors import AttnlensError, SpanError
+from ...core.model import model_device
 from ...runtime.generate import generate_batch
 from ...steering.bias import apply_bias
 from ..pasta import PASTA as _PASTA
@@ -70,7 +71,7 @@ class SteeredModel:
         bridge = self._owner.bridge
         plan = self._owner.steerer.plan(padded, seq_len=[width] * len(padded))
         extra = {} if attention_mask is None else {"attention_mask": torch.as_tensor(attention_mask)}
-        device = next(bridge.parameters()).device
+        device = model_device(bridge)
         with apply_bias(bridge, plan):
             logits = bridge(ids.to(device), **{k: v.to(device) for k, v in extra.items()})
         return CausalLMOutput(logits=logits)
@@ -98,10 +99,10 @@ class SteeredModel:
         plan = self._owner.steerer.plan(self._spans, seq_len=[len(r) for r in self._rows])
         new = generate_batch(self._owner.bridge, self._rows, [plan], **gen)
         longest = max(len(t) for t in new)
-        tail = torch.full((len(new), longest), int(pad_id), dtype=ids.dtype)
+        tail = torch.full((len(new), longest), int(pad_id), dtype=ids.dtype, device=ids.device)
         for i, t in enumerate(new):
-            tail[i, : len(t)] = torch.tensor(t, dtype=ids.dtype)
-        return torch.cat([ids.cpu(), tail], dim=1)
+            tail[i, : len(t)] = torch.tensor(t, dtype=ids.dtype, device=ids.device)
+        return torch.cat([ids, tail], dim=1)
 
 
 class PASTA:

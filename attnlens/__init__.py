@@ -7,6 +7,9 @@ The package is layered; each layer imports only the ones listed before it:
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -68,12 +71,16 @@ _EXPORTS: dict[str, str] = {
     "pasta_plan": ".steering",
     "with_strength": ".steering",
 }
+#: modules reached as attributes: ``attnlens.compat`` is the compatibility layer
+_MODULES = {"compat": ".api.compat"}
 _SUBMODULES = {"viz", "core", "prompts", "steering", "runtime", "attribution", "analysis", "api", "experiments", "cli"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name], __name__)
     elif name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)
     else:
@@ -82,12 +89,53 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+class _RegisterPayAttention(importlib.abc.MetaPathFinder):
+    """Adds the ``"pay-attention"`` task to transformers' pipelines right after ``transformers.pipelines`` loads.
+
+    ``transformers.pipelines`` takes seconds to import, so ``import attnlens`` does not
+    import it; ``transformers.pipeline(...)`` does, and then the task is there
+    (:func:`attnlens.api.compat.pap.register`).
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "transformers.pipelines":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:  # a transformers without pipelines
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            from .api.compat.pap import register
+
+            register()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _register_pay_attention() -> None:
+    """Register the task now if ``transformers.pipelines`` is loaded, else as soon as it is."""
+    if "transformers.pipelines" in sys.modules:
+        from .api.compat.pap import register
+
+        register()
+    elif not any(isinstance(f, _RegisterPayAttention) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterPayAttention())
+
+
+_register_pay_attention()  # transformers.pipeline("pay-attention", model=...) after `import attnlens`
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES) | _SUBMODULES)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from . import viz
+    from .api import compat
     from .api import PASTA, AttentionData, HeadProfile, PastaSettings, PayAttentionPipeline, pipeline, prepare, profile_heads
     from .api.chain import influence_report, measure_influence, plans_for, steered_generation
     from .attribution import InfluenceTrace, influence, rollout, trace_influence
@@ -125,7 +173,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
 
 __all__ = [
     "AttentionData", "AttnlensError", "BiasPlan", "CLIError", "ContextWindowError", "DescribeError", "DirectUnavailable",
-    "ExperimentConfig", "ExperimentError", "Generation", "HeadConfigError", "HeadProfile", "InfluenceTrace",
+    "ExperimentConfig", "ExperimentError", "compat", "Generation", "HeadConfigError", "HeadProfile", "InfluenceTrace",
     "Model", "ModelLoadError", "PASTA", "ParsedText", "PastaSettings", "PayAttentionPipeline", "Prompt",
     "SpanError", "TagError", "TagSpan", "TokenSpan", "UpstreamDriftError", "apply_bias", "encode_chat", "encode_text", "escape_tags",
     "generate_batch", "guide", "guide_plan", "guide_plan_for", "influence", "influence_report", "level_delta",

@@ -307,6 +307,9 @@ class AttentionData:
 
     def get_head_samples(self, layer: int = 0, head: int = 0, num_samples: int = 10) -> list[Sample]:
         """``num_samples`` random rows of the head (all of them, with a warning, if fewer exist)."""
+        return self._head_samples(layer, head, num_samples)
+
+    def _head_samples(self, layer: int, head: int, num_samples: int) -> list[Sample]:
         data = self.head_data(layer, head)
         k = self._clamp("num_samples", num_samples, len(data.samples), f"rows for layer {data.layer} head {data.head}")
         return [data.samples[i] for i in sorted(self._rng.sample(range(len(data.samples)), k))]
@@ -346,7 +349,7 @@ class AttentionData:
                     ranked.append(
                         RankedMultiple(
                             tm.token, tm.multiple, row.str_tokens[: i + 1], data.patterns[r, i, : i + 1],
-                            sample.text_index, i, tm.key,
+                            sample.text_index, i, tm.key, data.layer, data.head,
                         )
                     )
             ranked.sort(key=lambda m: -m.multiple)  # stable: ties keep text/query/key order
@@ -427,9 +430,9 @@ class AttentionData:
         with the system message through ``client.chat.completions.create``. The
         description is kept in ``heads[(layer, head)].descriptions``.
 
-        ``print_description=True`` shows it: as Markdown output in a notebook, else a
-        log record at INFO (the library never prints; the ``attnlens heads describe``
-        command prints it).
+        ``print_description=True`` shows it, headed by its layer and head: as Markdown
+        output in a notebook, else printed to standard output (``attnlens.AttentionData``;
+        this base class logs it at INFO).
 
         Raises:
             DescribeError: no key, a rejected key (401), an unknown model (404), or
@@ -437,7 +440,7 @@ class AttentionData:
         """
         model_name = self._model_name()
         data = self.head_data(layer, head)
-        samples = self.get_head_samples(data.layer, data.head, num_samples)
+        samples = self._head_samples(data.layer, data.head, num_samples)
         prompt = self.build_prompt(samples, custom_prompt)
         answer = complete(self._client(), model_name, prompt, system=self.system_prompt, deadline=self.deadline)
         data.prompts.append(prompt)
@@ -474,7 +477,7 @@ class AttentionData:
         self._ensure({layer: head_list for layer in layer_list})
         prompts = {}
         for layer, head in pairs:
-            samples = self.get_head_samples(layer, head, num_samples)
+            samples = self._head_samples(layer, head, num_samples)
             prompts[(layer, head)] = self.build_prompt(samples, custom_prompt)
         client = self._client()
         results: dict[tuple[int, int], HeadDescription] = {}

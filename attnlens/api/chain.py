@@ -165,10 +165,12 @@ def measure_influence(
     layers: LayerSpec = "all",
     delta_mid: float | None = None,
     use_values: bool = False,
+    convention: str = "stated",
 ) -> InfluenceTrace:
     """Follow a prompt's ``<?->`` spans in one forward pass, under its GUIDE steering.
 
     ``generated`` tokens are appended to the prompt, so the result covers them too.
+    ``convention``: ``"stated"`` or ``"pap"`` (see :mod:`attnlens.attribution.influence`).
     """
     spans = prompt.influence_spans()
     if not spans:
@@ -177,7 +179,7 @@ def measure_influence(
     plan = guide_plan_for(model, prompt, layers, delta_mid=delta_mid)
     with apply_bias(model, plan):
         return trace_influence(model, tokens, [(s.start, s.end) for s in spans], methods=methods,
-                               use_values=use_values)
+                               use_values=use_values, convention=convention)
 
 
 def steered_generation(
@@ -227,11 +229,12 @@ def influence_report(
     layers: LayerSpec = "all",
     max_new_tokens: int = 0,
     use_values: bool = False,
+    convention: str = "stated",
 ) -> dict[str, Any]:
     """Influence (and/or rollout) of a prompt's ``<?->`` spans, optionally over ``max_new_tokens`` generated ones.
 
-    Returns ``prompt``, ``tokens``, ``prompt_length``, ``generated_text``, ``methods``
-    and ``spans`` (``start``, ``end``, ``text`` and one ``[n_layers + 1, seq]`` tensor per method).
+    Returns ``prompt``, ``tokens``, ``prompt_length``, ``generated_text``, ``methods``,
+    ``convention`` and ``spans`` (``start``, ``end``, ``text`` and one ``[n_layers + 1, seq]`` tensor per method).
     """
     tokenizer = model.tokenizer
     resolve_layers(layers, model_shape(model)[0])
@@ -243,7 +246,7 @@ def influence_report(
         generated = generate(model, [prompt], plans_for(model, [prompt], layers=layers),
                              max_new_tokens=max_new_tokens)[0]
     trace = measure_influence(model, prompt, methods=methods, generated=generated, layers=layers,
-                              use_values=use_values)
+                              use_values=use_values, convention=convention)
     spans = []
     for i, span in enumerate(prompt.influence_spans()):
         entry: dict[str, Any] = {"start": span.start, "end": span.end, "text": span.text}
@@ -256,5 +259,6 @@ def influence_report(
         "prompt_length": len(prompt.input_ids),
         "generated_text": tokenizer.decode(generated, skip_special_tokens=True),
         "methods": list(methods),
+        "convention": convention,
         "spans": spans,
     }

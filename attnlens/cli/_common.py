@@ -39,6 +39,31 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
     return "\n".join(rows)
 
 
+#: the one chat rule, shared with the pipeline and PASTA
+CHAT_RULE = (
+    "a plain string is sent as written (raw text, as transformers' pipelines and attnlens' pipeline and "
+    "PASTA do); --chat sends it as a user message through the chat template, and --system implies --chat"
+)
+
+
+def add_chat_flags(parser: Any, what: str = "the prompt") -> None:
+    """``--chat`` (send ``what`` through the chat template) and ``--raw`` (as written: the default)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--chat", action="store_true",
+                       help=f"send {what} as a user message through the chat template ({CHAT_RULE})")
+    group.add_argument("--raw", action="store_true", help=f"send {what} as written (the default)")
+
+
+def prompt_from(args: argparse.Namespace) -> Any:
+    """The prompt under the chat rule: the string as written, or a chat with ``--chat`` / ``--system``."""
+    system = getattr(args, "system", None)
+    if args.raw and system:
+        raise CLIError("--system needs the chat template; drop --raw")
+    if getattr(args, "chat", False) or system:
+        return messages(args.prompt, system)
+    return args.prompt
+
+
 def messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, number, positive_int, writable
+from ._common import add_chat_flags, load_model_for, number, positive_int, writable
 
 #: the names of ``attnlens.api.scorers.SCORERS`` (kept here so --help imports no torch; a test checks they agree)
 SCORER_NAMES = ("first_token_logprob", "mean_logprob", "sum_logprob", "token_accuracy")
@@ -35,7 +35,7 @@ def add_pasta(sub: Any) -> None:
     prof.add_argument("--batch-size", type=positive_int, default=None, help="heads per forward pass (default: auto)")
     prof.add_argument("--scores", default=None, metavar="FILE", help="also write every head's score as JSON")
     prof.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    prof.add_argument("--raw", action="store_true", help="do not apply the chat template to string prompts")
+    add_chat_flags(prof, "string prompts")
     prof.add_argument("--threads", type=positive_int, default=None,
                       help="torch threads (on a busy machine one thread can be much faster than several)")
     prof.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -62,7 +62,7 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         raise CLIError("--layers selects no layer")
     result = profile_heads(
         model, examples, alpha=args.alpha, scale_position=args.scale_position, scorer=args.scorer,
-        heads=list(layers), chat=not args.raw, batch_size=args.batch_size,
+        heads=list(layers), chat=args.chat, batch_size=args.batch_size,
     )
     out = result.save(args.out, args.top_k, only_helpful=args.only_helpful)
     if args.scores:

@@ -43,3 +43,38 @@ def read_jsonl(
             raise error(f"{where}: not a JSON object (a {type(row).__name__})")
         rows.append((where, row))
     return rows
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` with tensors (and numpy arrays) as nested lists, tuples as lists, dataclasses as dicts:
+    something ``json.dumps`` accepts. Objects with a ``to_dict()`` are converted through it."""
+    import dataclasses
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors, numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_plain(v) for v in value]
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
+
+
+class Record(dict):
+    """A result record: a plain ``dict`` (index it as one) that converts to JSON.
+
+    ``to_dict()`` gives the same keys with tensors as nested lists; ``to_json()``
+    the JSON text (``json.dumps`` keyword arguments pass through).
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {str(k): to_plain(v) for k, v in self.items()}
+
+    def to_json(self, **kwargs: Any) -> str:
+        kwargs.setdefault("ensure_ascii", False)
+        return json.dumps(self.to_dict(), **kwargs)

@@ -82,13 +82,18 @@ def in_notebook() -> bool:
 
 
 def show(view: Any, text: str | None = None) -> None:
-    """Display ``view`` in a notebook; elsewhere log ``text`` (if given) at INFO."""
+    """Display ``view`` in a notebook; elsewhere print ``text`` (if given) to standard output.
+
+    Called only where the user asked for output (``display=True``), so this prints
+    outside a notebook; the record is logged at DEBUG too.
+    """
     if in_notebook():
         from IPython.display import display
 
         display(view)
     elif text:
-        logger.info("%s", text)
+        print(text)
+        logger.debug("%s", text)
 
 
 # ============================================================================ shared: circuitsvis parts
@@ -232,13 +237,15 @@ def multiples_text(rows: Sequence["RankedMultiple"], title: str = "", context: i
 
 
 def show_description(layer: int, head: int, description: str) -> None:
-    """Show a head's description: Markdown in a notebook, a log record at INFO elsewhere."""
+    """Show a head's description, headed by its layer and head: Markdown in a notebook, printed to
+    standard output elsewhere (called only for ``print_description=True``, where the user asked for it)."""
     if in_notebook():
         from IPython.display import Markdown, display
 
         display(Markdown(f"**Layer {layer}, head {head}**\n\n{description}"))
     else:
-        logger.info("layer %d head %d: %s", layer, head, description)
+        print(f"Layer {layer}, head {head}:\n{description}")
+        logger.debug("layer %d head %d: %s", layer, head, description)
 
 
 def head_patterns(

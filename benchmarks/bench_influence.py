@@ -47,32 +47,14 @@ import subprocess
 import sys
 import time
 
+from _memory import reset_peak, status_kib
+
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096)
 SPAN = (1, 33)  # the span followed: 32 tokens near the start
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _rss_mib() -> float:
-    kib = _status_kib("VmRSS")
+    kib = status_kib("VmRSS")
     if kib is not None:
         return kib / 1024
     import psutil
@@ -112,7 +94,7 @@ def worker(mode: str, length: int, repeats: int, threads: int) -> dict:
             raise SystemExit(f"unknown mode {mode}")
 
     run(tokens)  # warm-up at full length: one-time allocations are not the pass's cost
-    exact = _reset_peak()
+    exact = reset_peak()
     before = _rss_mib()
     cpu, wall = [], []
     for _ in range(repeats):
@@ -121,7 +103,7 @@ def worker(mode: str, length: int, repeats: int, threads: int) -> dict:
         cpu.append(time.process_time() - start_cpu)
         wall.append(time.perf_counter() - start)
     if exact:
-        peak = _status_kib("VmHWM") / 1024  # type: ignore[operator]
+        peak = status_kib("VmHWM") / 1024  # type: ignore[operator]
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "length": length, "seconds": min(cpu), "wall": min(wall), "peak_mib": peak - before,

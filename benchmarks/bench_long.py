@@ -40,6 +40,8 @@ import subprocess
 import sys
 import time
 
+from _memory import reset_peak, status_kib
+
 SPAN = (1, 33)
 GOALS = {"guide": (1.3, 1.15), "pasta": (1.3, 1.15), "influence": (1.6, 1.2), "rollout": (1.6, 1.2),
          "reference": (None, None), "generate_guide": (1.2, None)}
@@ -50,26 +52,6 @@ SHAPES = {
     "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0),
 }
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _load(shape: str, device: str, dtype, plain: bool):
@@ -173,7 +155,7 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
     accelerator = device.type != "cpu"
     if accelerator:
         torch.cuda.reset_peak_memory_stats()
-    exact = _reset_peak()
+    exact = reset_peak()
     start, start_cpu = time.perf_counter(), time.process_time()
     run(tokens)
     sync()
@@ -181,7 +163,7 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
     if accelerator:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = (_status_kib("VmHWM") or 0) / 1024
+        peak = (status_kib("VmHWM") or 0) / 1024
     return {"mode": mode, "length": length, "seconds": wall if accelerator else cpu, "wall": wall,
             "peak_mib": peak, "method": "max_memory_allocated" if accelerator else
             ("VmHWM" if exact else "VmHWM since start")}

@@ -61,6 +61,10 @@ class CLIError(AttnlensError):
     """A command-line argument the parser could not reject on its own."""
 
 
+class SweepError(AttnlensError):
+    """A sweep's workers, shard files or launch environment are not usable."""
+
+
 __all__ = [
     "AttnlensError",
     "CLIError",
@@ -70,6 +74,7 @@ __all__ = [
     "HeadConfigError",
     "ModelLoadError",
     "SpanError",
+    "SweepError",
     "TagError",
     "UpstreamDriftError",
 ]

@@ -12,6 +12,10 @@ way for every study:
 - batched generation with left padding and one bias term per row;
 - one JSONL row per generation, appended as batches finish; rows already in the
   file are skipped, so an interrupted run continues where it stopped;
+- under ``torchrun`` (several workers), each worker runs every ``world_size``-th
+  batch into its own part file and rank 0 merges them into ``rows.jsonl`` in
+  (condition, item, generation) order, as one process does
+  (:mod:`attnlens.runtime.distributed`);
 - the focus span's influence at the last prompt token, per (condition, item);
 - a summary CSV (per-condition means with bootstrap intervals over items) and plots.
 """
@@ -37,6 +41,7 @@ from ..api import chain
 from ..api.chain import PastaSettings
 from ..attribution.influence import trace_influence
 from ..prompts.prompt import Prompt, tokenize_prompt
+from ..runtime.distributed import ShardedRows, Workers, sweep_device, worker_group
 from ..steering.bias import BiasPlan, apply_bias
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
@@ -147,20 +152,34 @@ def run_experiment(
         head_config = _load_heads(config.pasta_heads)
 
     out = Path(config.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    with worker_group() as workers:
+        return _run(study, config, conditions, data, head_config, out, model, workers)
+
+
+def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], data: Any, head_config: Any,
+         out: Path, model: Any, workers: Workers) -> ExperimentResult:
+    """The run on one worker of ``workers`` (all of them run this, each its shard of the batches)."""
     rows_path = out / ROWS_FILE
-    if config.fresh:
-        for stale in (rows_path, out / RUN_FILE):
-            if stale.exists():
-                stale.unlink()
-    _check_run_file(out, config, study.name)
-    existing = read_rows(rows_path)
+    store = ShardedRows(rows_path, workers)
+    if workers.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if config.fresh:
+            for stale in (rows_path, out / RUN_FILE, *store.part_files()):
+                if stale.exists():
+                    stale.unlink()
+        _check_run_file(out, config, study.name)
+    workers.barrier()
+    if not workers.is_main:
+        _check_run_file(out, config, study.name, write=False)
+    if not workers.distributed:
+        read_rows(rows_path)  # one process owns the file: a damaged last line is repaired
+    existing = [r for r in store.read_all() if {"condition", "item", "generation"} <= r.keys()]
     done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
 
     if model is None:
         from ..runtime.models import load_model
 
-        model = load_model(config.model)
+        model = load_model(config.model, device=sweep_device())
     tokenizer = model.tokenizer
     resolve_layers(config.layers, model.cfg.n_layers)
     chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
@@ -181,7 +200,6 @@ def run_experiment(
                     prompts[key] = _prepare(study, item, condition, tokenizer, chat, config)
                 pending.append(_Job(condition, item, g, prompts[key]))
         jobs_by_condition[condition] = pending
-    total = sum(len(v) for v in jobs_by_condition.values())
     n_ctx = context_window(model)
     if n_ctx:
         longest = max((len(p.input_ids) for p in prompts.values()), default=0)
@@ -190,39 +208,54 @@ def run_experiment(
                 f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
                 f"context of {n_ctx} tokens"
             )
-    logger.info("%s: %d generations to run, %d already in %s", study.name, total, len(done), rows_path)
+    # the unit of work is a batch: every worker forms the same batches, so a row's batch
+    # (its padding, its seed) is the one-process run's, and takes every world_size-th one
+    units = [(condition, batch) for condition, pending in jobs_by_condition.items()
+             for batch in _batches(pending, config.batch_size, config.max_batch_tokens)]
+    mine = workers.mine(units)
+    total = sum(len(batch) for _, batch in mine)
+    logger.info("%s: worker %d/%d runs %d generations; %d to run in all, %d already in %s", study.name,
+                workers.rank, workers.world_size, total, sum(len(b) for _, b in units), len(done), rows_path)
 
     influences: dict[tuple[str, str], float | None] = {}
     generated = 0
-    with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, \
-            rows_path.open("a", encoding="utf-8") as sink:
-        for condition, pending in jobs_by_condition.items():
-            for batch in _batches(pending, config.batch_size, config.max_batch_tokens):
-                bar.set_description(f"{study.name} {condition.name}")
-                bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
-                rows = _run_batch(model, study, condition, batch, config, head_config, influences)
-                for row in rows:
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sink.flush()
-                generated += len(rows)
-                bar.update(len(rows))
+    with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, store.writer() as write:
+        for condition, batch in mine:
+            bar.set_description(f"{study.name} {condition.name}")
+            bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
+            rows = _run_batch(model, study, condition, batch, config, head_config, influences)
+            write(rows)
+            generated += len(rows)
+            bar.update(len(rows))
 
+    condition_index = {c.name: i for i, c in enumerate(conditions)}
+    item_index = {item.id: i for i, item in enumerate(items)}
+
+    def order(row: dict[str, Any]) -> tuple[Any, ...]:
+        c, i = condition_index.get(row["condition"]), item_index.get(row["item"])
+        if c is None or i is None:  # rows of other conditions or items keep their place, after these
+            return (1, 0, 0, 0)
+        return (0, c, i, int(row["generation"]))
+
+    merged = store.merge(key=lambda r: row_key(r["condition"], r["item"], int(r["generation"])), order=order)
     keep_conditions = {c.name for c in conditions}
     keep_items = {i.id for i in items}
-    all_rows = [r for r in read_rows(rows_path) if r["condition"] in keep_conditions and r["item"] in keep_items]
+    all_rows = [r for r in merged if r.get("condition") in keep_conditions and r.get("item") in keep_items]
     declared = study.metric_names(config)
     found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
     metrics = declared + tuple(found) + ("influence",)
     summary = summarize_rows(all_rows, conditions, metrics, config)
     summary_path = out / SUMMARY_FILE
-    write_summary(summary_path, summary, metrics)
     plots: list[Path] = []
-    if config.plots:
-        from . import plots as plotting
+    if workers.is_main:  # one writer for the shared files
+        write_summary(summary_path, summary, metrics)
+        if config.plots:
+            from . import plots as plotting
 
-        plots.append(plotting.accuracy_vs_delta(summary, study.primary, out / "accuracy_vs_delta.html",
-                                                title=f"{study.name}: {study.primary} by condition"))
-    plots.extend(study.extra_outputs(all_rows, out, config))
+            plots.append(plotting.accuracy_vs_delta(summary, study.primary, out / "accuracy_vs_delta.html",
+                                                    title=f"{study.name}: {study.primary} by condition"))
+        plots.extend(study.extra_outputs(all_rows, out, config))
+    workers.barrier()
     return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
                             metrics, generated, len(done))
 

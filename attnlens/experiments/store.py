@@ -54,7 +54,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_run_file(out: Path, config: ExperimentConfig, study: str) -> None:
+def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: bool = True) -> None:
     run_file = out / RUN_FILE
     identity = {"study": study, **config.identity()}
     if run_file.exists():
@@ -70,7 +70,8 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str) -> None:
                     f"{str(out)!r} holds results made with other settings: {detail}; "
                     "choose another output directory or start afresh (--fresh)"
                 )
-    run_file.write_text(json.dumps(identity, indent=1))
+    if write:
+        run_file.write_text(json.dumps(identity, indent=1))
 
 
 

@@ -55,18 +55,28 @@ class FakeClient:
         return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason="stop")])
 
 
+TASKS = ("experiment", "profile", "describe", "batch")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("out")
-    parser.add_argument("tasks", nargs="+", choices=["experiment", "profile", "describe", "batch"])
+    parser.add_argument("tasks", nargs="+", choices=TASKS)
     parser.add_argument("--kill-rank", type=int, default=None)
     parser.add_argument("--kill-after", type=int, default=0)
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the tests compare bits: every process computes with one thread
+    run(args.model, args.out, args.tasks, kill_rank=args.kill_rank, kill_after=args.kill_after)
+    return 0
+
+
+def run(model_dir: str, out_dir: str, tasks=TASKS, *, kill_rank: int | None = None, kill_after: int = 0) -> None:
+    """The sweeps ``tasks`` on the model in ``model_dir``, each into its folder of ``out_dir``."""
+    args = SimpleNamespace(model=model_dir, out=out_dir, tasks=tasks, kill_rank=kill_rank, kill_after=kill_after)
     from attnlens.runtime.models import load_model
     from attnlens.runtime.distributed import current_workers, sweep_device
 
@@ -110,7 +120,6 @@ def main() -> int:
 
         pipe = PayAttentionPipeline(model, batch_size=2)
         run_prompts(pipe, PROMPTS, out / "batch" / "results.jsonl", max_new_tokens=4)
-    return 0
 
 
 if __name__ == "__main__":

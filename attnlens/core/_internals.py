@@ -55,6 +55,14 @@ def capture_hook_ids(block: nn.Module) -> set[int]:
     return {handle.id for handle in getattr(block, "_capture_hook_handles", ())}
 
 
+def output_capturing_hook_ids(module: nn.Module) -> set[int]:
+    """Handle ids of transformers' output-capturing forward hooks on ``module`` (transformers 5:
+    ``transformers.utils.output_capturing``, installed on a model's first forward; they record
+    hidden states or attentions only while a caller asks for them, and change nothing else)."""
+    return {k for k, hook in module._forward_hooks.items()
+            if getattr(hook, "__module__", "") == "transformers.utils.output_capturing"}
+
+
 @contextmanager
 def replace_forward(modules: list[nn.Module], forward: Callable[..., Any]) -> Iterator[None]:
     """Give each module ``forward`` for the ``with`` block (on the instance; restored on exit).
@@ -164,6 +172,27 @@ def hook_counter() -> int:
 
 def is_offloaded(module: nn.Module) -> bool:
     return module.__dict__.get("_hf_hook") is not None
+
+
+#: accelerate's hooks that only move weights and tensors between devices (accelerate 1.x:
+#: ``dispatch_model`` installs AlignDevicesHook, chained in a SequentialHook)
+_MOVING_HOOKS = frozenset({"AlignDevicesHook", "SequentialHook"})
+
+
+def offload_hook_kinds(module: nn.Module) -> set[str]:
+    """The class names of the accelerate hooks on ``module`` (none when it is not dispatched)."""
+    hook = module.__dict__.get("_hf_hook")
+    if hook is None:
+        return set()
+    kinds = {type(hook).__name__}
+    for inner in getattr(hook, "hooks", ()) or ():
+        kinds.add(type(inner).__name__)
+    return kinds
+
+
+def moves_only(kinds: set[str]) -> bool:
+    """Whether accelerate hooks of these kinds only place weights and tensors (results unchanged)."""
+    return kinds <= _MOVING_HOOKS
 
 
 # ----------------------------------------------------------------------------- transformers

@@ -171,3 +171,42 @@ def test_own_part_file_is_repaired_before_appending(tmp_path):
     with store.writer() as write:
         write([{"unit": "c", "part": 0}])
     assert [json.loads(line)["unit"] for line in store.own.read_text().splitlines()] == ["a", "c"]
+
+
+# ----------------------------------------------------------------------------- in one process
+
+
+def test_cli_batch_writes_results_and_resumes(tiny, tmp_path, monkeypatch, capsys):
+    from attnlens import cli
+    from attnlens.api.pipeline import PayAttentionPipeline
+
+    monkeypatch.setattr(cli, "_load", lambda args: tiny)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"<!-> Be brief. <-!> Question {i}?"})
+                                 for i in range(5)) + "\n")
+    out = tmp_path / "results.jsonl"
+    argv = ["batch", "--input", str(prompts), "--output", str(out), "--max-new-tokens", "3", "--batch-size", "2"]
+    assert cli.main(argv) == 0
+    assert "5 result(s) for 5 prompt(s)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(5)] and [r["index"] for r in rows] == list(range(5))
+    assert all(r["spans"][0]["text"].strip() == "Be brief." for r in rows)
+    first = out.read_bytes()
+    calls = []
+    monkeypatch.setattr(PayAttentionPipeline, "__call__", lambda *a, **k: calls.append(a) or [])
+    assert cli.main(argv) == 0 and calls == [] and out.read_bytes() == first  # everything on disk: nothing runs
+    prompts.write_text('{"text": "no prompt"}\n')
+    assert cli.main(argv) == 2
+    assert "'prompt' must be a string or a chat" in capsys.readouterr().err
+
+
+def test_profile_sweep_in_one_process_equals_the_plain_profile(tiny, tmp_path):
+    from attnlens.api.profile import profile_heads
+
+    worker = _worker_module()
+    plain = profile_heads(tiny, worker.PROFILE_EXAMPLES, batch_size=3, progress=False)
+    swept = profile_heads(tiny, worker.PROFILE_EXAMPLES, batch_size=3, progress=False, sweep_dir=tmp_path)
+    assert plain.per_example.tobytes() == swept.per_example.tobytes()
+    assert plain.baseline_per_example.tobytes() == swept.baseline_per_example.tobytes()
+    with pytest.raises(Exception, match="other alpha"):
+        profile_heads(tiny, worker.PROFILE_EXAMPLES, alpha=0.5, progress=False, sweep_dir=tmp_path)

@@ -282,8 +282,8 @@ def run_prompts(
     ``prompts`` are ``{"prompt": ..., "id": ...}`` records (or the path of a JSONL file of
     them). Each block of ``batch_size`` consecutive prompts is a unit: its results (one row
     per prompt: ``index``, ``id``, ``generated_text``, ``spans``, ``prompt``, ``backend``,
-    ``influence`` with its tensor as nested lists, and the sweep's ``unit`` and ``part``) are appended as the block finishes, and
-    a rerun skips the blocks on disk. Under ``torchrun`` the workers split the blocks, write
+    ``influence`` with its tensor as nested lists, and the sweep's ``unit`` and ``part``) are
+    appended as the block finishes, and a rerun skips the blocks on disk. Under ``torchrun`` the workers split the blocks, write
     part files next to ``out`` and rank 0 merges them in prompt order; every worker
     returns every row. ``call_kwargs`` go to the pipeline call (``max_new_tokens``, ...).
     """

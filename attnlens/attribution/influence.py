@@ -251,14 +251,16 @@ class _Stream:
             rhs = torch.cat([chains * weights, weights], dim=1)
             if self.per_head:
                 kv = self.value_norm.shape[-1]
-                head_w = self.value_norm[:, torch.arange(heads, device=self.value_norm.device) * kv // heads].T[..., None]
+                head_index = torch.arange(heads, device=self.value_norm.device) * kv // heads
+                head_w = self.value_norm[:, head_index].T[..., None]
                 head_rhs = torch.cat([chains[None] * head_w, head_w], dim=2)  # [head, key, M*S + 1]
         else:
             rhs = chains
         # one batched product per layer, in the pattern's precision (float32 or wider): the pattern
         # is read once and never copied; the head mean and the recursion use the working dtype
         dtype = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
-        prod = _per_head_product(a, rhs.to(device=a.device, dtype=dtype)).to(self.chain.device)  # [head, query, columns]
+        prod = _per_head_product(a, rhs.to(device=a.device, dtype=dtype))  # [head, query, columns]
+        prod = prod.to(self.chain.device)
         mean = prod.to(self.dtype).mean(0)  # the head-averaged pattern's product
         self.att = (_weighted(mean) if self.use_values else mean).T.contiguous()  # [M*S, query]
         if self.per_head:

@@ -10,7 +10,8 @@ from ._common import load_model_for, number, positive_int
 
 def add_batch(sub: Any) -> None:
     p = sub.add_parser(
-        "batch", help="run GUIDE-tagged prompts from a JSONL file into a JSONL of results (resumable; torchrun splits it)"
+        "batch",
+        help="run GUIDE-tagged prompts from a JSONL file into a JSONL of results (resumable; torchrun splits it)",
     )
     p.add_argument("--input", required=True, help='JSONL prompts: {"prompt": text or chat, "id": optional} per line')
     p.add_argument("--output", required=True, help="the JSONL results (rerunning continues an interrupted run)")

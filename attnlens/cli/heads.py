@@ -72,8 +72,10 @@ def add_heads(sub: Any) -> None:
     describe.add_argument("--show-prompt", action="store_true", help="print the prompt before the description")
     describe.set_defaults(run=_run_heads_describe)
 
-    many = actions.add_parser("describe-all", parents=[texts, llm],
-                              help="describe many heads (a resumable sweep with --sweep-dir; torchrun splits the layers)")
+    many = actions.add_parser(
+        "describe-all", parents=[texts, llm],
+        help="describe many heads (a resumable sweep with --sweep-dir; torchrun splits the layers)",
+    )
     many.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
     many.add_argument("--heads", default="all", help="all | comma-separated head indices")
     many.add_argument("--max-concurrency", type=positive_int, default=4, help="requests at once (per worker)")

@@ -13,10 +13,13 @@ attnlens touches these internals.
 - transformers: ``AttentionInterface`` and ``AttentionMaskInterface`` (their
   ``register`` has no counterpart that removes an entry, so entries are removed
   from ``_global_mapping``), ``eager_mask``, ``sdpa_attention_forward``, a
-  config's ``_attn_implementation``.
+  config's ``_attn_implementation``, the module of the output-capturing forward
+  hooks (``transformers.utils.output_capturing``) it installs on a model's first forward.
 - torch: a module's child table ``_modules``, its hook tables ``_forward_hooks``
   and ``_forward_pre_hooks``, ``RemovableHandle.next_id`` (incremented by every
-  hook registration), accelerate's ``_hf_hook``.
+  hook registration).
+- accelerate (1.x): a dispatched module's ``_hf_hook`` and the class names of its
+  hooks (``AlignDevicesHook``, chained in a ``SequentialHook``).
 """
 
 from __future__ import annotations
@@ -168,10 +171,6 @@ def has_hooks(module: nn.Module, ignore: Collection[int] = ()) -> bool:
 def hook_counter() -> int:
     """A number that changes whenever any torch module hook is registered anywhere."""
     return RemovableHandle.next_id
-
-
-def is_offloaded(module: nn.Module) -> bool:
-    return module.__dict__.get("_hf_hook") is not None
 
 
 #: accelerate's hooks that only move weights and tensors between devices (accelerate 1.x:

@@ -175,6 +175,7 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
         read_rows(rows_path)  # one process owns the file: a damaged last line is repaired
     existing = [r for r in store.read_all() if {"condition", "item", "generation"} <= r.keys()]
     done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
+    workers.barrier()  # every worker has read the same rows before any writes: they agree on what is pending
 
     if model is None:
         from ..runtime.models import load_model

@@ -20,10 +20,10 @@ hooks that do more than place weights), and callers then run the bridge as it
 is. A model placed across devices by accelerate (``load_model(...,
 device_map=...)``) runs directly: the wrapped modules keep accelerate's hooks,
 which load offloaded weights and move tensors to each module's device around
-its forward, and the attention routing sees the tensors where they are. Everything is restored on exit, also
-when the body raises: the wrappers, each config's attention implementation and
-the attention function registered with transformers (what was registered under
-its name before is put back).
+its forward, and the attention routing sees the tensors where they are.
+Everything is restored on exit, also when the body raises: the wrappers, each
+config's attention implementation and the attention function registered with
+transformers (what was registered under its name before is put back).
 
 Hooks added inside the block are checked on every forward call: one on a hook
 point the direct run sets aside (it would never fire) raises

@@ -251,7 +251,8 @@ class ShardedRows:
 
             yield write
 
-    def merge(self, key: Callable[[dict[str, Any]], Any], order: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    def merge(self, key: Callable[[dict[str, Any]], Any],
+              order: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
         """Merge every worker's rows into the merged file (rank 0 writes); every worker returns them.
 
         Rows with the same ``key`` are one row (the first found is kept); the file

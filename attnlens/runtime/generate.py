@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Int
 
 from .direct import direct as run_direct
-from .upstream import check_kv_cache
+from .upstream import check_kv_cache, quiet_cache_rename
 from ..core.model import Model
 from ..core.errors import AttnlensError, DirectUnavailable
 from ..core.model import model_device, pad_id
@@ -157,18 +157,19 @@ def generate_batch(
                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
         else:
             check_kv_cache(model)
-            out = model.generate(
-                batch.tokens,
-                attention_mask=batch.attention_mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                repetition_penalty=repetition_penalty,
-                stop_at_eos=stop_at_eos,
-                verbose=False,
-            )
+            with quiet_cache_rename():
+                out = model.generate(
+                    batch.tokens,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=do_sample,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    repetition_penalty=repetition_penalty,
+                    stop_at_eos=stop_at_eos,
+                    verbose=False,
+                )
     new = out[:, batch.length :].tolist()
     result = Generation(backend="direct" if hf is not None else "bridge")
     for row in new:

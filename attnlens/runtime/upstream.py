@@ -28,7 +28,10 @@ Checked on TransformerLens 4.3.0 with transformers 5.23.0 (no workaround needed)
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -97,13 +100,25 @@ def _probe_tokens(model: Any, length: int = 6) -> torch.Tensor:
     return torch.tensor([ids], device=device)
 
 
+@contextmanager
+def quiet_cache_rename() -> Iterator[None]:
+    """Silence transformers' warning that ``past_key_values`` is now ``cache``.
+
+    TransformerLens 4.3.0's bridge passes the old name; transformers 5.24 takes it
+    and warns on every call. attnlens handles the rename (see the module docstring).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
+        yield
+
+
 def kv_cache_mismatch(model: Any) -> float:
     """Largest difference between a cached decoding step and an uncached forward pass.
 
     The logits are scaled by the largest absolute logit, so the figure is relative.
     """
     tokens = _probe_tokens(model)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_cache_rename():
         full = model(tokens, return_type="logits")[0, -1].float()
         _, cache = model(tokens[:, :-1], return_type="logits_and_cache", use_cache=True)
         step = model(tokens[:, -1:], return_type="logits", past_key_values=cache)[0, -1].float()

@@ -12,6 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
+try:  # property tests: a fixed seed and a bounded number of examples, so every run checks the same cases
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "attnlens", derandomize=True, max_examples=int(os.environ.get("ATTNLENS_HYPOTHESIS_EXAMPLES", "60")),
+        deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
+    )
+    settings.load_profile("attnlens")
+except ImportError:  # pragma: no cover
+    pass
+
 
 def make_tiny_hf(tokenizer=None, *, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2,
                  d_model: int = 32, seed: int = 0, attn_implementation: str = "eager"):

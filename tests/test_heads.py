@@ -124,11 +124,14 @@ def test_ranking_is_every_pair_sorted(ad):
     assert len(only) == sum(1 for r in ranked if r.token.strip() == token.strip())
 
 
-def test_display_outside_a_notebook_logs_the_table(ad, caplog):
-    with caplog.at_level(logging.INFO, logger="attnlens.viz"):
-        rows = ad.get_ranked_multiples(layer=1, head=2, num_multiples=3, display=True)
-    assert "Layer 1 Head 2, top 3" in caplog.text
-    assert f"{rows[0].multiple:.2f}" in caplog.text
+def test_display_outside_a_notebook_prints_the_table(ad, capsys):
+    # display=True asks for output: printed outside a notebook, whatever the logging level
+    rows = ad.get_ranked_multiples(layer=1, head=2, num_multiples=3, display=True)
+    out = capsys.readouterr().out
+    assert "Layer 1 Head 2, top 3" in out
+    assert f"{rows[0].multiple:.2f}" in out
+    ad.get_ranked_multiples(layer=1, head=2, num_multiples=3)
+    assert capsys.readouterr().out == ""  # nothing asked, nothing printed
     table = al.viz.multiples_table(rows, title="t")
     html = table._repr_html_()
     assert html.count("<tr>") == 2 + len(rows)  # title and header rows, then one per multiple

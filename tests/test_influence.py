@@ -14,6 +14,7 @@ import torch
 import attnlens as al
 from attnlens.attribution import trace_influence
 from attnlens.core.errors import AttnlensError, SpanError
+from attnlens.runtime.fused import fused_attention
 
 PROMPT = "Rewrite in French: Paris is the most visited city in the world."
 
@@ -238,13 +239,17 @@ def test_bad_tokens(tiny):
 def test_embedded_matches_naive(embedded):
     tokens = tokens_of(embedded)
     span = (0, 5)  # "Rewrite in French:"
-    trace = trace_influence(embedded, tokens, [span], methods=("influence", "rollout"))
+    with fused_attention(False):  # the hook path reads the bridge's own patterns, as the naive loop does
+        trace = trace_influence(embedded, tokens, [span], methods=("influence", "rollout"))
+        values = al.influence(embedded, tokens, span, use_values=True)
     for method in ("influence", "rollout"):
         got = trace[method][0]
         assert got.shape == (embedded.cfg.n_layers + 1, len(tokens))
         assert_close(got, naive_influence(embedded, tokens, span, method))
-    values = al.influence(embedded, tokens, span, use_values=True)
     assert_close(values, naive_influence(embedded, tokens, span, use_values=True))
+    fused = trace_influence(embedded, tokens, [span], methods=("influence", "rollout"))  # sdpa's float32 sums
+    for method in ("influence", "rollout"):
+        assert (fused[method] - trace[method]).abs().max() < 1e-4
     assert (values[-1] - trace["influence"][0][-1]).abs().max() > 1e-4
 
 

@@ -324,7 +324,7 @@ def test_cli_generate_with_pasta_heads(tmp_path, embedded, capsys, monkeypatch):
     heads.write_text(json.dumps({"3": [1, 2], "5": [0, 4]}))
     monkeypatch.setattr(cli, "_load", lambda args: embedded)
     code = cli.main(["generate", TEXT, "--pasta-heads", str(heads), "--emphasize", INSTRUCTION,
-                     "--emphasize", "Mary", "--alpha", "0.02", "--max-new-tokens", "8", "--json"])
+                     "--emphasize", "Mary", "--alpha", "0.02", "--max-new-tokens", "8", "--json", "--chat"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     steerer = PASTA(embedded, str(heads), alpha=0.02)
@@ -348,3 +348,27 @@ def test_02_pasta_notebook():
     for label in ("unsteered:", "steered:", "baseline", "top heads"):
         assert label in text
     assert "steered output differs from the unsteered one: True" in text
+
+
+@pytest.mark.embedded
+def test_pastalib_code_through_the_compat_class_equals_pastalib(hf_pair):
+    """pastalib's own calls, with only the import changed, give pastalib's numbers and text."""
+    from attnlens.api.compat.pastalib import PASTA as CompatPASTA
+
+    bridge, hf = hf_pair
+    head_config = {"4": [0, 3], "9": [5], "14": [2, 7]}
+    texts = [TEXT, "Tom is a pilot. He studied at MIT. Tell me his job in one word."]
+    subs = [INSTRUCTION, "Tell me his job in one word"]
+    outputs = []
+    for cls, model in ((_pastalib, hf), (CompatPASTA, bridge)):
+        pasta = cls(model, bridge.tokenizer, head_config=head_config, alpha=0.01, scale_position="exclude")
+        inputs, offsets = pasta.inputs_from_batch(texts)
+        with torch.no_grad(), pasta.apply_steering(model=model, strings=texts, substrings=subs, model_input=inputs,
+                                                   offsets_mapping=offsets) as steered:
+            logits = steered(**inputs).logits.log_softmax(-1)
+            out = steered.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                   pad_token_id=bridge.tokenizer.eos_token_id)
+        outputs.append((inputs["attention_mask"].bool(), logits, out))
+    (mask, theirs, their_out), (_, ours, our_out) = outputs
+    assert (ours[mask] - theirs[mask]).abs().max() < 1e-4
+    assert torch.equal(our_out, their_out)

@@ -70,6 +70,8 @@ def test_escaped_tag_inside_real_span():
     assert parsed.substring(parsed.spans[0]) == "keep <-!> inside"
 
 
-def test_non_string_is_rejected():
-    with pytest.raises(TypeError):
-        parse_tags(["<!->x<-!>"])
+@pytest.mark.parametrize("function", [parse_tags, escape_tags, has_tags])
+@pytest.mark.parametrize("value", [["<!->x<-!>"], b"<!->x<-!>", None, 3])
+def test_non_string_is_rejected(function, value):
+    with pytest.raises(TagError, match=f"{function.__name__} expects a str, got {type(value).__name__}"):
+        function(value)

@@ -45,16 +45,18 @@ from tqdm.auto import tqdm
 
 from ..core.model import Model
 from ..core.errors import AttnlensError, DescribeError
-from ..core.model import model_shape
-from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layer, resolve_layers
+from ..core.model import check_window, model_shape
+from ..core.validate import LayerSpec, check_text, is_int, resolve_heads, resolve_layer, resolve_layers
 from ..runtime.distributed import current_workers, run_sweep, worker_group
 from .capture import capture_patterns
 from .descriptions import (
+    DEFAULT_DEADLINE,
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_PREFIX,
     PROMPT_SUFFIX,
     HeadDescription,
     HeadDescriptions,
+    check_seconds,
     complete,
     make_client,
 )
@@ -145,8 +147,11 @@ class AttentionData:
         seed: int | None = None,
         batch_size: int = 16,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.n_layers, self.n_heads = model_shape(model)
+        #: seconds one description may take in all, retries included
+        self.deadline = check_seconds(deadline, "deadline")
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise AttnlensError("the model has no tokenizer; AttentionData needs one to read text_batch")
@@ -167,6 +172,8 @@ class AttentionData:
         self.seed = seed
         self._rng = random.Random(seed)
         self.text_batch = _flatten(text_batch)
+        for index, text in enumerate(self.text_batch):
+            check_text(text, f"text {index}")
         self.heads: dict[tuple[int, int], HeadData] = {}
         self._rows = self._tokenize(tokenizer)
 
@@ -182,6 +189,7 @@ class AttentionData:
         rows, short = [], []
         for index, ids in enumerate(encoded):
             ids = [int(t) for t in ids][: self.max_length]
+            check_window(self.model, len(ids), what=f"text {index} (cut to max_length={self.max_length})")
             if len(ids) <= self.first_query:
                 short.append((index, len(ids)))
                 continue
@@ -304,6 +312,9 @@ class AttentionData:
 
     def get_head_samples(self, layer: int = 0, head: int = 0, num_samples: int = 10) -> list[Sample]:
         """``num_samples`` random rows of the head (all of them, with a warning, if fewer exist)."""
+        return self._head_samples(layer, head, num_samples)
+
+    def _head_samples(self, layer: int, head: int, num_samples: int) -> list[Sample]:
         data = self.head_data(layer, head)
         k = self._clamp("num_samples", num_samples, len(data.samples), f"rows for layer {data.layer} head {data.head}")
         return [data.samples[i] for i in sorted(self._rng.sample(range(len(data.samples)), k))]
@@ -343,7 +354,7 @@ class AttentionData:
                     ranked.append(
                         RankedMultiple(
                             tm.token, tm.multiple, row.str_tokens[: i + 1], data.patterns[r, i, : i + 1],
-                            sample.text_index, i, tm.key,
+                            sample.text_index, i, tm.key, data.layer, data.head,
                         )
                     )
             ranked.sort(key=lambda m: -m.multiple)  # stable: ties keep text/query/key order
@@ -424,9 +435,9 @@ class AttentionData:
         with the system message through ``client.chat.completions.create``. The
         description is kept in ``heads[(layer, head)].descriptions``.
 
-        ``print_description=True`` shows it: as Markdown output in a notebook, else a
-        log record at INFO (the library never prints; the ``attnlens heads describe``
-        command prints it).
+        ``print_description=True`` shows it, headed by its layer and head: as Markdown
+        output in a notebook, else printed to standard output (``attnlens.AttentionData``;
+        this base class logs it at INFO).
 
         Raises:
             DescribeError: no key, a rejected key (401), an unknown model (404), or
@@ -434,9 +445,9 @@ class AttentionData:
         """
         model_name = self._model_name()
         data = self.head_data(layer, head)
-        samples = self.get_head_samples(data.layer, data.head, num_samples)
+        samples = self._head_samples(data.layer, data.head, num_samples)
         prompt = self.build_prompt(samples, custom_prompt)
-        answer = complete(self._client(), model_name, prompt, system=self.system_prompt)
+        answer = complete(self._client(), model_name, prompt, system=self.system_prompt, deadline=self.deadline)
         data.prompts.append(prompt)
         data.descriptions.append(answer.text)
         if print_description:
@@ -487,7 +498,7 @@ class AttentionData:
         self._ensure({layer: head_list for layer in layer_list})
         prompts = {}
         for layer, head in pairs:
-            samples = self.get_head_samples(layer, head, num_samples)
+            samples = self._head_samples(layer, head, num_samples)
             prompts[(layer, head)] = self.build_prompt(samples, custom_prompt)
         client = self._client()
         results: dict[tuple[int, int], HeadDescription] = {}
@@ -495,7 +506,8 @@ class AttentionData:
             total=len(pairs), desc="describing heads", disable=not progress
         ) as bar:
             futures = {
-                pool.submit(complete, client, model_name, prompts[p], system=self.system_prompt): p for p in pairs
+                pool.submit(complete, client, model_name, prompts[p], system=self.system_prompt,
+                            deadline=self.deadline): p for p in pairs
             }
             pending = set(futures)
             while pending:

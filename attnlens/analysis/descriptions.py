@@ -4,19 +4,30 @@ Any server that speaks the chat-completions protocol works: OpenAI itself (the
 key comes from ``OPENAI_API_KEY``), or a local one (Ollama, vLLM, llama.cpp's
 server, LM Studio) through ``openai.OpenAI(base_url=..., api_key=...)``.
 
-Retries: rate limits (429), server errors (5xx), timeouts and dropped
-connections are retried with exponential backoff by the ``openai`` client itself
-(its ``max_retries`` and ``timeout`` settings; a ``Retry-After`` header is
-honoured). What is left after the retries, and what no retry can fix (no key,
-401, 403, an unknown model), becomes a :class:`DescribeError` whose message says
-what to change. The API key is never logged nor put in a message.
+Retries and time limits: rate limits (429), server errors (5xx), timeouts and
+dropped connections are retried with exponential backoff (a ``Retry-After``
+header is honoured), up to the client's ``max_retries`` (default
+:data:`DEFAULT_MAX_RETRIES` = 2); each attempt waits at most the client's
+``timeout`` (default :data:`DEFAULT_TIMEOUT` = 30 s); and the whole request,
+retries included, ends after ``deadline`` seconds (default
+:data:`DEFAULT_DEADLINE` = 90 s), also when a server trickles its answer. The
+command line sets them with ``--timeout``, ``--max-retries`` and ``--deadline``.
+
+What is left after the retries, and what no retry can fix (no key, 401, 403, an
+unknown model, a body that is not a chat completion: HTML, a JSON list,
+malformed JSON), becomes a :class:`DescribeError` whose message says what came
+back or what to change. The API key is never logged nor put in a message.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any
@@ -32,9 +43,11 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 #: Retries the clients built by :func:`make_client` make on 429, 5xx and timeouts.
-DEFAULT_MAX_RETRIES = 4
+DEFAULT_MAX_RETRIES = 2
 #: Seconds the clients built by :func:`make_client` wait for one answer.
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = 30.0
+#: Seconds :func:`complete` waits in all, retries included.
+DEFAULT_DEADLINE = 90.0
 #: Stands in for the key of a local endpoint that needs none (the client insists on one).
 NO_KEY_PLACEHOLDER = "not-needed"
 
@@ -65,6 +78,9 @@ def make_client(
     """
     import openai
 
+    check_seconds(timeout, "timeout")
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        raise DescribeError(f"max_retries must be a non-negative integer, got {max_retries!r}")
     key = api_key or os.environ.get(api_key_env) or None
     if key is None:
         if base_url is None:
@@ -75,6 +91,13 @@ def make_client(
         key = NO_KEY_PLACEHOLDER
         logger.debug("no API key for %s; sending a placeholder", base_url)
     return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+
+def check_seconds(value: Any, what: str) -> float:
+    """A positive, finite number of seconds, else a :class:`DescribeError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise DescribeError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def endpoint(client: Any) -> str:
@@ -108,11 +131,15 @@ def complete(
     system: str | None = DEFAULT_SYSTEM_PROMPT,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> Completion:
     """Send ``prompt`` (after an optional system message) and return the answer.
 
+    Retries as the module docstring says; ``deadline`` bounds the whole call in seconds.
+
     Raises:
-        DescribeError: the request failed after the client's retries, or cannot succeed.
+        DescribeError: the request failed after the retries, ran past ``deadline``,
+            answered something that is not a chat completion, or cannot succeed.
     """
     import openai
 
@@ -125,64 +152,191 @@ def complete(
         extra["temperature"] = temperature
     if max_tokens is not None:
         extra["max_tokens"] = max_tokens
+    deadline = check_seconds(deadline, "deadline")
     where = endpoint(client)
     retries = getattr(client, "max_retries", None)
-    after = f" after {retries} retries" if retries else ""
+    retries = retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
+    # one attempt per call (the loop below retries), so the deadline covers everything
+    single = client.with_options(max_retries=0) if callable(getattr(client, "with_options", None)) else client
     logger.info("asking %s at %s (%d prompt characters)", model, where, len(prompt))
-    try:
-        response = client.chat.completions.create(model=model, messages=messages, **extra)
-    except openai.AuthenticationError as exc:
-        raise DescribeError(
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        remaining = deadline - (time.monotonic() - start)
+        try:
+            response = _within(remaining, lambda: _create(single, model=model, messages=messages, **extra))
+        except _DeadlineExceeded:
+            raise DescribeError(
+                f"{where} gave no answer within the deadline of {deadline:g} s ({attempt + 1} attempt(s)); "
+                "raise it with deadline=... (--deadline)",
+                fatal=False,
+            ) from None
+        except openai.APIError as exc:
+            wait = _retry_wait(exc, attempt)
+            remaining = deadline - (time.monotonic() - start)
+            if wait is not None and attempt < retries and wait < remaining:
+                logger.info("%s: %s; retrying in %.2f s", where, type(exc).__name__, wait)
+                time.sleep(wait)
+                attempt += 1
+                continue
+            after = f" after {attempt} retries" if attempt else ""
+            raise _failure(exc, client, where, model, after) from None
+        break
+    return _read_completion(response, client, where, model)
+
+
+class _DeadlineExceeded(Exception):
+    pass
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``, or :class:`_DeadlineExceeded` after ``seconds`` (the call is left to finish on its own)."""
+    if seconds <= 0:
+        raise _DeadlineExceeded
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="attnlens-chat", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _DeadlineExceeded
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _create(client: Any, **kwargs: Any) -> Any:
+    """The raw HTTP response when the client offers it (the body is checked here), else the parsed one."""
+    raw_api = getattr(client.chat.completions, "with_raw_response", None)
+    if raw_api is None:
+        return client.chat.completions.create(**kwargs)
+    return raw_api.create(**kwargs).http_response
+
+
+def _retry_wait(exc: Exception, attempt: int) -> float | None:
+    """Seconds to wait before retrying after ``exc``, or None when a retry cannot help."""
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+            return None if attempt >= 1 else 0.5  # one more try for a dropped connection
+        return min(0.5 * 2**attempt, 8.0)
+    status = getattr(exc, "status_code", None)
+    if status == 429 or (isinstance(status, int) and status >= 500):
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+            try:
+                value = float(headers.get(name)) * scale
+            except (TypeError, ValueError):
+                continue
+            if 0 <= value <= 60:
+                return value
+        return min(0.5 * 2**attempt, 8.0)
+    return None
+
+
+def _failure(exc: Exception, client: Any, where: str, model: str, after: str) -> DescribeError:
+    import openai
+
+    if isinstance(exc, openai.AuthenticationError):
+        return DescribeError(
             f"{where} rejected the API key (401 Unauthorized): {_server_message(exc, client)}. "
             "Check the key (OPENAI_API_KEY, --api-key-env, or the client's api_key)",
             status=401,
-        ) from None
-    except openai.PermissionDeniedError as exc:
-        raise DescribeError(
-            f"{where} refused the request (403 Forbidden): {_server_message(exc, client)}", status=403
-        ) from None
-    except openai.NotFoundError as exc:
-        raise DescribeError(
+        )
+    if isinstance(exc, openai.PermissionDeniedError):
+        return DescribeError(f"{where} refused the request (403 Forbidden): {_server_message(exc, client)}", status=403)
+    if isinstance(exc, openai.NotFoundError):
+        return DescribeError(
             f"model {model!r} not found at {where} (404): {_server_message(exc, client)}. "
             "Check openai_model (--openai-model) and the base URL (it usually ends in /v1)",
             status=404,
-        ) from None
-    except openai.RateLimitError as exc:
-        raise DescribeError(
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return DescribeError(
             f"{where} kept rate-limiting the requests (429){after}: {_server_message(exc, client)}",
-            fatal=False,
-            status=429,
-        ) from None
-    except openai.InternalServerError as exc:
+            fatal=False, status=429,
+        )
+    if isinstance(exc, openai.InternalServerError):
         status = getattr(exc, "status_code", 500)
-        raise DescribeError(
+        return DescribeError(
             f"{where} failed with a server error ({status}){after}: {_server_message(exc, client)}",
-            fatal=False,
-            status=status,
-        ) from None
-    except openai.APITimeoutError:
+            fatal=False, status=status,
+        )
+    if isinstance(exc, openai.APITimeoutError):
         timeout = getattr(client, "timeout", None)
-        raise DescribeError(
-            f"{where} did not answer within the client's timeout ({timeout}){after}", fatal=False
-        ) from None
-    except openai.APIConnectionError as exc:
-        raise DescribeError(
+        return DescribeError(f"{where} did not answer within the client's timeout ({timeout}){after}", fatal=False)
+    if isinstance(exc, openai.APIConnectionError):
+        return DescribeError(
             f"cannot reach {where}{after}: {_scrub(str(exc.__cause__ or exc), client)}. "
             "Is the server running, and is the base URL right?"
-        ) from None
-    except openai.APIStatusError as exc:
-        status = getattr(exc, "status_code", None)
-        raise DescribeError(
-            f"{where} refused the request ({status}): {_server_message(exc, client)}", status=status
-        ) from None
-    choices = getattr(response, "choices", None) or []
-    content = choices[0].message.content if choices else None
+        )
+    status = getattr(exc, "status_code", None)
+    return DescribeError(f"{where} refused the request ({status}): {_server_message(exc, client)}", status=status)
+
+
+def _shown(text: str, client: Any, limit: int = 120) -> str:
+    text = _scrub(text, client)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _read_completion(response: Any, client: Any, where: str, model: str) -> Completion:
+    """The answer in a chat-completions response; anything else is a DescribeError saying what came back."""
+    if hasattr(response, "content") and hasattr(response, "headers") and hasattr(response, "status_code"):
+        kind = response.headers.get("content-type", "no content type")
+        raw = response.content
+        try:
+            body_text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DescribeError(f"{where} answered {len(raw)} bytes that are not UTF-8 ({kind}), "
+                                "not a chat completion", fatal=False) from None
+        try:
+            body = json.loads(body_text)
+        except (json.JSONDecodeError, RecursionError):
+            what = "an HTML page" if body_text.lstrip()[:1] == "<" else "a body that is not JSON"
+            raise DescribeError(
+                f"{where} answered {what} ({kind}), not a chat completion: {_shown(body_text, client)}. "
+                "Is the base URL an OpenAI-compatible endpoint (it usually ends in /v1)?",
+                fatal=False,
+            ) from None
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(choices, list):
+            raise DescribeError(
+                f"{where} answered JSON that is not a chat completion (a {type(body).__name__}"
+                f"{' without a choices list' if isinstance(body, dict) else ''}): {_shown(body_text, client)}",
+                fatal=False,
+            )
+        first = choices[0] if choices else None
+        message = first.get("message") if isinstance(first, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if choices and not isinstance(content, (str, type(None))):
+            raise DescribeError(f"{where} answered a message whose content is not text: {_shown(body_text, client)}",
+                                fatal=False)
+        answered_model = body.get("model")
+        finish = first.get("finish_reason") if isinstance(first, dict) else None
+    else:  # a client that returns parsed objects
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, (list, tuple)):
+            raise DescribeError(f"{where} answered {type(response).__name__}, not a chat completion: "
+                                f"{_shown(str(response), client)}", fatal=False)
+        first = choices[0] if choices else None
+        content = getattr(getattr(first, "message", None), "content", None)
+        if content is not None and not isinstance(content, str):
+            raise DescribeError(f"{where} answered a message whose content is not text", fatal=False)
+        answered_model = getattr(response, "model", None)
+        finish = getattr(first, "finish_reason", None)
     if not content or not content.strip():
         raise DescribeError(f"{where} returned an empty answer for model {model!r}", fatal=False)
     return Completion(
         text=content.strip(),
-        model=getattr(response, "model", model) or model,
-        finish_reason=getattr(choices[0], "finish_reason", None),
+        model=answered_model if isinstance(answered_model, str) and answered_model else model,
+        finish_reason=finish if isinstance(finish, str) else None,
     )
 
 

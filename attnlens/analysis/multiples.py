@@ -30,7 +30,12 @@ class Sample:
 
 @dataclass(frozen=True)
 class RankedMultiple:
-    """One ``(token, multiple)`` pair with its row: the tokens up to the query and their attention."""
+    """One ``(token, multiple)`` pair with its row: the tokens up to the query and their attention.
+
+    It unpacks and indexes as attention-data's rows do, over its first four fields
+    (``token, multiple, str_tokens, pattern = row``; ``row[1]`` is the multiple);
+    ``text_index``, ``query``, ``key``, ``layer`` and ``head`` are attributes.
+    """
 
     token: str
     multiple: float
@@ -39,6 +44,20 @@ class RankedMultiple:
     text_index: int
     query: int
     key: int
+    layer: int = -1
+    head: int = -1
+
+    def _row(self) -> tuple:
+        return (self.token, self.multiple, self.str_tokens, self.pattern)
+
+    def __iter__(self):
+        return iter(self._row())
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index):
+        return self._row()[index]
 
 
 @dataclass

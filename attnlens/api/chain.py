@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..attribution.influence import InfluenceTrace, trace_influence
 from ..core.errors import AttnlensError, SpanError
-from ..core.model import model_shape
+from ..core.model import check_window, model_shape
 from ..core.validate import LayerSpec, check_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, SubstringLike, locate_substrings, tokenize_prompt
 from ..prompts.tags import parse_tags
@@ -141,6 +141,10 @@ def generate(
     generate_kwargs.setdefault("max_new_tokens", 64)
     backend_kwargs = {k: generate_kwargs.pop(k) for k in ("backend", "direct") if k in generate_kwargs}
     check_generation_kwargs(generate_kwargs)
+    # every prompt is checked against the window before the first batch runs
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    check_window(model, len(rows[longest]), new_tokens=generate_kwargs["max_new_tokens"],
+                 what=f"prompt {longest}" if len(rows) > 1 else "the prompt")
     out = Generation(backend="bridge")
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2):
@@ -161,10 +165,12 @@ def measure_influence(
     layers: LayerSpec = "all",
     delta_mid: float | None = None,
     use_values: bool = False,
+    convention: str = "stated",
 ) -> InfluenceTrace:
     """Follow a prompt's ``<?->`` spans in one forward pass, under its GUIDE steering.
 
     ``generated`` tokens are appended to the prompt, so the result covers them too.
+    ``convention``: ``"stated"`` or ``"pap"`` (see :mod:`attnlens.attribution.influence`).
     """
     spans = prompt.influence_spans()
     if not spans:
@@ -173,7 +179,7 @@ def measure_influence(
     plan = guide_plan_for(model, prompt, layers, delta_mid=delta_mid)
     with apply_bias(model, plan):
         return trace_influence(model, tokens, [(s.start, s.end) for s in spans], methods=methods,
-                               use_values=use_values)
+                               use_values=use_values, convention=convention)
 
 
 def steered_generation(
@@ -223,11 +229,12 @@ def influence_report(
     layers: LayerSpec = "all",
     max_new_tokens: int = 0,
     use_values: bool = False,
+    convention: str = "stated",
 ) -> dict[str, Any]:
     """Influence (and/or rollout) of a prompt's ``<?->`` spans, optionally over ``max_new_tokens`` generated ones.
 
-    Returns ``prompt``, ``tokens``, ``prompt_length``, ``generated_text``, ``methods``
-    and ``spans`` (``start``, ``end``, ``text`` and one ``[n_layers + 1, seq]`` tensor per method).
+    Returns ``prompt``, ``tokens``, ``prompt_length``, ``generated_text``, ``methods``,
+    ``convention`` and ``spans`` (``start``, ``end``, ``text`` and one ``[n_layers + 1, seq]`` tensor per method).
     """
     tokenizer = model.tokenizer
     resolve_layers(layers, model_shape(model)[0])
@@ -239,7 +246,7 @@ def influence_report(
         generated = generate(model, [prompt], plans_for(model, [prompt], layers=layers),
                              max_new_tokens=max_new_tokens)[0]
     trace = measure_influence(model, prompt, methods=methods, generated=generated, layers=layers,
-                              use_values=use_values)
+                              use_values=use_values, convention=convention)
     spans = []
     for i, span in enumerate(prompt.influence_spans()):
         entry: dict[str, Any] = {"start": span.start, "end": span.end, "text": span.text}
@@ -252,5 +259,6 @@ def influence_report(
         "prompt_length": len(prompt.input_ids),
         "generated_text": tokenizer.decode(generated, skip_special_tokens=True),
         "methods": list(methods),
+        "convention": convention,
         "spans": spans,
     }

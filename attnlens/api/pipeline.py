@@ -24,6 +24,15 @@ same prompt steer that forward pass too::
 
     out = pipe("<?-> Rewrite in French <-?> Paris is the most visited city.", max_new_tokens=40)
     out[0]["influence"][0]["tensor"]   # [n_layers + 1, seq]
+
+Every record is a :class:`~attnlens.core.records.Record`: a ``dict`` with
+``to_dict()`` (tensors as nested lists) and ``to_json()``; ``as_json=True`` in
+the call returns those plain dicts directly, so ``json.dumps(pipe(..., as_json=True))``
+works.
+
+pay-attention-pipeline's keywords are accepted too: ``metric="influence" |
+"attention_rollout" | "influence_heads"`` (for ``influence_method``) and
+``convention="pap"`` for its Influence numbers (see :mod:`attnlens.attribution.influence`).
 """
 
 from __future__ import annotations
@@ -36,10 +45,10 @@ from typing import Any
 
 from ..core.model import Model
 from ..attribution.influence import METHODS as INFLUENCE_METHODS
-from ..attribution.influence import InfluenceTrace
+from ..attribution.influence import InfluenceTrace, check_convention
 from ..core.errors import AttnlensError
-from ..core.records import read_jsonl
-from ..core.validate import LayerSpec, is_int, resolve_layers
+from ..core.records import Record, read_jsonl
+from ..core.validate import LayerSpec, check_int, is_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
 from ..steering.guide import check_delta
@@ -50,6 +59,17 @@ logger = logging.getLogger(__name__)
 PipelineInput = PromptInput
 
 TASKS = ("pay-attention", "guide")
+
+#: pay-attention-pipeline's ``metric`` names -> attnlens' influence methods
+METRICS = {"influence": "influence", "attention_rollout": "rollout", "rollout": "rollout",
+           "influence_heads": "influence_heads"}
+
+
+def metric_method(metric: Any) -> str:
+    """pay-attention-pipeline's ``metric`` as an attnlens influence method."""
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise AttnlensError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    return METRICS[metric]
 
 
 class PayAttentionPipeline:
@@ -65,6 +85,8 @@ class PayAttentionPipeline:
         layers: LayerSpec = "all",
         batch_size: int = 8,
         chat: bool = False,
+        return_full_text: bool = False,
+        convention: str = "stated",
     ) -> None:
         if getattr(model, "tokenizer", None) is None:
             raise AttnlensError("the model has no tokenizer; the pipeline needs one")
@@ -77,6 +99,9 @@ class PayAttentionPipeline:
             raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.chat = chat
+        self.return_full_text = bool(return_full_text)
+        self.convention = check_convention(convention)
+        self.influence_method = "influence"  # the method a call without influence_method/metric uses
 
     def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None) -> Prompt:
         return chain.prepare(
@@ -94,25 +119,55 @@ class PayAttentionPipeline:
         layers: LayerSpec | None = None,
         chat: bool | None = None,
         batch_size: int | None = None,
-        return_full_text: bool = False,
+        return_full_text: bool | None = None,
         influence: bool | None = None,
-        influence_method: str = "influence",
+        influence_method: str | None = None,
         influence_generated: bool = False,
         influence_use_values: bool = False,
+        metric: str | None = None,
+        convention: str | None = None,
+        as_json: bool = False,
         **generate_kwargs: Any,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """Generate for one input or a list of inputs; see the module docstring.
 
+        ``return_full_text``: ``generated_text`` holds the prompt and the new text
+        (default: this pipeline's setting; ``attnlens.pipeline`` leaves the prompt
+        out, ``transformers.pipeline("pay-attention")`` keeps it, as transformers does).
+
         Influence options: ``influence`` (None: measure the prompts that have
         ``<?->`` tags; True: every prompt must have one; False: never),
-        ``influence_method`` (``"influence"`` or ``"rollout"``),
-        ``influence_generated`` (also cover the generated tokens) and
-        ``influence_use_values`` (weight keys by their value norms).
+        ``influence_method`` (``"influence"``, ``"rollout"`` or ``"influence_heads"``;
+        ``metric`` is pay-attention-pipeline's name for it, with ``"attention_rollout"``),
+        ``convention`` (``"stated"`` or ``"pap"``), ``influence_generated`` (also cover
+        the generated tokens) and ``influence_use_values`` (weight keys by their value norms).
+
+        ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """
+        if metric is not None:
+            if influence_method is not None and metric_method(metric) != influence_method:
+                raise AttnlensError(f"metric={metric!r} and influence_method={influence_method!r} disagree; give one")
+            influence_method = metric_method(metric)
+        explicit = influence_method is not None and influence_method != "influence"
+        method = self.influence_method if influence_method is None else influence_method
+        conv = self.convention if convention is None else check_convention(convention)
+        full_text = self.return_full_text if return_full_text is None else bool(return_full_text)
         single = isinstance(inputs, str) or is_chat(inputs)
+        if not single and (isinstance(inputs, (Mapping, bytes)) or not isinstance(inputs, Sequence)):
+            raise AttnlensError(
+                "the pipeline takes a string, a chat (a list of {'role', 'content'} messages) or a list of those; "
+                f"got {type(inputs).__name__} {_short(inputs)}"
+                + (" (wrap one message in a list: [message])" if isinstance(inputs, Mapping) else "")
+            )
         items = [inputs] if single else list(inputs)  # type: ignore[list-item]
         if not items:
             raise AttnlensError("no inputs given")
+        for i, item in enumerate(items):
+            if not (isinstance(item, str) or is_chat(item)):
+                raise AttnlensError(
+                    f"input {i} must be a string or a chat (a list of {{'role', 'content'}} messages); "
+                    f"got {type(item).__name__} {_short(item)}"
+                )
         generate_kwargs.setdefault("max_new_tokens", 64)
         check_generation_kwargs(generate_kwargs)
         delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
@@ -120,26 +175,27 @@ class PayAttentionPipeline:
         resolve_layers(layer_spec, self.model.cfg.n_layers)
         prompts = [self.prepare(item, delta_mid=delta, chat=chat) for item in items]
         measure = _check_influence_request(
-            prompts, influence, influence_method,
-            influence_generated or influence_use_values or influence_method != "influence",
+            prompts, influence, method,
+            influence_generated or influence_use_values or explicit or convention is not None,
         )
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
         new_tokens = chain.generate(self.model, prompts, chain.plans_for(self.model, prompts, layers=layer_spec),
                                     batch_size=size, **generate_kwargs)
         results: list[list[dict[str, Any]]] = []
         for prompt, tokens in zip(prompts, new_tokens):
-            result = self._result(prompt, tokens, return_full_text)
+            result = self._result(prompt, tokens, full_text)
             result["backend"] = new_tokens.backend
             if measure and prompt.influence_spans():
                 trace = self.measure_influence(
                     prompt,
-                    methods=(influence_method,),
+                    methods=(method,),
                     generated=tokens if influence_generated else (),
                     layers=layer_spec,
                     use_values=influence_use_values,
+                    convention=conv,
                 )
-                result["influence"] = self.influence_entries(prompt, trace, influence_method)
-            results.append([result])
+                result["influence"] = self.influence_entries(prompt, trace, method)
+            results.append([result.to_dict() if as_json else result])
         return results[0] if single else results
 
     # ------------------------------------------------------------------ influence
@@ -152,13 +208,15 @@ class PayAttentionPipeline:
         generated: Sequence[int] = (),
         layers: LayerSpec | None = None,
         use_values: bool = False,
+        convention: str | None = None,
     ) -> InfluenceTrace:
         """Measure a prepared prompt's ``<?->`` spans in one forward pass, under its GUIDE steering.
 
         ``generated`` tokens are appended to the prompt, so the result covers them too.
         """
         return chain.measure_influence(self.model, prompt, methods=methods, generated=generated,
-                                       layers=self.layers if layers is None else layers, use_values=use_values)
+                                       layers=self.layers if layers is None else layers, use_values=use_values,
+                                       convention=self.convention if convention is None else convention)
 
     def influence_entries(self, prompt: Prompt, trace: InfluenceTrace, method: str) -> list[dict[str, Any]]:
         """One dict per influence span: ``start``, ``end``, ``text``, ``message``, ``method``,
@@ -173,6 +231,7 @@ class PayAttentionPipeline:
                 "text": span.text,
                 "message": span.message,
                 "method": method,
+                "convention": trace.convention,
                 "tensor": values[i],
                 "tokens": tokens,
                 "token_ids": list(trace.tokens),
@@ -181,13 +240,18 @@ class PayAttentionPipeline:
             for i, span in enumerate(prompt.influence_spans())
         ]
 
-    def _result(self, prompt: Prompt, tokens: list[int], return_full_text: bool) -> dict[str, Any]:
+    def _result(self, prompt: Prompt, tokens: list[int], return_full_text: bool) -> Record:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return {
-            "generated_text": prompt.text + text if return_full_text else text,
-            "spans": [s.as_dict() for s in prompt.spans],
-            "prompt": prompt.text,
-        }
+        return Record(
+            generated_text=prompt.text + text if return_full_text else text,
+            spans=[s.as_dict() for s in prompt.spans],
+            prompt=prompt.text,
+        )
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _check_influence_request(
@@ -204,7 +268,8 @@ def _check_influence_request(
         return False
     if method not in INFLUENCE_METHODS:
         raise AttnlensError(
-            f"unknown influence_method {method!r}; choose from {', '.join(INFLUENCE_METHODS)}"
+            f"unknown influence_method {method!r}; choose from {', '.join(INFLUENCE_METHODS)} "
+            "(or metric='attention_rollout', pay-attention-pipeline's name)"
         )
     hint = "wrap the text to measure in <?-> ... <-?>"
     if influence:
@@ -225,6 +290,8 @@ def pipeline(
     batch_size: int = 8,
     chat: bool = False,
     device: Any = None,
+    return_full_text: bool = False,
+    convention: str = "stated",
 ) -> PayAttentionPipeline:
     """Build the tag-driven pipeline, like ``transformers.pipeline(task, model=...)``.
 
@@ -236,6 +303,9 @@ def pipeline(
         layers: the layers GUIDE steers (``"all"``, ``"none"``, ``"first"``, ``"last"``, indices).
         batch_size: prompts generated together (left padding, per-row spans).
         chat: send plain strings through the chat template as user messages.
+        return_full_text: put the prompt before the new text in ``generated_text``
+            (``transformers.pipeline("pay-attention", ...)`` does by default).
+        convention: the Influence convention, ``"stated"`` or ``"pap"``.
     """
     if task not in TASKS:
         raise AttnlensError(f"unknown task {task!r}; attnlens provides {', '.join(TASKS)}")
@@ -243,7 +313,8 @@ def pipeline(
         from ..runtime.models import load_model
 
         model = load_model(model, device=device)
-    return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat)
+    return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat,
+                                return_full_text=return_full_text, convention=convention)
 
 
 def _jsonable(value: Any) -> Any:

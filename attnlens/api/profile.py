@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..core.validate import is_int
 from ..core.errors import AttnlensError
-from ..core.model import model_shape
+from ..core.model import check_window, model_shape
 from ..runtime.distributed import Workers, current_workers, run_sweep, worker_group
 from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
 from ..steering.bias import BiasPlan, apply_bias
@@ -301,6 +301,8 @@ def profile_heads(
     todo = _head_list(heads, n_layers, n_heads)
     items = _examples(examples)
     prepared = [_prepare(tokenizer, ex, chat, i) for i, ex in enumerate(items)]
+    for i, prep in enumerate(prepared):
+        check_window(model, len(prep.ids), what=f"example {i} (prompt and target)")
     keep_logits = supports_logits_to_keep(model)
 
     per_example = np.full((n_layers, n_heads, len(items)), np.nan)

@@ -11,6 +11,26 @@ attention pattern averaged over heads (``attn.hook_pattern``)::
 Attention rollout, the baseline, mixes without the norms:
 ``I[l] = (I[l-1] + I_att) / 2``.
 
+Two conventions choose the residual term's norm (``convention=``):
+
+``"stated"`` (the default)
+    the formula above: ``|x|_1`` is the L1 norm of the residual stream entering
+    layer ``l`` (``hook_resid_pre``).
+``"pap"``
+    pay-attention-pipeline 0.2.0's computation, reproduced exactly: the norm is
+    that of the attention's *normalised* input (``ln1.hook_out``, the RMSNorm or
+    LayerNorm output the attention reads), and layer ``l`` is paired with layer
+    ``l-1``'s input norm (layer 0 with its own)::
+
+        e_l   = ln1(x_l)                        (the attention's input at layer l)
+        I[l]  = (|e_m|_1 * I[l-1] + |a|_1 * I_att) / (|e_m|_1 + |a|_1),  m = max(l-1, 0)
+
+Methods (``method=`` / ``methods=``): ``"influence"``, ``"rollout"``, and
+``"influence_heads"`` (pay-attention-pipeline's ``InfluenceHeads``): each head's
+``A_h @ I[l-1]`` combined by the L2 norm of that head's output ``z_h``
+(``attn.hook_z``), ``I_att = sum_h |z_h|_2 (A_h @ I[l-1]) / sum_h |z_h|_2``, then
+mixed with the residual term as ``"influence"`` is.
+
 Both are computed while one forward pass runs. Four hooks per layer read the
 residual norm, the value norms (``use_values``), the pattern and the attention
 output. The pattern hook multiplies every head's pattern by the running
@@ -50,17 +70,22 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..core.validate import is_int
 from ..core import hooks
-from ..core.model import model_device
+from ..core.model import check_window, model_device
 from ..core.errors import AttnlensError, SpanError
+from . import fused_influence
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["influence", "rollout"]
-METHODS: tuple[str, ...] = ("influence", "rollout")
+Method = Literal["influence", "rollout", "influence_heads"]
+METHODS: tuple[str, ...] = ("influence", "rollout", "influence_heads")
+Convention = Literal["stated", "pap"]
+#: ``"stated"``: the residual stream's norm, layer by layer; ``"pap"``: pay-attention-pipeline 0.2.0's
+CONVENTIONS: tuple[str, ...] = ("stated", "pap")
 TokensLike = Union[torch.Tensor, Sequence[int]]
 SpanLike = Sequence[int]
 
 RESID_PRE, ATTN_OUT, PATTERN, VALUES = hooks.RESID_PRE, hooks.ATTN_OUT, hooks.PATTERN, hooks.VALUES
+ATTN_INPUT, HEAD_OUT = hooks.ATTN_INPUT, hooks.HEAD_OUT
 
 #: sequences at least this long show a progress bar over layers
 PROGRESS_FROM = 1024
@@ -79,6 +104,7 @@ class InfluenceTrace:
     tokens: list[int] = field(default_factory=list)  # the measured token ids
     use_values: bool = False
     per_head: bool = False
+    convention: str = "stated"
 
     def __getitem__(self, method: str) -> torch.Tensor:
         if method not in self.results:
@@ -116,6 +142,20 @@ def as_token_row(tokens: TokensLike) -> torch.Tensor:
     if row.shape[1] == 0:
         raise AttnlensError("tokens is empty: influence needs at least one token")
     return row
+
+
+def _check_ids_for(model: Model, row: torch.Tensor) -> None:
+    """Token ids the model has (``[0, d_vocab)``) and a sequence that fits its window."""
+    vocab = getattr(model.cfg, "d_vocab", None)
+    if vocab:
+        bad = ((row < 0) | (row >= int(vocab)))[0].nonzero()
+        if len(bad):
+            position = int(bad[0])
+            raise AttnlensError(
+                f"tokens: {int(row[0, position])} at position {position} is not a token id of this model "
+                f"([0, {int(vocab)}))"
+            )
+    check_window(model, row.shape[1], what="the sequence to measure")
 
 
 def check_spans(
@@ -160,6 +200,16 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_convention(convention: Any) -> str:
+    """``"stated"`` or ``"pap"``; anything else raises naming both."""
+    if not isinstance(convention, str) or convention not in CONVENTIONS:
+        raise AttnlensError(
+            f"unknown influence convention {convention!r}; choose 'stated' (the residual stream entering "
+            "each layer) or 'pap' (pay-attention-pipeline 0.2.0's normalised input, layer l-1)"
+        )
+    return convention
+
+
 def _mask_row(attention_mask: Any, seq_len: int, device: torch.device) -> torch.Tensor | None:
     if attention_mask is None:
         return None
@@ -190,9 +240,12 @@ class _Stream:
         *,
         use_values: bool,
         per_head: bool,
+        convention: str = "stated",
         progress: Any = None,
     ) -> None:
         self.methods = methods
+        self.convention = convention
+        self.prev_input_norm: torch.Tensor | None = None  # "pap": layer l-1's attention-input norm
         self.dtype = indicator.dtype  # the working precision of the recursion
         self.n_spans, self.seq = indicator.shape
         self.n_layers = n_layers
@@ -214,6 +267,8 @@ class _Stream:
         self.value_norm: torch.Tensor | None = None
         self.att: torch.Tensor | None = None  # [M*S, seq]
         self.att_heads: torch.Tensor | None = None  # [M*S, H, seq]
+        self.head_prod: torch.Tensor | None = None  # [H, query, M*S]: every head's A_h @ I (influence_heads)
+        self.att_combined: torch.Tensor | None = None  # [M*S, query]: heads combined by |z_h|_2
 
     def _expect(self, layer: int, what: str) -> None:
         if layer != self.layer + 1:
@@ -228,6 +283,23 @@ class _Stream:
         self._expect(layer, "hook_resid_pre")
         # a model split across devices runs layers elsewhere: the recursion stays on the chain's device
         self.resid_norm = torch.linalg.vector_norm(x[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
+
+    def attn_input(self, e: torch.Tensor, hook: Any = None, *, layer: int) -> None:
+        """``"pap"``: the residual term's norm is the previous layer's attention-input norm (layer 0: its own)."""
+        self._expect(layer, "ln1.hook_out")
+        norm = torch.linalg.vector_norm(e[0], ord=1, dim=-1, dtype=self.dtype)
+        self.resid_norm = norm if self.prev_input_norm is None else self.prev_input_norm
+        self.prev_input_norm = norm
+
+    def head_out(self, z: torch.Tensor, hook: Any = None, *, layer: int) -> None:
+        """``influence_heads``: combine the heads' products by the L2 norm of each head's output."""
+        if self.head_prod is None:
+            raise AttnlensError(f"influence_heads: layer {layer} fired hook_z before its pattern")
+        weights = torch.linalg.vector_norm(z[0], ord=2, dim=-1, dtype=self.dtype)  # [query, head]
+        combined = torch.einsum("hqc,qh->cq", self.head_prod, weights)
+        total = weights.sum(-1)  # [query]
+        self.att_combined = torch.where(total > 0, combined / total.clamp_min(torch.finfo(total.dtype).tiny),
+                                        torch.zeros_like(combined)).contiguous()
 
     def values(self, v: torch.Tensor, hook: Any = None, *, layer: int) -> None:
         # [pos, kv_heads, d_head] -> L1 norm per key-value head
@@ -263,11 +335,14 @@ class _Stream:
         prod = prod.to(self.chain.device)
         mean = prod.to(self.dtype).mean(0)  # the head-averaged pattern's product
         self.att = (_weighted(mean) if self.use_values else mean).T.contiguous()  # [M*S, query]
-        if self.per_head:
+        if self.per_head or "influence_heads" in self.methods:
             if self.use_values:
                 prod = _weighted(_per_head_product(a, head_rhs.to(device=a.device, dtype=dtype))
                                  .to(device=self.chain.device, dtype=self.dtype))
-            self.att_heads = prod.to(self.dtype).permute(2, 0, 1).contiguous()  # [M*S, head, query]
+            if self.per_head:
+                self.att_heads = prod.to(self.dtype).permute(2, 0, 1).contiguous()  # [M*S, head, query]
+            if "influence_heads" in self.methods:
+                self.head_prod = prod.to(self.dtype)  # [head, query, M*S]
 
     def attn_out(self, out: torch.Tensor, hook: Any = None, *, layer: int) -> None:
         self._expect(layer, "hook_attn_out")
@@ -279,7 +354,13 @@ class _Stream:
         S = self.n_spans
         for i, m in enumerate(self.methods):
             rows = slice(i * S, (i + 1) * S)
-            prev, att = self.chain[rows], self.att[rows]
+            prev = self.chain[rows]
+            if m == "influence_heads":
+                if self.att_combined is None:
+                    raise AttnlensError(f"influence_heads: layer {layer} fired no hook_z")
+                att = self.att_combined[rows]
+            else:
+                att = self.att[rows]
             new_chain[rows] = _mix(m, prev, att, x_share)
             if self.per_head:
                 self.out[m][:, layer + 1] = _mix(m, prev[:, None], self.att_heads[rows], x_share)  # type: ignore[index]
@@ -294,10 +375,15 @@ class _Stream:
     def hooks(self) -> list[tuple[str, Any]]:
         out = []
         for layer in range(self.n_layers):
-            out.append((RESID_PRE.format(layer=layer), partial(self.resid_pre, layer=layer)))
+            if self.convention == "pap":
+                out.append((ATTN_INPUT.format(layer=layer), partial(self.attn_input, layer=layer)))
+            else:
+                out.append((RESID_PRE.format(layer=layer), partial(self.resid_pre, layer=layer)))
             if self.use_values:
                 out.append((VALUES.format(layer=layer), partial(self.values, layer=layer)))
             out.append((PATTERN.format(layer=layer), partial(self.pattern, layer=layer)))
+            if "influence_heads" in self.methods:
+                out.append((HEAD_OUT.format(layer=layer), partial(self.head_out, layer=layer)))
             out.append((ATTN_OUT.format(layer=layer), partial(self.attn_out, layer=layer)))
         return out
 
@@ -335,6 +421,7 @@ def trace_influence(
     per_head: bool = False,
     attention_mask: Any = None,
     progress: bool | None = None,
+    convention: Convention = "stated",
 ) -> InfluenceTrace:
     """Measure several spans with several methods in one forward pass.
 
@@ -342,12 +429,16 @@ def trace_influence(
         model: a TransformerLens ``TransformerBridge`` (or a model with the same hook names).
         tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor or a list of ints.
         spans: token spans ``[(start, end), ...]``, half-open.
-        methods: ``"influence"``, ``"rollout"`` or both.
+        methods: ``"influence"``, ``"rollout"``, ``"influence_heads"`` (pay-attention-pipeline's
+            ``InfluenceHeads``), or several.
         use_values: weight keys by the L1 norm of their value vectors.
         per_head: keep one row per head (an extra head dimension).
         attention_mask: ``[seq]`` or ``[1, seq]`` of 1/0 (0: padding); masked
             positions get influence 0.
         progress: show a progress bar over layers (default: for long sequences).
+        convention: ``"stated"`` (the residual stream entering each layer; the module's
+            formula) or ``"pap"`` (pay-attention-pipeline 0.2.0's numbers: the attention's
+            normalised input, paired with the previous layer). Rollout is the same in both.
 
     Returns:
         An :class:`InfluenceTrace` with one ``[n_spans, n_layers + 1, (n_heads,) seq]``
@@ -357,9 +448,11 @@ def trace_influence(
     if cfg is None:
         raise AttnlensError(f"expected a TransformerLens model (with .cfg), got {type(model).__name__}")
     methods = _check_methods(methods)
+    convention = check_convention(convention)
     device = model_device(model)
     row = as_token_row(tokens).to(device)
     seq = row.shape[1]
+    _check_ids_for(model, row)
     checked = check_spans(None, spans, seq)
     mask = _mask_row(attention_mask, seq, device)
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
@@ -374,12 +467,19 @@ def trace_influence(
     show = seq >= PROGRESS_FROM if progress is None else progress
     bar = tqdm(total=n_layers, desc="influence", unit="layer", disable=not show, leave=False)
     stream = _Stream(indicator, methods, n_layers, n_heads, use_values=use_values, per_head=per_head,
-                     progress=bar)
+                     convention=convention, progress=bar)
     logger.debug("influence: %d tokens, %d span(s), methods %s", seq, len(checked), methods)
     kwargs = {} if mask is None else {"attention_mask": mask[None]}
     try:
-        with torch.no_grad(), model.hooks(fwd_hooks=stream.hooks()):
-            model(row, **kwargs)
+        # --- fused long-context path (attnlens.attribution.fused_influence): no pattern is formed.
+        # It computes rollout and the stated convention's influence; PAP's influence (the normalised
+        # input's norm) and influence_heads (per-head output norms) read patterns through hooks.
+        fusable = "influence_heads" not in methods and (convention == "stated" or "influence" not in methods)
+        if fusable and fused_influence.available(model):
+            fused_influence.run(model, stream, row, mask)
+        else:
+            with torch.no_grad(), model.hooks(fwd_hooks=stream.hooks()):
+                model(row, **kwargs)
     finally:
         bar.close()
     if stream.layer != n_layers - 1:
@@ -392,7 +492,8 @@ def trace_influence(
         if mask is not None:
             out = out * mask.to(out.dtype)
         results[m] = out.to(torch.float32)
-    return InfluenceTrace(checked, results, row[0].tolist(), use_values=use_values, per_head=per_head)
+    return InfluenceTrace(checked, results, row[0].tolist(), use_values=use_values, per_head=per_head,
+                          convention=convention)
 
 
 def influence(
@@ -405,6 +506,7 @@ def influence(
     use_values: bool = False,
     per_head: bool = False,
     attention_mask: Any = None,
+    convention: Convention = "stated",
 ) -> Float[torch.Tensor, "*span layer_plus_1 *head seq"]:
     """How much a token span reaches each position, layer by layer (see the module docstring).
 
@@ -413,10 +515,12 @@ def influence(
         tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor or a list of ints.
         span: the half-open token range ``(start, end)`` to follow.
         spans: several ranges at once (one forward pass); give ``span`` or ``spans``.
-        method: ``"influence"`` (norm-weighted) or ``"rollout"`` (attention rollout).
+        method: ``"influence"`` (norm-weighted), ``"rollout"`` (attention rollout) or
+            ``"influence_heads"`` (heads combined by their output norms).
         use_values: weight keys by the L1 norm of their value vectors.
         per_head: add a head dimension (one row per head).
         attention_mask: ``[seq]`` or ``[1, seq]`` of 1/0 for padded input.
+        convention: ``"stated"`` (default) or ``"pap"`` (pay-attention-pipeline 0.2.0's numbers).
 
     Returns:
         float32 ``[n_layers + 1, seq]`` for ``span``, ``[n_spans, n_layers + 1, seq]``
@@ -435,7 +539,7 @@ def influence(
     checked = check_spans(span, spans, row.shape[1])
     trace = trace_influence(
         model, row, checked, methods=(method,), use_values=use_values, per_head=per_head,
-        attention_mask=attention_mask,
+        attention_mask=attention_mask, convention=convention,
     )
     result = trace[method]
     return result[0] if span is not None else result

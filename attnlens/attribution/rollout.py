@@ -25,9 +25,10 @@ def rollout(
     use_values: bool = False,
     per_head: bool = False,
     attention_mask: Any = None,
+    convention: str = "stated",
 ) -> torch.Tensor:
     """``influence(..., method="rollout")``: ``[n_layers + 1, seq]`` (``[n_spans, ...]`` for ``spans``)."""
     return influence(
         model, tokens, span, spans=spans, method="rollout", use_values=use_values,
-        per_head=per_head, attention_mask=attention_mask,
+        per_head=per_head, attention_mask=attention_mask, convention=convention,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -60,13 +61,36 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:  # pragma: no cover
             pass
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+        return code
     except AttnlensError as exc:
-        print(f"attnlens: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except BrokenPipeError:
+        # the reader went away (``attnlens ... | head``): stop writing, say so once
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # not a real file (captured output)
+            pass
+        return _fail("the output was closed before everything was written (broken pipe)")
+    except OSError as exc:  # a file the user named cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except UnicodeError as exc:
+        return _fail(f"text that is not valid UTF-8 or cannot be encoded: {exc}")
     except KeyboardInterrupt:
         print("attnlens: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, exit status 2."""
+    message = " ".join(str(message).split())
+    try:
+        print(f"attnlens: error: {message}", file=sys.stderr)
+    except (BrokenPipeError, OSError):  # pragma: no cover - stderr gone too
+        pass
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

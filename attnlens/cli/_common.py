@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shutil
 import sys
 import textwrap
@@ -37,6 +39,31 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
     return "\n".join(rows)
 
 
+#: the one chat rule, shared with the pipeline and PASTA
+CHAT_RULE = (
+    "a plain string is sent as written (raw text, as transformers' pipelines and attnlens' pipeline and "
+    "PASTA do); --chat sends it as a user message through the chat template, and --system implies --chat"
+)
+
+
+def add_chat_flags(parser: Any, what: str = "the prompt") -> None:
+    """``--chat`` (send ``what`` through the chat template) and ``--raw`` (as written: the default)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--chat", action="store_true",
+                       help=f"send {what} as a user message through the chat template ({CHAT_RULE})")
+    group.add_argument("--raw", action="store_true", help=f"send {what} as written (the default)")
+
+
+def prompt_from(args: argparse.Namespace) -> Any:
+    """The prompt under the chat rule: the string as written, or a chat with ``--chat`` / ``--system``."""
+    system = getattr(args, "system", None)
+    if args.raw and system:
+        raise CLIError("--system needs the chat template; drop --raw")
+    if getattr(args, "chat", False) or system:
+        return messages(args.prompt, system)
+    return args.prompt
+
+
 def messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
@@ -63,23 +90,53 @@ non_negative_int = int_at_least(0, "non-negative")
 
 
 def number(text: str) -> float:
+    """An argparse type: a finite number."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, scales)."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+
+def writable(path: str, flag: str) -> str:
+    """Check before a long run that ``path`` can be written (its folder exists, it is not a folder)."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CLIError(f"{flag} {path!r} is a directory, not a file")
+    parent = target.parent
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CLIError(f"{flag} {path!r}: permission denied")
+    return path
 
 
 def read_texts(path: str) -> list[str]:
     """One text per line (blank lines skipped); ``-`` reads standard input."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-        except OSError as exc:
-            raise CLIError(f"--texts {path!r}: {exc.strerror or exc}") from None
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        lines = data.decode("utf-8").splitlines()
+    except OSError as exc:
+        raise CLIError(f"--texts {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"--texts {path!r} is not UTF-8 text (invalid byte at offset {exc.start})") from None
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise CLIError(f"--texts {path!r} has no text (one text per line)")

@@ -9,7 +9,8 @@ from typing import Any
 from ._common import non_negative_int, number, positive_int
 
 def add_experiment(sub: Any) -> None:
-    from ..experiments import CONDITION_METHODS, STUDIES
+    from ..experiments import STUDY_NAMES
+    from ..experiments.config import CONDITION_METHODS
 
     p = sub.add_parser("experiment", help="does steering help? French summaries, needle in a haystack, JSON output",
                        description="Run one of the GUIDE paper's studies under no emphasis, GUIDE at each delta, "
@@ -65,7 +66,7 @@ def add_experiment(sub: Any) -> None:
                    help="context lengths in tokens")
     n.add_argument("--depths", nargs="+", type=number, default=[0, 25, 50, 75, 100], help="needle depths in percent")
     studies.add_parser("json", parents=[common], help="turn records into JSON with a given key schema")
-    for name in STUDIES:
+    for name in STUDY_NAMES:
         studies.choices[name].set_defaults(run=_run_experiment)
 
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, messages, number, positive_int, side_by_side
+from ._common import add_chat_flags, load_model_for, number, prompt_from, positive_int, side_by_side
 
 DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
 
@@ -19,7 +19,7 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    add_chat_flags(p)
     p.add_argument("--compare", action="store_true", help="show unsteered and steered output side by side")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     pasta = p.add_argument_group("PASTA", "steer chosen heads towards --emphasize substrings (adds up with GUIDE tags)")
@@ -37,9 +37,7 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     from ..api.chain import PastaSettings, steered_generation
     from ..prompts.tags import escape_tags, parse_tags
 
-    prompt: Any = args.prompt if args.raw else messages(args.prompt, args.system)
-    if args.raw and args.system:
-        raise CLIError("--system needs the chat template; drop --raw")
+    prompt: Any = prompt_from(args)
     pasta_heads, emphasize = getattr(args, "pasta_heads", None), getattr(args, "emphasize", None)
     pasta = None
     if pasta_heads or emphasize:
@@ -55,7 +53,7 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         def plain(text: str) -> str:
             return escape_tags(parse_tags(text).text)
 
-        unsteered_prompt: Any = plain(args.prompt) if args.raw else [
+        unsteered_prompt: Any = plain(args.prompt) if isinstance(prompt, str) else [
             {**m, "content": plain(m["content"])} for m in prompt
         ]
         result["unsteered"] = steered_generation(model, unsteered_prompt, **steering)["steered"]
@@ -90,4 +88,5 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"attnlens demo: {EMBEDDED_NAME} (embedded), GUIDE delta_mid={args.delta_mid}")
     print(f"prompt: {args.prompt}\n")
     args.system, args.layers, args.model, args.raw, args.compare, args.json = None, "all", None, False, True, False
+    args.chat = True  # the demo's prompt is an instruction to an instruct model: a user message
     return _run_generate(args)

@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, non_negative_int, number, positive_int, read_texts
+from ._common import load_model_for, non_negative_int, number, positive_int, positive_number, read_texts, writable
 
 def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
     from ..api import AttentionData
@@ -24,6 +24,7 @@ def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
         suppress_first_token=not args.keep_first_token,
         client=client,
         seed=args.seed,
+        **({"deadline": args.deadline} if getattr(args, "deadline", None) is not None else {}),
     )
 
 
@@ -53,7 +54,7 @@ def add_heads(sub: Any) -> None:
     rank.add_argument("--html", default=None, help="also save the table as a standalone HTML file")
     rank.set_defaults(run=_run_heads_rank)
 
-    from ..analysis.descriptions import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+    from ..analysis.descriptions import DEFAULT_DEADLINE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # no torch
 
     llm = argparse.ArgumentParser(add_help=False)
     llm.add_argument("--openai-model", required=True, help="the chat model (e.g. gpt-4o-mini, or a local model)")
@@ -63,9 +64,12 @@ def add_heads(sub: Any) -> None:
                      help="the environment variable holding the key (default: OPENAI_API_KEY)")
     llm.add_argument("--num-samples", type=positive_int, default=10, help="rows put in the prompt")
     llm.add_argument("--custom-prompt", default=None, help="text added to the prompt after the rows")
-    llm.add_argument("--timeout", type=number, default=DEFAULT_TIMEOUT, help="seconds to wait for one answer")
+    llm.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT,
+                     help=f"seconds to wait for one answer (default {DEFAULT_TIMEOUT:g})")
     llm.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
-                     help="retries on 429, 5xx and timeouts (with backoff)")
+                     help=f"retries on 429, 5xx and timeouts, with backoff (default {DEFAULT_MAX_RETRIES})")
+    llm.add_argument("--deadline", type=positive_number, default=DEFAULT_DEADLINE,
+                     help=f"seconds the whole request may take, retries included (default {DEFAULT_DEADLINE:g})")
 
     describe = actions.add_parser("describe", parents=[common, texts, llm],
                                   help="ask a chat model what the head attends to")
@@ -87,6 +91,8 @@ def add_heads(sub: Any) -> None:
 def _run_heads_rank(args: argparse.Namespace) -> int:
     from .. import viz
 
+    if args.html:
+        writable(args.html, "--html")
     ad = _attention_data(args)
     if args.random:
         if args.token is not None or args.reverse:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, messages, number, positive_int
+from ._common import add_chat_flags, load_model_for, number, positive_int, prompt_from, writable
 
 def _zero_or_more(text: str) -> int:
     try:
@@ -27,11 +27,15 @@ def add_influence(sub: Any) -> None:
         "GUIDE tags in the same prompt steer the measured pass.",
     )
     p.add_argument("prompt", help="the prompt; wrap the text to follow in <?-> ... <-?>")
-    p.add_argument("--method", choices=["influence", "rollout", "both"], default="influence")
+    p.add_argument("--method", choices=["influence", "rollout", "influence_heads", "both"], default="influence",
+                   help="both: influence and rollout")
+    p.add_argument("--convention", choices=["stated", "pap"], default="stated",
+                   help="stated: the residual stream entering each layer (default); pap: pay-attention-pipeline "
+                   "0.2.0's numbers (the attention's normalised input, paired with the previous layer)")
     p.add_argument("--plot", default=None, metavar="FILE", help="write an HTML view (plot and token heat map)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (every layer and position)")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    add_chat_flags(p)
     p.add_argument("--system", default=None, help="a system message (tags allowed)")
     p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 GUIDE bias for <!-> tags in the prompt")
     p.add_argument("--layers", default="all", help="the layers GUIDE tags steer")
@@ -45,12 +49,11 @@ def add_influence(sub: Any) -> None:
 def _influence_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     from ..api.chain import influence_report
 
-    if args.raw and args.system:
-        raise CLIError("--system needs the chat template; drop --raw")
     methods = ("influence", "rollout") if args.method == "both" else (args.method,)
     return influence_report(
-        model, args.prompt if args.raw else messages(args.prompt, args.system), methods=methods,
+        model, prompt_from(args), methods=methods,
         delta_mid=args.delta_mid, layers=args.layers, max_new_tokens=args.max_new_tokens, use_values=args.use_values,
+        convention=args.convention,
     )
 
 
@@ -73,6 +76,8 @@ def _influence_plot(result: dict[str, Any], path: str) -> str:
 
 
 def _run_influence(args: argparse.Namespace) -> int:
+    if args.plot:
+        writable(args.plot, "--plot")
     model = load_model_for(args)
     result = _influence_outputs(args, model)
     plot = _influence_plot(result, args.plot) if args.plot else None

@@ -7,11 +7,13 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, number, positive_int
+from ._common import add_chat_flags, load_model_for, number, positive_int, writable
+
+#: the names of ``attnlens.api.scorers.SCORERS`` (kept here so --help imports no torch; a test checks they agree)
+SCORER_NAMES = ("first_token_logprob", "mean_logprob", "sum_logprob", "token_accuracy")
+
 
 def add_pasta(sub: Any) -> None:
-    from ..api.profile import SCORERS
-
     p = sub.add_parser("pasta", help="PASTA: find which attention heads to steer")
     tasks = p.add_subparsers(dest="pasta_command", metavar="TASK")
     tasks.required = True
@@ -27,13 +29,13 @@ def add_pasta(sub: Any) -> None:
     prof.add_argument("--out", required=True, help="the head config to write (pastalib's JSON format)")
     prof.add_argument("--alpha", type=number, default=0.01)
     prof.add_argument("--scale-position", choices=["exclude", "include"], default="exclude")
-    prof.add_argument("--scorer", choices=sorted(SCORERS), default="mean_logprob")
+    prof.add_argument("--scorer", choices=SCORER_NAMES, default="mean_logprob")
     prof.add_argument("--layers", default="all", help="profile only these layers: all | comma-separated indices")
     prof.add_argument("--only-helpful", action="store_true", help="write only heads that beat the unsteered baseline")
     prof.add_argument("--batch-size", type=positive_int, default=None, help="heads per forward pass (default: auto)")
     prof.add_argument("--scores", default=None, metavar="FILE", help="also write every head's score as JSON")
     prof.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    prof.add_argument("--raw", action="store_true", help="do not apply the chat template to string prompts")
+    add_chat_flags(prof, "string prompts")
     prof.add_argument("--threads", type=positive_int, default=None,
                       help="torch threads (on a busy machine one thread can be much faster than several)")
     prof.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -48,6 +50,9 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
     from ..core.validate import resolve_layers
     from ..api.profile import load_examples, profile_heads
 
+    writable(args.out, "--out")
+    if args.scores:
+        writable(args.scores, "--scores")
     examples = load_examples(args.data)
     if args.threads:
         import torch
@@ -59,7 +64,7 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         raise CLIError("--layers selects no layer")
     result = profile_heads(
         model, examples, alpha=args.alpha, scale_position=args.scale_position, scorer=args.scorer,
-        heads=list(layers), chat=not args.raw, batch_size=args.batch_size, sweep_dir=args.sweep_dir,
+        heads=list(layers), chat=args.chat, batch_size=args.batch_size, sweep_dir=args.sweep_dir,
     )
     from ..runtime.distributed import current_workers
 

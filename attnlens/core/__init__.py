@@ -4,6 +4,7 @@ from . import hooks
 from .errors import (
     AttnlensError,
     CLIError,
+    ContextWindowError,
     DescribeError,
     DirectUnavailable,
     ExperimentError,
@@ -16,7 +17,7 @@ from .model import Model, context_window, model_device, model_dtype, model_shape
 from .validate import LayerSpec, check_int, is_int, resolve_heads, resolve_layer, resolve_layers
 
 __all__ = [
-    "AttnlensError", "CLIError", "DescribeError", "DirectUnavailable", "ExperimentError", "HeadConfigError",
+    "AttnlensError", "CLIError", "ContextWindowError", "DescribeError", "DirectUnavailable", "ExperimentError", "HeadConfigError",
     "LayerSpec", "Model", "ModelLoadError", "SpanError", "TagError", "check_int", "context_window", "hooks",
     "is_int", "model_device", "model_dtype", "model_shape", "pad_id", "resolve_heads", "resolve_layer",
     "resolve_layers",

@@ -12,9 +12,9 @@ attnlens touches these internals.
   ``forward`` (replaced per instance by :func:`replace_forward`).
 - transformers: ``AttentionInterface`` and ``AttentionMaskInterface`` (their
   ``register`` has no counterpart that removes an entry, so entries are removed
-  from ``_global_mapping``), ``eager_mask``, ``sdpa_attention_forward``, a
-  config's ``_attn_implementation``, the module of the output-capturing forward
-  hooks (``transformers.utils.output_capturing``) it installs on a model's first forward.
+  from ``_global_mapping``), ``sdpa_mask``, ``sdpa_attention_forward``, the output-capturing
+  hooks of ``transformers.utils.output_capturing`` (installed on a model's first forward), a
+  config's ``_attn_implementation``.
 - torch: a module's child table ``_modules``, its hook tables ``_forward_hooks``
   and ``_forward_pre_hooks``, ``RemovableHandle.next_id`` (incremented by every
   hook registration).
@@ -162,10 +162,23 @@ def set_child(parent: nn.Module, name: str, child: nn.Module | None) -> None:
 
 
 def has_hooks(module: nn.Module, ignore: Collection[int] = ()) -> bool:
-    """Whether ``module`` has a forward or forward-pre hook whose handle id is not in ``ignore``."""
-    return any(k not in ignore for k in module._forward_hooks) or any(
-        k not in ignore for k in module._forward_pre_hooks
+    """Whether ``module`` has a forward or forward-pre hook whose handle id is not in ``ignore``.
+
+    transformers' own output-capturing hooks (installed once, the first time anything
+    asks a model for extra outputs) are part of the model and do not count.
+    """
+    return any(k not in ignore and not _transformers_hook(f) for k, f in module._forward_hooks.items()) or any(
+        k not in ignore and not _transformers_hook(f) for k, f in module._forward_pre_hooks.items()
     )
+
+
+def hook_functions(module: nn.Module) -> tuple[list[Any], list[Any]]:
+    """``(forward pre-hooks, forward hooks)`` registered on ``module``, as the functions given."""
+    return list(module._forward_pre_hooks.values()), list(module._forward_hooks.values())
+
+
+def _transformers_hook(fn: Any) -> bool:
+    return str(getattr(fn, "__module__", "")).startswith("transformers.utils.output_capturing")
 
 
 def hook_counter() -> int:
@@ -215,27 +228,27 @@ def set_attention_implementation(config: Any, name: str | None) -> None:
 
 
 def attention_interfaces() -> tuple[Any, Any, Callable[..., Any]]:
-    """``(AttentionInterface, AttentionMaskInterface, eager_mask)``; ImportError when this transformers lacks them."""
+    """``(AttentionInterface, AttentionMaskInterface, sdpa_mask)``; ImportError when this transformers lacks them."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    return AttentionInterface, AttentionMaskInterface, eager_mask
+    return AttentionInterface, AttentionMaskInterface, sdpa_mask
 
 
 @contextmanager
 def registering_attention(name: str, attention: Callable[..., Any]) -> Iterator[None]:
-    """Register ``attention`` (with eager masks) under ``name`` for the ``with`` block.
+    """Register ``attention`` (with sdpa's masks) under ``name`` for the ``with`` block.
 
     What was registered under ``name`` before is put back on exit; a name that was
     not registered is removed.
     """
-    attention_interface, mask_interface, eager_mask = attention_interfaces()
+    attention_interface, mask_interface, sdpa_mask = attention_interfaces()
     missing = object()
     saved = [(iface, iface._global_mapping.get(name, missing)) for iface in (attention_interface, mask_interface)]
     attention_interface.register(name, attention)
-    # the bridge's wrapped models run with eager masks (a float mask added to the
-    # scores); the same masks give the hooks the same scores
-    mask_interface.register(name, eager_mask)
+    # sdpa's masks: none where causality alone masks (the fused kernels' is_causal), else a
+    # boolean mask; the reference path turns either into the bridge's additive eager mask
+    mask_interface.register(name, sdpa_mask)
     try:
         yield
     finally:

@@ -14,8 +14,8 @@ class AttnlensError(ValueError):
 class TagError(AttnlensError):
     """A malformed steering or influence tag; the message names the position."""
 
-    def __init__(self, message: str, position: int) -> None:
-        super().__init__(f"{message} (at character {position})")
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message if position is None else f"{message} (at character {position})")
         self.reason = message
         self.position = position
 
@@ -57,6 +57,10 @@ class UpstreamDriftError(AttnlensError):
     """The installed TransformerLens and transformers disagree in a way that would give wrong results."""
 
 
+class ContextWindowError(AttnlensError):
+    """A prompt (plus the tokens to generate) longer than the model's context window."""
+
+
 class CLIError(AttnlensError):
     """A command-line argument the parser could not reject on its own."""
 
@@ -68,6 +72,7 @@ class SweepError(AttnlensError):
 __all__ = [
     "AttnlensError",
     "CLIError",
+    "ContextWindowError",
     "DescribeError",
     "DirectUnavailable",
     "ExperimentError",

@@ -15,6 +15,10 @@ VALUES = "blocks.{layer}.attn.hook_v"
 RESID_PRE = "blocks.{layer}.hook_resid_pre"
 #: the attention sub-layer's output, ``[batch, pos, d_model]``
 ATTN_OUT = "blocks.{layer}.hook_attn_out"
+#: the attention's normalised input (the first norm's output), ``[batch, pos, d_model]``
+ATTN_INPUT = "blocks.{layer}.ln1.hook_out"
+#: every head's output before the output projection, ``[batch, pos, head, d_head]``
+HEAD_OUT = "blocks.{layer}.attn.hook_z"
 #: a block's input (the bridge's block-level hook), ``[batch, pos, d_model]``
 BLOCK_IN = "blocks.{layer}.hook_in"
 

@@ -9,11 +9,12 @@ and ``generate``.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .errors import AttnlensError
+from .errors import AttnlensError, ContextWindowError
 
 
 @runtime_checkable
@@ -60,6 +61,8 @@ def model_device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError, TypeError):
+        import torch  # here, not at the top: the command line imports this module before any model
+
         return torch.get_default_device()
 
 
@@ -68,6 +71,8 @@ def model_dtype(model: Any) -> torch.dtype:
     try:
         return next(model.parameters()).dtype
     except (StopIteration, AttributeError, TypeError):
+        import torch
+
         return torch.float32
 
 
@@ -84,3 +89,18 @@ def context_window(model: Any) -> int | None:
     """The model's context length in tokens (``cfg.n_ctx``), None when it does not say."""
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     return int(n_ctx) if n_ctx else None
+
+
+def check_window(model: Any, n_tokens: int, *, new_tokens: int = 0, what: str = "the prompt") -> None:
+    """A :class:`ContextWindowError` when ``n_tokens`` (plus ``new_tokens`` to generate) exceed the model's window."""
+    n_ctx = context_window(model)
+    if n_ctx is None or n_tokens + new_tokens <= n_ctx:
+        return
+    if n_tokens > n_ctx:
+        raise ContextWindowError(
+            f"{what} has {n_tokens} tokens, more than the model's context window of {n_ctx} tokens; shorten it"
+        )
+    raise ContextWindowError(
+        f"{what} has {n_tokens} tokens; with max_new_tokens={new_tokens} that is {n_tokens + new_tokens}, "
+        f"more than the model's context window of {n_ctx} tokens (at most {n_ctx - n_tokens} new tokens fit)"
+    )

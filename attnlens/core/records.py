@@ -20,19 +20,61 @@ def read_jsonl(
     """
     file = Path(path).expanduser()
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        data = file.read_bytes()
     except OSError as exc:
         raise error(f"cannot read {what} {str(file)!r}: {exc.strerror or exc}") from None
     rows = []
-    for number, line in enumerate(lines, 1):
+    # split on newlines only: a JSON string may hold U+2028 and other characters str.splitlines splits at
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{file.name}, line {number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{where}: invalid UTF-8 at byte {exc.start}") from None
         if not line.strip():
             continue
-        where = f"{file.name}, line {number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise error(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise error(f"{where}: JSON nested too deeply") from None
         if not isinstance(row, dict):
-            raise error(f"{where}: not a JSON object")
+            raise error(f"{where}: not a JSON object (a {type(row).__name__})")
         rows.append((where, row))
     return rows
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` with tensors (and numpy arrays) as nested lists, tuples as lists, dataclasses as dicts:
+    something ``json.dumps`` accepts. Objects with a ``to_dict()`` are converted through it."""
+    import dataclasses
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors, numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_plain(v) for v in value]
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
+
+
+class Record(dict):
+    """A result record: a plain ``dict`` (index it as one) that converts to JSON.
+
+    ``to_dict()`` gives the same keys with tensors as nested lists; ``to_json()``
+    the JSON text (``json.dumps`` keyword arguments pass through).
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {str(k): to_plain(v) for k, v in self.items()}
+
+    def to_json(self, **kwargs: Any) -> str:
+        kwargs.setdefault("ensure_ascii", False)
+        return json.dumps(self.to_dict(), **kwargs)

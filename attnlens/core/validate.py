@@ -5,6 +5,7 @@ One place for each: :func:`is_int`, :func:`resolve_layers`, :func:`resolve_heads
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Union
 
@@ -37,6 +38,8 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
         return ()
     if isinstance(layers, str):
         key = layers.strip().lower()
+        if not key:
+            raise AttnlensError(f"layers={layers!r} selects no layer; pass 'none' to steer no layer")
         named = {"all": range(n_layers), "first": [0], "last": [n_layers - 1]}
         if key in named:
             return tuple(named[key])
@@ -48,6 +51,13 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
             ) from None
     if is_int(layers):
         layers = [layers]  # type: ignore[list-item]
+    if not isinstance(layers, Iterable) or isinstance(layers, (bytes, dict)):
+        raise AttnlensError(
+            f"layers={layers!r}: expected 'all', 'none', 'first', 'last', a layer index or a list of them"
+        )
+    layers = list(layers)
+    if not layers:
+        raise AttnlensError("layers=[] selects no layer; pass 'none' to steer no layer")
     resolved = set()
     for layer in layers:  # type: ignore[union-attr]
         if not is_int(layer):
@@ -104,3 +114,83 @@ def resolve_heads(
     if not out:
         raise error(f"empty head list{where}")
     return tuple(sorted(out))
+
+
+#: The largest bias magnitude a plan takes: far past what saturates a softmax, far below
+#: float32's overflow (3.4e38) even when many terms add up.
+BIAS_LIMIT = 1e30
+
+
+def check_number(
+    value: Any, what: str, *, positive: bool = False, error: type[Exception] = AttnlensError
+) -> float:
+    """``value`` as a finite float (``> 0`` with ``positive``); bools, strings and NaN are errors naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise error(f"{what} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise error(f"{what} must be a finite number, got {value!r}")
+    if positive and number <= 0:
+        raise error(f"{what} must be > 0, got {value!r}")
+    return number
+
+
+def check_bias(value: Any, what: str = "bias value") -> float:
+    """A finite bias with ``|value| <= BIAS_LIMIT``, else an error naming ``what``."""
+    number = check_number(value, what)
+    if abs(number) > BIAS_LIMIT:
+        raise AttnlensError(
+            f"{what} {value!r} is too large: biases must be within ±{BIAS_LIMIT:g} "
+            "(larger ones overflow float32 attention scores)"
+        )
+    return number
+
+
+def check_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise AttnlensError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def check_seed(seed: Any, what: str = "seed") -> int | None:
+    """None, or an integer in ``[0, 2**64)`` (what torch's generators take)."""
+    if seed is None:
+        return None
+    if not is_int(seed) or not 0 <= seed < 2**64:
+        raise AttnlensError(f"{what} must be None or an integer in [0, 2**64), got {seed!r}")
+    return seed
+
+
+def check_text(text: Any, what: str = "text") -> str:
+    """``text`` when it is a str that UTF-8 can encode (no lone surrogates), else an error naming ``what``."""
+    if not isinstance(text, str):
+        raise AttnlensError(f"{what} must be a str, got {type(text).__name__} {_short(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AttnlensError(
+            f"{what} has a lone surrogate {text[exc.start]!r} at character {exc.start}: not valid Unicode "
+            "(decode bytes with errors='replace', or drop it)"
+        ) from None
+    return text
+
+
+def check_token_ids(ids: Iterable[Any], vocab: int | None, what: str = "token ids") -> list[int]:
+    """Integer ids in ``[0, vocab)``; the first one outside is named with its position."""
+    out = []
+    for position, token in enumerate(ids):
+        if hasattr(token, "item") and getattr(token, "ndim", 0) == 0:
+            token = token.item()
+        if not is_int(token) or token < 0 or (vocab is not None and token >= vocab):
+            limit = f"[0, {vocab})" if vocab is not None else "non-negative integers"
+            raise AttnlensError(f"{what}: {token!r} at position {position} is not a token id of this model ({limit})")
+        out.append(token)
+    return out
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."

@@ -14,26 +14,59 @@ On the command line: ``attnlens experiment {summarize,needle,json} --help``.
 
 from __future__ import annotations
 
-from .json_generation import JSONConfig, JSONStudy
-from .needle import NeedleConfig, NeedleStudy
-from ..core.errors import ExperimentError
-from .config import CONDITION_METHODS, METHODS, Condition, ExperimentConfig, resolve_conditions, validate_config
-from .runner import run_experiment
-from .store import read_rows
-from .study import Item, Score, Segments, Study, build_messages
-from .summary import ConditionSummary, ExperimentResult
-from .summarize import SummarizeConfig, SummarizeStudy
+import importlib
+from typing import TYPE_CHECKING, Any
 
-STUDIES: dict[str, type[Study]] = {"summarize": SummarizeStudy, "needle": NeedleStudy, "json": JSONStudy}
-CONFIGS: dict[str, type[ExperimentConfig]] = {
-    "summarize": SummarizeConfig, "needle": NeedleConfig, "json": JSONConfig,
+from ..core.errors import ExperimentError
+
+# Names load on first use (PEP 562): the command line reads this package's
+# names without importing torch.
+_EXPORTS = {
+    "JSONConfig": ".json_generation", "JSONStudy": ".json_generation",
+    "NeedleConfig": ".needle", "NeedleStudy": ".needle",
+    "CONDITION_METHODS": ".config", "METHODS": ".config", "Condition": ".config", "ExperimentConfig": ".config",
+    "resolve_conditions": ".config", "validate_config": ".config",
+    "run_experiment": ".runner", "read_rows": ".store",
+    "Item": ".study", "Score": ".study", "Segments": ".study", "Study": ".study", "build_messages": ".study",
+    "ConditionSummary": ".summary", "ExperimentResult": ".summary",
+    "SummarizeConfig": ".summarize", "SummarizeStudy": ".summarize",
 }
+#: the studies by name, as ``(module, study class, config class)``
+_STUDIES = {"summarize": (".summarize", "SummarizeStudy", "SummarizeConfig"),
+            "needle": (".needle", "NeedleStudy", "NeedleConfig"),
+            "json": (".json_generation", "JSONStudy", "JSONConfig")}
+STUDY_NAMES = tuple(_STUDIES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    elif name in ("STUDIES", "CONFIGS"):
+        which = 1 if name == "STUDIES" else 2
+        value = {key: getattr(importlib.import_module(spec[0], __name__), spec[which]) for key, spec in _STUDIES.items()}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .json_generation import JSONConfig, JSONStudy
+    from .needle import NeedleConfig, NeedleStudy
+    from .config import CONDITION_METHODS, METHODS, Condition, ExperimentConfig, resolve_conditions, validate_config
+    from .runner import run_experiment
+    from .store import read_rows
+    from .study import Item, Score, Segments, Study, build_messages
+    from .summary import ConditionSummary, ExperimentResult
+    from .summarize import SummarizeConfig, SummarizeStudy
+    STUDIES: dict[str, type[Study]]
+    CONFIGS: dict[str, type[ExperimentConfig]]
 
 
 def get_study(name: str) -> Study:
     """The study called ``name`` (``summarize``, ``needle`` or ``json``)."""
     try:
-        return STUDIES[name]()
+        return __getattr__("STUDIES")[name]()
     except (KeyError, TypeError):
         raise ExperimentError(f"unknown study {name!r}; choose from {', '.join(STUDIES)}") from None
 
@@ -43,6 +76,7 @@ __all__ = [
     "CONDITION_METHODS",
     "METHODS",
     "STUDIES",
+    "STUDY_NAMES",
     "Condition",
     "ConditionSummary",
     "ExperimentConfig",

@@ -21,7 +21,7 @@ from .metrics import score_json
 from ..core.errors import ExperimentError
 from .config import ExperimentConfig
 from .study import Item, Score, Segments, Study
-from .sources import data_file, is_local, read_records
+from .sources import check_unique_ids, data_file, is_local, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class JSONStudy(Study):
             elif not (isinstance(schema, dict) and isinstance(schema.get("properties"), dict)):
                 raise ExperimentError(f"record {n}: 'schema' must be a schema name or a JSON Schema with properties")
             r.setdefault("id", f"r{n + 1:03d}")
+        check_unique_ids(records, f"the json study's data ({config.dataset or 'shipped'})")
         if config.limit:
             records = records[: config.limit]
         return JSONData(records, schemas)

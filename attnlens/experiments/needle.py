@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 HAYSTACK_FILE = "haystack.txt"
 NEEDLES_FILE = "needles.jsonl"
+#: tokens kept free for a chat template around the prompt when a context is cut to the window
+WINDOW_MARGIN = 64
 PREAMBLE = "Read the text below, then answer the question that follows it.\n\n"
 
 
@@ -112,10 +114,17 @@ class NeedleStudy(Study):
         sents = sentences(data.haystack)
         counts = [len(ids) for ids in tokenizer(sents, add_special_tokens=False)["input_ids"]]
         items = []
+        window = getattr(self, "window", None)  # set by the runner: the model's context
         for needle in data.needles:
             needle_tokens = len(tokenizer(needle["needle"], add_special_tokens=False)["input_ids"])
             for length in data.lengths:
-                context = _fill(sents, counts, max(1, length - needle_tokens))
+                target = length
+                if window:
+                    # a context at the window's size is cut so that the prompt and the new tokens fit it
+                    rest = len(tokenizer(PREAMBLE + _question(needle["question"]), add_special_tokens=False)
+                               ["input_ids"])
+                    target = min(length, window - config.max_new_tokens - rest - WINDOW_MARGIN - length // 100)
+                context = _fill(sents, counts, max(1, target - needle_tokens))
                 cumulative = [0]
                 for _, n in context:
                     cumulative.append(cumulative[-1] + n)
@@ -136,7 +145,7 @@ class NeedleStudy(Study):
     def segments(self, item: Item, config: ExperimentConfig) -> Segments:
         d = item.data
         before = PREAMBLE + (d["before"] + " " if d["before"] else "")
-        after = (" " + d["after"] if d["after"] else "") + f"\n\nQuestion: {d['question']} Answer in one short sentence."
+        after = (" " + d["after"] if d["after"] else "") + _question(d["question"])
         return Segments(before=before, focus=d["needle"], after=after)
 
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
@@ -154,6 +163,10 @@ class NeedleStudy(Study):
             files.append(needle_heatmap(grid, out / "needle_heatmap.html"))
             files.append(needle_influence(grid, out / "needle_influence.html"))
         return files
+
+
+def _question(question: str) -> str:
+    return f"\n\nQuestion: {question} Answer in one short sentence."
 
 
 def _fill(sents: Sequence[str], counts: Sequence[int], target: int) -> list[tuple[str, int]]:

@@ -23,9 +23,9 @@ way for every study:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,7 +45,7 @@ from ..runtime.distributed import ShardedRows, Workers, sweep_device, worker_gro
 from ..steering.bias import BiasPlan, apply_bias
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
-from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key
+from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key, run_lock
 from .study import Item, Study, build_messages
 from .summary import ExperimentResult, summarize_rows, write_summary
 
@@ -152,7 +152,12 @@ def run_experiment(
         head_config = _load_heads(config.pasta_heads)
 
     out = Path(config.out).expanduser()
-    with worker_group() as workers:
+    with worker_group() as workers, ExitStack() as hold:
+        if workers.is_main:
+            # one launch per folder: a second run (or sweep) on it would double every row; under
+            # torchrun a worker that fails ends its sweep, so the others do not wait for it
+            out.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(run_lock(out))
         return _run(study, config, conditions, data, head_config, out, model, workers)
 
 
@@ -172,7 +177,7 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
     if not workers.is_main:
         _check_run_file(out, config, study.name, write=False)
     if not workers.distributed:
-        read_rows(rows_path)  # one process owns the file: a damaged last line is repaired
+        read_rows(rows_path, repair=True)  # one process owns the file: a line cut off by a crash is repaired
     existing = [r for r in store.read_all() if {"condition", "item", "generation"} <= r.keys()]
     done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
     workers.barrier()  # every worker has read the same rows before any writes: they agree on what is pending
@@ -184,9 +189,11 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
     tokenizer = model.tokenizer
     resolve_layers(config.layers, model.cfg.n_layers)
     chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
+    study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
     items = study.items(data, config, tokenizer)
     if not items:
         raise ExperimentError(f"the {study.name} study has no items to run")
+    _check_unique_ids(study.name, items)
 
     jobs_by_condition: dict[Condition, list[_Job]] = {}
     prompts: dict[tuple[str, str], Any] = {}
@@ -259,6 +266,17 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
     workers.barrier()
     return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
                             metrics, generated, len(done))
+
+
+def _check_unique_ids(study: str, items: Sequence[Item]) -> None:
+    counts = Counter(item.id for item in items)
+    repeated = [f"{item_id!r} ({n} times)" for item_id, n in counts.items() if n > 1]
+    if repeated:
+        raise ExperimentError(
+            f"the {study} data has repeated item ids: {', '.join(repeated[:10])}"
+            + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            + "; every item needs its own id (rows are keyed by it)"
+        )
 
 
 def _load_heads(path: Any) -> Any:

@@ -41,13 +41,35 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """Records from a ``.jsonl`` file or a ``.json`` list."""
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise ExperimentError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ExperimentError(f"{path} is not UTF-8 (invalid byte at {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise ExperimentError(f"{path} is not valid JSON ({exc.msg})") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise ExperimentError(f"{path} must hold a list of JSON objects")
         return data
     return read_jsonl(path)
+
+
+def check_unique_ids(records: list[dict[str, Any]], where: str) -> None:
+    """Every record's ``id`` differs from the others' (rows are keyed by it): else an ExperimentError naming them."""
+    first: dict[str, int] = {}
+    repeated = []
+    for n, record in enumerate(records):
+        key = str(record.get("id"))
+        if key in first:
+            repeated.append(f"{key!r} (records {first[key]} and {n})")
+        else:
+            first[key] = n
+    if repeated:
+        raise ExperimentError(
+            f"{where} has repeated item ids: {', '.join(repeated[:10])}"
+            + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
+            + "; every item needs its own id"
+        )
 
 
 def is_local(dataset: str) -> bool:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 
 from ..core.errors import ExperimentError
 from .config import ExperimentConfig
@@ -18,6 +21,7 @@ logger = logging.getLogger(__name__)
 ROWS_FILE = "rows.jsonl"
 SUMMARY_FILE = "summary.csv"
 RUN_FILE = "run.json"
+LOCK_FILE = ".attnlens.lock"
 #: run settings that change outputs: a directory holds rows made with one set of them
 # ----------------------------------------------------------------------------- rows on disk
 
@@ -26,32 +30,138 @@ def row_key(condition: str, item: str, generation: int) -> str:
     return f"{condition}|{item}|{generation}"
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL file; a damaged line (an interrupted write) is dropped and the file repaired."""
+_ROW_FIELDS = ("condition", "item", "generation")
+
+
+def _row_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not a row"
+    missing = [k for k in _ROW_FIELDS if k not in row]
+    if missing:
+        return f"not a row (no {', '.join(missing)})"
+    if not isinstance(row["condition"], str) or not isinstance(row["item"], str):
+        return "not a row (condition and item must be strings)"
+    if not isinstance(row["generation"], int) or isinstance(row["generation"], bool) or row["generation"] < 0:
+        return f"not a row (generation {row['generation']!r})"
+    return None
+
+
+def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The rows of a JSONL file, in order.
+
+    Every line must be one row: a JSON object with ``condition``, ``item`` and
+    ``generation``, each key once. Anything else (invalid UTF-8, not JSON, another
+    kind of JSON, a repeated row) is an :class:`ExperimentError` that names the
+    file and the line numbers; nothing is dropped quietly. The one exception is
+    the last line when it has no newline: a write cut off by a crash. With
+    ``repair=True`` it is removed from the file (a WARNING names the line; its
+    generation runs again); without, it is reported like any damaged line. A
+    last line that is a whole row and only lacks its newline is kept and, with
+    ``repair=True``, its newline written.
+    """
+    path = Path(path)
     if not path.exists():
         return []
-    rows, bad = [], 0
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(row, dict) and {"condition", "item", "generation"} <= row.keys():
-                rows.append(row)
-            else:
-                bad += 1
-    if bad:
-        logger.warning("dropping %d damaged line(s) from %s", bad, path)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExperimentError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+
+    def parse(number: int, raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, f"invalid UTF-8 at byte {exc.start}"
+        if not text.strip():
+            return None, None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return None, f"not JSON ({exc.msg})"
+        return row, _row_problem(row)
+
+    def add(number: int, row: dict[str, Any]) -> None:
+        key = row_key(row["condition"], row["item"], row["generation"])
+        if key in seen:
+            problems.append(f"line {number}: repeats the row of line {seen[key]} ({key})")
+        else:
+            seen[key] = number
+            rows.append(row)
+
+    for number, raw in enumerate(lines, start=1):
+        row, problem = parse(number, raw)
+        if problem:
+            problems.append(f"line {number}: {problem}")
+        elif row is not None:
+            add(number, row)
+    if torn:
+        number = len(lines) + 1
+        row, problem = parse(number, torn)
+        if row is not None and problem is None:
+            add(number, row)
+            if repair:
+                with path.open("ab") as f:
+                    f.write(b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+        elif problem is not None and repair:
+            logger.warning("%s line %d: removing a row cut off by an interrupted write (%s); it runs again",
+                           path, number, problem)
+            with path.open("r+b") as f:
+                f.truncate(len(data) - len(torn))
+                f.flush()
+                os.fsync(f.fileno())
+        elif problem is not None:
+            problems.append(f"line {number}: {problem} (cut off: no newline)")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ExperimentError(
+            f"{str(path)!r} has {len(problems)} damaged or foreign line(s): {shown}. "
+            "Fix or remove those lines, or start afresh (--fresh)"
+        )
     return rows
+
+
+def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append rows as whole lines in one write, then fsync: a crash leaves at most one cut-off last line."""
+    if not rows:
+        return
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    with Path(path).open("ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for a run: a second run on the same folder fails at once instead of doubling rows."""
+    lock = FileLock(str(Path(out) / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ExperimentError(
+            f"another run is writing to {str(out)!r} (its lock {LOCK_FILE} is held); "
+            "wait for it to finish or choose another output directory"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: bool = True) -> None:
@@ -59,20 +169,27 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
     identity = {"study": study, **config.identity()}
     if run_file.exists():
         try:
-            previous = json.loads(run_file.read_text())
-        except json.JSONDecodeError:
-            previous = None
-        if isinstance(previous, dict):
-            diff = [k for k in identity if previous.get(k) != identity[k]]
-            if diff:
-                detail = ", ".join(f"{k}={previous.get(k)!r} (now {identity[k]!r})" for k in diff)
-                raise ExperimentError(
-                    f"{str(out)!r} holds results made with other settings: {detail}; "
-                    "choose another output directory or start afresh (--fresh)"
-                )
+            previous = json.loads(run_file.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ExperimentError(
+                f"{str(run_file)!r} is damaged ({exc}); it records the settings the rows in {str(out)!r} "
+                "were made with: restore it, or start afresh (--fresh)"
+            ) from None
+        if not isinstance(previous, dict):
+            raise ExperimentError(
+                f"{str(run_file)!r} is not a run file (a JSON {type(previous).__name__}); "
+                "restore it, or start afresh (--fresh)"
+            )
+        diff = [k for k in identity if previous.get(k) != identity[k]]
+        if diff:
+            detail = ", ".join(f"{k}={previous.get(k)!r} (now {identity[k]!r})" for k in diff)
+            raise ExperimentError(
+                f"{str(out)!r} holds results made with other settings: {detail}; "
+                "choose another output directory or start afresh (--fresh)"
+            )
+        return
     if write:
-        run_file.write_text(json.dumps(identity, indent=1))
-
+        _write_atomic(run_file, json.dumps(identity, indent=1))
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Union
 
 from ..core.errors import AttnlensError, SpanError, TagError
-from ..core.validate import is_int
-from .spans import Encoded, encode_chat, encode_text, find_substring, pick_occurrence
+from ..core.validate import check_text, is_int
+from .spans import Encoded, check_role, encode_chat, encode_text, find_substring, pick_occurrence
 from .tags import TagSpan, parse_tags
 
 Chat = Sequence[Mapping[str, str]]
@@ -111,7 +111,7 @@ def tokenize_prompt(
         if chat:
             item = [{"role": "user", "content": item}]
         else:
-            parsed = parse_tags(item)
+            parsed = parse_tags(check_text(item, "the prompt"))
             encoded = encode_text(tokenizer, parsed.text)
             spans = _locate(encoded, 0, parsed.spans, parsed.text, None)
             return Prompt(encoded.input_ids, encoded.text, tuple(spans))
@@ -122,8 +122,10 @@ def tokenize_prompt(
         )
     parsed_messages = []
     for i, message in enumerate(item):
+        check_role(message.get("role"), i)
         if "content" not in message or not isinstance(message["content"], str):
             raise AttnlensError(f"message {i} has no string 'content'")
+        check_text(message["content"], f"message {i} ({message['role']}) content")
         try:
             parsed_messages.append(parse_tags(message["content"]))
         except TagError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import SpanError
+from ..core.validate import check_text
 
 Message = Mapping[str, str]
 
@@ -64,7 +65,18 @@ def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool) -> Encoded:
 
 def encode_text(tokenizer: Any, text: str, *, add_special_tokens: bool = True) -> Encoded:
     """Tokenize plain text with offsets (special tokens as the tokenizer adds them)."""
-    return _tokenize(tokenizer, text, add_special_tokens)
+    return _tokenize(tokenizer, check_text(text), add_special_tokens)
+
+
+#: the roles a chat message may have
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_role(role: Any, index: int) -> str:
+    """A chat role from :data:`CHAT_ROLES`, else a SpanError naming the message and the role."""
+    if not isinstance(role, str) or role not in CHAT_ROLES:
+        raise SpanError(f"message {index} has the role {role!r}; a role is one of {', '.join(CHAT_ROLES)}")
+    return role
 
 
 def render_chat(
@@ -81,8 +93,10 @@ def render_chat(
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "content" not in message or "role" not in message:
             raise SpanError(f"message {i} must be a dict with 'role' and 'content'")
+        check_role(message["role"], i)
         if not isinstance(message["content"], str):
             raise SpanError(f"message {i}: 'content' must be a string")
+        check_text(message["content"], f"message {i} ({message['role']}) content")
     rendered = tokenizer.apply_chat_template(
         [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
     )

@@ -15,7 +15,11 @@ The clean text is the input with the tags removed and nothing else changed
 
 A tag preceded by an odd number of backslashes is literal text: ``\\<!->``
 reads as ``<!->``; each pair of backslashes just before a tag reads as one
-backslash. :func:`escape_tags` applies that rule to untrusted text.
+backslash. ``<!-->`` (a break) reads as nothing; it ends a run of
+backslashes, so ``a\\\\<!--><!->`` reads as ``a\\`` and then a real tag.
+:func:`escape_tags` applies these rules to untrusted text: its result reads
+back unchanged alone, next to tags and next to other escaped text. Parsing,
+escaping and :func:`has_tags` are linear in the length of the text.
 """
 
 from __future__ import annotations
@@ -28,7 +32,29 @@ from ..core.errors import TagError
 
 Kind = Literal["guide", "influence"]
 
-_TAG = re.compile(r"(\\*)(<(!{1,3}|\?)->|<-(!{1,3}|\?)>)")
+# A tag with the whole run of backslashes before it. The lookbehind makes a match
+# start only where a run starts, so a long run is read once: linear time.
+# ``<!-->`` is the break: it reads as nothing and only ends a run of backslashes
+# (``escape_tags`` puts one after text that ends in backslashes).
+_TAG = re.compile(r"(?<!\\)(\\*)<(?:(!{1,3}|\?)->|-(!{1,3}|\?)>|!-->)")
+BREAK = "<!-->"
+
+
+def _check_str(text: object, function: str) -> str:
+    if not isinstance(text, str):
+        raise TagError(f"{function} expects a str, got {type(text).__name__} {_preview(text)}")
+    return text
+
+
+def _preview(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _scan(text: str):
+    """Each tag (a match; group 1 is the backslashes before it) with the number of those backslashes."""
+    for match in _TAG.finditer(text):
+        yield match, match.end(1) - match.start(1)
 
 
 @dataclass(frozen=True)
@@ -56,10 +82,15 @@ class ParsedText:
         return self.text[span.start : span.end]
 
 
-def _describe(marker: str) -> tuple[Kind, int]:
-    if marker == "?":
-        return "influence", 0
-    return "guide", len(marker)
+_KINDS: dict[str, tuple[Kind, int]] = {"!": ("guide", 1), "!!": ("guide", 2), "!!!": ("guide", 3), "?": ("influence", 0)}
+
+
+def _span(start: int, end: int, marker: str) -> TagSpan:
+    """A TagSpan the parser has already checked (``0 <= start < end``), built without the dataclass' checks."""
+    span = object.__new__(TagSpan)
+    kind, level = _KINDS[marker]
+    span.__dict__.update(start=start, end=end, kind=kind, level=level)
+    return span
 
 
 def _tag_name(marker: str, closing: bool) -> str:
@@ -74,8 +105,7 @@ def parse_tags(text: str) -> ParsedText:
             of another kind or level; the message names the character position in
             the input.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"parse_tags expects a str, got {type(text).__name__}")
+    _check_str(text, "parse_tags")
     out: list[str] = []
     spans: list[TagSpan] = []
     cursor = 0  # position in the input
@@ -83,44 +113,49 @@ def parse_tags(text: str) -> ParsedText:
     open_marker: str | None = None
     open_at = 0  # input position of the open tag
     open_clean = 0  # clean position where the span starts
+    open_blank = True  # only whitespace since the open tag
     for match in _TAG.finditer(text):
-        slashes, tag, open_m, close_m = match.groups()
-        tag_pos = match.start(2)
-        piece = text[cursor : match.start()] + "\\" * (len(slashes) // 2)
-        if len(slashes) % 2 == 1:  # escaped: literal tag text
-            piece += tag
+        slashes, open_m, close_m = match.groups()
+        run_start, tag_pos = match.span(1)
+        n_slashes = tag_pos - run_start
+        if n_slashes:
+            piece = text[cursor:run_start] + "\\" * (n_slashes // 2)
+            if n_slashes % 2:  # escaped: literal tag text
+                piece += text[tag_pos : match.end()]
+        else:
+            piece = text[cursor:run_start]
+        if piece:
+            if open_blank and not piece.isspace():
+                open_blank = False
             out.append(piece)
             clean_len += len(piece)
-            cursor = match.end()
-            continue
-        out.append(piece)
-        clean_len += len(piece)
         cursor = match.end()
+        if n_slashes % 2 or (open_m is None and close_m is None):  # literal, or a break
+            continue
         if open_m is not None:
             if open_marker is not None:
                 raise TagError(
-                    f"nested or overlapping tag {tag!r}: {_tag_name(open_marker, False)!r} "
+                    f"nested or overlapping tag {text[tag_pos:cursor]!r}: {_tag_name(open_marker, False)!r} "
                     f"opened at character {open_at} is still open",
                     tag_pos,
                 )
-            open_marker, open_at, open_clean = open_m, tag_pos, clean_len
+            open_marker, open_at, open_clean, open_blank = open_m, tag_pos, clean_len, True
             continue
         if open_marker is None:
-            raise TagError(f"closing tag {tag!r} without an opening tag", tag_pos)
+            raise TagError(f"closing tag {text[tag_pos:cursor]!r} without an opening tag", tag_pos)
         if close_m != open_marker:
             raise TagError(
-                f"closing tag {tag!r} does not match {_tag_name(open_marker, False)!r} "
+                f"closing tag {text[tag_pos:cursor]!r} does not match {_tag_name(open_marker, False)!r} "
                 f"opened at character {open_at} (expected {_tag_name(open_marker, True)!r})",
                 tag_pos,
             )
-        if clean_len == open_clean or not "".join(out)[open_clean:].strip():
+        if open_blank:
             raise TagError(
                 f"empty span between {_tag_name(open_marker, False)!r} at character "
-                f"{open_at} and {tag!r}",
+                f"{open_at} and {text[tag_pos:cursor]!r}",
                 tag_pos,
             )
-        kind, level = _describe(open_marker)
-        spans.append(TagSpan(open_clean, clean_len, kind, level))
+        spans.append(_span(open_clean, clean_len, open_marker))
         open_marker = None
     if open_marker is not None:
         raise TagError(
@@ -133,10 +168,29 @@ def parse_tags(text: str) -> ParsedText:
 
 
 def escape_tags(text: str) -> str:
-    """Make every tag in ``text`` literal, so :func:`parse_tags` returns ``text`` unchanged."""
-    return _TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+    """Make ``text`` inert: :func:`parse_tags` reads it back unchanged, alone or next to tags.
+
+    Every tag (and break) in it becomes literal, and text that ends in backslashes
+    gets a break after them, so a tag placed right after it is not escaped by them.
+    Linear in the length of ``text``.
+    """
+    _check_str(text, "escape_tags")
+    out: list[str] = []
+    cursor = 0
+    for match, n_slashes in _scan(text):
+        out.append(text[cursor : match.start()])
+        out.append("\\" * (2 * n_slashes + 1))
+        out.append(text[match.end(1) : match.end()])
+        cursor = match.end()
+    tail = text[cursor:]
+    out.append(tail)
+    stripped = tail.rstrip("\\")
+    if len(stripped) < len(tail):  # ends in backslashes: double them and close the run
+        out.append("\\" * (len(tail) - len(stripped)) + BREAK)
+    return "".join(out)
 
 
 def has_tags(text: str) -> bool:
-    """Whether ``text`` contains at least one (unescaped) tag."""
-    return any(len(m.group(1)) % 2 == 0 for m in _TAG.finditer(text))
+    """Whether ``text`` contains at least one (unescaped) tag; a break is not a tag."""
+    _check_str(text, "has_tags")
+    return any(n % 2 == 0 and (m.group(2) or m.group(3)) for m, n in _scan(text))

@@ -49,6 +49,7 @@ from torch import nn
 from ..core.model import Model
 from ..core.errors import DirectUnavailable
 from ..core import _internals as tl
+from . import fused
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ def hooked_attention(
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"direct attention does not support {name!r}")
     scores_point, pattern_point = route
+    # the fused long-context path (runtime.fused): bias plans and influence without a score matrix
+    fused_out = fused.attention(module, query, key, value, attention_mask, scaling, dropout, scores_point,
+                                pattern_point, **kwargs)
+    if fused_out is not None:
+        return fused_out
     if not (scores_point is not None and tl.has_hooks(scores_point)) and not (
         pattern_point is not None and tl.has_hooks(pattern_point)
     ):
@@ -101,6 +107,12 @@ def hooked_attention(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    causal = kwargs.get("is_causal")
+    if attention_mask is None and query.shape[-2] > 1 and (getattr(module, "is_causal", True) if causal is None
+                                                          else causal):
+        # sdpa's masks leave causality to the kernel; the reference path spells it out
+        queries, keys = query.shape[-2], key.shape[-2]
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril(keys - queries)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             attention_mask = torch.zeros((), dtype=scores.dtype, device=scores.device).masked_fill(

@@ -15,8 +15,8 @@ from .direct import direct as run_direct
 from .upstream import check_kv_cache, quiet_cache_rename
 from ..core.model import Model
 from ..core.errors import AttnlensError, DirectUnavailable
-from ..core.model import model_device, pad_id
-from ..core.validate import is_int
+from ..core.model import check_window, model_device, pad_id
+from ..core.validate import check_bool, check_number, check_seed, check_token_ids, is_int
 from ..steering.bias import BiasPlan, apply_bias
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any = None) -> 
 
 
 def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
+    """Every generation argument by name: unknown names, wrong types and out-of-range values raise an error naming it."""
     unknown = sorted(set(kwargs) - GENERATION_KWARGS)
     if unknown:
         raise AttnlensError(
@@ -64,15 +65,20 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     n = kwargs.get("max_new_tokens", 1)
     if not is_int(n) or n < 1:
         raise AttnlensError(f"max_new_tokens must be a positive integer, got {n!r}")
-    t = kwargs.get("temperature", 1.0)
-    if not isinstance(t, (int, float)) or t <= 0:
-        raise AttnlensError(f"temperature must be > 0, got {t!r}")
+    for name in ("do_sample", "stop_at_eos"):
+        if name in kwargs:
+            check_bool(kwargs[name], name)
+    if "temperature" in kwargs:
+        check_number(kwargs["temperature"], "temperature", positive=True)
+    if "repetition_penalty" in kwargs:
+        check_number(kwargs["repetition_penalty"], "repetition_penalty", positive=True)
     p = kwargs.get("top_p")
-    if p is not None and not (isinstance(p, (int, float)) and 0 < p <= 1):
+    if p is not None and (check_number(p, "top_p") <= 0 or p > 1):
         raise AttnlensError(f"top_p must be in (0, 1], got {p!r}")
     k = kwargs.get("top_k")
     if k is not None and (not is_int(k) or k < 1):
         raise AttnlensError(f"top_k must be a positive integer, got {k!r}")
+    check_seed(kwargs.get("seed"))
 
 
 #: the runtimes :func:`generate_batch` can use
@@ -133,8 +139,19 @@ def generate_batch(
     """
     backend = resolve_backend(backend, direct)
     check_generation_kwargs(
-        dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+             repetition_penalty=repetition_penalty, seed=seed, stop_at_eos=stop_at_eos)
     )
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise AttnlensError(f"rows must be a list of token-id lists, got {type(rows).__name__}")
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__iter__"):
+            raise AttnlensError(f"row {i} must be a list of token ids, got {type(row).__name__}")
+        check_token_ids(row, vocab, f"row {i}")
+    longest = max((len(r) for r in rows), default=0)
+    check_window(model, longest, new_tokens=max_new_tokens,
+                 what="the longest prompt" if len(rows) > 1 else "the prompt")
     tokenizer = model.tokenizer
     batch = left_pad(rows, pad_id(tokenizer), model_device(model))
     eos = getattr(tokenizer, "eos_token_id", None)

@@ -291,3 +291,34 @@ def _load_dispatched(name: str | os.PathLike | None, dtype: torch.dtype, device:
     logger.info("loaded %s across devices: %s", source, getattr(bridge.original_model, "hf_device_map", device_map))
     check_kv_cache(bridge)
     return bridge
+
+
+def wrap_hf_model(hf_model: Any, tokenizer: Any = None, *, device: str | torch.device | None = None) -> Any:
+    """An already-loaded Hugging Face causal LM as a ``TransformerBridge`` (offline; nothing is fetched).
+
+    ``tokenizer`` defaults to the one saved beside the model (``hf_model.name_or_path``);
+    a model without one raises :class:`ModelLoadError` asking for ``tokenizer=``.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from .upstream import apply_workarounds, check_kv_cache
+
+    name = getattr(hf_model, "name_or_path", None) or getattr(getattr(hf_model, "config", None), "_name_or_path", "")
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name) if name else None
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"no tokenizer found for the model {name!r}; pass tokenizer=... ({type(exc).__name__}: {exc})"
+            ) from exc
+        if tokenizer is None:
+            raise ModelLoadError("the model has no name or path to find its tokenizer by; pass tokenizer=...")
+    apply_workarounds()
+    device = check_device(device)
+    if device is not None:
+        hf_model = hf_model.to(device)
+    bridge = TransformerBridge.boot_transformers(name or "model", hf_model=hf_model, tokenizer=tokenizer)
+    check_kv_cache(bridge)
+    return bridge

@@ -30,7 +30,7 @@ from ..core.model import Model
 from ..core import hooks
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_device, model_dtype, model_shape
-from ..core.validate import LayerSpec, is_int, resolve_heads, resolve_layers
+from ..core.validate import LayerSpec, check_bias, is_int, resolve_heads, resolve_layers
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ class BiasPlan:
                 raise SpanError(f"span {name} {v!r} is not an integer")
         if start < 0 or (end is not None and end <= start):
             raise SpanError(f"span [{start}, {end}) is empty or negative")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise AttnlensError(f"bias value {value} is not finite")
+        value = check_bias(value)
         if row is not None and (not is_int(row) or row < 0):
             raise AttnlensError(f"row {row!r} is not a non-negative integer")
         resolved = resolve_layers(layers, self.n_layers)

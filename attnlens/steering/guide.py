@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from ..core.model import Model
 from ..core.errors import AttnlensError, SpanError
-from ..core.validate import LayerSpec
+from ..core.validate import BIAS_LIMIT, LayerSpec, check_number
 from ..prompts.prompt import Prompt
 from .bias import BiasPlan, apply_bias
 
@@ -28,9 +28,16 @@ Span = Union[tuple[int, int], tuple[int, int, float]]
 def level_delta(level: int, delta_mid: float) -> float:
     """The bias of GUIDE level 1, 2 or 3: ``delta_mid/2``, ``delta_mid``, ``2*delta_mid``."""
     try:
-        return LEVEL_FACTORS[level] * float(delta_mid)
-    except KeyError:
+        factor = LEVEL_FACTORS[level]
+    except (KeyError, TypeError):
         raise AttnlensError(f"GUIDE level {level!r} does not exist (1, 2 or 3)") from None
+    value = factor * check_number(delta_mid, "delta_mid")
+    if not abs(value) <= BIAS_LIMIT:
+        raise AttnlensError(
+            f"delta_mid={delta_mid!r} gives a level-{level} bias of {value:g}, beyond ±{BIAS_LIMIT:g} "
+            "(it would overflow float32 attention scores)"
+        )
+    return value
 
 
 def is_per_row(spans: Sequence[Any]) -> bool:
@@ -104,6 +111,11 @@ def check_delta(delta: Any) -> float:
         raise AttnlensError(f"delta_mid must be a number, got {delta!r}") from None
     if value != value or abs(value) == float("inf"):
         raise AttnlensError(f"delta_mid must be finite, got {delta!r}")
+    if abs(value) * max(LEVEL_FACTORS.values()) > BIAS_LIMIT:
+        raise AttnlensError(
+            f"delta_mid={delta!r} is too large: the level-3 bias (2 x delta_mid) must be within ±{BIAS_LIMIT:g} "
+            "(larger ones overflow float32 attention scores)"
+        )
     return value
 
 

@@ -67,15 +67,21 @@ def load_head_config(path: str | os.PathLike) -> dict[str, list[int]]:
     A JSON list of layers (steer all their heads) is accepted too. The result is
     returned as stored; :func:`normalize_head_config` checks it against a model.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise HeadConfigError(f"a head config path must be a str or path, got {type(path).__name__} {path!r}")
     file = Path(path).expanduser()
     try:
-        text = file.read_text()
+        text = file.read_bytes().decode("utf-8")
     except OSError as exc:
         raise HeadConfigError(f"cannot read head config {str(file)!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # invalid UTF-8, or a NUL in the path
+        raise HeadConfigError(f"cannot read head config {str(file)!r}: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HeadConfigError(f"head config {str(file)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HeadConfigError(f"head config {str(file)!r} is nested too deeply") from None
     if not isinstance(data, (dict, list)):
         raise HeadConfigError(
             f"head config {str(file)!r} must be a JSON object {{\"layer\": [heads]}} or a list of layers"

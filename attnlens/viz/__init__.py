@@ -82,13 +82,18 @@ def in_notebook() -> bool:
 
 
 def show(view: Any, text: str | None = None) -> None:
-    """Display ``view`` in a notebook; elsewhere log ``text`` (if given) at INFO."""
+    """Display ``view`` in a notebook; elsewhere print ``text`` (if given) to standard output.
+
+    Called only where the user asked for output (``display=True``), so this prints
+    outside a notebook; the record is logged at DEBUG too.
+    """
     if in_notebook():
         from IPython.display import display
 
         display(view)
     elif text:
-        logger.info("%s", text)
+        print(text)
+        logger.debug("%s", text)
 
 
 # ============================================================================ shared: circuitsvis parts
@@ -98,6 +103,29 @@ _LOCAL_SRC = re.compile(
     re.DOTALL,
 )
 _RENDER_CALL = "CircuitsVis.render("
+#: what must not appear raw inside an inline <script>: ``</script>``, ``<!--``, and the
+#: line separators older JavaScript engines end a string at. JSON reads each escape back.
+_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                 "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _escape_call(call: str) -> str:
+    """A ``CircuitsVis.render(...)`` call with its JSON data made safe inside an inline ``<script>``.
+
+    The call holds only the element id, a component name and JSON, where ``<``,
+    ``>`` and ``&`` occur only inside strings, so escaping them everywhere keeps the
+    data the same and makes ``</script>`` in a token inert.
+    """
+    return call.translate(_SCRIPT_ESCAPES)
+
+
+def _safe_local_src(src: str) -> str:
+    """A view's ``local_src`` with the data part of its script escaped (the bundle is kept as it is)."""
+    cut = src.rfind(_RENDER_CALL)
+    end = src.rfind("</script>")
+    if cut < 0 or end < cut:
+        raise AttnlensError("cannot embed this circuitsvis view safely: its script has an unexpected shape")
+    return src[:cut] + _escape_call(src[cut:end]) + src[end:]
 
 
 def circuitsvis_html(parts: Sequence[tuple[str | None, Any]]) -> str:
@@ -123,13 +151,14 @@ def circuitsvis_html(parts: Sequence[tuple[str | None, Any]]) -> str:
             if heading:
                 pieces.append(f"<h4>{_html.escape(heading)}</h4>")
             # circuitsvis writes <div .../>, which HTML does not close: close it
-            pieces.append(re.sub(r"^(\s*<div [^>]*?)/>", r"\1></div>", view.local_src, count=1))
+            src = _safe_local_src(view.local_src)
+            pieces.append(re.sub(r"^(\s*<div [^>]*?)/>", r"\1></div>", src, count=1))
         return "\n".join(pieces)
     for (heading, _), (uid, _, _) in zip(parts, parsed):
         if heading:
             pieces.append(f"<h4>{_html.escape(heading)}</h4>")
         pieces.append(f'<div id="{uid}" class="attnlens-cv" style="margin: 15px 0;"></div>')
-    calls = "\n".join(call.strip().rstrip(";") + ";" for _, _, call in parsed)
+    calls = "\n".join(_escape_call(call.strip().rstrip(";")) + ";" for _, _, call in parsed)
     pieces.append(f'<script crossorigin type="module">\n{parsed[0][1]}\n{calls}\n</script>')
     return "\n".join(pieces)
 
@@ -208,13 +237,15 @@ def multiples_text(rows: Sequence["RankedMultiple"], title: str = "", context: i
 
 
 def show_description(layer: int, head: int, description: str) -> None:
-    """Show a head's description: Markdown in a notebook, a log record at INFO elsewhere."""
+    """Show a head's description, headed by its layer and head: Markdown in a notebook, printed to
+    standard output elsewhere (called only for ``print_description=True``, where the user asked for it)."""
     if in_notebook():
         from IPython.display import Markdown, display
 
         display(Markdown(f"**Layer {layer}, head {head}**\n\n{description}"))
     else:
-        logger.info("layer %d head %d: %s", layer, head, description)
+        print(f"Layer {layer}, head {head}:\n{description}")
+        logger.debug("layer %d head %d: %s", layer, head, description)
 
 
 def head_patterns(

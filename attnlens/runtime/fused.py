@@ -1,0 +1,282 @@
+"""Fused attention for long prompts: steering and Influence without a score matrix.
+
+The reference path of a direct run (:mod:`attnlens.runtime.direct`) forms every steered
+layer's ``[batch, head, query, key]`` scores so that the bias hooks on
+``blocks.{l}.attn.hook_attn_scores`` can add to them. Every bias plan of
+attnlens adds a number per *key* (per row and head), never per query, so it
+folds exactly into the product ``q·k``: one column is appended to the queries
+(value 1) and one to the keys (value ``b_j / scale``), and::
+
+    scale * [q, 1]·[k, b_j / scale] = scale * q·k + b_j
+
+Fused ``scaled_dot_product_attention`` with ``is_causal=True`` then applies the
+bias inside the kernel, with no mask and no score matrix. PyTorch's fused CPU
+kernel needs one head size for queries, keys and values, so the values get as
+many columns too: zeros, or the running Influence chains. ``A·I`` (the
+pattern times the chains) is an attention product with the chains as values,
+so the same kernel call that computes the layer's output computes the
+Influence update of every span and method, per head, without forming ``A``
+(:mod:`attnlens.attribution.fused_influence`).
+
+A layer runs fused only when every hook on its score point is an attnlens bias
+(:func:`attnlens.apply_bias`) and its pattern point has none: a hook of a
+user's own on either point still sees the materialised tensors, on the
+reference path. :func:`fused_attention` turns the fused path off (``False``)
+for a ``with`` block, to compare against the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..core import _internals as tl
+from ..core.errors import AttnlensError, SpanError
+from ..steering.bias import _ScoreBias
+
+logger = logging.getLogger(__name__)
+
+#: whether direct runs may use the fused path (see :func:`fused_attention`)
+_enabled = True
+
+# id(Hugging Face attention module) -> a callable giving the extra value columns of one call
+# (``value [batch, kv_heads, key, d]`` -> ``[1|batch, 1|kv_heads, key, columns]``) and taking the
+# matching output columns ``[batch, heads, query, columns]``; installed by fused influence
+_columns: dict[int, "ColumnRoute"] = {}
+
+
+class ColumnRoute:
+    """Extra value columns for one attention module: ``values(value)`` then ``take(output)``."""
+
+    def __init__(self, values: Callable[[torch.Tensor], torch.Tensor], take: Callable[[torch.Tensor], None]):
+        self.values = values
+        self.take = take
+
+
+@contextmanager
+def fused_attention(enabled: bool = True) -> Iterator[None]:
+    """Allow (``True``, the default state) or forbid the fused path for the ``with`` block.
+
+    Forbidden, direct runs materialise the scores of every layer with a hook
+    (the reference implementation) and influence reads ``hook_pattern``.
+    """
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def is_enabled() -> bool:
+    return _enabled
+
+
+def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
+    """The attnlens biases on a score hook point; None when a hook of any other kind is there."""
+    if point is None:
+        return []
+    pre_hooks, hooks = tl.hook_functions(point)
+    if pre_hooks:
+        return None
+    if hooks and getattr(point, "hook_conversion", None) is not None:
+        return None
+    out = []
+    for fn in hooks:
+        found = _closure_bias(fn)
+        if found is None:
+            return None
+        out.append(found)
+    return out
+
+
+def _closure_bias(fn: Any) -> _ScoreBias | None:
+    if isinstance(fn, _ScoreBias):
+        return fn
+    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None)
+    if code is None or not cells:
+        return None
+    names = dict(zip(code.co_freevars, cells))
+    if "alias_names" in names and names["alias_names"].cell_contents is not None:
+        return None
+    cell = names.get("hook")
+    hook = cell.cell_contents if cell is not None else None
+    return hook if isinstance(hook, _ScoreBias) else None
+
+
+def has_hooks(point: nn.Module | None) -> bool:
+    return point is not None and tl.has_hooks(point)
+
+
+def key_bias(
+    hooks: list[_ScoreBias], batch: int, queries: int, keys: int, device: torch.device
+) -> torch.Tensor | None:
+    """The sum of the hooks' biases over ``keys`` key positions: ``[rows|1, heads|1, keys]`` float32.
+
+    Follows :class:`~attnlens.steering.bias._ScoreBias`: a full pass sets the
+    prompt length that open-ended terms run to; cached steps keep it.
+    """
+    total = None
+    for hook in hooks:
+        bias = hook.bias
+        if bias.fixed.device != device or bias.fixed.dtype != torch.float32:
+            bias = bias.to(device, torch.float32)
+        if bias.fixed.shape[0] not in (1, batch):
+            raise AttnlensError(
+                f"the bias plan has {bias.fixed.shape[0]} rows but layer {hook.layer} sees a batch of {batch}"
+            )
+        length = bias.fixed.shape[-1]
+        if queries == keys or hook.prompt_len is None:
+            hook.prompt_len = keys
+            if keys < length:
+                raise SpanError(f"a bias span ends at position {length} but the sequence has {keys} tokens")
+        n = min(keys, length)
+        tail_end = min(keys, hook.prompt_len) if bias.tail is not None else n
+        vec = bias.fixed.new_zeros(bias.fixed.shape[:2] + (keys,))
+        vec[..., :n] = bias.fixed[:, :, 0, :n]
+        if tail_end > n:
+            vec[..., n:tail_end] += bias.tail[:, :, 0]
+        if total is None:
+            total = vec
+        else:
+            shape = torch.broadcast_shapes(total.shape, vec.shape)
+            total = total.expand(shape) + vec
+    return total
+
+
+def attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float,
+    scores_point: nn.Module | None,
+    pattern_point: nn.Module | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None] | None:
+    """The fused attention of one direct-run call, or None when the reference path must run it."""
+    route = _columns.get(id(module))
+    if route is None and (not _enabled or (dropout and module.training) or has_hooks(pattern_point)):
+        return None
+    hooks = bias_hooks(scores_point)
+    if route is not None and (hooks is None or not _enabled or (dropout and module.training)
+                              or has_hooks(pattern_point)):
+        raise AttnlensError("fused influence met a hook on a score or pattern point during its pass")
+    if hooks is None or (not hooks and route is None):
+        return None
+    bias = key_bias(hooks, query.shape[0], query.shape[2], key.shape[2], query.device) if hooks else None
+    return fused_sdpa(module, query, key, value, attention_mask, scaling, bias=bias, route=route,
+                      is_causal=kwargs.get("is_causal"))
+
+
+def fused_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    *,
+    bias: torch.Tensor | None = None,
+    route: ColumnRoute | None = None,
+    is_causal: bool | None = None,
+) -> tuple[torch.Tensor, None]:
+    """``sdpa`` with a key bias folded into ``q·k`` and extra value columns; output ``[batch, query, head, d]``."""
+    batch, heads, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    dtype = out_dtype = query.dtype
+    if route is None and bias is not None and q_len == 1:
+        return _decode_step(query, key, value, attention_mask, scaling, bias)
+    extra = route.values(value) if route is not None else None
+    if extra is not None and dtype not in (torch.float32, torch.float64):
+        # the chains need more than half precision: this call runs in float32
+        query, key, value, dtype = query.float(), key.float(), value.float(), torch.float32
+    if groups > 1 and (attention_mask is not None or (bias is not None and bias.shape[1] > 1)):
+        # per-head biases (PASTA): each head its own keys; a mask: the fused kernel takes no grouped heads
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+        if extra is not None and extra.shape[1] == kv_heads > 1:
+            extra = extra.repeat_interleave(groups, dim=1)
+        kv_heads, groups = heads, 1
+    kv_len = key.shape[2]
+    n_bias = 1 if bias is not None else 0
+    n_extra = extra.shape[-1] if extra is not None else 0
+    width = d + max(n_bias, n_extra)
+    pad = width - d
+
+    def widen(x: torch.Tensor, col: torch.Tensor | None, rows: int, hs: int) -> torch.Tensor:
+        out = x.new_zeros((max(x.shape[0], rows), hs, x.shape[2], width))
+        out[..., :d] = x
+        if col is not None:
+            out[..., d : d + col.shape[-1]] = col
+        return out
+
+    if pad:
+        ones = query.new_ones(()) if n_bias else None
+        query = widen(query, ones.expand(1, 1, 1, 1) if ones is not None else None, batch, heads)
+        k_col = None
+        if bias is not None:
+            k_col = (bias.to(dtype) / scaling)[..., None]  # [rows|1, heads|1, key, 1]
+            if k_col.shape[1] not in (1, kv_heads):
+                raise AttnlensError("a per-head bias does not match the model's heads")
+        key = widen(key, k_col, batch, kv_heads)
+        value = widen(value, extra.to(dtype) if extra is not None else None, batch, kv_heads)
+    causal = q_len > 1 and attention_mask is None and (is_causal if is_causal is not None else
+                                                       getattr(module, "is_causal", True))
+    if causal and kv_len > q_len:
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    sdpa_kwargs = {"enable_gqa": True} if groups > 1 else {}
+    mask = attention_mask
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask[..., : key.shape[-2]].to(dtype)
+    elif mask is not None:
+        mask = mask[..., : key.shape[-2]]
+    out = nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, is_causal=causal, **sdpa_kwargs
+    )
+    if mask is not None:
+        out = torch.nan_to_num(out)  # rows with every key masked (left padding): zeros, not NaN
+    if route is not None:
+        route.take(out[..., d : d + n_extra])
+    return out[..., :d].to(out_dtype).transpose(1, 2).contiguous(), None
+
+
+def _decode_step(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    bias: torch.Tensor,
+) -> tuple[torch.Tensor, None]:
+    """One query per row (a cached decoding step): the bias is an additive mask of one row per head.
+
+    It costs as much as the keys themselves; widening the whole cache for the
+    folded product would cost more. Grouped heads are packed as queries of their
+    key-value head, as Hugging Face's sdpa does for one query.
+    """
+    batch, heads, _, d = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    mask = bias.to(query.dtype)[:, :, None, :]  # [rows|1, heads|1, 1, key]
+    if attention_mask is not None:
+        given = attention_mask[..., :keys]
+        if given.dtype == torch.bool:
+            mask = mask.masked_fill(~given, torch.finfo(query.dtype).min)
+        else:
+            mask = mask + given.to(query.dtype)
+    if groups > 1:
+        query = query.reshape(batch, kv_heads, groups, d)
+        mask = mask.reshape(mask.shape[0], kv_heads, groups, keys) if mask.shape[1] == heads else mask
+    out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    if attention_mask is not None:
+        out = torch.nan_to_num(out)
+    return out.reshape(batch, heads, 1, d).transpose(1, 2).contiguous(), None

@@ -51,6 +51,8 @@ def model_device(model: Any) -> torch.device:
     A model placed across devices by accelerate (``load_model(..., device_map=...)``) takes its
     inputs on the first device of its map that computes ("disk" weights run on another one).
     """
+    import torch  # here, not at the top: the command line imports this module before any model
+
     hf = getattr(model, "original_model", model)
     device_map = getattr(hf, "hf_device_map", None)
     if isinstance(device_map, dict) and device_map:
@@ -61,8 +63,6 @@ def model_device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError, TypeError):
-        import torch  # here, not at the top: the command line imports this module before any model
-
         return torch.get_default_device()
 
 

@@ -195,6 +195,27 @@ def test_cli_describe(tiny, tmp_path, monkeypatch, capsys):
     assert "no OpenAI API key" in capsys.readouterr().err
 
 
+def test_cli_describe_all_as_a_resumable_sweep(tiny, tmp_path, monkeypatch, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS), encoding="utf-8")
+    monkeypatch.setattr(cli, "_load", lambda args: tiny)
+    monkeypatch.setenv("MY_KEY", KEY)
+    with ChatStubServer(REPLY, api_key=KEY) as server:
+        argv = ["heads", "describe-all", "--layers", "0,2", "--heads", "1,3", "--texts", str(texts), "--min-length",
+                "4", "--max-length", "14", "--base-url", server.url, "--num-samples", "2", "--seed", "3",
+                "--openai-model", "stub", "--api-key-env", "MY_KEY", "--sweep-dir", str(tmp_path / "sweep"), "--json"]
+        assert cli.main(argv) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [(r["layer"], r["head"], r["description"]) for r in rows] == [
+            (0, 1, REPLY), (0, 3, REPLY), (2, 1, REPLY), (2, 3, REPLY)]
+        assert len(server.requests) == 4
+        on_disk = [json.loads(line) for line in (tmp_path / "sweep" / "descriptions.jsonl").read_text().splitlines()]
+        assert [r["prompt"] for r in on_disk] == [r["prompt"] for r in rows]
+        assert all(m[1] > 1 for r in on_disk for m in r["multiples"])
+        assert cli.main(argv) == 0 and len(server.requests) == 4  # done layers are not asked again
+        assert json.loads(capsys.readouterr().out) == rows
+
+
 def test_public_names():
     assert al.AttentionData is AttentionData
     assert "AttentionData" in al.__all__ and "viz" in al.__all__

@@ -28,11 +28,15 @@ after the last layer needed).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import torch
@@ -43,6 +47,7 @@ from ..core.model import Model
 from ..core.errors import AttnlensError, DescribeError
 from ..core.model import check_window, model_shape
 from ..core.validate import LayerSpec, check_text, is_int, resolve_heads, resolve_layer, resolve_layers
+from ..runtime.distributed import current_workers, run_sweep, worker_group
 from .capture import capture_patterns
 from .descriptions import (
     DEFAULT_DEADLINE,
@@ -457,6 +462,8 @@ class AttentionData:
         custom_prompt: str | None = None,
         max_concurrency: int = 4,
         progress: bool = True,
+        sweep_dir: str | os.PathLike | None = None,
+        num_multiples: int = 20,
     ) -> HeadDescriptions:
         """Describe many heads: ``layers`` x ``heads``, at most ``max_concurrency`` requests at once.
 
@@ -465,6 +472,14 @@ class AttentionData:
         failure that retrying cannot fix (no key, 401, 404, unreachable server)
         stops everything and raises; other failures (429 or 5xx left after the
         client's retries) are logged and recorded in the row's ``error``.
+
+        ``sweep_dir`` runs it as a resumable sweep with one unit per layer: each layer's
+        rows (description, prompt, error and the ``num_multiples`` highest multiples of each
+        head) are appended to ``sweep_dir/descriptions.jsonl`` as the layer finishes, and a
+        rerun skips the layers on disk. Samples are then drawn per head (seeded by ``seed``,
+        layer and head), so any split of the layers gives the same prompts. Under
+        ``torchrun`` the workers split the layers and rank 0 merges their files; every
+        worker returns every row. Needed (and shared by the workers) when ``WORLD_SIZE`` > 1.
         """
         _positive_count("max_concurrency", max_concurrency)
         _positive_count("num_samples", num_samples)
@@ -473,6 +488,12 @@ class AttentionData:
         if not layer_list:
             raise AttnlensError(f"layers={layers!r} selects no layer")
         head_list = self._resolve_heads(heads)
+        if sweep_dir is None and current_workers().distributed:
+            raise AttnlensError("describe_heads on several workers needs sweep_dir: a directory every worker can write")
+        if sweep_dir is not None:
+            _positive_count("num_multiples", num_multiples)
+            return self._describe_sweep(layer_list, head_list, num_samples, custom_prompt, max_concurrency,
+                                        Path(sweep_dir).expanduser(), num_multiples, progress)
         pairs = [(layer, head) for layer in layer_list for head in head_list]
         self._ensure({layer: head_list for layer in layer_list})
         prompts = {}
@@ -509,6 +530,63 @@ class AttentionData:
                         results[(layer, head)] = HeadDescription(layer, head, text, prompts[(layer, head)])
                     bar.update(1)
         return HeadDescriptions([results[p] for p in pairs])
+
+    def _describe_sweep(self, layers: Sequence[int], heads: tuple[int, ...], num_samples: int,
+                        custom_prompt: str | None, max_concurrency: int, out: Path, num_multiples: int,
+                        progress: bool) -> HeadDescriptions:
+        model_name = self._model_name()
+        client = self._client()
+        # a unit on disk counts only for the same settings (a changed setting reruns its layers)
+        settings = hashlib.sha256(json.dumps(
+            [list(heads), num_samples, custom_prompt, self.seed, model_name, self.system_prompt, num_multiples,
+             [list(r.ids) for r in self._rows], self.min_length, self.suppress_first_token]
+        ).encode()).hexdigest()[:12]
+
+        def compute(layer: int) -> list[dict[str, Any]]:
+            self._ensure({layer: heads})
+            prompts = {}
+            for head in heads:
+                data = self.heads[(layer, head)]
+                k = self._clamp("num_samples", num_samples, len(data.samples), f"rows for layer {layer} head {head}")
+                rng = random.Random(f"{self.seed}|{layer}|{head}")
+                samples = [data.samples[i] for i in sorted(rng.sample(range(len(data.samples)), k))]
+                prompts[head] = self.build_prompt(samples, custom_prompt)
+            rows = []
+            with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+                futures = {h: pool.submit(complete, client, model_name, prompts[h], system=self.system_prompt)
+                           for h in heads}
+                for head in heads:
+                    text, error = None, None
+                    try:
+                        text = futures[head].result().text
+                    except DescribeError as exc:
+                        if exc.fatal:
+                            for other in futures.values():
+                                other.cancel()
+                            raise
+                        logger.warning("layer %d head %d: %s", layer, head, exc)
+                        error = str(exc)
+                    if text is not None:
+                        self.heads[(layer, head)].prompts.append(prompts[head])
+                        self.heads[(layer, head)].descriptions.append(text)
+                    ranked = self.ranked_multiples(layer, head)[:num_multiples]
+                    rows.append({
+                        "layer": layer, "head": head, "description": text, "prompt": prompts[head], "error": error,
+                        "multiples": [[m.token, m.multiple, m.text_index, m.query, m.key] for m in ranked],
+                    })
+            return rows
+
+        with worker_group() as workers, tqdm(total=len(layers), desc="describing layers",
+                                             disable=not progress) as bar:
+            rows = run_sweep(list(layers), lambda layer: f"L{layer}/{settings}", compute, out / "descriptions.jsonl",
+                             workers=workers, progress=bar.update)
+        wanted = {(layer, head) for layer in layers for head in heads}
+        found = {(r["layer"], r["head"]): r for r in rows if (r.get("layer"), r.get("head")) in wanted}
+        return HeadDescriptions([
+            HeadDescription(layer, head, found[(layer, head)]["description"], found[(layer, head)]["prompt"],
+                            found[(layer, head)]["error"])
+            for layer in layers for head in heads
+        ])
 
     def _resolve_heads(self, heads: HeadSpec) -> tuple[int, ...]:
         return resolve_heads(heads, self.n_heads)  # type: ignore[return-value]

@@ -4,10 +4,10 @@ from . import chain
 from .chain import PastaSettings, influence_report, measure_influence, plans_for, prepare, steered_generation
 from .attention import AttentionData
 from .pasta import PASTA
-from .pipeline import PayAttentionPipeline, pipeline
+from .pipeline import PayAttentionPipeline, pipeline, run_prompts
 from .profile import HeadProfile, profile_heads
 
 __all__ = [
     "AttentionData", "HeadProfile", "PASTA", "PastaSettings", "PayAttentionPipeline", "chain", "influence_report",
-    "measure_influence", "pipeline", "plans_for", "prepare", "profile_heads", "steered_generation",
+    "measure_influence", "pipeline", "plans_for", "prepare", "profile_heads", "run_prompts", "steered_generation",
 ]

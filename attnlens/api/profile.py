@@ -27,6 +27,7 @@ string or a list of strings; an optional ``occurrence`` picks a repeated one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ from ..core.model import Model
 from ..core.validate import is_int
 from ..core.errors import AttnlensError
 from ..core.model import check_window, model_shape
+from ..runtime.distributed import Workers, current_workers, run_sweep, worker_group
 from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
 from ..steering.bias import BiasPlan, apply_bias
 from ..prompts.prompt import Prompt, locate_substrings
@@ -256,6 +258,7 @@ def profile_heads(
     share_prefix: bool = True,
     skip_layers: bool = True,
     progress: bool = True,
+    sweep_dir: str | os.PathLike | None = None,
 ) -> HeadProfile:
     """Steer each head alone on every example and score the task; rank the heads.
 
@@ -276,6 +279,12 @@ def profile_heads(
             residual stream (same result, faster); checked on the first example against a full
             pass, and turned off when the model does not reproduce it.
         progress: show a progress bar.
+        sweep_dir: run as a resumable sweep: each (example, chunk of heads) is a unit whose
+            scores are appended to ``sweep_dir/profile.jsonl`` as it finishes; rerunning skips
+            the units on disk. Under ``torchrun`` the workers split the units (every
+            ``world_size``-th one) and write their own part files, merged by rank 0; every
+            worker returns the whole profile. Needed (and shared by the workers) when
+            ``WORLD_SIZE`` > 1.
 
     Returns:
         A :class:`HeadProfile`: per-head scores, the unsteered baseline, ``top(k)``, JSON export.
@@ -308,29 +317,43 @@ def profile_heads(
             raise AttnlensError(f"scorer {scorer_name!r} returned shape {tuple(out.shape)}; expected ({rows},)")
         return out
 
-    try:
-        with torch.no_grad():
-            for e, prep in enumerate(prepared):
-                runner = PrefixRun(model, prep.ids, len(prep.target), prep.prefix if share_prefix else 0,
-                                   keep_logits=keep_logits, skip=skip)
-                target = torch.tensor(prep.target, device=runner.baseline.device)
-                if skip and e == 0:
-                    skip = skip_reproduces_baseline(runner, n_layers)
-                baseline[e] = score(runner.baseline, target, 1)[0]
-                spans = list(prep.prompt.spans)
-                size = batch_size or _auto_batch_size(runner.suffix_len, len(todo), token_budget)
-                for start_layer, chunk in _schedule(todo, size, skip):
-                    plan = BiasPlan.stack([
-                        pasta_plan(model, spans, {layer: [head]}, alpha, scale_position, seq_len=len(prep.prompt))
-                        for layer, head in chunk
-                    ])
-                    with apply_bias(model, plan):
-                        logits = runner(len(chunk), start_layer)
-                    for (layer, head), value_ in zip(chunk, score(logits, target, len(chunk))):
-                        per_example[layer, head, e] = value_
-                    bar.update(len(chunk))
-    finally:
-        bar.close()
+    if sweep_dir is None and current_workers().distributed:
+        raise AttnlensError("profile_heads on several workers needs sweep_dir: a directory every worker can write")
+    if sweep_dir is not None:
+        try:
+            with worker_group() as workers, torch.no_grad():
+                _sweep(model, prepared, todo, Path(sweep_dir).expanduser(), workers, per_example, baseline,
+                       score=score, settings=dict(alpha=alpha, scale_position=scale_position, scorer=scorer_name),
+                       plan=lambda spans, layer, head, n: pasta_plan(model, spans, {layer: [head]}, alpha,
+                                                                     scale_position, seq_len=n),
+                       batch_size=batch_size, token_budget=token_budget, share_prefix=share_prefix, skip=skip,
+                       keep_logits=keep_logits, bar=bar)
+        finally:
+            bar.close()
+    else:
+        try:
+            with torch.no_grad():
+                for e, prep in enumerate(prepared):
+                    runner = PrefixRun(model, prep.ids, len(prep.target), prep.prefix if share_prefix else 0,
+                                       keep_logits=keep_logits, skip=skip)
+                    target = torch.tensor(prep.target, device=runner.baseline.device)
+                    if skip and e == 0:
+                        skip = skip_reproduces_baseline(runner, n_layers)
+                    baseline[e] = score(runner.baseline, target, 1)[0]
+                    spans = list(prep.prompt.spans)
+                    size = batch_size or _auto_batch_size(runner.suffix_len, len(todo), token_budget)
+                    for start_layer, chunk in _schedule(todo, size, skip):
+                        plan = BiasPlan.stack([
+                            pasta_plan(model, spans, {layer: [head]}, alpha, scale_position, seq_len=len(prep.prompt))
+                            for layer, head in chunk
+                        ])
+                        with apply_bias(model, plan):
+                            logits = runner(len(chunk), start_layer)
+                        for (layer, head), value_ in zip(chunk, score(logits, target, len(chunk))):
+                            per_example[layer, head, e] = value_
+                        bar.update(len(chunk))
+        finally:
+            bar.close()
     seconds = time.perf_counter() - started
     logger.info("profiled %d heads on %d examples in %.1f s", len(todo), len(items), seconds)
     scores = per_example.mean(axis=-1)  # NaN for heads not profiled
@@ -344,6 +367,74 @@ def profile_heads(
         scorer=scorer_name,
         seconds=seconds,
     )
+
+
+def _unit_key(unit: tuple[int, tuple[tuple[int, int], ...] | None, int]) -> str:
+    e, chunk, _ = unit
+    if chunk is None:
+        return f"{e}/baseline"
+    return f"{e}/L{chunk[0][0]}H{chunk[0][1]}+{len(chunk)}"
+
+
+def _sweep(model: Model, prepared: list[_Prepared], todo: list[tuple[int, int]], out: Path, workers: Workers,
+           per_example: np.ndarray, baseline: np.ndarray, *, score: Any, settings: dict[str, Any], plan: Any,
+           batch_size: int | None, token_budget: int, share_prefix: bool, skip: bool, keep_logits: bool,
+           bar: Any) -> None:
+    """:func:`profile_heads` as a sweep over (example, chunk) units; fills ``per_example`` and ``baseline``."""
+    n_layers = model_shape(model)[0]
+    identity = {**settings, "heads": [list(h) for h in todo],
+                "examples": [hashlib.sha256(json.dumps([p.ids, len(p.target)]).encode()).hexdigest()[:16]
+                             for p in prepared]}
+    run_file = out / "profile.run.json"
+    if workers.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if run_file.exists():
+            previous = json.loads(run_file.read_text())
+            diff = sorted(k for k in identity if previous.get(k) != identity[k])
+            if diff:
+                raise AttnlensError(f"{str(out)!r} holds a profile made with other {', '.join(diff)}; "
+                                    "choose another sweep_dir or remove it")
+        run_file.write_text(json.dumps(identity))
+    runners: dict[int, PrefixRun] = {}
+
+    def runner_for(e: int) -> PrefixRun:
+        if e not in runners:
+            runners.clear()  # one example's cache at a time
+            prep = prepared[e]
+            runners[e] = PrefixRun(model, prep.ids, len(prep.target), prep.prefix if share_prefix else 0,
+                                   keep_logits=keep_logits, skip=skip)
+        return runners[e]
+
+    if skip:  # every worker takes the same schedule
+        skip = workers.all_agree(skip_reproduces_baseline(runner_for(0), n_layers))
+        runners.clear()
+    units: list[tuple[int, tuple[tuple[int, int], ...] | None, int]] = []
+    for e, prep in enumerate(prepared):
+        suffix = len(prep.ids) - (prep.prefix if share_prefix else 0)
+        size = batch_size or _auto_batch_size(suffix, len(todo), token_budget)
+        units.append((e, None, 0))
+        units.extend((e, tuple(chunk), start) for start, chunk in _schedule(todo, size, skip))
+
+    def compute(unit: tuple[int, tuple[tuple[int, int], ...] | None, int]) -> list[dict[str, Any]]:
+        e, chunk, start_layer = unit
+        runner = runner_for(e)
+        target = torch.tensor(prepared[e].target, device=runner.baseline.device)
+        if chunk is None:
+            return [{"example": e, "baseline": float(score(runner.baseline, target, 1)[0])}]
+        spans = list(prepared[e].prompt.spans)
+        stacked = BiasPlan.stack([plan(spans, layer, head, len(prepared[e].prompt)) for layer, head in chunk])
+        with apply_bias(model, stacked):
+            logits = runner(len(chunk), start_layer)
+        bar.update(len(chunk))
+        return [{"example": e, "layer": layer, "head": head, "score": float(v)}
+                for (layer, head), v in zip(chunk, score(logits, target, len(chunk)))]
+
+    rows = run_sweep(units, _unit_key, compute, out / "profile.jsonl", workers=workers)
+    for row in rows:
+        if "baseline" in row:
+            baseline[row["example"]] = row["baseline"]
+        else:
+            per_example[row["layer"], row["head"], row["example"]] = row["score"]
 
 
 __all__ = [

@@ -281,7 +281,8 @@ class _Stream:
 
     def resid_pre(self, x: torch.Tensor, hook: Any = None, *, layer: int) -> None:
         self._expect(layer, "hook_resid_pre")
-        self.resid_norm = torch.linalg.vector_norm(x[0], ord=1, dim=-1, dtype=self.dtype)
+        # a model split across devices runs layers elsewhere: the recursion stays on the chain's device
+        self.resid_norm = torch.linalg.vector_norm(x[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
 
     def attn_input(self, e: torch.Tensor, hook: Any = None, *, layer: int) -> None:
         """``"pap"``: the residual term's norm is the previous layer's attention-input norm (layer 0: its own)."""
@@ -302,7 +303,7 @@ class _Stream:
 
     def values(self, v: torch.Tensor, hook: Any = None, *, layer: int) -> None:
         # [pos, kv_heads, d_head] -> L1 norm per key-value head
-        self.value_norm = torch.linalg.vector_norm(v[0], ord=1, dim=-1, dtype=self.dtype)
+        self.value_norm = torch.linalg.vector_norm(v[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
 
     def pattern(self, pattern: torch.Tensor, hook: Any = None, *, layer: int) -> None:
         self._expect(layer, "hook_pattern")
@@ -322,19 +323,22 @@ class _Stream:
             rhs = torch.cat([chains * weights, weights], dim=1)
             if self.per_head:
                 kv = self.value_norm.shape[-1]
-                head_w = self.value_norm[:, torch.arange(heads, device=a.device) * kv // heads].T[..., None]
+                head_index = torch.arange(heads, device=self.value_norm.device) * kv // heads
+                head_w = self.value_norm[:, head_index].T[..., None]
                 head_rhs = torch.cat([chains[None] * head_w, head_w], dim=2)  # [head, key, M*S + 1]
         else:
             rhs = chains
         # one batched product per layer, in the pattern's precision (float32 or wider): the pattern
         # is read once and never copied; the head mean and the recursion use the working dtype
         dtype = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
-        prod = _per_head_product(a, rhs.to(dtype))  # [head, query, columns]
+        prod = _per_head_product(a, rhs.to(device=a.device, dtype=dtype))  # [head, query, columns]
+        prod = prod.to(self.chain.device)
         mean = prod.to(self.dtype).mean(0)  # the head-averaged pattern's product
         self.att = (_weighted(mean) if self.use_values else mean).T.contiguous()  # [M*S, query]
         if self.per_head or "influence_heads" in self.methods:
             if self.use_values:
-                prod = _weighted(_per_head_product(a, head_rhs.to(dtype)).to(self.dtype))
+                prod = _weighted(_per_head_product(a, head_rhs.to(device=a.device, dtype=dtype))
+                                 .to(device=self.chain.device, dtype=self.dtype))
             if self.per_head:
                 self.att_heads = prod.to(self.dtype).permute(2, 0, 1).contiguous()  # [M*S, head, query]
             if "influence_heads" in self.methods:
@@ -344,7 +348,7 @@ class _Stream:
         self._expect(layer, "hook_attn_out")
         if self.att is None or self.resid_norm is None:
             raise AttnlensError(f"layer {layer}: hook_attn_out fired before hook_resid_pre and hook_pattern")
-        attn_norm = torch.linalg.vector_norm(out[0], ord=1, dim=-1, dtype=self.dtype)
+        attn_norm = torch.linalg.vector_norm(out[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
         x_share = self.resid_norm / (self.resid_norm + attn_norm)  # |x| / (|x| + |a|)
         new_chain = torch.empty_like(self.chain)
         S = self.n_spans

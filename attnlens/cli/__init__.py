@@ -1,7 +1,7 @@
 """The ``attnlens`` command. The library logs; this package prints.
 
 One module per command (:mod:`.generate`, :mod:`.heads`, :mod:`.experiment`,
-:mod:`.influence`, :mod:`.pasta`); each parses its arguments, calls the library
+:mod:`.influence`, :mod:`.pasta`, :mod:`.batch`); each parses its arguments, calls the library
 and prints. Subcommands are registered in :data:`COMMANDS`: each entry adds its
 parser and names the function that runs it. Every command turns a user error
 into one line on stderr and exit status 2.
@@ -17,19 +17,21 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import AttnlensError
-from . import experiment, generate, heads, influence, pasta
+from . import batch, experiment, generate, heads, influence, pasta
 
 
 def _load(args: argparse.Namespace) -> Any:
     """The model ``--model`` names (default: the embedded one). Commands load through this."""
+    from ..runtime.distributed import sweep_device
     from ..runtime.models import load_model
 
-    return load_model(getattr(args, "model", None))
+    # under torchrun each worker takes the GPU of its LOCAL_RANK (the CPU without CUDA)
+    return load_model(getattr(args, "model", None), device=sweep_device())
 
 
 COMMANDS: list[Callable[[Any], None]] = [
     generate.add_generate, generate.add_demo, heads.add_heads, experiment.add_experiment,
-    influence.add_influence, pasta.add_pasta,
+    influence.add_influence, pasta.add_pasta, batch.add_batch,
 ]
 
 

@@ -105,6 +105,10 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
     config = _experiment_config(args)
     result = run_experiment(args.study, config)
+    from ..runtime.distributed import current_workers
+
+    if not current_workers().is_main:  # under torchrun: one worker prints the merged summary
+        return 0
     table = result.table()
     if args.json:
         print(json.dumps({"study": result.study, "out": str(result.out), "summary": table,

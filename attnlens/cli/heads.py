@@ -1,4 +1,4 @@
-"""``attnlens heads rank|describe``: what one attention head attends to (AttentionData)."""
+"""``attnlens heads rank|describe|describe-all``: what attention heads attend to (AttentionData)."""
 
 from __future__ import annotations
 
@@ -35,16 +35,18 @@ def add_heads(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--layer", type=int, required=True, help="the layer (negative counts from the end)")
     common.add_argument("--head", type=int, required=True, help="the head in that layer")
-    common.add_argument("--texts", required=True, help="a file with one text per line ('-' reads stdin)")
-    common.add_argument("--min-length", type=non_negative_int, default=10, help="first query position of a row")
-    common.add_argument("--max-length", type=positive_int, default=30, help="texts are cut to this many tokens")
-    common.add_argument("--keep-first-token", action="store_true",
-                        help="rank the first token too (by default it is left out, often an attention sink)")
-    common.add_argument("--seed", type=int, default=None, help="seed for the random choices")
-    common.add_argument("--model", default=None, help="a model name or path (default: the embedded model)")
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    texts = argparse.ArgumentParser(add_help=False)
+    texts.add_argument("--texts", required=True, help="a file with one text per line ('-' reads stdin)")
+    texts.add_argument("--min-length", type=non_negative_int, default=10, help="first query position of a row")
+    texts.add_argument("--max-length", type=positive_int, default=30, help="texts are cut to this many tokens")
+    texts.add_argument("--keep-first-token", action="store_true",
+                       help="rank the first token too (by default it is left out, often an attention sink)")
+    texts.add_argument("--seed", type=int, default=None, help="seed for the random choices")
+    texts.add_argument("--model", default=None, help="a model name or path (default: the embedded model)")
+    texts.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
-    rank = actions.add_parser("rank", parents=[common], help="the tokens the head attends to most, over the texts")
+    rank = actions.add_parser("rank", parents=[common, texts],
+                              help="the tokens the head attends to most, over the texts")
     rank.add_argument("--num", type=positive_int, default=10, help="how many multiples to list")
     rank.add_argument("--token", default=None, help="only this token (surrounding spaces ignored)")
     rank.add_argument("--reverse", action="store_true", help="the lowest multiples instead of the highest")
@@ -54,22 +56,36 @@ def add_heads(sub: Any) -> None:
 
     from ..analysis.descriptions import DEFAULT_DEADLINE, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # no torch
 
-    describe = actions.add_parser("describe", parents=[common], help="ask a chat model what the head attends to")
-    describe.add_argument("--openai-model", required=True, help="the chat model (e.g. gpt-4o-mini, or a local model)")
-    describe.add_argument("--base-url", default=None,
-                          help="an OpenAI-compatible endpoint (e.g. http://localhost:11434/v1); default: OpenAI")
-    describe.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                          help="the environment variable holding the key (default: OPENAI_API_KEY)")
-    describe.add_argument("--num-samples", type=positive_int, default=10, help="rows put in the prompt")
-    describe.add_argument("--custom-prompt", default=None, help="text added to the prompt after the rows")
+    llm = argparse.ArgumentParser(add_help=False)
+    llm.add_argument("--openai-model", required=True, help="the chat model (e.g. gpt-4o-mini, or a local model)")
+    llm.add_argument("--base-url", default=None,
+                     help="an OpenAI-compatible endpoint (e.g. http://localhost:11434/v1); default: OpenAI")
+    llm.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="the environment variable holding the key (default: OPENAI_API_KEY)")
+    llm.add_argument("--num-samples", type=positive_int, default=10, help="rows put in the prompt")
+    llm.add_argument("--custom-prompt", default=None, help="text added to the prompt after the rows")
+    llm.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT,
+                     help=f"seconds to wait for one answer (default {DEFAULT_TIMEOUT:g})")
+    llm.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
+                     help=f"retries on 429, 5xx and timeouts, with backoff (default {DEFAULT_MAX_RETRIES})")
+    llm.add_argument("--deadline", type=positive_number, default=DEFAULT_DEADLINE,
+                     help=f"seconds the whole request may take, retries included (default {DEFAULT_DEADLINE:g})")
+
+    describe = actions.add_parser("describe", parents=[common, texts, llm],
+                                  help="ask a chat model what the head attends to")
     describe.add_argument("--show-prompt", action="store_true", help="print the prompt before the description")
-    describe.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT,
-                          help=f"seconds to wait for one answer (default {DEFAULT_TIMEOUT:g})")
-    describe.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
-                          help=f"retries on 429, 5xx and timeouts, with backoff (default {DEFAULT_MAX_RETRIES})")
-    describe.add_argument("--deadline", type=positive_number, default=DEFAULT_DEADLINE,
-                          help=f"seconds the whole request may take, retries included (default {DEFAULT_DEADLINE:g})")
     describe.set_defaults(run=_run_heads_describe)
+
+    many = actions.add_parser(
+        "describe-all", parents=[texts, llm],
+        help="describe many heads (a resumable sweep with --sweep-dir; torchrun splits the layers)",
+    )
+    many.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
+    many.add_argument("--heads", default="all", help="all | comma-separated head indices")
+    many.add_argument("--max-concurrency", type=positive_int, default=4, help="requests at once (per worker)")
+    many.add_argument("--sweep-dir", default=None, metavar="DIR",
+                      help="keep results in DIR/descriptions.jsonl as layers finish (needed under torchrun)")
+    many.set_defaults(run=_run_heads_describe_all)
 
 
 def _run_heads_rank(args: argparse.Namespace) -> int:
@@ -132,4 +148,24 @@ def _run_heads_describe(args: argparse.Namespace) -> int:
         print("-" * 40)
     print(f"layer {record.layer} head {record.head} ({args.openai_model}):")
     print(textwrap.fill(description, width=100))
+    return 0
+
+
+def _run_heads_describe_all(args: argparse.Namespace) -> int:
+    from ..analysis.descriptions import make_client
+    from ..runtime.distributed import current_workers
+
+    client = make_client(
+        base_url=args.base_url, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries
+    )
+    ad = _attention_data(args, client=client)
+    heads: Any = args.heads if args.heads == "all" else [int(h) for h in args.heads.replace(",", " ").split()]
+    described = ad.describe_heads(args.layers, heads, num_samples=args.num_samples, custom_prompt=args.custom_prompt,
+                                  max_concurrency=args.max_concurrency, sweep_dir=args.sweep_dir)
+    if not current_workers().is_main:  # every worker holds the rows; one prints
+        return 0
+    if args.json:
+        print(json.dumps(described.to_records(), ensure_ascii=False, indent=2))
+    else:
+        print(str(described))
     return 0

@@ -39,6 +39,8 @@ def add_pasta(sub: Any) -> None:
     prof.add_argument("--threads", type=positive_int, default=None,
                       help="torch threads (on a busy machine one thread can be much faster than several)")
     prof.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    prof.add_argument("--sweep-dir", default=None, metavar="DIR",
+                      help="run as a resumable sweep with its results in DIR (needed under torchrun)")
     prof.set_defaults(run=_run_pasta_profile)
 
 
@@ -62,8 +64,12 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         raise CLIError("--layers selects no layer")
     result = profile_heads(
         model, examples, alpha=args.alpha, scale_position=args.scale_position, scorer=args.scorer,
-        heads=list(layers), chat=args.chat, batch_size=args.batch_size,
+        heads=list(layers), chat=args.chat, batch_size=args.batch_size, sweep_dir=args.sweep_dir,
     )
+    from ..runtime.distributed import current_workers
+
+    if not current_workers().is_main:  # every worker holds the profile; one writes and prints
+        return 0
     out = result.save(args.out, args.top_k, only_helpful=args.only_helpful)
     if args.scores:
         Path(args.scores).expanduser().write_text(json.dumps(result.as_dict(), indent=1) + "\n")

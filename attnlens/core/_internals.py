@@ -13,11 +13,13 @@ attnlens touches these internals.
 - transformers: ``AttentionInterface`` and ``AttentionMaskInterface`` (their
   ``register`` has no counterpart that removes an entry, so entries are removed
   from ``_global_mapping``), ``sdpa_mask``, ``sdpa_attention_forward``, the output-capturing
-  hooks of ``transformers.utils.output_capturing``, a
+  hooks of ``transformers.utils.output_capturing`` (installed on a model's first forward), a
   config's ``_attn_implementation``.
 - torch: a module's child table ``_modules``, its hook tables ``_forward_hooks``
   and ``_forward_pre_hooks``, ``RemovableHandle.next_id`` (incremented by every
-  hook registration), accelerate's ``_hf_hook``.
+  hook registration).
+- accelerate (1.x): a dispatched module's ``_hf_hook`` and the class names of its
+  hooks (``AlignDevicesHook``, chained in a ``SequentialHook``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def original_component(wrapper: nn.Module) -> nn.Module | None:
 def capture_hook_ids(block: nn.Module) -> set[int]:
     """Handle ids of the hooks a bridge block installs for itself."""
     return {handle.id for handle in getattr(block, "_capture_hook_handles", ())}
+
+
+def output_capturing_hook_ids(module: nn.Module) -> set[int]:
+    """Handle ids of transformers' output-capturing forward hooks on ``module`` (transformers 5:
+    ``transformers.utils.output_capturing``, installed on a model's first forward; they record
+    hidden states or attentions only while a caller asks for them, and change nothing else)."""
+    return {k for k, hook in module._forward_hooks.items()
+            if getattr(hook, "__module__", "") == "transformers.utils.output_capturing"}
 
 
 @contextmanager
@@ -176,8 +186,25 @@ def hook_counter() -> int:
     return RemovableHandle.next_id
 
 
-def is_offloaded(module: nn.Module) -> bool:
-    return module.__dict__.get("_hf_hook") is not None
+#: accelerate's hooks that only move weights and tensors between devices (accelerate 1.x:
+#: ``dispatch_model`` installs AlignDevicesHook, chained in a SequentialHook)
+_MOVING_HOOKS = frozenset({"AlignDevicesHook", "SequentialHook"})
+
+
+def offload_hook_kinds(module: nn.Module) -> set[str]:
+    """The class names of the accelerate hooks on ``module`` (none when it is not dispatched)."""
+    hook = module.__dict__.get("_hf_hook")
+    if hook is None:
+        return set()
+    kinds = {type(hook).__name__}
+    for inner in getattr(hook, "hooks", ()) or ():
+        kinds.add(type(inner).__name__)
+    return kinds
+
+
+def moves_only(kinds: set[str]) -> bool:
+    """Whether accelerate hooks of these kinds only place weights and tensors (results unchanged)."""
+    return kinds <= _MOVING_HOOKS
 
 
 # ----------------------------------------------------------------------------- transformers

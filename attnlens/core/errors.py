@@ -65,6 +65,10 @@ class CLIError(AttnlensError):
     """A command-line argument the parser could not reject on its own."""
 
 
+class SweepError(AttnlensError):
+    """A sweep's workers, shard files or launch environment are not usable."""
+
+
 __all__ = [
     "AttnlensError",
     "CLIError",
@@ -75,6 +79,7 @@ __all__ = [
     "HeadConfigError",
     "ModelLoadError",
     "SpanError",
+    "SweepError",
     "TagError",
     "UpstreamDriftError",
 ]

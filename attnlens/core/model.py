@@ -46,12 +46,23 @@ def model_shape(model: Any) -> tuple[int, int]:
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of the model's first parameter (torch's default device for a model without any)."""
+    """Where the model's inputs go: the device of its first parameter (torch's default without any).
+
+    A model placed across devices by accelerate (``load_model(..., device_map=...)``) takes its
+    inputs on the first device of its map that computes ("disk" weights run on another one).
+    """
+    import torch  # here, not at the top: the command line imports this module before any model
+
+    hf = getattr(model, "original_model", model)
+    device_map = getattr(hf, "hf_device_map", None)
+    if isinstance(device_map, dict) and device_map:
+        for target in device_map.values():
+            if str(target) not in ("disk", "meta"):
+                return torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
+        return torch.device("cpu")
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError, TypeError):
-        import torch  # here, not at the top: the command line imports this module before any model
-
         return torch.get_default_device()
 
 

@@ -12,6 +12,10 @@ way for every study:
 - batched generation with left padding and one bias term per row;
 - one JSONL row per generation, appended as batches finish; rows already in the
   file are skipped, so an interrupted run continues where it stopped;
+- under ``torchrun`` (several workers), each worker runs every ``world_size``-th
+  batch into its own part file and rank 0 merges them into ``rows.jsonl`` in
+  (condition, item, generation) order, as one process does
+  (:mod:`attnlens.runtime.distributed`);
 - the focus span's influence at the last prompt token, per (condition, item);
 - a summary CSV (per-condition means with bootstrap intervals over items) and plots.
 """
@@ -37,10 +41,11 @@ from ..api import chain
 from ..api.chain import PastaSettings
 from ..attribution.influence import trace_influence
 from ..prompts.prompt import Prompt, tokenize_prompt
+from ..runtime.distributed import ShardedRows, Workers, sweep_device, worker_group
 from ..steering.bias import BiasPlan, apply_bias
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
-from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, append_rows, read_rows, row_key, run_lock
+from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key, run_lock
 from .study import Item, Study, build_messages
 from .summary import ExperimentResult, summarize_rows, write_summary
 
@@ -147,84 +152,120 @@ def run_experiment(
         head_config = _load_heads(config.pasta_heads)
 
     out = Path(config.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):  # one writer per folder: two runs on it would double every row
-        rows_path = out / ROWS_FILE
+    with worker_group() as workers, ExitStack() as hold:
+        if workers.is_main:
+            # one launch per folder: a second run (or sweep) on it would double every row; under
+            # torchrun a worker that fails ends its sweep, so the others do not wait for it
+            out.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(run_lock(out))
+        return _run(study, config, conditions, data, head_config, out, model, workers)
+
+
+def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], data: Any, head_config: Any,
+         out: Path, model: Any, workers: Workers) -> ExperimentResult:
+    """The run on one worker of ``workers`` (all of them run this, each its shard of the batches)."""
+    rows_path = out / ROWS_FILE
+    store = ShardedRows(rows_path, workers)
+    if workers.is_main:
+        out.mkdir(parents=True, exist_ok=True)
         if config.fresh:
-            for stale in (rows_path, out / RUN_FILE):
+            for stale in (rows_path, out / RUN_FILE, *store.part_files()):
                 if stale.exists():
                     stale.unlink()
         _check_run_file(out, config, study.name)
-        existing = read_rows(rows_path, repair=True)
-        done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
+    workers.barrier()
+    if not workers.is_main:
+        _check_run_file(out, config, study.name, write=False)
+    if not workers.distributed:
+        read_rows(rows_path, repair=True)  # one process owns the file: a line cut off by a crash is repaired
+    existing = [r for r in store.read_all() if {"condition", "item", "generation"} <= r.keys()]
+    done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
+    workers.barrier()  # every worker has read the same rows before any writes: they agree on what is pending
 
-        if model is None:
-            from ..runtime.models import load_model
+    if model is None:
+        from ..runtime.models import load_model
 
-            model = load_model(config.model)
-        tokenizer = model.tokenizer
-        resolve_layers(config.layers, model.cfg.n_layers)
-        chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
-        study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
-        items = study.items(data, config, tokenizer)
-        if not items:
-            raise ExperimentError(f"the {study.name} study has no items to run")
-        _check_unique_ids(study.name, items)
+        model = load_model(config.model, device=sweep_device())
+    tokenizer = model.tokenizer
+    resolve_layers(config.layers, model.cfg.n_layers)
+    chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
+    study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
+    items = study.items(data, config, tokenizer)
+    if not items:
+        raise ExperimentError(f"the {study.name} study has no items to run")
+    _check_unique_ids(study.name, items)
 
-        jobs_by_condition: dict[Condition, list[_Job]] = {}
-        prompts: dict[tuple[str, str], Any] = {}
-        for condition in conditions:
-            pending = []
-            for item in items:
-                for g in range(config.num_generations):
-                    if row_key(condition.name, item.id, g) in done:
-                        continue
-                    key = (condition.name, item.id)
-                    if key not in prompts:
-                        prompts[key] = _prepare(study, item, condition, tokenizer, chat, config)
-                    pending.append(_Job(condition, item, g, prompts[key]))
-            jobs_by_condition[condition] = pending
-        total = sum(len(v) for v in jobs_by_condition.values())
-        n_ctx = context_window(model)
-        if n_ctx:
-            longest = max((len(p.input_ids) for p in prompts.values()), default=0)
-            if longest + config.max_new_tokens > n_ctx:
-                raise ExperimentError(
-                    f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
-                    f"context of {n_ctx} tokens"
-                )
-        logger.info("%s: %d generations to run, %d already in %s", study.name, total, len(done), rows_path)
+    jobs_by_condition: dict[Condition, list[_Job]] = {}
+    prompts: dict[tuple[str, str], Any] = {}
+    for condition in conditions:
+        pending = []
+        for item in items:
+            for g in range(config.num_generations):
+                if row_key(condition.name, item.id, g) in done:
+                    continue
+                key = (condition.name, item.id)
+                if key not in prompts:
+                    prompts[key] = _prepare(study, item, condition, tokenizer, chat, config)
+                pending.append(_Job(condition, item, g, prompts[key]))
+        jobs_by_condition[condition] = pending
+    n_ctx = context_window(model)
+    if n_ctx:
+        longest = max((len(p.input_ids) for p in prompts.values()), default=0)
+        if longest + config.max_new_tokens > n_ctx:
+            raise ExperimentError(
+                f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
+                f"context of {n_ctx} tokens"
+            )
+    # the unit of work is a batch: every worker forms the same batches, so a row's batch
+    # (its padding, its seed) is the one-process run's, and takes every world_size-th one
+    units = [(condition, batch) for condition, pending in jobs_by_condition.items()
+             for batch in _batches(pending, config.batch_size, config.max_batch_tokens)]
+    mine = workers.mine(units)
+    total = sum(len(batch) for _, batch in mine)
+    logger.info("%s: worker %d/%d runs %d generations; %d to run in all, %d already in %s", study.name,
+                workers.rank, workers.world_size, total, sum(len(b) for _, b in units), len(done), rows_path)
 
-        influences: dict[tuple[str, str], float | None] = {}
-        generated = 0
-        with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar:
-            for condition, pending in jobs_by_condition.items():
-                for batch in _batches(pending, config.batch_size, config.max_batch_tokens):
-                    bar.set_description(f"{study.name} {condition.name}")
-                    bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
-                    rows = _run_batch(model, study, condition, batch, config, head_config, influences)
-                    append_rows(rows_path, rows)
-                    generated += len(rows)
-                    bar.update(len(rows))
+    influences: dict[tuple[str, str], float | None] = {}
+    generated = 0
+    with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, store.writer() as write:
+        for condition, batch in mine:
+            bar.set_description(f"{study.name} {condition.name}")
+            bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
+            rows = _run_batch(model, study, condition, batch, config, head_config, influences)
+            write(rows)
+            generated += len(rows)
+            bar.update(len(rows))
 
-        keep_conditions = {c.name for c in conditions}
-        keep_items = {i.id for i in items}
-        all_rows = [r for r in read_rows(rows_path) if r["condition"] in keep_conditions and r["item"] in keep_items]
-        declared = study.metric_names(config)
-        found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
-        metrics = declared + tuple(found) + ("influence",)
-        summary = summarize_rows(all_rows, conditions, metrics, config)
-        summary_path = out / SUMMARY_FILE
+    condition_index = {c.name: i for i, c in enumerate(conditions)}
+    item_index = {item.id: i for i, item in enumerate(items)}
+
+    def order(row: dict[str, Any]) -> tuple[Any, ...]:
+        c, i = condition_index.get(row["condition"]), item_index.get(row["item"])
+        if c is None or i is None:  # rows of other conditions or items keep their place, after these
+            return (1, 0, 0, 0)
+        return (0, c, i, int(row["generation"]))
+
+    merged = store.merge(key=lambda r: row_key(r["condition"], r["item"], int(r["generation"])), order=order)
+    keep_conditions = {c.name for c in conditions}
+    keep_items = {i.id for i in items}
+    all_rows = [r for r in merged if r.get("condition") in keep_conditions and r.get("item") in keep_items]
+    declared = study.metric_names(config)
+    found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
+    metrics = declared + tuple(found) + ("influence",)
+    summary = summarize_rows(all_rows, conditions, metrics, config)
+    summary_path = out / SUMMARY_FILE
+    plots: list[Path] = []
+    if workers.is_main:  # one writer for the shared files
         write_summary(summary_path, summary, metrics)
-        plots: list[Path] = []
         if config.plots:
             from . import plots as plotting
 
             plots.append(plotting.accuracy_vs_delta(summary, study.primary, out / "accuracy_vs_delta.html",
                                                     title=f"{study.name}: {study.primary} by condition"))
         plots.extend(study.extra_outputs(all_rows, out, config))
-        return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
-                                metrics, generated, len(done))
+    workers.barrier()
+    return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
+                            metrics, generated, len(done))
 
 
 def _check_unique_ids(study: str, items: Sequence[Item]) -> None:

@@ -164,7 +164,7 @@ def run_lock(out: Path) -> Iterator[None]:
         lock.release()
 
 
-def _check_run_file(out: Path, config: ExperimentConfig, study: str) -> None:
+def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: bool = True) -> None:
     run_file = out / RUN_FILE
     identity = {"study": study, **config.identity()}
     if run_file.exists():
@@ -188,7 +188,8 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str) -> None:
                 "choose another output directory or start afresh (--fresh)"
             )
         return
-    _write_atomic(run_file, json.dumps(identity, indent=1))
+    if write:
+        _write_atomic(run_file, json.dumps(identity, indent=1))
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

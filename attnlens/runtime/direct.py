@@ -15,11 +15,15 @@ Face's fused ``sdpa`` attention.
 
 It is used only when it computes what the bridge computes: :func:`direct_reason`
 says why not otherwise (a hook on any other hook point or module, an
-architecture whose equivalence is not tested, processed weights, offloading),
-and callers then run the bridge as it is. Everything is restored on exit, also
-when the body raises: the wrappers, each config's attention implementation and
-the attention function registered with transformers (what was registered under
-its name before is put back).
+architecture whose equivalence is not tested, processed weights, accelerate
+hooks that do more than place weights), and callers then run the bridge as it
+is. A model placed across devices by accelerate (``load_model(...,
+device_map=...)``) runs directly: the wrapped modules keep accelerate's hooks,
+which load offloaded weights and move tensors to each module's device around
+its forward, and the attention routing sees the tensors where they are.
+Everything is restored on exit, also when the body raises: the wrappers, each
+config's attention implementation and the attention function registered with
+transformers (what was registered under its name before is put back).
 
 Hooks added inside the block are checked on every forward call: one on a hook
 point the direct run sets aside (it would never fire) raises
@@ -143,6 +147,8 @@ def _allowed_and_internal(model: Model, routes: dict[nn.Module, Route]) -> tuple
     internal: set[int] = set()
     for block in model.blocks:
         internal |= tl.capture_hook_ids(block)
+    for module in model.modules():  # transformers' own recorders run the same in the direct run
+        internal |= tl.output_capturing_hook_ids(module)
     return allowed, internal
 
 
@@ -175,8 +181,10 @@ def direct_reason(model: Model) -> str | None:
         return routes
     allowed, internal = _allowed_and_internal(model, routes)
     for module in model.modules():
-        if tl.is_offloaded(module):
-            return f"{_name_of(model, module)} is offloaded by accelerate"
+        kinds = tl.offload_hook_kinds(module)
+        if kinds and not tl.moves_only(kinds):  # accelerate's placement hooks run inside the direct run too
+            return (f"{_name_of(model, module)} carries accelerate hooks ({', '.join(sorted(kinds))}) that do more "
+                    "than place weights; run it with backend='bridge'")
         if tl.is_wrapper(module) and tl.original_component(module) is None:
             return f"{_name_of(model, module)} ({type(module).__name__}) wraps no module"
     return _hooked_module(model, model.modules(), allowed, internal)

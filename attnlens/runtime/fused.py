@@ -28,8 +28,10 @@ for a ``with`` block, to compare against the reference.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable
 
 import torch
@@ -41,13 +43,14 @@ from ..steering.bias import _ScoreBias
 
 logger = logging.getLogger(__name__)
 
-#: whether direct runs may use the fused path (see :func:`fused_attention`)
-_enabled = True
+#: whether direct runs may use the fused path (see :func:`fused_attention`); per thread and task
+_enabled: ContextVar[bool] = ContextVar("attnlens_fused_attention", default=True)
 
-# id(Hugging Face attention module) -> a callable giving the extra value columns of one call
+# Hugging Face attention module -> a callable giving the extra value columns of one call
 # (``value [batch, kv_heads, key, d]`` -> ``[1|batch, 1|kv_heads, key, columns]``) and taking the
-# matching output columns ``[batch, heads, query, columns]``; installed by fused influence
-_columns: dict[int, "ColumnRoute"] = {}
+# matching output columns ``[batch, heads, query, columns]``; installed by fused influence for
+# the length of one pass, keyed by the model's own modules (weakly: it never keeps a model alive)
+_columns: "weakref.WeakKeyDictionary[nn.Module, ColumnRoute]" = weakref.WeakKeyDictionary()
 
 
 class ColumnRoute:
@@ -65,16 +68,15 @@ def fused_attention(enabled: bool = True) -> Iterator[None]:
     Forbidden, direct runs materialise the scores of every layer with a hook
     (the reference implementation) and influence reads ``hook_pattern``.
     """
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+    token = _enabled.set(bool(enabled))
     try:
         yield
     finally:
-        _enabled = previous
+        _enabled.reset(token)
 
 
 def is_enabled() -> bool:
-    return _enabled
+    return _enabled.get()
 
 
 def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
@@ -162,11 +164,12 @@ def attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None] | None:
     """The fused attention of one direct-run call, or None when the reference path must run it."""
-    route = _columns.get(id(module))
-    if route is None and (not _enabled or (dropout and module.training) or has_hooks(pattern_point)):
+    enabled = _enabled.get()
+    route = _columns.get(module)
+    if route is None and (not enabled or (dropout and module.training) or has_hooks(pattern_point)):
         return None
     hooks = bias_hooks(scores_point)
-    if route is not None and (hooks is None or not _enabled or (dropout and module.training)
+    if route is not None and (hooks is None or not enabled or (dropout and module.training)
                               or has_hooks(pattern_point)):
         raise AttnlensError("fused influence met a hook on a score or pattern point during its pass")
     if hooks is None or (not hooks and route is None):

@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "measure_influence": ".api.chain",
     "plans_for": ".api.chain",
     "steered_generation": ".api.chain",
+    "steering_diff": ".api.views",
     "InfluenceTrace": ".attribution",
     "influence": ".attribution",
     "rollout": ".attribution",
@@ -138,6 +139,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .api import compat
     from .api import PASTA, AttentionData, HeadProfile, PastaSettings, PayAttentionPipeline, pipeline, prepare, profile_heads
     from .api.chain import influence_report, measure_influence, plans_for, steered_generation
+    from .api.views import steering_diff
     from .attribution import InfluenceTrace, influence, rollout, trace_influence
     from .core.errors import (
         AttnlensError,
@@ -179,5 +181,5 @@ __all__ = [
     "generate_batch", "guide", "guide_plan", "guide_plan_for", "influence", "influence_report", "level_delta",
     "load_head_config", "load_model", "locate_substrings", "measure_influence", "parse_tags", "pasta",
     "pasta_plan", "pipeline", "plans_for", "prepare", "profile_heads", "rollout", "run_experiment",
-    "steered_generation", "tokenize_prompt", "trace_influence", "viz", "with_strength",
+    "steered_generation", "steering_diff", "tokenize_prompt", "trace_influence", "viz", "with_strength",
 ]

@@ -219,4 +219,6 @@ def test_cli_describe_all_as_a_resumable_sweep(tiny, tmp_path, monkeypatch, caps
 def test_public_names():
     assert al.AttentionData is AttentionData
     assert "AttentionData" in al.__all__ and "viz" in al.__all__
-    assert callable(al.viz.steering_diff) and callable(al.viz.head_patterns)
+    assert callable(al.steering_diff) and callable(al.viz.head_patterns) and callable(al.viz.steering_view)
+    with pytest.raises(AttributeError, match="never run the model"):
+        al.viz.steering_diff  # noqa: B018 (views take data; the capturing call is al.steering_diff)

@@ -109,3 +109,28 @@ def test_no_import_cycles():
 
 def _is_init(name: str) -> bool:
     return (PACKAGE.parent.joinpath(*name.split(".")) / "__init__.py").is_file()
+
+
+def test_views_import_only_records():
+    """``viz`` is data in, HTML out: from the layers that run models it imports classes (records), never a function."""
+    import importlib
+    import inspect
+
+    runs_models = {"steering", "runtime", "attribution", "analysis"}
+    for path in sorted((PACKAGE / "viz").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            module = "attnlens." + (node.module or "")
+            if _layer(module) not in runs_models:
+                continue
+            imported = importlib.import_module(module)
+            for alias in node.names:
+                assert inspect.isclass(getattr(imported, alias.name)), (
+                    f"{path.name}:{node.lineno} imports {alias.name} from {module}: views take records, not model runs"
+                )
+        private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+                   and not n.attr.startswith("__") and n.attr != "_repr_html_"
+                   and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"))]
+        assert not private, f"{path.name} reads private fields of what it is given: {private}"

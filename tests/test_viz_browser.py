@@ -16,7 +16,7 @@ import torch
 
 import attnlens as al
 from attnlens.core.errors import AttnlensError
-from attnlens.analysis.attention_data import AttentionData
+from attnlens.analysis.capture import PatternSamples
 from attnlens.steering import BiasPlan, guide
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -30,12 +30,12 @@ SPAN = (1, 4)
 
 @pytest.fixture(scope="module")
 def ad(tiny):
-    return AttentionData(tiny, text_batch=TEXTS, min_length=4, max_length=16, seed=0)
+    return al.AttentionData(tiny, text_batch=TEXTS, min_length=4, max_length=16, seed=0)
 
 
 @pytest.fixture(scope="module")
 def diff_view(tiny):
-    return al.viz.steering_diff(tiny, PROMPT, 1, guide(tiny, [SPAN], delta=2.0))
+    return al.steering_diff(tiny, PROMPT, 1, guide(tiny, [SPAN], delta=2.0))
 
 
 def test_steering_diff_shows_guide_raising_span_attention(tiny, diff_view):
@@ -47,20 +47,20 @@ def test_steering_diff_shows_guide_raising_span_attention(tiny, diff_view):
     assert bool((after[:, end:, start:end].sum(-1) > before[:, end:, start:end].sum(-1)).all())
     # the same steering given as a plan (and as a function returning a context) gives the same view data
     plan = al.guide_plan(tiny, [SPAN], delta=2.0)
-    again = al.viz.steering_diff(tiny, PROMPT, -2, plan)
+    again = al.steering_diff(tiny, PROMPT, -2, plan)
     assert torch.allclose(again.data["steered"], after, atol=1e-6) and again.data["layer"] == 1
-    third = al.viz.steering_diff(tiny, PROMPT, 1, lambda: al.apply_bias(tiny, plan), heads=[2])
+    third = al.steering_diff(tiny, PROMPT, 1, lambda: al.apply_bias(tiny, plan), heads=[2])
     assert torch.allclose(third.data["steered"], after[2:3], atol=1e-6)
     assert all(not hp.fwd_hooks for hp in tiny.hook_dict.values())
 
 
 def test_steering_diff_bad_input(tiny):
     with pytest.raises(AttnlensError, match="plan_or_context must be a BiasPlan"):
-        al.viz.steering_diff(tiny, PROMPT, 0, 3.0)
+        al.steering_diff(tiny, PROMPT, 0, 3.0)
     with pytest.raises(AttnlensError, match="layer 7 out of range"):
-        al.viz.steering_diff(tiny, PROMPT, 7, BiasPlan.for_model(tiny))
+        al.steering_diff(tiny, PROMPT, 7, BiasPlan.for_model(tiny))
     with pytest.raises(AttnlensError, match="non-empty sequence"):
-        al.viz.steering_diff(tiny, [], 0, BiasPlan.for_model(tiny))
+        al.steering_diff(tiny, [], 0, BiasPlan.for_model(tiny))
 
 
 def test_saved_views_are_standalone(ad, diff_view, tmp_path):
@@ -73,13 +73,38 @@ def test_saved_views_are_standalone(ad, diff_view, tmp_path):
     assert html.count("var CircuitsVis=") == 1  # the bundle is inlined once for the three parts
     assert html.count("CircuitsVis.render(") == 3
     assert diff_view._repr_html_() in html
-    view = al.viz.head_patterns(ad, 1, 2, max_texts=2)
+    view = ad.patterns_view(1, 2, max_texts=2)
     assert set(view.data["patterns"]) <= {0, 1} and len(view.data["patterns"]) >= 1
     for index, pattern in view.data["patterns"].items():
         n = len(ad.str_tokens(index))
         assert pattern.shape == (n, n)
         assert bool((pattern[1:, 0] == 0).all())  # the first token is hidden, rows renormalised
         assert torch.allclose(pattern[1:].sum(-1), torch.ones(n - 1), atol=1e-5)
+
+
+def test_views_take_data_and_never_run_the_model(ad, tiny, monkeypatch):
+    samples = ad.pattern_samples(1, 2, texts=[1], suppress_first_token=False)
+    assert (samples.layer, samples.head, samples.texts, samples.first_token_hidden) == (1, 2, (1,), False)
+    n = len(ad.str_tokens(1))
+    assert samples.tokens[0] == tuple(ad.str_tokens(1)) and samples.patterns[0].shape == (n, n)
+    assert torch.equal(samples.patterns[0], ad.head_data(1, 2).patterns[ad.row_of(1), :n, :n])
+    # rendering is data in, HTML out: with every forward made to fail, the view still renders
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a view ran the model")
+
+    monkeypatch.setattr(type(tiny), "forward", no_forward)
+    monkeypatch.setattr(type(tiny), "run_with_hooks", no_forward)
+    view = al.viz.head_patterns(samples)
+    assert torch.equal(view.data["patterns"][1], samples.patterns[0]) and "text 1: Paris" in view.to_html()
+    made_up = PatternSamples(0, 3, (7,), (("a", "<b>"),), (torch.tensor([[1.0, 0.0], [0.25, 0.75]]),), ("a <b>",))
+    html = al.viz.head_patterns(made_up).to_html()
+    assert "L0H3" in html and "text 7: a &lt;b&gt;" in html and "<b>" not in html.split("<h3>")[1].split("</h3>")[0]
+    with pytest.raises(AttnlensError, match="pattern_samples"):
+        al.viz.head_patterns(ad)
+    with pytest.raises(AttnlensError, match="texts must be a list"):
+        ad.pattern_samples(1, 2, texts="0")
+    with pytest.raises(AttnlensError, match="max_texts"):
+        ad.pattern_samples(1, 2, max_texts=0)
 
 
 def _chromium() -> str:
@@ -124,7 +149,7 @@ def test_chromium_draws_the_steering_diff(diff_view, tiny, tmp_path):
 def test_chromium_draws_head_patterns(ad, tmp_path):
     _chromium()
     ARTIFACTS.mkdir(exist_ok=True)
-    view = al.viz.head_patterns(ad, 1, 2, texts=[0, 1])
+    view = ad.patterns_view(1, 2, texts=[0, 1])
     page = view.save(ARTIFACTS / "head_patterns.html")
     result = _browser(page, tmp_path / "profile", "--dump-dom")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -36,7 +36,7 @@ def test_script_data_is_escaped(tmp_path):
 
 
 def test_steering_diff_escapes_tokens(tiny):
-    view = al.viz.steering_diff(tiny, "a </script><script>alert(1)</script> b", 0, al.guide(tiny, [(1, 3)], delta=1.0))
+    view = al.steering_diff(tiny, "a </script><script>alert(1)</script> b", 0, al.guide(tiny, [(1, 3)], delta=1.0))
     assert "<script>alert(1)</script>" not in view.to_html()
 
 

@@ -48,7 +48,7 @@ from ..core.errors import AttnlensError, DescribeError
 from ..core.model import check_window, model_shape
 from ..core.validate import LayerSpec, check_text, is_int, resolve_heads, resolve_layer, resolve_layers
 from ..runtime.distributed import current_workers, run_sweep, worker_group
-from .capture import capture_patterns
+from .capture import PatternSamples, capture_patterns
 from .descriptions import (
     DEFAULT_DEADLINE,
     DEFAULT_SYSTEM_PROMPT,
@@ -281,6 +281,57 @@ class AttentionData:
             self.heads[(layer, head)].descriptions[:0] = old.descriptions
             self.heads[(layer, head)].prompts[:0] = old.prompts
         return self.heads[(layer, head)].samples
+
+    def pattern_samples(
+        self,
+        layer: int,
+        head: int,
+        texts: Sequence[int] | None = None,
+        *,
+        max_texts: int = 4,
+        suppress_first_token: bool | None = None,
+    ) -> PatternSamples:
+        """One head's patterns over a few texts, as :func:`attnlens.viz.head_patterns` shows them.
+
+        Args:
+            texts: text indices (into ``text_batch``); default: the texts of the head's
+                highest multiples, at most ``max_texts``.
+            suppress_first_token: hide the first token's column and renormalise the rows
+                without it (default: as this AttentionData).
+
+        The head's patterns are computed here if they are not yet.
+        """
+        record = self.head_data(layer, head)
+        layer, head = record.layer, record.head
+        max_texts = _positive_count("max_texts", max_texts)
+        hide = self.suppress_first_token if suppress_first_token is None else bool(suppress_first_token)
+        if texts is None:
+            chosen: list[int] = []
+            for ranked in self.ranked_multiples(layer, head):
+                if ranked.text_index not in chosen:
+                    chosen.append(ranked.text_index)
+                if len(chosen) >= max_texts:
+                    break
+            texts = chosen or self.texts_used[:max_texts]
+        elif isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or not all(is_int(t) for t in texts):
+            raise AttnlensError(f"texts must be a list of text indices, got {texts!r}")
+        if not texts:
+            raise AttnlensError("texts is empty: give at least one text index")
+        tokens, patterns, previews = [], [], []
+        for index in texts:
+            r = self.row_of(index)
+            str_tokens = self.str_tokens(index)
+            n = len(str_tokens)
+            pattern = record.patterns[r, :n, :n].clone()
+            if hide and n > 1:
+                pattern[:, 0] = 0.0
+                sums = pattern.sum(-1, keepdim=True)
+                pattern = torch.where(sums > 0, pattern / sums.clamp_min(1e-12), pattern)
+            preview = self.text_batch[index].replace("\n", " ")
+            tokens.append(tuple(str_tokens))
+            patterns.append(pattern)
+            previews.append(preview if len(preview) <= 80 else preview[:77] + "...")
+        return PatternSamples(layer, head, tuple(texts), tuple(tokens), tuple(patterns), tuple(previews), hide)
 
     # ------------------------------------------------------------------ display (the seam views plug into)
 

@@ -3,7 +3,8 @@
 :func:`capture_patterns` keeps chosen heads' patterns over many token rows (what
 AttentionData ranks); :func:`layer_pattern` one layer for one row;
 :func:`steering_patterns` one layer unsteered and under a steering (what
-:func:`attnlens.viz.steering_diff` shows).
+:func:`attnlens.steering_diff` shows). The records here are what the views of
+:mod:`attnlens.viz` take: data in, HTML out.
 """
 
 from __future__ import annotations
@@ -37,6 +38,24 @@ class SteeringPatterns:
     str_tokens: list[str]
     unsteered: Float[torch.Tensor, "head query key"]  # noqa: F821
     steered: Float[torch.Tensor, "head query key"]  # noqa: F821
+
+
+@dataclass(frozen=True)
+class PatternSamples:
+    """One head's attention over a few texts, ready to show (:func:`attnlens.viz.head_patterns`).
+
+    ``patterns[i]`` is text ``texts[i]``'s ``[query, key]`` pattern over its
+    ``tokens[i]``; with ``first_token_hidden`` the first key's column is zeroed
+    and every row renormalised without it.
+    """
+
+    layer: int
+    head: int
+    texts: tuple[int, ...]
+    tokens: tuple[tuple[str, ...], ...]
+    patterns: tuple[Float[torch.Tensor, "query key"], ...]  # noqa: F821
+    previews: tuple[str, ...]
+    first_token_hidden: bool = False
 
 
 def capture_patterns(model: Model, rows: Sequence[Sequence[int]], wanted: dict[int, tuple[int, ...]], *,

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.validate import is_int
-from ..analysis.capture import SteeringPatterns, steering_patterns
+from ..analysis.capture import PatternSamples, SteeringPatterns
 from ..core.errors import AttnlensError
 
 if TYPE_CHECKING:
-    from ..analysis.attention_data import AttentionData, RankedMultiple
+    from ..analysis.multiples import RankedMultiple
 
 logger = logging.getLogger(__name__)
 
@@ -248,51 +248,25 @@ def show_description(layer: int, head: int, description: str) -> None:
         logger.debug("layer %d head %d: %s", layer, head, description)
 
 
-def head_patterns(
-    data: "AttentionData",
-    layer: int,
-    head: int,
-    texts: Sequence[int] | None = None,
-    *,
-    max_texts: int = 4,
-    suppress_first_token: bool | None = None,
-) -> HTMLView:
+def head_patterns(samples: PatternSamples) -> HTMLView:
     """One head's attention pattern over sample texts, one interactive circuitsvis view per text.
 
     Args:
-        data: the :class:`attnlens.AttentionData` holding the texts (the head's patterns are
-            computed if needed).
-        texts: text indices (into ``data.text_batch``); default: the texts of the head's
-            highest multiples, at most ``max_texts``.
-        suppress_first_token: hide the first token's column and renormalise the rows
-            without it (default: as ``data``).
+        samples: the patterns to show, from :meth:`attnlens.AttentionData.pattern_samples`
+            (``ad.patterns_view(layer, head)`` computes and shows in one call).
+
+    ``view.data`` holds ``patterns`` (``{text index: [query, key]}``), ``layer`` and ``head``.
     """
     import circuitsvis as cv
 
-    record = data.head_data(layer, head)
-    layer, head = record.layer, record.head
-    hide = data.suppress_first_token if suppress_first_token is None else bool(suppress_first_token)
-    if texts is None:
-        texts = []
-        for ranked in data.ranked_multiples(layer, head):
-            if ranked.text_index not in texts:
-                texts.append(ranked.text_index)
-            if len(texts) >= max_texts:
-                break
-        if not texts:
-            texts = data.texts_used[:max_texts]
-    if not texts:
-        raise AttnlensError("head_patterns needs at least one text")
+    if not isinstance(samples, PatternSamples):
+        raise AttnlensError(
+            f"head_patterns takes the PatternSamples of AttentionData.pattern_samples(layer, head), got "
+            f"{type(samples).__name__}; ad.patterns_view(layer, head) computes and shows them in one call"
+        )
+    layer, head = samples.layer, samples.head
     parts, shown = [], {}
-    for index in texts:
-        r = data.row_of(index)
-        tokens = data.str_tokens(index)
-        n = len(tokens)
-        pattern = record.patterns[r, :n, :n].clone()
-        if hide and n > 1:
-            pattern[:, 0] = 0.0
-            sums = pattern.sum(-1, keepdim=True)
-            pattern = torch.where(sums > 0, pattern / sums.clamp_min(1e-12), pattern)
+    for index, tokens, pattern, preview in zip(samples.texts, samples.tokens, samples.patterns, samples.previews):
         shown[index] = pattern
         view = cv.attention.attention_heads(
             attention=_rounded(pattern[None]),
@@ -300,44 +274,23 @@ def head_patterns(
             attention_head_names=[f"L{layer}H{head}"],
             mask_upper_tri=True,
         )
-        preview = data.text_batch[index].replace("\n", " ")
-        preview = preview if len(preview) <= 80 else preview[:77] + "..."
         parts.append((f"text {index}: {preview}", view))
-    title = f"Layer {layer} head {head}: attention patterns" + (" (first token hidden)" if hide else "")
+    title = f"Layer {layer} head {head}: attention patterns" + (" (first token hidden)" if samples.first_token_hidden else "")
     body = f"<h3>{_html.escape(title)}</h3>\n" + circuitsvis_html(parts)
     return HTMLView(body, title=title, data={"patterns": shown, "layer": layer, "head": head})
 
 
-def steering_diff(
-    model: Any,
-    tokens: Any,
-    layer: int,
-    plan_or_context: Any,
-    *,
-    heads: Sequence[int] | None = None,
-) -> HTMLView:
-    """A layer's attention unsteered, under steering, and the difference, as interactive views.
+def steering_view(captured: SteeringPatterns) -> HTMLView:
+    """One layer's attention unsteered, under steering, and the difference, as interactive views.
 
     Args:
-        model: a TransformerLens ``TransformerBridge``.
-        tokens: a string (tokenized with the model's tokenizer), token ids, or a prepared
-            :class:`attnlens.Prompt`.
-        layer: the layer to show (negative counts from the end).
-        plan_or_context: a :class:`attnlens.BiasPlan` (GUIDE, PASTA or any), a context
-            manager that steers the model (``attnlens.guide(model, spans)``), or a function
-            returning one.
-        heads: the heads to show (default: all).
+        captured: the patterns, from :func:`attnlens.analysis.capture.steering_patterns`
+            (:func:`attnlens.steering_diff` captures and shows in one call).
 
     The view has three parts: unsteered, steered, and steered minus unsteered (red
     where steering raised attention, blue where it lowered it). ``view.data`` holds
     the ``unsteered`` and ``steered`` patterns (``[head, query, key]``) and ``tokens``.
     """
-    captured = steering_patterns(model, tokens, layer, plan_or_context, heads=heads)
-    return steering_view(captured)
-
-
-def steering_view(captured: SteeringPatterns) -> HTMLView:
-    """The view of :func:`steering_diff` from captured patterns (data in, HTML out)."""
     import circuitsvis as cv
 
     layer, chosen = captured.layer, captured.heads
@@ -519,3 +472,18 @@ def influence_view(
             "positions": chosen,
         },
     )
+
+
+_CAPTURE_AND_SHOW = {
+    "steering_diff": "attnlens.steering_diff(model, tokens, layer, plan)",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Views take data and never run a model; the calls that capture and then show live in the API."""
+    if name in _CAPTURE_AND_SHOW:
+        raise AttributeError(
+            f"attnlens.viz.{name} is not a view: views take captured data and never run the model. "
+            f"Use {_CAPTURE_AND_SHOW[name]}, or steering_view(steering_patterns(...))"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

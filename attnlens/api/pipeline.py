@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.model import Model
-from ..attribution.influence import METHODS as INFLUENCE_METHODS
+from ..attribution.influence import INFLUENCE_METHODS
 from ..attribution.influence import InfluenceTrace, check_convention
 from ..core.errors import AttnlensError
 from ..core.records import Record, read_jsonl

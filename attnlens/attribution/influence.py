@@ -77,7 +77,7 @@ from . import fused_influence
 logger = logging.getLogger(__name__)
 
 Method = Literal["influence", "rollout", "influence_heads"]
-METHODS: tuple[str, ...] = ("influence", "rollout", "influence_heads")
+INFLUENCE_METHODS: tuple[str, ...] = ("influence", "rollout", "influence_heads")
 Convention = Literal["stated", "pap"]
 #: ``"stated"``: the residual stream's norm, layer by layer; ``"pap"``: pay-attention-pipeline 0.2.0's
 CONVENTIONS: tuple[str, ...] = ("stated", "pap")
@@ -191,12 +191,12 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
         methods = [methods]
     out = []
     for m in methods:
-        if m not in METHODS:
-            raise AttnlensError(f"unknown influence method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in INFLUENCE_METHODS:
+            raise AttnlensError(f"unknown influence method {m!r}; choose from {', '.join(INFLUENCE_METHODS)}")
         if m not in out:
             out.append(m)
     if not out:
-        raise AttnlensError(f"no influence method given; choose from {', '.join(METHODS)}")
+        raise AttnlensError(f"no influence method given; choose from {', '.join(INFLUENCE_METHODS)}")
     return tuple(out)
 
 
@@ -533,8 +533,8 @@ def influence(
     Steering contexts active around the call (``with attnlens.guide(...)``) steer
     the measured forward pass.
     """
-    if isinstance(method, str) is False or method not in METHODS:
-        raise AttnlensError(f"unknown influence method {method!r}; choose from {', '.join(METHODS)}")
+    if isinstance(method, str) is False or method not in INFLUENCE_METHODS:
+        raise AttnlensError(f"unknown influence method {method!r}; choose from {', '.join(INFLUENCE_METHODS)}")
     row = as_token_row(tokens)
     checked = check_spans(span, spans, row.shape[1])
     trace = trace_influence(

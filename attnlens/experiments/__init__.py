@@ -24,7 +24,7 @@ from ..core.errors import ExperimentError
 _EXPORTS = {
     "JSONConfig": ".json_generation", "JSONStudy": ".json_generation",
     "NeedleConfig": ".needle", "NeedleStudy": ".needle",
-    "CONDITION_METHODS": ".config", "METHODS": ".config", "Condition": ".config", "ExperimentConfig": ".config",
+    "CONDITION_METHODS": ".config", "Condition": ".config", "ExperimentConfig": ".config",
     "resolve_conditions": ".config", "validate_config": ".config",
     "run_experiment": ".runner", "read_rows": ".store",
     "Item": ".study", "Score": ".study", "Segments": ".study", "Study": ".study", "build_messages": ".study",
@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from .json_generation import JSONConfig, JSONStudy
     from .needle import NeedleConfig, NeedleStudy
-    from .config import CONDITION_METHODS, METHODS, Condition, ExperimentConfig, resolve_conditions, validate_config
+    from .config import CONDITION_METHODS, Condition, ExperimentConfig, resolve_conditions, validate_config
     from .runner import run_experiment
     from .store import read_rows
     from .study import Item, Score, Segments, Study, build_messages
@@ -74,7 +74,6 @@ def get_study(name: str) -> Study:
 __all__ = [
     "CONFIGS",
     "CONDITION_METHODS",
-    "METHODS",
     "STUDIES",
     "STUDY_NAMES",
     "Condition",

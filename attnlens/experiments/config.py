@@ -177,6 +177,3 @@ def validate_config(config: ExperimentConfig) -> list[Condition]:
             break
     return conditions
 
-
-#: the condition kinds (also ``attnlens.experiments.METHODS``)
-METHODS = CONDITION_METHODS

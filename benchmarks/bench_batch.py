@@ -1,4 +1,4 @@
-"""Batched vs one-by-one steered generation on the embedded model (the experiments' hot loop).
+"""Batched vs one-by-one steered generation (the experiments' hot loop; the embedded model, or ``--shape``).
 
 Sixteen summarisation prompts from the shipped data, each with its own GUIDE
 span (a per-row plan, left padding), are generated
@@ -9,22 +9,21 @@ span (a per-row plan, left padding), are generated
 Greedy decoding of a fixed number of new tokens (end-of-sequence ignored, so
 both do the same work). Rounds alternate the order; the script prints median
 throughput in generated tokens per second and the ratio. Goal: batch >= 3x.
+Wall time; on an accelerator, synchronised.
+
+``--shape llama-1b`` or ``llama-8b`` runs the same prompts (the embedded tokenizer's ids,
+which every shape's vocabulary holds) through a randomly initialised LLaMA at that shape.
 
     python benchmarks/bench_batch.py [--prompts 16] [--new-tokens 32] [--rounds 3]
+    python benchmarks/bench_batch.py --shape llama-8b --device cuda --dtype bfloat16 --new-tokens 64
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import torch
-
-import attnlens as al
-from attnlens.experiments import Condition, SummarizeConfig, SummarizeStudy, build_messages
-from attnlens.runtime.generate import generate_batch
-from attnlens.steering.bias import BiasPlan
+from _model import add_model_args, clock, describe, load_bridge
 
 
 def main() -> None:
@@ -33,9 +32,17 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delta", type=float, default=2.0)
+    add_model_args(parser)
     args = parser.parse_args()
 
-    model = al.load_model()
+    import torch
+
+    import attnlens as al
+    from attnlens.experiments import Condition, SummarizeConfig, SummarizeStudy, build_messages
+    from attnlens.runtime.generate import generate_batch
+    from attnlens.steering.bias import BiasPlan
+
+    model = load_bridge(args.shape, args.device, args.dtype)
     tokenizer = model.tokenizer
     study, config = SummarizeStudy(), SummarizeConfig(out="unused")
     items = study.items(study.load_data(config), config, tokenizer)[: args.prompts]
@@ -63,16 +70,18 @@ def main() -> None:
     runs = {"batch of %d" % len(rows): batched, "one by one": one_by_one}
     times: dict[str, list[float]] = {name: [] for name in runs}
     generate_batch(model, rows[:2], [], max_new_tokens=2, stop_at_eos=False)  # warm-up
+    timer = clock(args.device, wall=True)
     for r in range(args.rounds):
         order = list(runs.items()) if r % 2 == 0 else list(reversed(runs.items()))
         for name, fn in order:
-            start = time.perf_counter()
+            start = timer()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timer() - start)
 
     tokens = len(rows) * n
-    print(f"embedded model, {len(rows)} prompts of {min(lengths)}-{max(lengths)} tokens, GUIDE delta {args.delta} "
-          f"per row, {n} new tokens each, {args.rounds} rounds, torch threads {torch.get_num_threads()}")
+    print(f"{describe(args.shape, args.device, args.dtype)}, {len(rows)} prompts of {min(lengths)}-{max(lengths)} "
+          f"tokens, GUIDE delta {args.delta} per row, {n} new tokens each, {args.rounds} rounds, "
+          f"torch threads {torch.get_num_threads()}")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, t in medians.items():
         print(f"  {name:<12} {t:8.2f} s   {tokens / t:8.1f} tokens/s")

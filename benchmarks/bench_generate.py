@@ -1,4 +1,4 @@
-"""GUIDE-steered generation vs plain Hugging Face ``generate`` on the embedded model.
+"""GUIDE-steered generation vs plain Hugging Face ``generate`` (the embedded model, or ``--shape``).
 
 Greedy decoding of a fixed number of new tokens (48 by default, end-of-sequence
 ignored so every run does the same work) from the same prompt tokens:
@@ -17,23 +17,23 @@ script prints median times and the ratios against plain HF. Goal: GUIDE/HF <= 1.
 
 Clock: by default the process's CPU time with one torch thread, which other
 processes on a shared machine barely disturb; ``--clock wall --threads N``
-measures wall time instead (meaningful only on an otherwise idle machine).
+measures wall time instead (meaningful only on an otherwise idle machine). On an
+accelerator it is always the wall time, synchronised.
+
+``--shape llama-1b`` or ``llama-8b`` builds both models (the bridge and the plain
+Hugging Face one) as the same randomly initialised LLaMA at that shape; the prompt is
+the same text through the embedded tokenizer, whose ids every shape's vocabulary holds.
 
     python benchmarks/bench_generate.py [--new-tokens 48] [--rounds 7] [--clock cpu|wall] [--threads 1]
+    python benchmarks/bench_generate.py --shape llama-8b --device cuda --dtype bfloat16 --new-tokens 128
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import torch
-
-import attnlens as al
-from attnlens.runtime.generate import generate_batch
-from attnlens.runtime.models import load_embedded_hf
-from attnlens.steering.guide import guide_plan_for
+from _model import add_model_args, clock, describe, load_bridge, load_hf
 
 PROMPT = [{"role": "user", "content": "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world. "
            "It is known for the Eiffel Tower, its museums and its cafés."}]
@@ -45,15 +45,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    add_model_args(parser)
     args = parser.parse_args()
+
+    import torch
+
+    import attnlens as al
+    from attnlens.runtime.generate import generate_batch
+    from attnlens.steering.guide import guide_plan_for
+
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    timer = clock(args.device, wall=args.clock == "wall")
 
-    bridge = al.load_model()
-    hf, tokenizer = load_embedded_hf(attn_implementation="sdpa")
+    bridge = load_bridge(args.shape, args.device, args.dtype)
+    hf = load_hf(args.shape, args.device, args.dtype)
+    tokenizer = bridge.tokenizer
     prompt = al.prepare(tokenizer, PROMPT, delta_mid=1.0)
-    tokens = torch.tensor([prompt.input_ids])
+    tokens = torch.tensor([prompt.input_ids], device=args.device)
     (span,) = prompt.spans
     n = args.new_tokens
 
@@ -72,7 +81,7 @@ def main() -> None:
 
     def run_attnlens() -> torch.Tensor:
         (new,) = generate_batch(bridge, [prompt.input_ids], [plan], max_new_tokens=n, stop_at_eos=False, direct=True)
-        return torch.cat([tokens, torch.tensor([new])], dim=1)
+        return torch.cat([tokens, torch.tensor([new], device=tokens.device)], dim=1)
 
     runs = {"plain HF (sdpa)": run_hf, "attnlens, GUIDE": run_attnlens, "bridge, unsteered": run_bridge,
             "bridge, GUIDE": run_bridge_guide}
@@ -84,14 +93,15 @@ def main() -> None:
         names = list(runs)
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                t0 = clock()
+                t0 = timer()
                 out = runs[name]()
-                times[name].append(clock() - t0)
+                times[name].append(timer() - t0)
                 assert out.shape[1] == tokens.shape[1] + n, (name, out.shape)
 
     base = statistics.median(times["plain HF (sdpa)"])
-    print(f"embedded SmolLM2-135M-Instruct, prompt {tokens.shape[1]} tokens, {n} new tokens, greedy, "
-          f"{args.rounds} rounds, {torch.get_num_threads()} thread(s), {args.clock} time")
+    kind = args.clock if torch.device(args.device).type == "cpu" else "wall (synchronised)"
+    print(f"{describe(args.shape, args.device, args.dtype)}, prompt {tokens.shape[1]} tokens, {n} new tokens, "
+          f"greedy, {args.rounds} rounds, {torch.get_num_threads()} thread(s), {kind} time")
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, m in med.items():
         print(f"  {name:<18} median {m:6.3f} s  ({n / m:6.1f} tok/s)  ratio vs plain HF {m / base:5.2f}")

@@ -5,8 +5,11 @@ Usage::
     python benchmarks/bench_influence.py                      # 512, 1024, 2048, 4096 tokens
     python benchmarks/bench_influence.py --lengths 512 2048   # a subset
     python benchmarks/bench_influence.py --naive --lengths 512 1024   # also cache every layer
+    python benchmarks/bench_influence.py --shape llama-8b --device cuda --dtype bfloat16 --lengths 8192 32768
 
-For each length it measures, on the embedded SmolLM2-135M-Instruct (CPU, float32):
+For each length it measures, on the embedded SmolLM2-135M-Instruct (CPU, float32 by default;
+``--shape llama-1b`` or ``llama-8b``: a randomly initialised LLaMA at that shape, on random token ids
+as always):
 
 * ``forward``   -- ``model(tokens)`` under ``torch.no_grad()``;
 * ``influence`` -- ``attnlens.trace_influence`` with Influence and rollout together
@@ -26,13 +29,16 @@ such as the causal mask and rotary tables), then resets the kernel's peak-RSS
 counter of the process (``echo 5 > /proc/self/clear_refs`` resets ``VmHWM``)
 and notes the current RSS. After the measured passes, the peak extra memory is
 ``VmHWM - RSS before``: the most memory a pass added on top of the loaded
-model. Where ``clear_refs`` is unavailable it falls back to ``ru_maxrss - RSS
-before``, which can only overstate the peak (the model's loading counts too).
+model. Where ``clear_refs`` is unavailable ``VmHWM`` is the peak since the process
+started, which can only overstate the peak (the model's loading counts too). On CUDA
+the peak is ``torch.cuda.max_memory_allocated - torch.cuda.memory_allocated`` before, the
+counter reset after the warm-up.
 
 Time is the CPU time of the process (``time.process_time``) for the fastest of
 ``--repeats`` passes, with torch on ``--threads`` threads (default 1): on a
 machine shared with other work, CPU time is what the pass itself costs, while
-wall-clock time depends on what else runs (the wall time is printed as well).
+wall-clock time depends on what else runs (the wall time is printed as well). On an
+accelerator both are the wall time, synchronised.
 Ratios are influence over forward; "growth" is how a figure grows from one
 length to the next.
 """
@@ -42,37 +48,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-from _memory import reset_peak, status_kib
+from _memory import in_use_mib, peak_method, peak_mib, reset_device_peak
+from _model import add_model_args, clock, describe, load_bridge
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096)
 SPAN = (1, 33)  # the span followed: 32 tokens near the start
 
 
-def _rss_mib() -> float:
-    kib = status_kib("VmRSS")
-    if kib is not None:
-        return kib / 1024
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def worker(mode: str, length: int, repeats: int, threads: int) -> dict:
+def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
     """Run in a fresh process: load, warm up, measure one mode at one length."""
     import torch
 
     import attnlens as al
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = al.load_model()
+    model = load_bridge(args.shape, args.device, args.dtype)
     vocab = model.cfg.d_vocab
-    tokens = torch.randint(100, vocab - 100, (1, length))
+    tokens = torch.randint(100, vocab - 100, (1, length)).to(args.device)
     n_layers = model.cfg.n_layers
 
     def run(toks: torch.Tensor) -> None:
@@ -93,29 +90,27 @@ def worker(mode: str, length: int, repeats: int, threads: int) -> dict:
         else:
             raise SystemExit(f"unknown mode {mode}")
 
+    device = args.device
     run(tokens)  # warm-up at full length: one-time allocations are not the pass's cost
-    exact = reset_peak()
-    before = _rss_mib()
-    cpu, wall = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
+    exact = reset_device_peak(device)
+    before = in_use_mib(device) or 0
+    timer = clock(device)
+    seconds, wall = [], []
+    for _ in range(args.repeats):
+        start, start_time = time.perf_counter(), timer()
         run(tokens)
-        cpu.append(time.process_time() - start_cpu)
+        seconds.append(timer() - start_time)
         wall.append(time.perf_counter() - start)
-    if exact:
-        peak = status_kib("VmHWM") / 1024  # type: ignore[operator]
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "length": length, "seconds": min(cpu), "wall": min(wall), "peak_mib": peak - before,
-            "method": "VmHWM reset" if exact else "ru_maxrss"}
+    return {"mode": mode, "length": length, "seconds": min(seconds), "wall": min(wall),
+            "peak_mib": (peak_mib(device) or 0) - before, "method": peak_method(device, exact)}
 
 
-def measure(mode: str, length: int, repeats: int, threads: int) -> dict:
+def measure(mode: str, length: int, args: argparse.Namespace) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
                MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", mode, str(length), "--repeats", str(repeats),
-         "--threads", str(threads)],
+        [sys.executable, __file__, "--worker", mode, str(length), "--repeats", str(args.repeats),
+         "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype, "--shape", args.shape],
         capture_output=True, text=True, env=env,
     )
     if proc.returncode != 0:
@@ -129,10 +124,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per measurement (the fastest counts)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each measurement")
     parser.add_argument("--naive", action="store_true", help="also measure caching every layer (memory-hungry)")
+    add_model_args(parser)
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.threads)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args)))
         return
 
     from tqdm import tqdm
@@ -141,12 +137,13 @@ def main() -> None:
     jobs = [(length, mode) for length in args.lengths for mode in modes]
     results: dict[tuple[int, str], dict] = {}
     for length, mode in tqdm(jobs, desc="measuring", unit="run"):
-        results[(length, mode)] = measure(mode, length, args.repeats, args.threads)
+        results[(length, mode)] = measure(mode, length, args)
 
     method = {r["method"] for r in results.values()}
-    print(f"\nInfluence + rollout (one pass) vs a plain forward, embedded model, CPU float32, "
+    clock_name = "CPU seconds" if args.device == "cpu" else "wall seconds, synchronised"
+    print(f"\nInfluence + rollout (one pass) vs a plain forward, {describe(args.shape, args.device, args.dtype)}, "
           f"{args.threads} thread(s) (peak memory: {', '.join(sorted(method))}; "
-          f"time: CPU seconds, fastest of {args.repeats}; wall seconds in brackets)")
+          f"time: {clock_name}, fastest of {args.repeats}; wall seconds in brackets)")
     header = f"{'tokens':>6} | {'forward s':>15} {'influence s':>15} {'time x':>7} | " \
              f"{'forward MiB':>11} {'influence MiB':>13} {'memory x':>8}"
     if args.naive:

@@ -28,7 +28,8 @@ and a short warm-up, so the loaded model counts and loading's own peak does not)
 returning freed blocks of 64 KiB or more at once (``MALLOC_MMAP_THRESHOLD_``) so the RSS follows
 live memory; on an accelerator, ``torch.cuda.max_memory_allocated``. ``--shape llama-1b`` or
 ``llama-8b`` builds a randomly initialised LLaMA at that real shape (no hub needed), so the same
-command measures a large model on a GPU.
+command measures a large model on a GPU (``tiny``: a small random LLaMA for quick checks; see
+``_model.py``).
 """
 
 from __future__ import annotations
@@ -40,50 +41,13 @@ import subprocess
 import sys
 import time
 
-from _memory import reset_peak, status_kib
+from _memory import peak_method, peak_mib, reset_device_peak
+from _model import add_model_args, clock, load_bridge, load_hf, synchronize
 
 SPAN = (1, 33)
 GOALS = {"guide": (1.3, 1.15), "pasta": (1.3, 1.15), "influence": (1.6, 1.2), "rollout": (1.6, 1.2),
          "reference": (None, None), "generate_guide": (1.2, None)}
 DEFAULT_MODES = ("plain", "guide", "pasta", "influence", "rollout")
-SHAPES = {
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=64, vocab_size=128256, rope_theta=500000.0),
-    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0),
-}
-
-
-def _load(shape: str, device: str, dtype, plain: bool):
-    """The Hugging Face model (sdpa) for ``plain``, else the bridge over it (eager, as attnlens loads)."""
-    import torch
-
-    import attnlens as al
-    from attnlens.runtime import models
-
-    implementation = "sdpa" if plain else "eager"
-    if shape == "embedded":
-        if plain:
-            hf, _ = models.load_embedded_hf(dtype=dtype, attn_implementation="sdpa")
-            return hf.to(device)
-        return al.load_model(device=device, dtype=dtype)
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformer_lens.model_bridge import TransformerBridge
-
-    config = LlamaConfig(max_position_embeddings=131072, tie_word_embeddings=False, **SHAPES[shape])
-    config._attn_implementation = implementation
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            hf = LlamaForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(default)
-    if plain:
-        return hf
-    tokenizer = models.load_embedded_tokenizer()
-    return TransformerBridge.boot_transformers(shape, hf_model=hf, tokenizer=tokenizer, device=device, dtype=dtype)
 
 
 def _pasta_heads(n_layers: int, n_heads: int, count: int = 8) -> dict[int, list[int]]:
@@ -98,7 +62,6 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
     import torch
 
     import attnlens as al
-    from attnlens.runtime import models
     from attnlens.runtime import fused
     from attnlens.runtime.direct import direct
     from attnlens.runtime.generate import generate_batch
@@ -106,10 +69,9 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
     from attnlens.steering.pasta import pasta_plan
 
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     plain = mode in ("plain", "generate")
-    model = _load(args.shape, args.device, dtype, plain)
+    model = (load_hf if plain else load_bridge)(args.shape, device, args.dtype)
     hf = model if plain else model.original_model
     vocab = hf.config.vocab_size
     generator = torch.Generator().manual_seed(0)
@@ -146,27 +108,16 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
             else:
                 raise SystemExit(f"unknown mode {mode}")
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     run(tokens[:, :256])  # warm-up: kernels, one-time tables
-    sync()
-    accelerator = device.type != "cpu"
-    if accelerator:
-        torch.cuda.reset_peak_memory_stats()
-    exact = reset_peak()
-    start, start_cpu = time.perf_counter(), time.process_time()
+    synchronize(device)
+    exact = reset_device_peak(device)
+    timer = clock(device)
+    start, start_time = time.perf_counter(), timer()
     run(tokens)
-    sync()
-    cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start
-    if accelerator:
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = (status_kib("VmHWM") or 0) / 1024
-    return {"mode": mode, "length": length, "seconds": wall if accelerator else cpu, "wall": wall,
-            "peak_mib": peak, "method": "max_memory_allocated" if accelerator else
-            ("VmHWM" if exact else "VmHWM since start")}
+    seconds = timer() - start_time
+    wall = time.perf_counter() - start
+    return {"mode": mode, "length": length, "seconds": seconds, "wall": wall, "peak_mib": peak_mib(device) or 0,
+            "method": peak_method(device, exact)}
 
 
 def measure(mode: str, length: int, args: argparse.Namespace) -> dict:
@@ -191,9 +142,7 @@ def main() -> None:
                         "(0: none)")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--shape", default="embedded", choices=["embedded", *SHAPES])
+    add_model_args(parser)
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -21,8 +21,15 @@
 Both sides run with the same torch thread count (``--threads``, default: the faster of 1
 and 2, measured at start).
 
+``--shape llama-1b`` or ``llama-8b`` builds both sides' model as the same randomly initialised
+LLaMA at that shape (on ``--device``, in ``--dtype``); the prompt and the profiling task are the
+same texts through the embedded tokenizer, and the steered heads (chosen for the embedded model)
+are clamped to the model's last layer and head. On an accelerator the times are synchronised
+wall times.
+
     python benchmarks/bench_pasta.py [--part a|b|both] [--new-tokens 32] [--rounds 5] [--threads auto]
                                      [--examples 16] [--save-heads FILE --top-k 20]
+    python benchmarks/bench_pasta.py --shape llama-8b --device cuda --dtype bfloat16 --part a
 """
 
 from __future__ import annotations
@@ -30,14 +37,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
-import torch
-
-import attnlens as al
-from attnlens.runtime.generate import generate_batch
-from attnlens.runtime.models import load_embedded_hf
-from attnlens.api.profile import json_format_examples, profile_heads
+from _model import add_model_args, clamp_heads, clock, describe, load_bridge, load_hf
 
 TEXT = (
     "Mary is a doctor. She obtains her bachelor degree from UCSD. "
@@ -54,14 +55,20 @@ def _load() -> float:
         return float("nan")
 
 
-def bench_generation(bridge, new_tokens: int, rounds: int) -> None:
+def bench_generation(bridge, args: argparse.Namespace) -> None:
+    import torch
     from pastalib.pasta import PASTA as PastalibPASTA
 
-    hf, _ = load_embedded_hf(attn_implementation="eager")
+    import attnlens as al
+    from attnlens.runtime.generate import generate_batch
+
+    new_tokens, rounds = args.new_tokens, args.rounds
+    hf = load_hf(args.shape, args.device, args.dtype, attn_implementation="eager")  # the weights of the bridge
     tokenizer = bridge.tokenizer  # both sides get the same token ids
-    theirs = PastalibPASTA(hf, tokenizer, head_config=HEADS, alpha=0.01, scale_position="exclude")
-    inputs, offsets = theirs.inputs_from_batch([TEXT], tokenizer=tokenizer)
-    ours = al.PASTA(bridge, HEADS, alpha=0.01, scale_position="exclude")
+    heads = clamp_heads(HEADS, bridge.cfg.n_layers, bridge.cfg.n_heads)
+    theirs = PastalibPASTA(hf, tokenizer, head_config=heads, alpha=0.01, scale_position="exclude")
+    inputs, offsets = theirs.inputs_from_batch([TEXT], tokenizer=tokenizer, device=args.device)
+    ours = al.PASTA(bridge, heads, alpha=0.01, scale_position="exclude")
     assert ours.locate(TEXT, EMPHASIZE).input_ids == inputs["input_ids"][0].tolist()
 
     def run_pastalib() -> str:
@@ -91,14 +98,15 @@ def bench_generation(bridge, new_tokens: int, rounds: int) -> None:
     runs = [("pastalib", run_pastalib), ("attnlens", run_attnlens), ("hf", run_hf_plain),
             ("attnlens_plain", run_attnlens_plain), ("bridge", run_bridge_plain)]
     times: dict[str, list[float]] = {name: [] for name, _ in runs}
+    timer = clock(args.device, wall=True)
     for r in range(rounds):
         for name, fn in runs if r % 2 == 0 else runs[::-1]:
-            start = time.perf_counter()
+            start = timer()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timer() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"(a) steered generation, {new_tokens} new tokens, {len(inputs['input_ids'][0])} prompt tokens, "
-          f"{sum(len(h) for h in HEADS.values())} heads, alpha=0.01, {rounds} rounds")
+          f"{sum(len(h) for h in heads.values())} heads, alpha=0.01, {rounds} rounds")
     print(f"    pastalib (HF eager generate): {med['pastalib']:.3f} s")
     print(f"    attnlens (PASTA.generate):    {med['attnlens']:.3f} s")
     print(f"    same text: {same}")
@@ -109,7 +117,13 @@ def bench_generation(bridge, new_tokens: int, rounds: int) -> None:
           f"attnlens {med['attnlens'] / med['attnlens_plain']:.2f}x its unsteered run")
 
 
-def bench_profile(bridge, n_examples: int, save: str | None, top_k: int) -> None:
+def bench_profile(bridge, args: argparse.Namespace) -> None:
+    import torch
+
+    import attnlens as al
+    from attnlens.api.profile import json_format_examples, profile_heads
+
+    n_examples, save, top_k = args.examples, args.save_heads, args.top_k
     examples = json_format_examples(n_examples)
     load_before = _load()
     result = profile_heads(bridge, examples, alpha=0.01, chat=True)
@@ -120,16 +134,18 @@ def bench_profile(bridge, n_examples: int, save: str | None, top_k: int) -> None
     for ex in examples:
         located = al.PASTA(bridge, [0]).locate(ex.prompt, list(ex.emphasize), chat=True)
         rows.append(located.input_ids + tok(ex.target, add_special_tokens=False)["input_ids"])
+    timer = clock(args.device, wall=True)
     with torch.no_grad():
-        bridge(torch.tensor([rows[0]]))
-        start = time.perf_counter()
+        bridge(torch.tensor([rows[0]], device=args.device))
+        start = timer()
         for row in rows:
-            bridge(torch.tensor([row]))
-        one_pass = time.perf_counter() - start
+            bridge(torch.tensor([row], device=args.device))
+        one_pass = timer() - start
     n_heads = len(result)
     print(f"(b) profile_heads: {n_heads} heads ({bridge.cfg.n_layers} layers x {bridge.cfg.n_heads} heads) on "
           f"{result.n_examples} examples (JSON-format task, chat template, mean target log-prob)")
-    print(f"    time: {result.seconds:.1f} s  (goal <= 120 s)  = {result.seconds / one_pass:.0f} unsteered forward "
+    goal = "  (goal <= 120 s)" if args.shape == "embedded" else ""
+    print(f"    time: {result.seconds:.1f} s{goal}  = {result.seconds / one_pass:.0f} unsteered forward "
           f"passes of the {result.n_examples} examples ({one_pass:.2f} s each), vs {n_heads + 1} without sharing")
     print(f"    load average during the run: {load_before:.1f} -> {load_after:.1f} (2 cores)")
     print(f"    baseline {result.baseline:.3f}; best head {result.ranking()[0]}")
@@ -138,16 +154,18 @@ def bench_profile(bridge, n_examples: int, save: str | None, top_k: int) -> None
         print(f"    wrote the top {top_k} heads to {save}")
 
 
-def choose_threads(bridge, requested: str) -> int:
+def choose_threads(bridge, requested: str, device) -> int:
     """``auto``: the faster of 1 and 2 torch threads on a small forward pass, measured now.
 
     On a busy 2-core machine a second thread mostly waits at barriers for a core, and one
     thread can be many times faster; on an idle one two threads win.
     """
+    import torch
+
     if requested != "auto":
         torch.set_num_threads(int(requested))
         return int(requested)
-    x = torch.randint(0, 1000, (8, 32))
+    x = torch.randint(0, 1000, (8, 32), device=device)
     best: tuple[float, int] | None = None
     with torch.no_grad():
         for n in (1, 2):
@@ -173,15 +191,20 @@ def main() -> None:
     parser.add_argument("--save-heads", default=None, help="write the profile's top heads (pastalib JSON)")
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--threads", default="auto", help="torch threads: a number, or auto (the faster of 1 and 2)")
+    add_model_args(parser)
     args = parser.parse_args()
+
+    import torch
+
     torch.manual_seed(0)
-    bridge = al.load_model()
-    threads = choose_threads(bridge, args.threads)
-    print(f"torch threads: {threads} ({args.threads}); load average at start: {_load():.1f}")
+    bridge = load_bridge(args.shape, args.device, args.dtype)
+    threads = choose_threads(bridge, args.threads, args.device)
+    print(f"{describe(args.shape, args.device, args.dtype)}; torch threads: {threads} ({args.threads}); "
+          f"load average at start: {_load():.1f}")
     if args.part in ("a", "both"):
-        bench_generation(bridge, args.new_tokens, args.rounds)
+        bench_generation(bridge, args)
     if args.part in ("b", "both"):
-        bench_profile(bridge, args.examples, args.save_heads, args.top_k)
+        bench_profile(bridge, args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Prints the CPU seconds each function takes on each input (CPU time, so a busy
 machine does not inflate it) and the worst case. The scan is linear, so
-doubling --mb roughly doubles every figure.
+doubling --mb roughly doubles every figure. No model, so no --device/--dtype/--shape.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def _random_hf(shape: str, device: Any, dtype: Any, attn_implementation: str, to
 
             tokenizer = load_embedded_tokenizer()
         fields["vocab_size"] = len(tokenizer)
-    config = LlamaConfig(max_position_embeddings=131072, tie_word_embeddings=False, **fields)
-    config._attn_implementation = attn_implementation
+    config = LlamaConfig(max_position_embeddings=131072, tie_word_embeddings=False,
+                         attn_implementation=attn_implementation, **fields)
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -76,14 +76,17 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
     vocab = hf.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     prompt_len = length - args.new_tokens if mode.startswith("generate") else length
+    if prompt_len < 2:
+        raise SystemExit(f"{mode} at {length} tokens: the prompt would have {prompt_len} tokens; give a longer length")
     tokens = torch.randint(100, vocab - 100, (1, prompt_len), generator=generator).to(device)
+    span = (SPAN[0], min(SPAN[1], prompt_len))  # the steered keys, inside short prompts too
 
     def plans():
         if mode in ("guide", "reference", "generate_guide"):
-            return [al.guide_plan(model, [SPAN], delta=2.0)]
+            return [al.guide_plan(model, [span], delta=2.0)]
         if mode == "pasta":
             heads = _pasta_heads(model.cfg.n_layers, model.cfg.n_heads)
-            return [pasta_plan(model, spans=[SPAN], head_config=heads, alpha=0.01)]
+            return [pasta_plan(model, spans=[span], head_config=heads, alpha=0.01)]
         return []
 
     def run(toks: torch.Tensor) -> None:
@@ -94,8 +97,8 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
                 with fused.fused_attention(mode != "reference"), apply_bias(model, plans()[0]), direct(model) as m:
                     m(toks, logits_to_keep=1)
             elif mode in ("influence", "rollout"):
-                span = SPAN if toks.shape[1] > SPAN[1] else (0, 1)
-                al.trace_influence(model, toks, [span], methods=(mode,), progress=False)
+                al.trace_influence(model, toks, [span if toks.shape[1] > span[1] else (0, 1)], methods=(mode,),
+                                   progress=False)
             elif mode == "generate":
                 from transformers import GenerationConfig
 

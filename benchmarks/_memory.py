@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 
@@ -68,3 +72,18 @@ def peak_method(device: Any, exact: bool) -> str:
     if _cuda(device):
         return "max_memory_allocated"
     return "VmHWM" if exact else "VmHWM since start"
+
+
+def measure_in_worker(script: str, mode: str, length: int, threads: int, flags: list[str]) -> dict:
+    """Run ``script --worker MODE LENGTH`` in a fresh process and return the JSON of its last line.
+
+    glibc returns freed blocks of 64 KiB or more at once (``MALLOC_MMAP_THRESHOLD_``, no trimming
+    delay), so the resident set follows live memory; ``threads`` sets the worker's thread pools.
+    """
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
+               MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, script, "--worker", mode, str(length), "--threads", str(threads), *flags]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} at {length} tokens failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

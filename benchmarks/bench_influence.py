@@ -47,12 +47,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 
-from _memory import in_use_mib, peak_method, peak_mib, reset_device_peak
+from _memory import in_use_mib, measure_in_worker, peak_method, peak_mib, reset_device_peak
 from _model import add_model_args, clock, describe, load_bridge
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096)
@@ -106,16 +103,9 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
 
 
 def measure(mode: str, length: int, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
-               MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", mode, str(length), "--repeats", str(args.repeats),
-         "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype, "--shape", args.shape],
-        capture_output=True, text=True, env=env,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} at {length} tokens failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return measure_in_worker(__file__, mode, length, args.threads,
+                             ["--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
+                              "--shape", args.shape])
 
 
 def main() -> None:

@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 
-from _memory import peak_method, peak_mib, reset_device_peak
+from _memory import measure_in_worker, peak_method, peak_mib, reset_device_peak
 from _model import add_model_args, clock, load_bridge, load_hf, synchronize
 
 SPAN = (1, 33)
@@ -124,16 +122,9 @@ def worker(mode: str, length: int, args: argparse.Namespace) -> dict:
 
 
 def measure(mode: str, length: int, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
-               MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS=str(args.threads))
-    command = [sys.executable, __file__, "--worker", mode, str(length), "--threads", str(args.threads),
-               "--device", args.device, "--dtype", args.dtype, "--shape", args.shape,
-               "--new-tokens", str(args.new_tokens)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} at {length} tokens failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return measure_in_worker(__file__, mode, length, args.threads,
+                             ["--device", args.device, "--dtype", args.dtype, "--shape", args.shape,
+                              "--new-tokens", str(args.new_tokens)])
 
 
 def main() -> None:

@@ -163,7 +163,12 @@ def test_embedded_model_equals_the_reference(embedded):
     plans = [al.guide_plan(embedded, [(20, 40)], delta=2.0),
              pasta_plan(embedded, spans=[(50, 60)], head_config={3: [0, 4], 10: [2, 7, 8]}, alpha=0.01)]
     reference = _logprobs(embedded, tokens, plans, False)
-    assert (_logprobs(embedded, tokens, plans, True) - reference).abs().max() < TOL
+    fused_out = _logprobs(embedded, tokens, plans, True)
+    # 30 layers of float32 through two kernels: the whole-vocabulary log-probabilities agree to a few 1e-4
+    # (the rarest tokens move most; measured 2.8e-4 on an AMD EPYC), the probabilities to 1e-5
+    assert (fused_out - reference).abs().max() < 1e-3
+    assert (fused_out.exp() - reference.exp()).abs().max() < TOL / 10
+    assert torch.equal(fused_out.argmax(-1), reference.argmax(-1))
     kwargs = dict(methods=("influence", "rollout"))
     with al.guide(embedded, [(20, 40)], delta=2.0):
         with fused.fused_attention(False):

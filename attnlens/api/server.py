@@ -115,7 +115,6 @@ class Job:
     text: str = ""
     sent: int = 0  # characters of ``text`` already streamed
     finish_reason: str | None = None
-    backend: str | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -456,8 +455,8 @@ class Engine:
                 if not finished:
                     job.report(("error", error))
             return
+        logger.debug("the batch ran on the %s backend", out.backend)
         for i, job in enumerate(jobs):
-            job.backend = out.backend
             if not done[i]:  # ended with the batch (every row reached its end)
                 self._finish(job, "length" if len(job.tokens) >= job.max_tokens else "stop")
 
@@ -510,7 +509,7 @@ def _usage(job: Job) -> dict[str, int]:
 
 
 def _extras(job: Job) -> dict[str, Any]:
-    return {"backend": job.backend, "spans": [s.as_dict() for s in job.prompt.spans]}
+    return {"spans": [s.as_dict() for s in job.prompt.spans]}
 
 
 def create_app(

@@ -7,11 +7,7 @@ page's example (run here too) checks the embedded model against the pipeline.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -268,29 +264,43 @@ def test_a_client_that_goes_away_frees_its_slot(lively, monkeypatch):
         assert stats.rows == [1, 1]  # the stream and the following request; the dropped one never ran
 
 
-def test_the_cli_serves_and_prints_its_address(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "attnlens.cli", "serve", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        line = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(180)
-        assert line and line[0], proc.stderr.read() if proc.poll() is not None else "no address printed"
-        url = re.search(r"http://127\.0\.0\.1:\d+/v1", line[0]).group(0)
-        with urllib.request.urlopen(url + "/models", timeout=30) as response:
-            models = json.loads(response.read())
-        from attnlens.runtime.models import EMBEDDED_NAME
+def test_the_cli_serves_and_prints_its_address(lively, monkeypatch, capsys):
+    """``attnlens serve`` in this process (on a thread, the tiny model), stopped as uvicorn stops on Ctrl-C."""
+    import uvicorn
 
-        assert [m["id"] for m in models["data"]] == [EMBEDDED_NAME]
-        proc.send_signal(signal.SIGINT)  # stops it as every command stops on Ctrl-C
-        assert proc.wait(60) == 130
-        assert "Traceback" not in proc.stderr.read()
+    import attnlens.cli as cli
+    from attnlens.cli import main
+
+    servers = []
+
+    class Recorded(uvicorn.Server):
+        def __init__(self, config):
+            super().__init__(config)
+            servers.append(self)
+
+    monkeypatch.setattr(uvicorn, "Server", Recorded)
+    monkeypatch.setattr(cli, "_load", lambda args: lively)
+    code = []
+    thread = threading.Thread(target=lambda: code.append(main(["serve", "--port", "0", "--model", NAME])))
+    thread.start()
+    try:
+        out = ""
+        deadline = time.monotonic() + 60
+        while "http://" not in out and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+            out += capsys.readouterr().out
+        url = re.search(r"http://127\.0\.0\.1:\d+/v1", out).group(0)
+        assert out.startswith(f"attnlens: serving {NAME} at {url}")
+        deadline = time.monotonic() + 60
+        while not (servers and servers[0].started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with urllib.request.urlopen(url + "/models", timeout=30) as response:
+            assert [m["id"] for m in json.loads(response.read())["data"]] == [NAME]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+        if servers:
+            servers[0].should_exit = True
+        thread.join(60)
+    assert code == [0]
 
 
 def test_the_cli_names_a_taken_port(capsys):

@@ -104,7 +104,7 @@ def test_concurrent_steered_and_unsteered_requests_equal_the_pipeline_alone(serv
     with ThreadPoolExecutor(len(REQUESTS)) as pool:
         futures = [pool.submit(_ask, client, *r) for r in REQUESTS]
         served = [f.result(timeout=300) for f in futures]
-    batches = server.engine.stats.rows[before:]
+    batches = list(server.engine.stats.rows)[before:]
     assert sum(batches) == len(REQUESTS)
     assert max(batches) > 1, f"no two requests shared a batch: {batches}"
     for (endpoint, item, settings, max_tokens), (text, reply) in zip(REQUESTS, served):
@@ -219,6 +219,15 @@ def test_malformed_json_and_completion_errors(server):
     assert status == 400 and got["error"]["param"] == "prompt" and "<!!->" in got["error"]["message"]
 
 
+def test_unknown_paths_and_methods_get_openai_errors(server):
+    request = urllib.request.Request(server.url + "/chat/completions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 405 and json.loads(caught.value.read())["error"]["code"] == "method_not_allowed"
+    status, got = _post(server.url + "/embeddings", {"model": NAME, "input": "x"})
+    assert status == 404 and got["error"]["code"] == "not_found"
+
+
 def test_the_openai_client_raises_its_errors(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
@@ -261,7 +270,7 @@ def test_a_client_that_goes_away_frees_its_slot(lively, monkeypatch):
             time.sleep(0.05)
         assert (stats.stopped, stats.dropped) == (1, 1)
         assert stats.tokens < long  # the abandoned stream stopped generating
-        assert stats.rows == [1, 1]  # the stream and the following request; the dropped one never ran
+        assert list(stats.rows) == [1, 1]  # the stream and the following request; the dropped one never ran
 
 
 def test_the_cli_serves_and_prints_its_address(lively, monkeypatch, capsys):
@@ -323,3 +332,29 @@ def test_the_docs_example_runs(embedded, capsys):
     for i, code in enumerate(blocks):
         exec(compile(code, f"docs/serving.md, block {i + 1}", "exec"), {"__name__": "__docs__"})
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("backend", ["direct", "bridge"])
+def test_generate_batch_reports_every_step_and_stops_rows(lively, backend):
+    """The per-step callback the server streams through: every token of every row, and rows stopped on request."""
+    from attnlens.core.model import pad_id
+    from attnlens.runtime.generate import generate_batch
+
+    rows = [[1, 504, 2730, 314], [1, 504, 2730, 314, 3564, 28]]
+    plain = generate_batch(lively, rows, max_new_tokens=6, backend=backend)
+    assert min(len(r) for r in plain) == 6  # no end token in the way
+    seen = []
+
+    def on_step(tokens):
+        seen.append(tokens)
+        return [len(seen) >= 2, len(seen) >= 4]  # stop row 0 after 2 tokens, row 1 after 4
+
+    out = generate_batch(lively, rows, max_new_tokens=6, backend=backend, on_step=on_step)
+    assert [s[0] for s in seen][:2] == plain[0][:2] and [s[1] for s in seen][:4] == plain[1][:4]
+    if backend == "direct":  # stopped rows get pad tokens; the run ends when every row has stopped
+        assert len(seen) == 4
+        pad = pad_id(lively.tokenizer)
+        assert out[0][:2] == plain[0][:2] and set(out[0][2:]) <= {pad}
+        assert out[1] == plain[1][:4]
+    else:  # the bridge reports the steps after generating, and cannot stop a row
+        assert len(seen) == 6 and out == plain

@@ -272,7 +272,7 @@ class EngineStats:
     """What the worker has done: batches run, rows per batch, requests dropped before they ran."""
 
     batches: int = 0
-    rows: list[int] = field(default_factory=list)
+    rows: deque = field(default_factory=lambda: deque(maxlen=4096))  # rows of the latest batches
     dropped: int = 0
     stopped: int = 0  # rows stopped early because their client went away
     tokens: int = 0
@@ -366,7 +366,7 @@ class Engine:
 
     def _work(self) -> None:
         pending: deque[Job] = deque()
-        while True:
+        while True:  # one iteration per batch; it ends at the stop sentinel
             if not pending:
                 first = self._queue.get()
                 if first is None:
@@ -412,12 +412,23 @@ class Engine:
         return [job for job in jobs if job.sampling == first.sampling][: self.max_batch_size]
 
     def _run(self, jobs: list[Job]) -> None:
+        done = [False] * len(jobs)
+        try:
+            self._generate(jobs, done)
+        except Exception as exc:  # noqa: BLE001 - the worker lives on; every request of the batch hears of it
+            logger.exception("a batch of %d failed", len(jobs))
+            error = exc if isinstance(exc, RequestError) else RequestError(
+                f"generation failed: {exc}", status=500, type="server_error", code="generation_failed")
+            for job, finished in zip(jobs, done):
+                if not finished:
+                    job.report(("error", error))
+
+    def _generate(self, jobs: list[Job], done: list[bool]) -> None:
         rows = [list(job.prompt.input_ids) for job in jobs]
         plans = []
         if any(job.plan is not None for job in jobs):
             empty = BiasPlan.for_model(self.model)
             plans = [BiasPlan.stack([job.plan if job.plan is not None else empty for job in jobs])]
-        done = [False] * len(jobs)
 
         def on_step(tokens: list[int]) -> list[bool]:
             for i, (job, token) in enumerate(zip(jobs, tokens)):
@@ -444,17 +455,8 @@ class Engine:
         self.stats.batches += 1
         self.stats.rows.append(len(jobs))
         logger.debug("generating a batch of %d (at most %d new tokens)", len(jobs), max(j.max_tokens for j in jobs))
-        try:
-            out = generate_batch(self.model, rows, plans, max_new_tokens=max(job.max_tokens for job in jobs),
-                                 stop_at_eos=True, on_step=on_step, **jobs[0].sampling.kwargs())
-        except Exception as exc:  # noqa: BLE001 - every request of the batch hears of it
-            logger.exception("a batch of %d failed", len(jobs))
-            error = exc if isinstance(exc, RequestError) else RequestError(
-                f"generation failed: {exc}", status=500, type="server_error", code="generation_failed")
-            for job, finished in zip(jobs, done):
-                if not finished:
-                    job.report(("error", error))
-            return
+        out = generate_batch(self.model, rows, plans, max_new_tokens=max(job.max_tokens for job in jobs),
+                             stop_at_eos=True, on_step=on_step, **jobs[0].sampling.kwargs())
         logger.debug("the batch ran on the %s backend", out.backend)
         for i, job in enumerate(jobs):
             if not done[i]:  # ended with the batch (every row reached its end)

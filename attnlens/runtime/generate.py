@@ -138,11 +138,12 @@ def generate_batch(
     either way; sampling draws from the same distribution through a different
     sampler (Hugging Face's or the bridge's), so seeded samples differ between them.
 
-    ``on_step``: called after every decoding step with each row's new token (rows that
-    have ended get the pad token); it may return one flag per row, and a row whose
-    flag is true stops there (the row's later tokens are pad tokens). The direct run
-    calls it as each token is made; the bridge, which has no per-step callback, calls
-    it for every step after its ``generate`` returns (and cannot stop a row early).
+    ``on_step``: called after every decoding step with each row's new token; it may
+    return one flag per row, and a row whose flag is true is finished (with
+    ``stop_at_eos``, its later tokens are pad tokens, as after an end token) and the
+    run ends when every row is. The direct run calls it as each token is made; the
+    bridge, which has no per-step callback, calls it for every step after its
+    ``generate`` returns (and cannot stop a row early).
     """
     backend = resolve_backend(backend, direct)
     check_generation_kwargs(

@@ -146,6 +146,8 @@ def generate_batch(
     ``generate`` returns (and cannot stop a row early).
     """
     backend = resolve_backend(backend, direct)
+    if on_step is not None and not callable(on_step):
+        raise AttnlensError(f"on_step must be a function of the step's tokens, got {type(on_step).__name__}")
     check_generation_kwargs(
         dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
              repetition_penalty=repetition_penalty, seed=seed, stop_at_eos=stop_at_eos)
@@ -225,6 +227,8 @@ def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_to
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
             stop = on_step(input_ids[:, -1].tolist())
             flags = [False] * input_ids.shape[0] if stop is None else [bool(f) for f in stop]
+            if len(flags) != input_ids.shape[0]:
+                raise AttnlensError(f"on_step returned {len(flags)} flags for {input_ids.shape[0]} rows")
             return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
     config = GenerationConfig(

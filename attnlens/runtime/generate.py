@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +120,7 @@ def generate_batch(
     stop_at_eos: bool = True,
     backend: str = "auto",
     direct: bool | None = None,
+    on_step: Callable[[list[int]], Sequence[bool] | None] | None = None,
 ) -> "Generation":
     """Generate from token rows with bias plans built in unpadded positions.
 
@@ -136,8 +137,17 @@ def generate_batch(
     ``backend`` attribute says which ran. Greedy decoding gives the same tokens
     either way; sampling draws from the same distribution through a different
     sampler (Hugging Face's or the bridge's), so seeded samples differ between them.
+
+    ``on_step``: called after every decoding step with each row's new token; it may
+    return one flag per row, and a row whose flag is true is finished (with
+    ``stop_at_eos``, its later tokens are pad tokens, as after an end token) and the
+    run ends when every row is. The direct run calls it as each token is made; the
+    bridge, which has no per-step callback, calls it for every step after its
+    ``generate`` returns (and cannot stop a row early).
     """
     backend = resolve_backend(backend, direct)
+    if on_step is not None and not callable(on_step):
+        raise AttnlensError(f"on_step must be a function of the step's tokens, got {type(on_step).__name__}")
     check_generation_kwargs(
         dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
              repetition_penalty=repetition_penalty, seed=seed, stop_at_eos=stop_at_eos)
@@ -171,7 +181,8 @@ def generate_batch(
         if hf is not None:
             out = _hf_generate(hf, batch, eos if stop_at_eos else None, pad_id(tokenizer),
                                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                               top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
+                               top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+                               on_step=on_step)
         else:
             check_kv_cache(model)
             with quiet_cache_rename():
@@ -188,6 +199,9 @@ def generate_batch(
                     verbose=False,
                 )
     new = out[:, batch.length :].tolist()
+    if on_step is not None and hf is None:
+        for step in range(len(new[0]) if new else 0):
+            on_step([row[step] for row in new])
     result = Generation(backend="direct" if hf is not None else "bridge")
     for row in new:
         if stop_at_eos and eos is not None and eos in row:
@@ -198,15 +212,24 @@ def generate_batch(
 
 def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_tokens: int, do_sample: bool,
                  temperature: float, top_p: float | None, top_k: int | None,
-                 repetition_penalty: float) -> torch.Tensor:
+                 repetition_penalty: float,
+                 on_step: Callable[[list[int]], Sequence[bool] | None] | None = None) -> torch.Tensor:
     """Hugging Face ``generate`` with the bridge's meaning of each argument.
 
     ``generate`` fills every setting left unset from the model's own generation
     config, so a stop token it names would end the text even with ``eos=None``;
     the model's config is therefore replaced by this call's for its duration.
-    Sampling uses no top-k unless asked for.
+    Sampling uses no top-k unless asked for. ``on_step`` runs as a stopping criterion.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    class _Steps(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            stop = on_step(input_ids[:, -1].tolist())
+            flags = [False] * input_ids.shape[0] if stop is None else [bool(f) for f in stop]
+            if len(flags) != input_ids.shape[0]:
+                raise AttnlensError(f"on_step returned {len(flags)} flags for {input_ids.shape[0]} rows")
+            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -223,6 +246,7 @@ def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_to
     own = hf.generation_config
     hf.generation_config = config
     try:
-        return hf.generate(batch.tokens, attention_mask=mask, generation_config=config)
+        criteria = StoppingCriteriaList([_Steps()]) if on_step is not None else None
+        return hf.generate(batch.tokens, attention_mask=mask, generation_config=config, stopping_criteria=criteria)
     finally:
         hf.generation_config = own

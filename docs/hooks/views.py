@@ -27,7 +27,7 @@ from pathlib import Path
 logger = logging.getLogger("mkdocs.hooks.views")
 
 PROMPT = "Rewrite in French: Paris is the most visited city in the world."
-SPAN = (0, 4)  # the tokens of "Rewrite in French:"
+FOCUS = "Rewrite in French:"
 TEXTS = [
     "The cat sat on the mat because it was tired after chasing the mouse all day.",
     "Paris is the capital of France and Rome is the capital of Italy.",
@@ -49,15 +49,16 @@ def render_views() -> dict:
     import attnlens as al
 
     model = al.load_model()
-    tokens = model.tokenizer(PROMPT)["input_ids"]
+    prompt = al.tokenize_prompt(model.tokenizer, PROMPT.replace(FOCUS, f"<!->{FOCUS}<-!>"))
+    tokens, span = prompt.input_ids, (prompt.spans[0].start, prompt.spans[0].end)  # (1, 7): after <|im_start|>
     str_tokens = model.tokenizer.convert_ids_to_tokens(tokens)
-    trace = al.trace_influence(model, tokens, [SPAN], methods=("influence", "rollout"))
+    trace = al.trace_influence(model, tokens, [span], methods=("influence", "rollout"))
     curves = {"influence": trace["influence"][0], "rollout": trace["rollout"][0]}
     ad = al.AttentionData(model, text_batch=TEXTS, min_length=4, max_length=20, seed=0)
     return {
         "influence": al.viz.influence_view(curves, str_tokens, title="Influence of 'Rewrite in French:'"),
         "head_patterns": ad.patterns_view(3, 2, texts=[0, 1]),
-        "steering_diff": al.steering_diff(model, PROMPT, 5, al.guide_plan(model, [SPAN], delta=2.0), heads=[0, 1, 2]),
+        "steering_diff": al.steering_diff(model, tokens, 5, al.guide_plan(model, [span], delta=2.0), heads=[0, 1, 2]),
     }
 
 

@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test`.
+# The README's two commands: `make demo` and `make test` (and `make docs`, the docs site).
 # Both install the tested set of dependencies from requirements.lock.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,9 +18,9 @@ LATEST ?= .venv-latest
 FIND_LINKS ?= $(wildcard /opt/wheels)
 LOCK_HEADER := "\# The tested set: every dependency of attnlens[experiments,test], resolved to exact versions" \
 	"\# for CPython 3.11 on Linux x86-64 with the CPU build of torch. \`make setup\` installs it;" \
-	"\# \`make lock\` resolves it again (see the README, \"Versions\")."
+	"\# \`make lock\` resolves it again (see docs/versions.md)."
 
-.PHONY: setup demo test test-latest lock bench clean browser
+.PHONY: setup demo test test-latest lock bench clean browser docs
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest -q
+
+# The docs site (mkdocs.yml, docs/*.md), built offline and strictly into site/ (git-ignored):
+# a warning, a broken link or a missing reference is an error. tests/test_docs.py builds it too.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # The suite on the newest releases the ranges in pyproject.toml allow (torch stays the
 # CPU build): finds drift in transformers or TransformerLens before users do.
@@ -70,4 +75,4 @@ bench: setup
 	$(PY) benchmarks/bench_generate.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache site

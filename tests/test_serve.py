@@ -325,15 +325,6 @@ def test_the_cli_names_a_taken_port(capsys):
     assert "attnlens: error:" in capsys.readouterr().err
 
 
-def test_the_docs_example_runs(embedded, capsys):
-    text = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    assert blocks
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"docs/serving.md, block {i + 1}", "exec"), {"__name__": "__docs__"})
-    assert capsys.readouterr().out.strip()
-
-
 @pytest.mark.parametrize("backend", ["direct", "bridge"])
 def test_generate_batch_reports_every_step_and_stops_rows(lively, backend):
     """The per-step callback the server streams through: every token of every row, and rows stopped on request."""

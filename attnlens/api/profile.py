@@ -266,7 +266,8 @@ def profile_heads(
         model: a TransformerBridge with a tokenizer.
         examples: :class:`ProfileExample` objects, dicts with ``prompt``/``emphasize``/``target``,
             or the path of a JSONL file of them.
-        alpha, scale_position: PASTA's settings, as in :class:`~attnlens.api.pasta.PASTA`.
+        alpha: PASTA's scaling coefficient, as in :class:`~attnlens.api.pasta.PASTA`.
+        scale_position: ``"exclude"`` or ``"include"``, as in :class:`~attnlens.api.pasta.PASTA`.
         scorer: ``"mean_logprob"`` (default), ``"sum_logprob"``, ``"token_accuracy"``,
             ``"first_token_logprob"``, or ``f(logits [rows, n_target, vocab], target [n_target]) -> [rows]``
             (higher is better).

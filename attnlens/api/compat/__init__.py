@@ -7,7 +7,7 @@
 - :mod:`attnlens.api.compat.attention_data`: ``AttentionData`` with attention-data's
   argument order (``describe_head(head, layer, ...)``) and its rows.
 
-The README's "Coming from ..." section lists what differs from each original and why.
+The docs' page "Coming from other tools" (docs/coming-from.md) lists what differs from each original and why.
 """
 
 from .attention_data import AttentionData

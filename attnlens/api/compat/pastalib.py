@@ -13,8 +13,8 @@
 internally, any architecture the bridge supports) or a bridge. ``head_config`` is
 ``{layer: [heads]}`` or, as in AISteer360's PASTA, a list of layers (all their
 heads). The steering is attnlens' PASTA plan (:mod:`attnlens.steering.pasta`);
-the differences from pastalib (``include``, several sections) are listed in the
-README.
+the differences from pastalib (``include``, several sections) are listed in
+docs/coming-from.md.
 """
 
 from __future__ import annotations

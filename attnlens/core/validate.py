@@ -194,3 +194,60 @@ def check_token_ids(ids: Iterable[Any], vocab: int | None, what: str = "token id
 def _short(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+#: query parameters whose values are secrets (matched inside the name: ``api-key``, ``access_token``, ``sig``)
+_SECRET_PARAMETER = ("key", "token", "secret", "password", "passwd", "pwd", "auth", "sig", "credential", "session",
+                     "code")
+
+
+def _secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_PARAMETER)
+
+
+def url_secrets(url: Any) -> list[str]:
+    """The secrets a URL carries: its user name and password, and the values of key-like query parameters
+    (each as written and as decoded)."""
+    from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return []
+    found = []
+    for value in (parts.username, parts.password):
+        if value:
+            found += [value, unquote(value)]
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        if _secret_name(name) and value:
+            found += [value, quote(value, safe=""), quote(value)]
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
+def redact_url(url: Any) -> str:
+    """``url`` for messages and logs: no user name or password, key-like query values replaced by ``***``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "an endpoint (its URL cannot be shown)"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = ("***@" if parts.username or parts.password else "") + host + (f":{port}" if port else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _secret_name(k) and v else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact(text: str, *secrets: Any) -> str:
+    """``text`` with each secret (at least 4 characters) replaced by ``***``."""
+    for secret in sorted({s for s in secrets if isinstance(s, str) and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

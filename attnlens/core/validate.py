@@ -15,13 +15,32 @@ from .errors import AttnlensError
 LayerSpec = Union[str, int, Iterable[int], None]
 
 
+def plain_scalar(value: Any) -> Any:
+    """A numpy scalar or a 0-d torch tensor as the Python number it holds; anything else unchanged.
+
+    Every check below takes numpy and torch scalars as it takes Python numbers (a
+    ``numpy.bool_`` is a bool, so it is refused where a number is asked for).
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    kind = type(value).__module__.split(".")[0]
+    if kind == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    if kind == "torch" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
 def is_int(value: Any) -> bool:
-    """True for an ``int`` that is not a ``bool`` (``True`` is an int to Python, not to a user)."""
+    """True for an ``int`` that is not a ``bool`` (``True`` is an int to Python, not to a user);
+    numpy and torch integer scalars count."""
+    value = plain_scalar(value)
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(value: Any, what: str, *, minimum: int | None = None, error: type[Exception] = AttnlensError) -> int:
     """``value`` when it is an integer (at least ``minimum``), else ``error`` naming ``what``."""
+    value = plain_scalar(value)
     if not is_int(value):
         raise error(f"{what} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
@@ -49,6 +68,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
             raise AttnlensError(
                 f"layers={layers!r}: expected 'all', 'none', 'first', 'last' or layer indices"
             ) from None
+    layers = plain_scalar(layers)
     if is_int(layers):
         layers = [layers]  # type: ignore[list-item]
     if not isinstance(layers, Iterable) or isinstance(layers, (bytes, dict)):
@@ -59,7 +79,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
     if not layers:
         raise AttnlensError("layers=[] selects no layer; pass 'none' to steer no layer")
     resolved = set()
-    for layer in layers:  # type: ignore[union-attr]
+    for layer in map(plain_scalar, layers):  # type: ignore[arg-type]
         if not is_int(layer):
             raise AttnlensError(f"layer {layer!r} is not an integer")
         if not -n_layers <= layer < n_layers:
@@ -70,6 +90,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
 
 def resolve_layer(layer: Any, n_layers: int) -> int:
     """One layer index (negative counts from the end)."""
+    layer = plain_scalar(layer)
     if not is_int(layer):
         raise AttnlensError(f"layer must be an integer, got {layer!r}")
     if not -n_layers <= layer < n_layers:
@@ -101,11 +122,12 @@ def resolve_heads(
             heads = [int(h) for h in heads.replace(",", " ").split()]
         except ValueError:
             raise error(f"heads={heads!r}{where}: expected 'all' or head indices") from None
+    heads = plain_scalar(heads)
     if is_int(heads):
         heads = [heads]  # type: ignore[list-item]
     low = -n_heads if negative else 0
     out = set()
-    for head in heads:  # type: ignore[union-attr]
+    for head in map(plain_scalar, heads):  # type: ignore[arg-type]
         if not is_int(head):
             raise error(f"head {head!r}{where} is not an integer")
         if not low <= head < n_heads:
@@ -125,6 +147,7 @@ def check_number(
     value: Any, what: str, *, positive: bool = False, error: type[Exception] = AttnlensError
 ) -> float:
     """``value`` as a finite float (``> 0`` with ``positive``); bools, strings and NaN are errors naming ``what``."""
+    value = plain_scalar(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise error(f"{what} must be a number, got {value!r}")
     try:
@@ -150,6 +173,8 @@ def check_bias(value: Any, what: str = "bias value") -> float:
 
 
 def check_bool(value: Any, what: str) -> bool:
+    """``value`` when it is True or False (numpy and torch booleans too); strings such as ``"False"`` are errors."""
+    value = plain_scalar(value)
     if not isinstance(value, bool):
         raise AttnlensError(f"{what} must be True or False, got {value!r}")
     return value

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from ..core import records
 from ..core.errors import ExperimentError
+from ..core.validate import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def hf_texts(dataset: str, *, split: str, field: str, count: int, min_words: int
         endpoint = _hub_endpoint()
         if not _reachable(endpoint):
             raise ExperimentError(
-                f"cannot load the data set {dataset!r}: the Hugging Face hub ({endpoint}) cannot be reached "
+                f"cannot load the data set {dataset!r}: the Hugging Face hub ({redact_url(endpoint)}) cannot be reached "
                 "(offline?). Use the shipped data (no --dataset), a local file, or set HF_HUB_OFFLINE=1 to "
                 "read a copy already in the datasets cache"
             )

@@ -76,7 +76,8 @@ def prepare_spans(largest: int) -> None:
         prompt = tokenize_prompt(tokenizer, text)
         times.append(time.process_time() - start)
         print(f"prepare {n:>6,} spans ({len(prompt.input_ids):,} tokens): {times[-1]:.3f} s CPU")
-    print(f"ratio {largest:,} / {largest // 10:,} spans: {times[1] / max(times[0], 1e-9):.1f} (10 = linear)")
+    print(f"ratio {largest:,} / {largest // 10:,} spans: {times[1] / max(times[0], 1e-9):.1f} "
+          "(at most about 10 when preparing is linear; 100 when quadratic)")
 
 
 if __name__ == "__main__":

@@ -289,3 +289,16 @@ def test_ten_thousand_spans_map_like_the_linear_scan(tokenizer):
         for end in (start + 1, start + 5, start + 40):
             hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
             assert index.token_span(start, end) == (hits[0], hits[-1] + 1)
+
+
+def test_the_robustness_docs_python_blocks_run_and_print_what_they_say(capsys):
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "robustness.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/robustness.md", "exec"), {})  # noqa: S102 - the project's own docs
+        said = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+        assert capsys.readouterr().out.splitlines() == said

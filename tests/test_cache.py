@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -149,9 +150,12 @@ def test_leftover_temporary_copies_of_dead_builds_are_removed(cache):
     dead = directory.with_name(directory.name + ".tmp999999999")
     dead.mkdir()
     (dead / "model.safetensors").write_bytes(b"x" * 100)
-    mine = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    recent = directory.with_name(directory.name + ".tmp999999998")  # maybe a build elsewhere: kept a while
+    recent.mkdir()
+    old = time.time() - 3600
+    os.utime(dead, (old, old))
     models.embedded_cache()
-    assert not dead.exists() and not mine.exists()
+    assert not dead.exists() and recent.exists()
 
 
 def test_an_unwritable_cache_location_is_a_model_load_error(tmp_path, monkeypatch, tokenizer):

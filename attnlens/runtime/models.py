@@ -201,17 +201,28 @@ def write_cache_entry(directory: Path, model: Any, tokenizer: Any, *, source: st
         ) from None
 
 
+#: seconds after which a temporary copy whose process is gone counts as left over
+_LEFTOVER_AGE_S = 600
+
+
 def _clear_leftovers(directory: Path) -> None:
-    """Remove temporary copies that a killed build left beside ``directory`` (their process is gone)."""
+    """Remove temporary copies that a killed build left beside ``directory`` (their process is gone,
+    and they have not changed for :data:`_LEFTOVER_AGE_S` seconds)."""
     import shutil
 
     try:
         leftovers = list(directory.parent.glob(directory.name + ".tmp*"))
     except OSError:
         return
+    import time
+
     for path in leftovers:
         pid = path.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        try:  # a build in another process (or another container sharing the cache) may be under way
+            stale = time.time() - path.stat().st_mtime > _LEFTOVER_AGE_S
+        except OSError:
+            continue
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and stale:
             logger.info("removing %s, left by an interrupted cache build", path)
             shutil.rmtree(path, ignore_errors=True)
 

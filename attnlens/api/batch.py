@@ -247,11 +247,11 @@ def run_prompts(
     with worker_group() as workers:
         store = ShardedRows(path, workers)
         on_disk = sum(check_result_lines(p) for p in [path, *store.part_files()])
+        # every worker checks (and fails alike) before rank 0 records the settings of a new file
+        check_identity(path, identity, has_rows=on_disk > 0, write=False)
+        workers.barrier()
         if workers.is_main:
             check_identity(path, identity, has_rows=on_disk > 0, write=True)
-        workers.barrier()
-        if not workers.is_main:
-            check_identity(path, identity, has_rows=False, write=False)
         done = {_row_key(r) for r in store.read_all() if current.get(_row_key(r) or "") == r.get("prompt_sha256")}
         workers.barrier()  # every worker has read the same rows before any writes
         pending = [i for i, k in enumerate(keys) if k not in done]

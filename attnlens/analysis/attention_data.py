@@ -386,6 +386,7 @@ class AttentionData:
 
     def build_prompt(self, samples: Sequence[Sample], custom_prompt: str | None = None) -> str:
         """The description prompt: :data:`PROMPT_PREFIX`, the samples, ``custom_prompt``, :data:`PROMPT_SUFFIX`."""
+        _check_custom_prompt(custom_prompt)
         prompt = f"{PROMPT_PREFIX}\n\n{self.format_samples(samples)}"
         if custom_prompt:
             prompt += f"\n{custom_prompt}"
@@ -494,6 +495,7 @@ class AttentionData:
             DescribeError: no key, a rejected key (401), an unknown model (404), or
                 failures left after the client's retries (429, 5xx, timeouts).
         """
+        _check_custom_prompt(custom_prompt)
         model_name = self._model_name()
         data = self.head_data(layer, head)
         samples = self._head_samples(data.layer, data.head, num_samples)
@@ -534,6 +536,7 @@ class AttentionData:
         """
         _positive_count("max_concurrency", max_concurrency)
         _positive_count("num_samples", num_samples)
+        _check_custom_prompt(custom_prompt)
         model_name = self._model_name()
         layer_list = resolve_layers(layers, self.n_layers)
         if not layer_list:
@@ -648,3 +651,9 @@ class AttentionData:
             f"suppress_first_token={self.suppress_first_token}, openai_model={self.openai_model!r}, "
             f"heads computed={sorted(self.heads)})"
         )
+
+
+def _check_custom_prompt(custom_prompt: Any) -> None:
+    """``custom_prompt`` is None or text, else an AttnlensError naming it."""
+    if custom_prompt is not None:
+        check_text(custom_prompt, "custom_prompt")

@@ -33,6 +33,7 @@ from html import escape
 from typing import Any
 
 from ..core.errors import DescribeError
+from ..core.validate import redact, redact_url, url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def make_client(
                 "client=openai.OpenAI(base_url=..., api_key=...) for another endpoint"
             )
         key = NO_KEY_PLACEHOLDER
-        logger.debug("no API key for %s; sending a placeholder", base_url)
+        logger.debug("no API key for %s; sending a placeholder", redact_url(base_url))
     return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
 
 
@@ -101,15 +102,18 @@ def check_seconds(value: Any, what: str) -> float:
 
 
 def endpoint(client: Any) -> str:
-    """The base URL a client talks to, for messages."""
-    return str(getattr(client, "base_url", "the endpoint")).rstrip("/")
+    """The base URL a client talks to, for messages and logs: without user info or key-like query values."""
+    base = getattr(client, "base_url", None)
+    return "the endpoint" if base is None else redact_url(base).rstrip("/")
 
 
 def _scrub(text: str, client: Any) -> str:
-    key = getattr(client, "api_key", None)
-    if isinstance(key, str) and len(key) >= 4 and key in text:
-        text = text.replace(key, "***")
-    return text
+    """``text`` without the client's key and without the secrets its base URL carries."""
+    base = getattr(client, "base_url", None)
+    if base is not None:
+        raw = str(base)
+        text = text.replace(raw, redact_url(raw)).replace(raw.rstrip("/"), redact_url(raw).rstrip("/"))
+    return redact(text, getattr(client, "api_key", None), *url_secrets(base if base is not None else ""))
 
 
 def _server_message(exc: Any, client: Any) -> str:
@@ -163,8 +167,11 @@ def complete(
     attempt = 0
     while True:
         remaining = deadline - (time.monotonic() - start)
+        # each attempt waits for the server at most what is left of the deadline
+        attempt_client = _bounded(single, remaining)
         try:
-            response = _within(remaining, lambda: _create(single, model=model, messages=messages, **extra))
+            response = _within(remaining, lambda cancel, opened: _create(
+                attempt_client, cancel=cancel, opened=opened, model=model, messages=messages, **extra))
         except _DeadlineExceeded:
             raise DescribeError(
                 f"{where} gave no answer within the deadline of {deadline:g} s ({attempt + 1} attempt(s)); "
@@ -189,15 +196,45 @@ class _DeadlineExceeded(Exception):
     pass
 
 
-def _within(seconds: float, call: Callable[[], Any]) -> Any:
-    """``call()``, or :class:`_DeadlineExceeded` after ``seconds`` (the call is left to finish on its own)."""
+@dataclass(frozen=True)
+class _Body:
+    """A whole HTTP answer, read within the deadline."""
+
+    content: bytes
+    headers: Any
+    status_code: int
+
+
+def _bounded(client: Any, seconds: float) -> Any:
+    """``client`` with its timeout cut to ``seconds`` (what is left of the deadline)."""
+    timeout = getattr(client, "timeout", None)
+    if not callable(getattr(client, "with_options", None)) or seconds <= 0:
+        return client
+    limit = seconds if not isinstance(timeout, (int, float)) else min(float(timeout), seconds)
+    try:
+        return client.with_options(timeout=limit)
+    except (TypeError, ValueError):
+        return client
+
+
+def _within(seconds: float, call: Callable[[threading.Event, dict[str, Any]], Any]) -> Any:
+    """``call(cancel, opened)`` in a worker thread, or :class:`_DeadlineExceeded` after ``seconds``.
+
+    At the deadline the worker is told to stop (``cancel``) and the connection of the
+    answer it is reading (``opened["response"]``) is shut down, so the worker ends and
+    the connection closes; the worker is joined before this returns. Only a call that
+    cannot be interrupted at all (no connection to shut) is left to end on its own:
+    its attempt's timeout was cut to the deadline.
+    """
     if seconds <= 0:
         raise _DeadlineExceeded
     box: dict[str, Any] = {}
+    cancel = threading.Event()
+    opened: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            box["value"] = call()
+            box["value"] = call(cancel, opened)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box["error"] = exc
 
@@ -205,18 +242,62 @@ def _within(seconds: float, call: Callable[[], Any]) -> Any:
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
+        cancel.set()
+        _shut(opened.get("response"))
+        worker.join(_GRACE_S)
+        if worker.is_alive():
+            logger.debug("the chat request's worker is still waiting for the server after the deadline")
         raise _DeadlineExceeded
     if "error" in box:
         raise box["error"]
     return box["value"]
 
 
-def _create(client: Any, **kwargs: Any) -> Any:
-    """The raw HTTP response when the client offers it (the body is checked here), else the parsed one."""
-    raw_api = getattr(client.chat.completions, "with_raw_response", None)
-    if raw_api is None:
-        return client.chat.completions.create(**kwargs)
-    return raw_api.create(**kwargs).http_response
+#: seconds a worker gets to end after its connection is shut at the deadline
+_GRACE_S = 2.0
+
+
+def _shut(response: Any) -> None:
+    """Shut the connection an httpx response is read from (its ``network_stream`` extension), waking a
+    reader blocked on it."""
+    import socket
+
+    stream = getattr(response, "extensions", {}).get("network_stream") if response is not None else None
+    sock = stream.get_extra_info("socket") if stream is not None and hasattr(stream, "get_extra_info") else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _create(client: Any, *, cancel: threading.Event, opened: dict[str, Any], **kwargs: Any) -> Any:
+    """The whole HTTP answer when the client can stream it (read chunk by chunk, stopping when ``cancel``
+    is set), else the raw or parsed response the client offers."""
+    stream_api = getattr(client.chat.completions, "with_streaming_response", None)
+    if stream_api is None:
+        raw_api = getattr(client.chat.completions, "with_raw_response", None)
+        if raw_api is None:
+            return client.chat.completions.create(**kwargs)
+        return raw_api.create(**kwargs).http_response
+    import httpx
+
+    with stream_api.create(**kwargs) as response:
+        http = response.http_response
+        opened["response"] = http
+        chunks = []
+        try:
+            for chunk in response.iter_bytes():
+                if cancel.is_set():
+                    raise _DeadlineExceeded
+                chunks.append(chunk)
+        except httpx.TransportError as exc:  # the body broke off: a dropped connection, as openai names it
+            import openai
+
+            if cancel.is_set():
+                raise _DeadlineExceeded from None
+            raise openai.APIConnectionError(message=f"the answer broke off: {exc}", request=http.request) from exc
+        return _Body(b"".join(chunks), http.headers, http.status_code)
 
 
 def _retry_wait(exc: Exception, attempt: int) -> float | None:

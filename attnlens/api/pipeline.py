@@ -38,16 +38,14 @@ pay-attention-pipeline's keywords are accepted too: ``metric="influence" |
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..core.model import Model
 from ..attribution.influence import INFLUENCE_METHODS
 from ..attribution.influence import InfluenceTrace, check_convention
 from ..core.errors import AttnlensError
-from ..core.records import Record, read_jsonl
+from ..core.records import Record
 from ..core.validate import LayerSpec, check_int, is_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
@@ -317,60 +315,5 @@ def pipeline(
                                 return_full_text=return_full_text, convention=convention)
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def read_prompts(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """A JSON Lines file of prompts: ``{"prompt": text or chat, "id": optional}`` per line."""
-    records = []
-    for where, row in read_jsonl(path, what="prompts"):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) and not is_chat(prompt):
-            raise AttnlensError(f"{where}: 'prompt' must be a string or a chat (a list of role/content dicts)")
-        records.append(row)
-    if not records:
-        raise AttnlensError(f"{str(path)!r} has no prompts")
-    return records
-
-
-def run_prompts(
-    pipe: PayAttentionPipeline,
-    prompts: Sequence[Mapping[str, Any]] | str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    batch_size: int | None = None,
-    **call_kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Run the pipeline on a batch of prompts as a resumable sweep; results go to the JSON Lines file ``out``.
-
-    ``prompts`` are ``{"prompt": ..., "id": ...}`` records (or the path of a JSONL file of
-    them). Each block of ``batch_size`` consecutive prompts is a unit: its results (one row
-    per prompt: ``index``, ``id``, ``generated_text``, ``spans``, ``prompt``, ``backend``,
-    ``influence`` with its tensor as nested lists, and the sweep's ``unit`` and ``part``) are
-    appended as the block finishes, and a rerun skips the blocks on disk. Under ``torchrun`` the workers split the blocks, write
-    part files next to ``out`` and rank 0 merges them in prompt order; every worker
-    returns every row. ``call_kwargs`` go to the pipeline call (``max_new_tokens``, ...).
-    """
-    from ..runtime.distributed import run_sweep, worker_group
-
-    records = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
-    size = batch_size or pipe.batch_size
-    if not is_int(size) or size < 1:
-        raise AttnlensError(f"batch_size must be a positive integer, got {size!r}")
-    blocks = [tuple(range(start, min(start + size, len(records)))) for start in range(0, len(records), size)]
-
-    def compute(block: tuple[int, ...]) -> list[dict[str, Any]]:
-        results = pipe([records[i]["prompt"] for i in block], batch_size=size, **call_kwargs)
-        return [{"index": i, "id": records[i].get("id"), **_jsonable(result[0])}
-                for i, result in zip(block, results)]
-
-    path = Path(out).expanduser()
-    with worker_group() as workers:
-        return run_sweep(blocks, lambda b: f"{b[0]}-{b[-1]}", compute, path, workers=workers)
+# the batch of prompts (attnlens batch) lives in batch.py; its names stay importable from here
+from .batch import read_prompts, run_prompts  # noqa: E402,F401

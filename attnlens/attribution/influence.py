@@ -68,7 +68,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..core.model import Model
-from ..core.validate import is_int
+from ..core.validate import check_bool, is_int
 from ..core import hooks
 from ..core.model import check_window, model_device
 from ..core.errors import AttnlensError, SpanError
@@ -219,6 +219,11 @@ def _mask_row(attention_mask: Any, seq_len: int, device: torch.device) -> torch.
     if mask.dim() != 1 or mask.shape[0] != seq_len:
         raise AttnlensError(
             f"attention_mask must have one entry per token ({seq_len}); got shape {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        bad = sorted({float(v) for v in mask.flatten().tolist() if v not in (0, 1)})[:5]
+        raise AttnlensError(
+            f"attention_mask must hold only 1 (a token) and 0 (padding); it holds {', '.join(f'{v:g}' for v in bad)}"
         )
     if not bool(mask.bool().any()):
         raise AttnlensError("attention_mask masks every token")
@@ -449,6 +454,8 @@ def trace_influence(
         raise AttnlensError(f"expected a TransformerLens model (with .cfg), got {type(model).__name__}")
     methods = _check_methods(methods)
     convention = check_convention(convention)
+    use_values = check_bool(use_values, "use_values")
+    per_head = check_bool(per_head, "per_head")
     device = model_device(model)
     row = as_token_row(tokens).to(device)
     seq = row.shape[1]

@@ -10,6 +10,20 @@ from typing import Any
 from ..core.errors import CLIError
 from ._common import load_model_for, non_negative_int, number, positive_int, positive_number, read_texts, writable
 
+def head_list(text: str) -> Any:
+    """``--heads``: ``all`` or head indices separated by commas or spaces (non-negative integers)."""
+    if text.strip().lower() == "all":
+        return "all"
+    parts = text.replace(",", " ").split()
+    bad = [p for p in parts if not (p.isascii() and p.isdigit())]
+    if not parts or bad:
+        raise CLIError(
+            f"--heads: expected 'all' or head indices such as 0,3,5; got {text!r}"
+            + (f" ({', '.join(map(repr, bad))} is not a head index)" if bad else "")
+        )
+    return [int(p) for p in parts]
+
+
 def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
     from ..api import AttentionData
 
@@ -155,11 +169,11 @@ def _run_heads_describe_all(args: argparse.Namespace) -> int:
     from ..analysis.descriptions import make_client
     from ..runtime.distributed import current_workers
 
+    heads: Any = head_list(args.heads)  # before the client and the model
     client = make_client(
         base_url=args.base_url, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries
     )
     ad = _attention_data(args, client=client)
-    heads: Any = args.heads if args.heads == "all" else [int(h) for h in args.heads.replace(",", " ").split()]
     described = ad.describe_heads(args.layers, heads, num_samples=args.num_samples, custom_prompt=args.custom_prompt,
                                   max_concurrency=args.max_concurrency, sweep_dir=args.sweep_dir)
     if not current_workers().is_main:  # every worker holds the rows; one prints

@@ -24,6 +24,8 @@ def read_jsonl(
     except OSError as exc:
         raise error(f"cannot read {what} {str(file)!r}: {exc.strerror or exc}") from None
     rows = []
+    if data.startswith(b"\xef\xbb\xbf"):  # a byte-order mark some editors write
+        data = data[3:]
     # split on newlines only: a JSON string may hold U+2028 and other characters str.splitlines splits at
     for number, raw in enumerate(data.split(b"\n"), 1):
         where = f"{file.name}, line {number}"

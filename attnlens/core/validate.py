@@ -15,13 +15,32 @@ from .errors import AttnlensError
 LayerSpec = Union[str, int, Iterable[int], None]
 
 
+def plain_scalar(value: Any) -> Any:
+    """A numpy scalar or a 0-d torch tensor as the Python number it holds; anything else unchanged.
+
+    Every check below takes numpy and torch scalars as it takes Python numbers (a
+    ``numpy.bool_`` is a bool, so it is refused where a number is asked for).
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    kind = type(value).__module__.split(".")[0]
+    if kind == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    if kind == "torch" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
 def is_int(value: Any) -> bool:
-    """True for an ``int`` that is not a ``bool`` (``True`` is an int to Python, not to a user)."""
+    """True for an ``int`` that is not a ``bool`` (``True`` is an int to Python, not to a user);
+    numpy and torch integer scalars count."""
+    value = plain_scalar(value)
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(value: Any, what: str, *, minimum: int | None = None, error: type[Exception] = AttnlensError) -> int:
     """``value`` when it is an integer (at least ``minimum``), else ``error`` naming ``what``."""
+    value = plain_scalar(value)
     if not is_int(value):
         raise error(f"{what} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
@@ -49,6 +68,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
             raise AttnlensError(
                 f"layers={layers!r}: expected 'all', 'none', 'first', 'last' or layer indices"
             ) from None
+    layers = plain_scalar(layers)
     if is_int(layers):
         layers = [layers]  # type: ignore[list-item]
     if not isinstance(layers, Iterable) or isinstance(layers, (bytes, dict)):
@@ -59,7 +79,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
     if not layers:
         raise AttnlensError("layers=[] selects no layer; pass 'none' to steer no layer")
     resolved = set()
-    for layer in layers:  # type: ignore[union-attr]
+    for layer in map(plain_scalar, layers):  # type: ignore[arg-type]
         if not is_int(layer):
             raise AttnlensError(f"layer {layer!r} is not an integer")
         if not -n_layers <= layer < n_layers:
@@ -70,6 +90,7 @@ def resolve_layers(layers: LayerSpec, n_layers: int) -> tuple[int, ...]:
 
 def resolve_layer(layer: Any, n_layers: int) -> int:
     """One layer index (negative counts from the end)."""
+    layer = plain_scalar(layer)
     if not is_int(layer):
         raise AttnlensError(f"layer must be an integer, got {layer!r}")
     if not -n_layers <= layer < n_layers:
@@ -101,11 +122,12 @@ def resolve_heads(
             heads = [int(h) for h in heads.replace(",", " ").split()]
         except ValueError:
             raise error(f"heads={heads!r}{where}: expected 'all' or head indices") from None
+    heads = plain_scalar(heads)
     if is_int(heads):
         heads = [heads]  # type: ignore[list-item]
     low = -n_heads if negative else 0
     out = set()
-    for head in heads:  # type: ignore[union-attr]
+    for head in map(plain_scalar, heads):  # type: ignore[arg-type]
         if not is_int(head):
             raise error(f"head {head!r}{where} is not an integer")
         if not low <= head < n_heads:
@@ -125,6 +147,7 @@ def check_number(
     value: Any, what: str, *, positive: bool = False, error: type[Exception] = AttnlensError
 ) -> float:
     """``value`` as a finite float (``> 0`` with ``positive``); bools, strings and NaN are errors naming ``what``."""
+    value = plain_scalar(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise error(f"{what} must be a number, got {value!r}")
     try:
@@ -150,6 +173,8 @@ def check_bias(value: Any, what: str = "bias value") -> float:
 
 
 def check_bool(value: Any, what: str) -> bool:
+    """``value`` when it is True or False (numpy and torch booleans too); strings such as ``"False"`` are errors."""
+    value = plain_scalar(value)
     if not isinstance(value, bool):
         raise AttnlensError(f"{what} must be True or False, got {value!r}")
     return value
@@ -194,3 +219,60 @@ def check_token_ids(ids: Iterable[Any], vocab: int | None, what: str = "token id
 def _short(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+#: query parameters whose values are secrets (matched inside the name: ``api-key``, ``access_token``, ``sig``)
+_SECRET_PARAMETER = ("key", "token", "secret", "password", "passwd", "pwd", "auth", "sig", "credential", "session",
+                     "code")
+
+
+def _secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_PARAMETER)
+
+
+def url_secrets(url: Any) -> list[str]:
+    """The secrets a URL carries: its user name and password, and the values of key-like query parameters
+    (each as written and as decoded)."""
+    from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return []
+    found = []
+    for value in (parts.username, parts.password):
+        if value:
+            found += [value, unquote(value)]
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        if _secret_name(name) and value:
+            found += [value, quote(value, safe=""), quote(value)]
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
+def redact_url(url: Any) -> str:
+    """``url`` for messages and logs: no user name or password, key-like query values replaced by ``***``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "an endpoint (its URL cannot be shown)"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = ("***@" if parts.username or parts.password else "") + host + (f":{port}" if port else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _secret_name(k) and v else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact(text: str, *secrets: Any) -> str:
+    """``text`` with each secret (at least 4 characters) replaced by ``***``."""
+    for secret in sorted({s for s in secrets if isinstance(s, str) and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -22,6 +23,8 @@ IDENTITY_FIELDS = (
     "model", "max_new_tokens", "layers", "seed", "do_sample", "temperature", "top_p",
     "dataset", "pasta_heads", "pasta_alpha", "chat",
 )
+#: a study's own settings that only choose which items run (a rerun with more of them adds items)
+SELECTION_FIELDS = ("context_lengths", "depths")
 
 
 
@@ -71,7 +74,13 @@ class ExperimentConfig:
     fresh: bool = False
 
     def identity(self) -> dict[str, Any]:
+        """The settings that change outputs: the shared ones, then each study's own (its config's extra fields)."""
         out = {name: getattr(self, name) for name in IDENTITY_FIELDS}
+        shared = {f.name for f in dataclasses.fields(ExperimentConfig)}
+        for f in dataclasses.fields(self):
+            if f.name not in shared and f.name not in SELECTION_FIELDS:
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         out["layers"] = _layers_key(self.layers)
         out["do_sample"] = self.sampling
         if not self.sampling:

@@ -79,6 +79,11 @@ class JSONStudy(Study):
             records = records[: config.limit]
         return JSONData(records, schemas)
 
+    def data_fingerprints(self, data: JSONData) -> dict[str, str]:
+        from .store import fingerprint
+
+        return {"schemas": fingerprint(data.schemas), **{f"item {r['id']}": fingerprint(r) for r in data.records}}
+
     def items(self, data: JSONData, config: ExperimentConfig, tokenizer: Any) -> list[Item]:
         items = []
         for r in data.records:

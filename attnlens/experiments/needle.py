@@ -24,7 +24,7 @@ from .config import ExperimentConfig
 from .store import write_csv
 from .study import Item, Score, Segments, Study
 from .summary import item_means
-from .sources import data_file, hf_texts, is_local, read_jsonl, sentences
+from .sources import data_file, hf_texts, is_local, read_jsonl, read_text, sentences
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class NeedleStudy(Study):
     def load_data(self, config: ExperimentConfig) -> NeedleData:
         lengths, depths = _lengths(config), _depths(config)
         if config.dataset is None:
-            haystack = data_file(HAYSTACK_FILE).read_text(encoding="utf-8")
+            haystack = read_text(data_file(HAYSTACK_FILE))
         elif is_local(config.dataset):
             path = Path(config.dataset).expanduser()
             if path.suffix in (".jsonl", ".json"):
@@ -97,7 +97,7 @@ class NeedleStudy(Study):
 
                 haystack = "\n\n".join(str(r.get(config.text_field, "")) for r in read_records(path))
             else:
-                haystack = path.read_text(encoding="utf-8")
+                haystack = read_text(path)
         else:
             # about 0.75 words per token: enough documents for the longest context
             texts = hf_texts(config.dataset, split=config.dataset_split, field=config.text_field,
@@ -109,6 +109,12 @@ class NeedleStudy(Study):
         if config.limit:
             needles = needles[: config.limit]
         return NeedleData(haystack, needles, lengths, depths)
+
+    def data_fingerprints(self, data: NeedleData) -> dict[str, str]:
+        from .store import fingerprint
+
+        return {"haystack": fingerprint(data.haystack),
+                **{f"needle {n.get('id')}": fingerprint(n) for n in data.needles}}
 
     def items(self, data: NeedleData, config: ExperimentConfig, tokenizer: Any) -> list[Item]:
         sents = sentences(data.haystack)

@@ -152,13 +152,23 @@ def run_experiment(
         head_config = _load_heads(config.pasta_heads)
 
     out = Path(config.out).expanduser()
-    with worker_group() as workers, ExitStack() as hold:
-        if workers.is_main:
-            # one launch per folder: a second run (or sweep) on it would double every row; under
-            # torchrun a worker that fails ends its sweep, so the others do not wait for it
-            out.mkdir(parents=True, exist_ok=True)
-            hold.enter_context(run_lock(out))
-        return _run(study, config, conditions, data, head_config, out, model, workers)
+    try:
+        with worker_group() as workers, ExitStack() as hold:
+            if workers.is_main:
+                # one launch per folder: a second run (or sweep) on it would double every row; under
+                # torchrun a worker that fails ends its sweep, so the others do not wait for it
+                out.mkdir(parents=True, exist_ok=True)
+                hold.enter_context(run_lock(out))
+            return _run(study, config, conditions, data, head_config, out, model, workers)
+    except OSError as exc:  # a read-only or full file system under the output directory
+        where = Path(exc.filename) if exc.filename else None
+        if where is None or where == out or out in where.parents or where in out.parents:
+            raise ExperimentError(
+                f"cannot write the results to {str(out)!r}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+                + "; choose a writable output directory with free space"
+            ) from None
+        raise
 
 
 def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], data: Any, head_config: Any,
@@ -172,10 +182,10 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
             for stale in (rows_path, out / RUN_FILE, *store.part_files()):
                 if stale.exists():
                     stale.unlink()
-        _check_run_file(out, config, study.name)
+        _check_run_file(out, config, study.name, data=study.data_fingerprints(data))
     workers.barrier()
     if not workers.is_main:
-        _check_run_file(out, config, study.name, write=False)
+        _check_run_file(out, config, study.name, write=False, data=study.data_fingerprints(data))
     if not workers.distributed:
         read_rows(rows_path, repair=True)  # one process owns the file: a line cut off by a crash is repaired
     existing = [r for r in store.read_all() if {"condition", "item", "generation"} <= r.keys()]

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from ..core import records
 from ..core.errors import ExperimentError
+from ..core.validate import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in records.read_jsonl(path, error=ExperimentError)]
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file as a reader sees it: a byte-order mark dropped, CRLF and CR line ends as LF."""
+    try:
+        content = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ExperimentError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ExperimentError(f"{str(path)!r} is not UTF-8 (invalid byte at {exc.start})") from None
+    return content.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n")
+
+
+def passages(text: str) -> list[str]:
+    """The paragraphs of a text: runs of lines between blank lines (lines of spaces count as blank)."""
+    return [p.strip() for p in _BLANK_LINES.split(text) if p.strip()]
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Records from a ``.jsonl`` file or a ``.json`` list."""
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
         except OSError as exc:
             raise ExperimentError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
@@ -94,7 +114,7 @@ def hf_texts(dataset: str, *, split: str, field: str, count: int, min_words: int
         endpoint = _hub_endpoint()
         if not _reachable(endpoint):
             raise ExperimentError(
-                f"cannot load the data set {dataset!r}: the Hugging Face hub ({endpoint}) cannot be reached "
+                f"cannot load the data set {dataset!r}: the Hugging Face hub ({redact_url(endpoint)}) cannot be reached "
                 "(offline?). Use the shipped data (no --dataset), a local file, or set HF_HUB_OFFLINE=1 to "
                 "read a copy already in the datasets cache"
             )

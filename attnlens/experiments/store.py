@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +142,16 @@ def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ExperimentError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 @contextmanager
@@ -164,9 +171,33 @@ def run_lock(out: Path) -> Iterator[None]:
         lock.release()
 
 
-def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: bool = True) -> None:
+def fingerprint(value: Any) -> str:
+    """The SHA-256 of ``value`` in a canonical JSON form: what a run's data looked like."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _defaults(config: ExperimentConfig) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
+def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: bool = True,
+                    data: Mapping[str, str] | None = None) -> None:
+    """Refuse a folder whose rows were made with other settings or other data; record them for a new one.
+
+    ``data`` maps each part of the study's data (an item, the haystack) to its
+    :func:`fingerprint`; a part in both the folder's run file and this run must have
+    the same fingerprint (a data file edited in place is refused), while parts in only
+    one of them are fine (a larger ``limit`` adds items). A setting the run file lacks
+    (written by an older attnlens) is taken as its default.
+    """
     run_file = out / RUN_FILE
     identity = {"study": study, **config.identity()}
+    data = dict(data or {})
     if run_file.exists():
         try:
             previous = json.loads(run_file.read_bytes().decode("utf-8"))
@@ -180,16 +211,30 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
                 f"{str(run_file)!r} is not a run file (a JSON {type(previous).__name__}); "
                 "restore it, or start afresh (--fresh)"
             )
-        diff = [k for k in identity if previous.get(k) != identity[k]]
+        defaults = _defaults(config)
+        before = {k: previous.get(k, defaults.get(k)) for k in identity}
+        diff = [k for k in identity if before[k] != identity[k]]
         if diff:
-            detail = ", ".join(f"{k}={previous.get(k)!r} (now {identity[k]!r})" for k in diff)
+            detail = ", ".join(f"{k}={before[k]!r} (now {identity[k]!r})" for k in diff)
             raise ExperimentError(
                 f"{str(out)!r} holds results made with other settings: {detail}; "
                 "choose another output directory or start afresh (--fresh)"
             )
+        recorded = previous.get("data") if isinstance(previous.get("data"), dict) else {}
+        changed = sorted(k for k in data if k in recorded and recorded[k] != data[k])
+        if changed:
+            raise ExperimentError(
+                f"{str(out)!r} holds results made from other data: {', '.join(changed[:5])}"
+                + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+                + f" changed since ({config.dataset or 'the shipped data'}); "
+                "choose another output directory or start afresh (--fresh)"
+            )
+        merged = {**recorded, **data}
+        if write and (merged != recorded or any(k not in previous for k in identity)):
+            _write_atomic(run_file, json.dumps({**previous, **identity, "data": merged}, indent=1))
         return
     if write:
-        _write_atomic(run_file, json.dumps(identity, indent=1))
+        _write_atomic(run_file, json.dumps({**identity, "data": data}, indent=1))
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

@@ -80,6 +80,13 @@ class Study(ABC):
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
         """Score each output against its item."""
 
+    def data_fingerprints(self, data: Any) -> dict[str, str]:
+        """Each part of the loaded data (an item, a shared text) and its fingerprint, for the run file:
+        a folder's rows are only resumed from the same data."""
+        from .store import fingerprint
+
+        return {"data": fingerprint(data)}
+
     def extra_outputs(self, rows: Sequence[Mapping[str, Any]], out: Path, config: ExperimentConfig) -> list[Path]:
         """Study-specific tables and plots; returns the files written."""
         return []

@@ -21,7 +21,7 @@ from .metrics import bertscore_f1, detect_language, require_bertscore, semantic_
 from ..core.errors import ExperimentError
 from .config import ExperimentConfig
 from .study import Item, Score, Segments, Study
-from .sources import check_unique_ids, data_file, hf_texts, is_local, read_records, truncate_words
+from .sources import check_unique_ids, data_file, hf_texts, is_local, passages, read_records, read_text, truncate_words
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ class SummarizeStudy(Study):
         elif is_local(config.dataset):
             path = Path(config.dataset).expanduser()
             if path.suffix == ".txt":
-                try:
-                    content = path.read_bytes().decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ExperimentError(f"{str(path)!r} is not UTF-8 (invalid byte at {exc.start})") from None
-                paragraphs = [p.strip() for p in content.split("\n\n") if p.strip()]
+                paragraphs = passages(read_text(path))
                 records = [{"id": f"p{i + 1:03d}", "text": p} for i, p in enumerate(paragraphs)]
             else:
                 records = read_records(path)
@@ -72,6 +68,11 @@ class SummarizeStudy(Study):
             record.setdefault("id", f"p{n + 1:03d}")
         check_unique_ids(records, f"the summarize study's data ({config.dataset or 'shipped'})")
         return records[:limit] if limit else records
+
+    def data_fingerprints(self, data: Any) -> dict[str, str]:
+        from .store import fingerprint
+
+        return {f"item {r['id']}": fingerprint(r) for r in data}
 
     def items(self, data: Any, config: ExperimentConfig, tokenizer: Any) -> list[Item]:
         return [Item(str(r["id"]), r) for r in data]

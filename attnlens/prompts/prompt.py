@@ -9,6 +9,7 @@ fixed here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Union
@@ -17,6 +18,8 @@ from ..core.errors import AttnlensError, SpanError, TagError
 from ..core.validate import check_text, is_int
 from .spans import Encoded, check_role, encode_chat, encode_text, find_substring, pick_occurrence
 from .tags import TagSpan, parse_tags
+
+logger = logging.getLogger(__name__)
 
 Chat = Sequence[Mapping[str, str]]
 PromptInput = Union[str, Chat]
@@ -63,7 +66,8 @@ class Prompt:
     input_ids: list[int]
     text: str
     spans: tuple[TokenSpan, ...]
-    #: the substrings asked for, when the spans were located by :func:`locate_substrings`
+    #: when the spans were located by :func:`locate_substrings`: the substring each span was located
+    #: from, one per span (a substring found at several places labels each of them)
     substrings: tuple[str, ...] = ()
 
     def __len__(self) -> int:
@@ -91,7 +95,30 @@ def _locate(encoded: Encoded, base: int, parsed_spans: Sequence[TagSpan], text: 
     for span in parsed_spans:
         start, end = encoded.token_span(base + span.start, base + span.end)
         out.append(TokenSpan(start, end, span.kind, span.level, text[span.start : span.end], message))
+    _warn_shared_tokens(encoded, parsed_spans, out)
     return out
+
+
+def _tag(span: TagSpan) -> str:
+    return "<?->" if span.kind == "influence" else f"<{'!' * span.level}->"
+
+
+def _warn_shared_tokens(encoded: Encoded, tags: Sequence[TagSpan], spans: Sequence[TokenSpan]) -> None:
+    """A WARNING naming both tags when two tags whose texts do not overlap fall on one token
+    (``Pa<!->r<-!><!!->is<-!!>``: both biases land on ``Paris``)."""
+    order = sorted(range(len(spans)), key=lambda i: (spans[i].start, spans[i].end))
+    reach = -1  # the previous span (in token order) that reaches furthest
+    for i in order:
+        if reach >= 0 and spans[i].start < spans[reach].end:
+            a, b = tags[reach], tags[i]
+            if a.end <= b.start or b.end <= a.start:  # their characters are apart: only the tokens are shared
+                shared = _token_text(encoded, spans[i].start, min(spans[i].end, spans[reach].end))
+                logger.warning(
+                    "the %s tag on %r and the %s tag on %r fall on the same token(s) %r: both are applied "
+                    "there; put tags at token boundaries (e.g. around whole words)",
+                    _tag(a), spans[reach].text, _tag(b), spans[i].text, shared)
+        if reach < 0 or spans[i].end > spans[reach].end:
+            reach = i
 
 
 def tokenize_prompt(
@@ -201,10 +228,12 @@ def locate_substrings(
             f"got {type(prompt).__name__}"
         )
     spans: list[tuple[int, int]] = []
+    labels: list[str] = []  # the substring each span was located from (one substring may give several spans)
     for sub, occ in items:
         for c0, c1 in _char_spans(pieces, sub, occ):
             spans.append(encoded.token_span(c0, c1))
-    subs = tuple(s for s, _ in items)
+            labels.append(sub)
+    subs = tuple(labels)
     located = tuple(TokenSpan(s, e, "emphasis", 0, _token_text(encoded, s, e)) for s, e in spans)
     return Prompt(list(encoded.input_ids), encoded.text, located, subs)
 

@@ -12,8 +12,10 @@ system prompt and role markers included.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..core.errors import SpanError
@@ -37,19 +39,48 @@ class Encoded:
 
     def token_span(self, start: int, end: int) -> tuple[int, int]:
         """Token range ``[t0, t1)`` covering the character span ``[start, end)`` of ``text``."""
-        return char_span_to_tokens(self.offsets, start, end)
+        return self._index.token_span(start, end)
+
+    @cached_property
+    def _index(self) -> "OffsetIndex":
+        return OffsetIndex(self.offsets)
+
+
+class OffsetIndex:
+    """Token offsets indexed for lookups in ``O(log n)``: many spans map in ``O(spans log tokens)``.
+
+    Tokens with a width are searched by bisection when their starts and ends both
+    never decrease (every tokenizer we know); other offsets fall back to a scan.
+    """
+
+    def __init__(self, offsets: Sequence[tuple[int, int]]) -> None:
+        self.offsets = offsets
+        self.positions = [i for i, (t0, t1) in enumerate(offsets) if t1 > t0]
+        self.starts = [offsets[i][0] for i in self.positions]
+        self.ends = [offsets[i][1] for i in self.positions]
+        self.sorted = all(a <= b for a, b in zip(self.starts, self.starts[1:])) and all(
+            a <= b for a, b in zip(self.ends, self.ends[1:]))
+
+    def token_span(self, start: int, end: int) -> tuple[int, int]:
+        if not 0 <= start < end:
+            raise SpanError(f"character span [{start}, {end}) is empty or negative")
+        if self.sorted:
+            first = bisect_right(self.ends, start)  # the first token that ends after ``start``
+            last = bisect_left(self.starts, end) - 1  # the last token that starts before ``end``
+            if first <= last:
+                return self.positions[first], self.positions[last] + 1
+        else:
+            hits = [i for i, (t0, t1) in enumerate(self.offsets) if t0 < end and t1 > start]
+            if hits:
+                return hits[0], hits[-1] + 1
+        raise SpanError(f"character span [{start}, {end}) covers no token")
 
 
 def char_span_to_tokens(
     offsets: Sequence[tuple[int, int]], start: int, end: int
 ) -> tuple[int, int]:
     """Map the character span ``[start, end)`` to the half-open token range that overlaps it."""
-    if not 0 <= start < end:
-        raise SpanError(f"character span [{start}, {end}) is empty or negative")
-    hits = [i for i, (t0, t1) in enumerate(offsets) if t0 < end and t1 > start]
-    if not hits:
-        raise SpanError(f"character span [{start}, {end}) covers no token")
-    return hits[0], hits[-1] + 1
+    return OffsetIndex(offsets).token_span(start, end)
 
 
 def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool) -> Encoded:
@@ -97,15 +128,10 @@ def render_chat(
         if not isinstance(message["content"], str):
             raise SpanError(f"message {i}: 'content' must be a string")
         check_text(message["content"], f"message {i} ({message['role']}) content")
-    rendered = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    rendered = _apply_template(tokenizer, [dict(m) for m in messages], add_generation_prompt)
     marks = [f"\x00attnlens{i}\x00" for i in range(len(messages))]
-    probe = tokenizer.apply_chat_template(
-        [{**m, "content": mark} for m, mark in zip(messages, marks)],
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+    probe = _apply_template(tokenizer, [{**m, "content": mark} for m, mark in zip(messages, marks)],
+                            add_generation_prompt)
     starts: list[int] = []
     pieces: list[str] = []
     cursor = 0
@@ -138,6 +164,26 @@ def render_chat(
         starts.append(at)
         cursor = at + len(message["content"])
     return rendered, tuple(starts)
+
+
+def _apply_template(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """The tokenizer's chat template applied (rendered in jinja's sandbox, as transformers does); a template
+    that fails, or tries to leave the sandbox, is a SpanError naming it."""
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+    except SecurityError as exc:
+        raise SpanError(
+            f"the tokenizer's chat template tried to leave jinja's sandbox and was stopped ({exc}); "
+            "use a trusted chat template (tokenizer.chat_template)"
+        ) from None
+    except TemplateError as exc:
+        raise SpanError(f"the tokenizer's chat template failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(rendered, str):
+        raise SpanError(f"the tokenizer's chat template gave {type(rendered).__name__}, not text")
+    return rendered
 
 
 def encode_chat(

@@ -252,11 +252,13 @@ class ShardedRows:
             yield write
 
     def merge(self, key: Callable[[dict[str, Any]], Any],
-              order: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+              order: Callable[[dict[str, Any]], Any],
+              fix: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> list[dict[str, Any]]:
         """Merge every worker's rows into the merged file (rank 0 writes); every worker returns them.
 
-        Rows with the same ``key`` are one row (the first found is kept); the file
-        is sorted by ``order``. Call it on every worker once they have all written.
+        Rows with the same ``key`` are one row (the first found is kept); ``fix``, when
+        given, maps each row to the row to write, or None to leave it out (a stale row);
+        the file is sorted by ``order``. Call it on every worker once they have all written.
         """
         self.workers.barrier()
         if self.workers.is_main:
@@ -266,7 +268,9 @@ class ShardedRows:
                 k = key(row)
                 if k not in seen:
                     seen.add(k)
-                    rows.append(row)
+                    fixed = row if fix is None else fix(row)
+                    if fixed is not None:
+                        rows.append(fixed)
             rows.sort(key=order)
             self.merged.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.merged, rows)

@@ -30,7 +30,7 @@ from ..core.model import Model
 from ..core import hooks
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_device, model_dtype, model_shape
-from ..core.validate import LayerSpec, check_bias, is_int, resolve_heads, resolve_layers
+from ..core.validate import LayerSpec, check_bias, is_int, plain_scalar, resolve_heads, resolve_layers
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class BiasPlan:
         row: int | None = None,
     ) -> "BiasPlan":
         """Add one term (``end=None``: to the end of the prompt); returns the plan so calls chain."""
+        start, end = plain_scalar(start), plain_scalar(end)
         for name, v in (("start", start), ("end", end)):
             if v is None and name == "end":
                 continue

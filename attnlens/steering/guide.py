@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from ..core.model import Model
 from ..core.errors import AttnlensError, SpanError
-from ..core.validate import BIAS_LIMIT, LayerSpec, check_number
+from ..core.validate import BIAS_LIMIT, LayerSpec, check_number, is_int, plain_scalar
 from ..prompts.prompt import Prompt
 from .bias import BiasPlan, apply_bias
 
@@ -48,11 +48,14 @@ def is_per_row(spans: Sequence[Any]) -> bool:
     )
 
 
-def _unpack(span: Any, delta: float) -> tuple[int, int, float]:
+def _unpack(span: Any, delta: Any) -> tuple[int, int, float]:
     if not isinstance(span, (list, tuple)) or len(span) not in (2, 3):
         raise SpanError(f"span {span!r} must be (start, end) or (start, end, delta)")
-    start, end = span[0], span[1]
-    value = float(span[2]) if len(span) == 3 else float(delta)
+    start, end = plain_scalar(span[0]), plain_scalar(span[1])
+    if len(span) == 3:
+        value = check_number(span[2], f"the delta of span {tuple(span)!r}")
+    else:
+        value = check_number(delta, "delta")
     return start, end, value
 
 
@@ -66,7 +69,7 @@ def guide_plan(
 ) -> BiasPlan:
     """The :class:`BiasPlan` of :func:`guide` (one list of spans, or one list per batch row)."""
     plan = BiasPlan.for_model(model)
-    if isinstance(spans, tuple) and len(spans) in (2, 3) and isinstance(spans[0], int):
+    if isinstance(spans, tuple) and len(spans) in (2, 3) and is_int(spans[0]):
         spans = [spans]  # a single span
     rows = list(spans) if is_per_row(spans) else [list(spans)]
     per_row = is_per_row(spans)
@@ -104,11 +107,14 @@ def guide(
 
 
 def check_delta(delta: Any) -> float:
-    """``delta`` as a finite float, else an error naming it."""
+    """``delta`` as a finite float (numpy and torch scalars too), else an error naming it; strings are refused."""
+    number = plain_scalar(delta)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise AttnlensError(f"delta_mid must be a number, got {delta!r}")
     try:
-        value = float(delta)
-    except (TypeError, ValueError):
-        raise AttnlensError(f"delta_mid must be a number, got {delta!r}") from None
+        value = float(number)
+    except OverflowError:
+        raise AttnlensError(f"delta_mid must be finite, got {delta!r}") from None
     if value != value or abs(value) == float("inf"):
         raise AttnlensError(f"delta_mid must be finite, got {delta!r}")
     if abs(value) * max(LEVEL_FACTORS.values()) > BIAS_LIMIT:

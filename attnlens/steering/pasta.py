@@ -39,7 +39,7 @@ from typing import Any, Union
 
 
 from ..core.model import Model
-from ..core.validate import is_int
+from ..core.validate import is_int, plain_scalar
 from ..core.errors import AttnlensError, SpanError
 from ..core.errors import HeadConfigError
 from ..core.model import model_shape
@@ -155,6 +155,7 @@ def count_heads(head_config: Mapping[int, Sequence[int]]) -> int:
 
 def check_alpha(alpha: Any, scale_position: str) -> float:
     """Validate ``alpha`` for ``scale_position``: (0, 1] for ``exclude``, > 0 for ``include``."""
+    alpha = plain_scalar(alpha)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise AttnlensError(f"alpha must be a number, got {alpha!r}")
     value = float(alpha)

@@ -247,19 +247,20 @@ def test_a_seed_gives_the_same_samples_whatever_runs_beside_it(model):
     assert len({str(result) for is_seeded, result in results if not is_seeded}) > 1  # unseeded still varies
 
 
-# ----------------------------------------------------------------------------- the embedded model
+# ----------------------------------------------------------------------------- the embedded model (the docs' example)
 
 
-def test_the_pipeline_race_on_the_embedded_model(embedded):
-    pipe = al.pipeline("pay-attention", model=embedded)
-    plain = "The capital of Italy is Rome. The capital of France is"
-    steered = "<!!!-> Rewrite in French: <-!!!> Paris is the most visited city."
-    alone = {plain: pipe(plain, max_new_tokens=6), steered: pipe(steered, max_new_tokens=6, delta_mid=5.0)}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        a = pool.submit(pipe, steered, max_new_tokens=6, delta_mid=5.0)
-        b = pool.submit(pipe, plain, max_new_tokens=6)
-        raced = {steered: a.result(), plain: b.result()}
-    for text in (plain, steered):
-        assert raced[text][0]["generated_text"] == alone[text][0]["generated_text"]
-        assert raced[text][0]["backend"] == alone[text][0]["backend"] == "direct"
+@pytest.mark.embedded
+def test_the_docs_example_runs(embedded, capsys):
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "concurrency.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+    assert blocks
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/concurrency.md, block {i + 1}", "exec"), {})
+    # the example races a steered and an unsteered pipeline call on the embedded model, a guide block
+    # against a new thread and asyncio.to_thread, and seeded against unseeded sampling
+    assert capsys.readouterr().out.strip()  # the steered request's text
     assert hooks_left(embedded) == 0 and not registered()

@@ -20,7 +20,7 @@ from conftest import make_tiny_bridge
 
 TOKENS = torch.tensor([[1, 5, 9, 200, 17, 3000, 44, 8, 90, 12]])
 ROWS = [[1, 5, 9, 200, 17, 3000, 44], [1, 300, 7, 9]]
-ROUNDS = 3
+ROUNDS = 2
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,12 @@ so the same kernel call that computes the layer's output computes the
 Influence update of every span and method, per head, without forming ``A``
 (:mod:`attnlens.attribution.fused_influence`).
 
+Large biases (beyond :data:`attnlens.steering.bias.PLAIN`) are folded relative to each
+row's largest, with differences past :data:`~attnlens.steering.bias.GAP` shortened,
+and such a layer runs in float32 whatever the model's precision: the folded column
+``b_j / scale`` then never overflows half precision, and a constant bias is exactly
+a no-op.
+
 A layer runs fused only when every hook on its score point is an attnlens bias
 (:func:`attnlens.apply_bias`) and its pattern point has none: a hook of a
 user's own on either point still sees the materialised tensors, on the

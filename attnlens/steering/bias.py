@@ -440,12 +440,13 @@ class Dispatch:
 def _acquire(model: Model, owner: _ModelHooks, layers: Iterable[int]) -> None:
     from ..core import _internals as tl
 
+    points = model.hook_dict
     with owner.mutex:
         done: list[int] = []
         try:
             for layer in layers:
                 if owner.users.get(layer, 0) == 0:
-                    point = model.hook_dict[SCORE_HOOK.format(layer=layer)]
+                    point = points[SCORE_HOOK.format(layer=layer)]
                     owner.installed[layer] = (point, tl.add_lens_hook(point, Dispatch(owner, layer)))
                 owner.users[layer] = owner.users.get(layer, 0) + 1
                 done.append(layer)
@@ -495,8 +496,11 @@ def apply_bias(model: Model, plan: BiasPlan) -> Iterator[BiasPlan]:
         yield plan
         return
     layers = {layer: _ScoreBias(bias, layer) for layer, bias in compiled.items()}
-    if not hasattr(model, "hook_dict"):  # a model of another kind: its own scoped hooks
-        block = _Block(_hooks_of(model), layers)
+    points = getattr(model, "hook_dict", None)
+    if points is None or any(SCORE_HOOK.format(layer=l) not in points for l in layers):
+        # a model of another kind, or names it resolves itself: its own hooks() for the block, whose
+        # dispatchers (an owner of their own) add this block's plan only
+        block = _Block(_ModelHooks(), layers)
         token = _active.set(_active.get() + (block,))
         try:
             with model.hooks(fwd_hooks=[(SCORE_HOOK.format(layer=l), Dispatch(block.owner, l)) for l in layers]):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..core.model import Model
 from ..core import hooks as hooks_
+from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError
 from ..core.model import model_device, model_shape, pad_id
 from ..core.validate import is_int, resolve_heads
@@ -106,11 +107,14 @@ def _run(model: Model, n_layers: int, tokens: torch.Tensor, mask: torch.Tensor, 
     kwargs: dict[str, Any] = {"attention_mask": mask, "return_type": None}
     if stop < n_layers:
         kwargs["stop_at_layer"] = stop
-    try:
-        model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
-    except NotImplementedError:  # a model without a blocks stack cannot stop early
-        kwargs.pop("stop_at_layer", None)
-        model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
+    # the model is held for the pass; the hooks act only in this call's context
+    with exclusive(model), call_scope() as scope:
+        hooks = scoped(hooks, scope)
+        try:
+            model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
+        except NotImplementedError:  # a model without a blocks stack cannot stop early
+            kwargs.pop("stop_at_layer", None)
+            model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
 
 
 def as_tokens(model: Model, tokens: Any) -> torch.Tensor:
@@ -157,10 +161,10 @@ def layer_pattern(model: Model, tokens: Int[torch.Tensor, "pos"], layer: int) ->
     kwargs: dict[str, Any] = {"return_type": None}
     if layer + 1 < n_layers:
         kwargs["stop_at_layer"] = layer + 1
-    with torch.no_grad():
+    with torch.no_grad(), exclusive(model), call_scope() as scope:
         model.run_with_hooks(
             tokens[None].to(model_device(model)),
-            fwd_hooks=[(hooks_.name(hooks_.PATTERN, layer), hook)],
+            fwd_hooks=scoped([(hooks_.name(hooks_.PATTERN, layer), hook)], scope),
             **kwargs,
         )
     return captured["pattern"]

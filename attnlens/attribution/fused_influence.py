@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..core import _internals as tl
+from ..core.concurrency import Scoped, call_scope
 from ..core.errors import AttnlensError
 from ..runtime import fused
 from ..runtime.direct import direct, direct_reason
@@ -111,12 +112,12 @@ def run(model: Any, stream: Any, row: torch.Tensor, mask: torch.Tensor | None) -
     routed: list[Any] = []
     # the wrapped modules, taken before the direct run puts them in their wrappers' places
     modules = [(tl.original_component(block), tl.original_component(block.attn)) for block in model.blocks]
-    with torch.no_grad(), direct(model) as hf:
+    with torch.no_grad(), direct(model) as hf, call_scope() as scope:
         try:
             for layer, (decoder, attn) in enumerate(modules):
-                handles.append(decoder.register_forward_pre_hook(partial(_resid_pre, stream, layer),
+                handles.append(decoder.register_forward_pre_hook(Scoped(partial(_resid_pre, stream, layer), scope),
                                                                  with_kwargs=True))
-                handles.append(attn.register_forward_hook(partial(_attn_out, stream, layer)))
+                handles.append(attn.register_forward_hook(Scoped(partial(_attn_out, stream, layer), scope)))
                 columns = _Columns(stream, layer)
                 fused._columns[attn] = fused.ColumnRoute(columns.values, columns.take)
                 routed.append(attn)

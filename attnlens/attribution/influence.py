@@ -71,6 +71,7 @@ from ..core.model import Model
 from ..core.validate import check_bool, is_int
 from ..core import hooks
 from ..core.model import check_window, model_device
+from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError, SpanError
 from . import fused_influence
 
@@ -482,11 +483,14 @@ def trace_influence(
         # It computes rollout and the stated convention's influence; PAP's influence (the normalised
         # input's norm) and influence_heads (per-head output norms) read patterns through hooks.
         fusable = "influence_heads" not in methods and (convention == "stated" or "influence" not in methods)
-        if fusable and fused_influence.available(model):
-            fused_influence.run(model, stream, row, mask)
-        else:
-            with torch.no_grad(), model.hooks(fwd_hooks=stream.hooks()):
-                model(row, **kwargs)
+        # the model is held for the pass (other threads' runs of it wait), and the hooks act only
+        # in this call's context (a forward another thread runs meanwhile is not measured)
+        with exclusive(model):
+            if fusable and fused_influence.available(model):
+                fused_influence.run(model, stream, row, mask)
+            else:
+                with torch.no_grad(), call_scope() as scope, model.hooks(fwd_hooks=scoped(stream.hooks(), scope)):
+                    model(row, **kwargs)
     finally:
         bar.close()
     if stream.layer != n_layers - 1:

@@ -4,7 +4,7 @@ Checked against TransformerLens 4.3.0, transformers 5.23.0 and 5.24.0, torch 2.1
 When one of them changes, this module is what to read again; nothing else in
 attnlens touches these internals.
 
-- TransformerLens: ``AttentionBridge._update_kv_cache`` (wrapped by
+- TransformerLens: a hook point's ``fwd_hooks`` list (:func:`remove_lens_hook`), ``AttentionBridge._update_kv_cache`` (wrapped by
   :func:`mend_kv_cache_argument` while TransformerLens ignores transformers 5.24's
   ``cache`` argument); ``GeneralizedComponent`` and its public ``original_component``
   (the wrapped Hugging Face module); a block's ``_capture_hook_handles`` (the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -149,6 +150,26 @@ def mend_kv_cache_argument() -> bool:
     return True
 
 
+def add_lens_hook(point: nn.Module, fn: Callable[..., Any]) -> Any:
+    """Add ``fn`` to a TransformerLens hook point (its public ``add_hook``); returns the handle
+    that :func:`remove_lens_hook` takes. The caller removes it itself: no context level is
+    involved, so another thread's ``hooks()`` block can neither remove it nor be disturbed."""
+    with _lens_mutex:
+        return point.add_hook(fn, dir="fwd")
+
+
+def remove_lens_hook(point: nn.Module, handle: Any) -> None:
+    """Remove a handle :func:`add_lens_hook` gave (the hook point's ``fwd_hooks`` list, and torch's hook)."""
+    with _lens_mutex:
+        handle.hook.remove()
+        hooks = getattr(point, "fwd_hooks", None)
+        if hooks is not None:
+            hooks[:] = [h for h in hooks if h is not handle]
+
+
+_lens_mutex = threading.Lock()
+
+
 # ----------------------------------------------------------------------------- torch
 
 
@@ -235,28 +256,44 @@ def attention_interfaces() -> tuple[Any, Any, Callable[..., Any]]:
     return AttentionInterface, AttentionMaskInterface, sdpa_mask
 
 
+_registrations: dict[str, list[Any]] = {}  # name -> [users, what was registered before]
+_registration_mutex = threading.Lock()
+
+
 @contextmanager
 def registering_attention(name: str, attention: Callable[..., Any]) -> Iterator[None]:
     """Register ``attention`` (with sdpa's masks) under ``name`` for the ``with`` block.
 
-    What was registered under ``name`` before is put back on exit; a name that was
-    not registered is removed.
+    Counted: nested and concurrent blocks share one registration (the first one's
+    ``attention``; callers register one dispatching function), and what was
+    registered under ``name`` before is put back when the last block ends (a name
+    that was not registered is removed).
     """
     attention_interface, mask_interface, sdpa_mask = attention_interfaces()
-    missing = object()
-    saved = [(iface, iface._global_mapping.get(name, missing)) for iface in (attention_interface, mask_interface)]
-    attention_interface.register(name, attention)
-    # sdpa's masks: none where causality alone masks (the fused kernels' is_causal), else a
-    # boolean mask; the reference path turns either into the bridge's additive eager mask
-    mask_interface.register(name, sdpa_mask)
+    with _registration_mutex:
+        entry = _registrations.get(name)
+        if entry is None:
+            missing = object()
+            saved = [(iface, iface._global_mapping.get(name, missing), missing)
+                     for iface in (attention_interface, mask_interface)]
+            attention_interface.register(name, attention)
+            # sdpa's masks: none where causality alone masks (the fused kernels' is_causal), else a
+            # boolean mask; the reference path turns either into the bridge's additive eager mask
+            mask_interface.register(name, sdpa_mask)
+            entry = _registrations[name] = [0, saved]
+        entry[0] += 1
     try:
         yield
     finally:
-        for iface, previous in saved:
-            if previous is missing:
-                iface._global_mapping.pop(name, None)
-            else:
-                iface._global_mapping[name] = previous
+        with _registration_mutex:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _registrations[name]
+                for iface, previous, missing in entry[1]:
+                    if previous is missing:
+                        iface._global_mapping.pop(name, None)
+                    else:
+                        iface._global_mapping[name] = previous
 
 
 def sdpa_attention(*args: Any, **kwargs: Any) -> Any:

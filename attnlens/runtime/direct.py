@@ -30,7 +30,10 @@ point the direct run sets aside (it would never fire) raises
 :class:`~attnlens.core.errors.DirectUnavailable`; hooks on the score and pattern
 points take effect. The run's state (which attention module fires which hook
 points) lives in the run itself; the model carries only its configs' attention
-implementation, which is how a second direct block on the same model is refused.
+implementation, which is how a second direct block on the same model in one thread
+is refused. A block holds the model (:func:`attnlens.core.concurrency.exclusive`), so
+another thread's block or forward of the same model waits for it; one attention
+function serves the blocks of every model, registered once while any block is open.
 Everything it touches in TransformerLens and transformers goes through
 :mod:`attnlens.core._internals`.
 """
@@ -38,6 +41,8 @@ Everything it touches in TransformerLens and transformers goes through
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -47,6 +52,7 @@ from jaxtyping import Float
 from torch import nn
 
 from ..core.model import Model
+from ..core.concurrency import exclusive, guard_hook_ids
 from ..core.errors import DirectUnavailable
 from ..core import _internals as tl
 from . import fused
@@ -144,7 +150,7 @@ def _routes(model: Model) -> dict[nn.Module, Route] | str:
 
 def _allowed_and_internal(model: Model, routes: dict[nn.Module, Route]) -> tuple[set[int], set[int]]:
     allowed = {id(point) for route in routes.values() for point in route if point is not None}
-    internal: set[int] = set()
+    internal: set[int] = guard_hook_ids()
     for block in model.blocks:
         internal |= tl.capture_hook_ids(block)
     for module in model.modules():  # transformers' own recorders run the same in the direct run
@@ -197,28 +203,33 @@ def _name_of(model: nn.Module, target: nn.Module) -> str:
 class _Run:
     """One direct block's state: the attention routes and the hook check."""
 
-    def __init__(self, model: Model, routes: dict[nn.Module, Route], fallback: Callable[..., Any] | None) -> None:
+    def __init__(self, model: Model, routes: dict[nn.Module, Route]) -> None:
         self.model = model
         self.routes = routes
-        self.fallback = fallback
         self.allowed, self.internal = _allowed_and_internal(model, routes)
         self.set_aside: list[nn.Module] = []
         self.hooks_seen = -1
-
-    def attention(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        route = self.routes.get(module)
-        if route is None and self.fallback is not None:  # another model's direct block, further out
-            return self.fallback(module, *args, **kwargs)
-        return hooked_attention(module, *args, route=route or (None, None), **kwargs)
 
     def check_hooks(self, *_: Any, **__: Any) -> None:
         """Before every forward: a hook registered since the last check must be one that fires."""
         if tl.hook_counter() == self.hooks_seen:
             return
-        reason = _hooked_module(self.model, self.set_aside, self.allowed, self.internal)
+        reason = _hooked_module(self.model, self.set_aside, self.allowed, self.internal | guard_hook_ids())
         if reason is not None:
             raise DirectUnavailable(f"{reason}, added inside the direct block, where it would not be called")
         self.hooks_seen = tl.hook_counter()
+
+
+#: Hugging Face attention module -> the direct run routing it (every run of every model)
+_runs: "weakref.WeakKeyDictionary[nn.Module, _Run]" = weakref.WeakKeyDictionary()
+_runs_mutex = threading.Lock()
+
+
+def _attention(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The one attention function registered with transformers: the route of ``module``'s run."""
+    run = _runs.get(module)
+    route = run.routes.get(module) if run is not None else None
+    return hooked_attention(module, *args, route=route or (None, None), **kwargs)
 
 
 @contextmanager
@@ -229,19 +240,43 @@ def direct(model: Model) -> Iterator[nn.Module]:
     Raises :class:`~attnlens.core.errors.DirectUnavailable` naming the reason when
     :func:`direct_reason` gives one, and from a forward call inside the block when a
     hook was added to a module the direct run does not call.
+
+    The block holds the model (:func:`attnlens.core.concurrency.exclusive`): a
+    direct block or attnlens run of the same model in another thread waits for it,
+    and so does a forward of the model another thread starts meanwhile; nobody else
+    sees the swapped modules. Blocks on different models run at the same time.
     """
-    reason = direct_reason(model)
-    if reason is not None:
-        raise DirectUnavailable(reason)
+    with exclusive(model):
+        reason = direct_reason(model)
+        if reason is not None:
+            raise DirectUnavailable(reason)
+        routes = _routes(model)
+        if isinstance(routes, str):  # a model that changed since the check
+            raise DirectUnavailable(routes)
+        with _running(model, routes) as hf:
+            yield hf
+
+
+@contextmanager
+def _running(model: Model, routes: dict[nn.Module, Route]) -> Iterator[nn.Module]:
     hf: nn.Module = model.original_model
-    routes = _routes(model)
-    assert not isinstance(routes, str)  # direct_reason checked it
-    run = _Run(model, routes, tl.registered_attention(IMPLEMENTATION))
+    run = _Run(model, routes)
     before = list(model.modules())
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     configs: dict[int, tuple[Any, str | None]] = {}  # id(config) -> (config, its implementation)
     with ExitStack() as stack:
-        stack.enter_context(tl.registering_attention(IMPLEMENTATION, run.attention))
+        stack.enter_context(tl.registering_attention(IMPLEMENTATION, _attention))
+        with _runs_mutex:
+            for module in routes:
+                _runs[module] = run
+
+        def forget() -> None:
+            with _runs_mutex:
+                for module in routes:
+                    if _runs.get(module) is run:
+                        del _runs[module]
+
+        stack.callback(forget)
         try:
             todo, seen = [hf], set()
             while todo:

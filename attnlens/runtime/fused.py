@@ -18,6 +18,12 @@ so the same kernel call that computes the layer's output computes the
 Influence update of every span and method, per head, without forming ``A``
 (:mod:`attnlens.attribution.fused_influence`).
 
+Large biases (beyond :data:`attnlens.steering.bias.PLAIN`) are folded relative to each
+row's largest, with differences past :data:`~attnlens.steering.bias.GAP` shortened,
+and such a layer runs in float32 whatever the model's precision: the folded column
+``b_j / scale`` then never overflows half precision, and a constant bias is exactly
+a no-op.
+
 A layer runs fused only when every hook on its score point is an attnlens bias
 (:func:`attnlens.apply_bias`) and its pattern point has none: a hook of a
 user's own on either point still sees the materialised tensors, on the
@@ -39,7 +45,7 @@ from torch import nn
 
 from ..core import _internals as tl
 from ..core.errors import AttnlensError, SpanError
-from ..steering.bias import _ScoreBias
+from ..steering.bias import Dispatch, _ScoreBias, is_plain, key_bias, relative_key_bias, wide_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +86,8 @@ def is_enabled() -> bool:
 
 
 def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
-    """The attnlens biases on a score hook point; None when a hook of any other kind is there."""
+    """The attnlens biases that act on a score hook point in this context; None when a hook of
+    any other kind is there."""
     if point is None:
         return []
     pre_hooks, hooks = tl.hook_functions(point)
@@ -88,17 +95,17 @@ def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
         return None
     if hooks and getattr(point, "hook_conversion", None) is not None:
         return None
-    out = []
+    out: list[_ScoreBias] = []
     for fn in hooks:
-        found = _closure_bias(fn)
+        found = _closure_dispatch(fn)
         if found is None:
             return None
-        out.append(found)
+        out.extend(found.active())
     return out
 
 
-def _closure_bias(fn: Any) -> _ScoreBias | None:
-    if isinstance(fn, _ScoreBias):
+def _closure_dispatch(fn: Any) -> Dispatch | None:
+    if isinstance(fn, Dispatch):
         return fn
     code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None)
     if code is None or not cells:
@@ -108,47 +115,11 @@ def _closure_bias(fn: Any) -> _ScoreBias | None:
         return None
     cell = names.get("hook")
     hook = cell.cell_contents if cell is not None else None
-    return hook if isinstance(hook, _ScoreBias) else None
+    return hook if isinstance(hook, Dispatch) else None
 
 
 def has_hooks(point: nn.Module | None) -> bool:
     return point is not None and tl.has_hooks(point)
-
-
-def key_bias(
-    hooks: list[_ScoreBias], batch: int, queries: int, keys: int, device: torch.device
-) -> torch.Tensor | None:
-    """The sum of the hooks' biases over ``keys`` key positions: ``[rows|1, heads|1, keys]`` float32.
-
-    Follows :class:`~attnlens.steering.bias._ScoreBias`: a full pass sets the
-    prompt length that open-ended terms run to; cached steps keep it.
-    """
-    total = None
-    for hook in hooks:
-        bias = hook.bias
-        if bias.fixed.device != device or bias.fixed.dtype != torch.float32:
-            bias = bias.to(device, torch.float32)
-        if bias.fixed.shape[0] not in (1, batch):
-            raise AttnlensError(
-                f"the bias plan has {bias.fixed.shape[0]} rows but layer {hook.layer} sees a batch of {batch}"
-            )
-        length = bias.fixed.shape[-1]
-        if queries == keys or hook.prompt_len is None:
-            hook.prompt_len = keys
-            if keys < length:
-                raise SpanError(f"a bias span ends at position {length} but the sequence has {keys} tokens")
-        n = min(keys, length)
-        tail_end = min(keys, hook.prompt_len) if bias.tail is not None else n
-        vec = bias.fixed.new_zeros(bias.fixed.shape[:2] + (keys,))
-        vec[..., :n] = bias.fixed[:, :, 0, :n]
-        if tail_end > n:
-            vec[..., n:tail_end] += bias.tail[:, :, 0]
-        if total is None:
-            total = vec
-        else:
-            shape = torch.broadcast_shapes(total.shape, vec.shape)
-            total = total.expand(shape) + vec
-    return total
 
 
 def attention(
@@ -174,9 +145,16 @@ def attention(
         raise AttnlensError("fused influence met a hook on a score or pattern point during its pass")
     if hooks is None or (not hooks and route is None):
         return None
-    bias = key_bias(hooks, query.shape[0], query.shape[2], key.shape[2], query.device) if hooks else None
+    bias, wide = None, False
+    if hooks:
+        batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
+        if is_plain(hooks):
+            bias = key_bias(hooks, batch, queries, keys, query.device)
+        else:  # large biases: relative to each row's largest, computed in float32 (see steering.bias)
+            total = key_bias(hooks, batch, queries, keys, query.device, wide_dtype(query.device))
+            bias, wide = relative_key_bias(total).float(), True
     return fused_sdpa(module, query, key, value, attention_mask, scaling, bias=bias, route=route,
-                      is_causal=kwargs.get("is_causal"))
+                      is_causal=kwargs.get("is_causal"), wide=wide)
 
 
 def fused_sdpa(
@@ -190,8 +168,11 @@ def fused_sdpa(
     bias: torch.Tensor | None = None,
     route: ColumnRoute | None = None,
     is_causal: bool | None = None,
+    wide: bool = False,
 ) -> tuple[torch.Tensor, None]:
-    """``sdpa`` with a key bias folded into ``q·k`` and extra value columns; output ``[batch, query, head, d]``."""
+    """``sdpa`` with a key bias folded into ``q·k`` and extra value columns; output ``[batch, query, head, d]``.
+
+    ``wide``: run in float32 whatever the model's precision (large relative biases)."""
     batch, heads, q_len, d = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
@@ -199,8 +180,8 @@ def fused_sdpa(
     if route is None and bias is not None and q_len == 1:
         return _decode_step(query, key, value, attention_mask, scaling, bias)
     extra = route.values(value) if route is not None else None
-    if extra is not None and dtype not in (torch.float32, torch.float64):
-        # the chains need more than half precision: this call runs in float32
+    if (extra is not None or wide) and dtype not in (torch.float32, torch.float64):
+        # the chains (and large folded biases) need more than half precision: this call runs in float32
         query, key, value, dtype = query.float(), key.float(), value.float(), torch.float32
     if groups > 1 and (attention_mask is not None or (bias is not None and bias.shape[1] > 1)):
         # per-head biases (PASTA): each head its own keys; a mask: the fused kernel takes no grouped heads

@@ -13,6 +13,7 @@ from jaxtyping import Int
 
 from .direct import direct as run_direct
 from .upstream import check_kv_cache, quiet_cache_rename
+from ..core.concurrency import exclusive, seeded
 from ..core.model import Model
 from ..core.errors import AttnlensError, DirectUnavailable
 from ..core.model import check_window, model_device, pad_id
@@ -144,6 +145,11 @@ def generate_batch(
     run ends when every row is. The direct run calls it as each token is made; the
     bridge, which has no per-step callback, calls it for every step after its
     ``generate`` returns (and cannot stop a row early).
+
+    Concurrent calls on one model take turns (different models run in parallel);
+    sampling calls take turns process-wide, and a ``seed`` gives the same samples
+    whatever else runs (it is drawn in its own random state, and the process's
+    random state is left as it was).
     """
     backend = resolve_backend(backend, direct)
     if on_step is not None and not callable(on_step):
@@ -165,9 +171,10 @@ def generate_batch(
     tokenizer = model.tokenizer
     batch = left_pad(rows, pad_id(tokenizer), model_device(model))
     eos = getattr(tokenizer, "eos_token_id", None)
-    if seed is not None:
-        torch.manual_seed(seed)
-    with ExitStack() as stack, torch.no_grad():
+    # the model is held for the whole generation (other threads' runs of it wait); sampling runs
+    # under the process-wide sampling lock, a seed in its own random state (attnlens.core.concurrency)
+    with exclusive(model), seeded(seed, model_device(model), sampling=do_sample), ExitStack() as stack, \
+            torch.no_grad():
         for plan in plans:
             stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
         hf = None

@@ -25,6 +25,7 @@ from ..core.model import Model
 from ..core import hooks as hooks_
 from ..core.model import model_device, model_shape
 from ..core import _internals as tl
+from ..core.concurrency import call_scope, exclusive, scoped
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class PrefixRun:
         self.prefix = prefix
         self.keep_logits = keep_logits
         self.cache = None
+        with exclusive(model):  # other threads' runs of the model wait for this one
+            self._prepare(model, skip)
+
+    def _prepare(self, model: Model, skip: bool) -> None:
         if self.prefix > 0:
             try:
                 _, self.cache = model(
@@ -71,7 +76,7 @@ class PrefixRun:
                 self.resid[int(hook.name.split(".")[1])] = tensor.detach().clone()
 
             hooks = [(hooks_.name(hooks_.BLOCK_IN, layer), keep) for layer in range(1, n_layers)]
-            with model.hooks(fwd_hooks=hooks):
+            with call_scope() as scope, model.hooks(fwd_hooks=scoped(hooks, scope)):
                 self.baseline = self(1)
         else:
             self.baseline = self(1)
@@ -84,7 +89,15 @@ class PrefixRun:
         return {"logits_to_keep": n} if self.keep_logits else {}
 
     def __call__(self, rows: int, start_layer: int = 0) -> Float[torch.Tensor, "rows n_target vocab"]:
-        """Target-predicting logits ``[rows, n_target, vocab]`` (bias hooks installed by the caller)."""
+        """Target-predicting logits ``[rows, n_target, vocab]`` (bias hooks installed by the caller).
+
+        Holds the model for the call: the blocks passed through with ``start_layer`` are
+        replaced for this call only, and no other thread's forward runs meanwhile.
+        """
+        with exclusive(self.model):
+            return self._call(rows, start_layer)
+
+    def _call(self, rows: int, start_layer: int) -> Float[torch.Tensor, "rows n_target vocab"]:
         kwargs: dict[str, Any] = {}
         if self.keep_logits:  # only the positions that predict the target reach the unembedding
             end = self.suffix_len - 1

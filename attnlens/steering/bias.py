@@ -13,13 +13,27 @@ KV-cached decoding step (``[batch, head, 1, key]``); keys past ``length``
 removes its hooks on exit, also when the block raises. Plans compose: nested or
 sibling ``apply_bias`` blocks each add their own term, so GUIDE and PASTA active
 together add up.
+
+A block's plan belongs to the block's context (a :class:`contextvars.ContextVar`):
+one :class:`Dispatch` hook per steered layer, shared by every block on the model
+(counted, and removed with the last), adds only the plans active where the
+forward pass runs. Another thread's forward of the same model is never steered.
+
+Large biases stay exact in every precision: they are added relative to the
+largest bias a query can see (the softmax ignores a per-query constant), with
+differences beyond :data:`GAP` (which already leave no weight) shortened, so a
+constant bias over the whole prompt changes nothing and half precision never
+overflows.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,9 +204,13 @@ class BiasPlan:
                     if tail is None:
                         tail = torch.zeros(rows, heads, 1, 1, dtype=torch.float64)
                     tail[rsel, hsel] += t.value
+            magnitude = float(fixed.abs().max()) if fixed.numel() else 0.0
+            if tail is not None:
+                magnitude = max(magnitude, float(tail.abs().max()))
             out[layer] = LayerBias(
                 fixed.to(device=device, dtype=dtype),
                 None if tail is None else tail.to(device=device, dtype=dtype),
+                magnitude,
             )
         return out
 
@@ -201,65 +219,263 @@ class BiasPlan:
 class LayerBias:
     """A layer's compiled bias: ``fixed`` over keys ``[0, length)``, shaped
     ``[rows|1, heads|1, 1, length]``, and ``tail`` (``[rows|1, heads|1, 1, 1]``,
-    or None) added to every further prompt key."""
+    or None) added to every further prompt key. ``magnitude`` bounds every value's size."""
 
     fixed: Float[torch.Tensor, "rows heads 1 key"]
     tail: Float[torch.Tensor, "rows heads 1 1"] | None = None
+    magnitude: float = float("inf")
 
     def to(self, device: Any, dtype: torch.dtype) -> "LayerBias":
         tail = None if self.tail is None else self.tail.to(device=device, dtype=dtype)
-        return LayerBias(self.fixed.to(device=device, dtype=dtype), tail)
+        return LayerBias(self.fixed.to(device=device, dtype=dtype), tail, self.magnitude)
+
+
+#: biases whose sizes add up to at most this are added to the scores as they are
+PLAIN = 64.0
+#: a difference of this much between two keys' biases already gives the lower one no weight
+#: (exp(-1000) is 0 in float64): larger differences are shortened to it
+GAP = 1000.0
+#: the lowest relative bias ever added (keeps half precision finite)
+FLOOR = 1.0e4
 
 
 class _ScoreBias:
-    """The hook: adds a compiled bias to one layer's pre-softmax attention scores.
+    """One call's compiled bias for one layer, and the prompt length its open-ended terms run to.
 
-    A full pass (as many queries as keys) sets the prompt length that open-ended
-    terms run to; cached decoding steps (one query, more keys) keep it.
+    A full pass (as many queries as keys) sets the prompt length; cached decoding
+    steps (one query, more keys) keep it. The length is kept per thread, so the
+    calls of one ``with`` block that run in several threads do not mix.
     """
 
-    __slots__ = ("bias", "layer", "prompt_len")
+    __slots__ = ("bias", "layer", "_local", "_converted")
 
     def __init__(self, bias: LayerBias, layer: int) -> None:
         self.bias = bias
         self.layer = layer
-        self.prompt_len: int | None = None
+        self._local = threading.local()
+        self._converted: dict[tuple[Any, Any], LayerBias] = {}
+
+    @property
+    def prompt_len(self) -> int | None:
+        return getattr(self._local, "prompt_len", None)
+
+    @prompt_len.setter
+    def prompt_len(self, value: int | None) -> None:
+        self._local.prompt_len = value
+
+    def on(self, device: Any, dtype: torch.dtype) -> LayerBias:
+        bias = self.bias
+        if bias.fixed.device == device and bias.fixed.dtype == dtype:
+            return bias
+        key = (device, dtype)
+        found = self._converted.get(key)
+        if found is None:
+            found = self._converted[key] = bias.to(device, dtype)
+        return found
 
     def __call__(self, scores: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        bias = self.bias
-        if bias.fixed.device != scores.device or bias.fixed.dtype != scores.dtype:
-            bias = self.bias = bias.to(scores.device, scores.dtype)
-        batch, queries, keys = scores.shape[0], scores.shape[-2], scores.shape[-1]
+        """Add this bias alone to ``scores`` (``[batch, head, query, key]``)."""
+        return add_to_scores(scores, [self])
+
+    def __repr__(self) -> str:
+        return f"attnlens.bias(layer={self.layer}, length={self.bias.fixed.shape[-1]})"
+
+
+def key_bias(
+    biases: Sequence[_ScoreBias], batch: int, queries: int, keys: int, device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor | None:
+    """The sum of ``biases`` over ``keys`` key positions: ``[rows|1, heads|1, keys]`` in ``dtype``.
+
+    A full pass sets the prompt length that open-ended terms run to; cached steps keep it.
+    """
+    total = None
+    for hook in biases:
+        bias = hook.on(device, dtype)
         if bias.fixed.shape[0] not in (1, batch):
             raise AttnlensError(
-                f"the bias plan has {bias.fixed.shape[0]} rows but layer {self.layer} sees a batch "
-                f"of {batch}"
+                f"the bias plan has {bias.fixed.shape[0]} rows but layer {hook.layer} sees a batch of {batch}"
             )
         length = bias.fixed.shape[-1]
-        if queries == keys or self.prompt_len is None:
-            self.prompt_len = keys
+        if queries == keys or hook.prompt_len is None:
+            hook.prompt_len = keys
             if keys < length:
-                raise SpanError(
-                    f"a bias span ends at position {length} but the sequence has {keys} tokens"
-                )
+                raise SpanError(f"a bias span ends at position {length} but the sequence has {keys} tokens")
         n = min(keys, length)
-        tail_end = min(keys, self.prompt_len) if bias.tail is not None else n
+        tail_end = min(keys, hook.prompt_len) if bias.tail is not None else n
         if n == keys and tail_end <= n:
-            return scores + bias.fixed[..., :n]
-        # out of place, so a tensor another hook kept a reference to is left as it was
-        out = scores.clone()
-        out[..., :n] += bias.fixed[..., :n]
-        if tail_end > n:
-            out[..., n:tail_end] += bias.tail
+            vec = bias.fixed[:, :, 0, :n]
+        else:
+            vec = bias.fixed.new_zeros(bias.fixed.shape[:2] + (keys,))
+            vec[..., :n] = bias.fixed[:, :, 0, :n]
+            if tail_end > n:
+                vec[..., n:tail_end] += bias.tail[:, :, 0]
+        if total is None:
+            total = vec
+        else:
+            shape = torch.broadcast_shapes(total.shape, vec.shape)
+            total = total.expand(shape) + vec
+    return total
+
+
+def is_plain(biases: Sequence[_ScoreBias]) -> bool:
+    """Whether the biases are small enough to add to scores of any precision as they are."""
+    return sum(b.bias.magnitude for b in biases) <= PLAIN
+
+
+def wide_dtype(device: torch.device) -> torch.dtype:
+    """The precision large biases are summed in (float64 where the device has it)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def compress(total: torch.Tensor) -> torch.Tensor:
+    """Values with the same order whose differences below :data:`GAP` are kept and larger ones shortened to it.
+
+    Every softmax over them gives what it gives over ``total`` (a difference of
+    ``GAP`` already leaves no weight), and the values stay in a range every
+    precision holds.
+    """
+    lo, hi = total.aminmax()
+    if float(hi - lo) <= GAP:
+        return total - hi
+    values, inverse = torch.unique(total, sorted=True, return_inverse=True)
+    steps = values.diff().clamp_max(GAP)
+    mapped = torch.cat([steps.new_zeros(1), steps.cumsum(0)])
+    return (mapped - mapped[-1])[inverse]
+
+
+def relative_key_bias(total: torch.Tensor) -> torch.Tensor:
+    """``total`` (``[rows, heads, keys]``) made safe for a fused kernel: compressed, each row's largest
+    value 0, nothing below ``-FLOOR``; softmax over any subset of keys is unchanged."""
+    vals = compress(total)
+    return (vals - vals.amax(-1, keepdim=True)).clamp_min(-FLOOR)
+
+
+def add_to_scores(scores: torch.Tensor, biases: Sequence[_ScoreBias]) -> torch.Tensor:
+    """``scores`` (``[batch, head, query, key]``) plus the biases, out of place.
+
+    Small biases are added as they are. Large ones are added relative to the
+    largest bias each query can see (keys ``0..k-q+i`` for query ``i``; a
+    per-query constant, which the softmax ignores), compressed (:func:`compress`)
+    and never below ``-FLOOR``: a constant bias over every key changes nothing,
+    and half precision stays finite.
+    """
+    batch, queries, keys = scores.shape[0], scores.shape[-2], scores.shape[-1]
+    if is_plain(biases):
+        total = key_bias(biases, batch, queries, keys, scores.device, torch.float32)
+        return scores + total[:, :, None, :].to(scores.dtype)
+    total = key_bias(biases, batch, queries, keys, scores.device, wide_dtype(scores.device))
+    vals = compress(total)
+    peak = vals.cummax(-1).values[..., keys - queries :]  # [rows, heads, query]
+    rel = (vals[..., None, :] - peak[..., :, None]).clamp_min(-FLOOR)
+    return scores + rel.to(scores.dtype)
+
+
+# ----------------------------------------------------------------------------- installation
+
+#: the bias blocks active in this context (thread or task): what the dispatchers add
+_active: ContextVar[tuple["_Block", ...]] = ContextVar("attnlens_active_biases", default=())
+
+
+class _ModelHooks:
+    """One model's dispatchers (one per steered layer), installed while any block uses the layer."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.users: dict[int, int] = {}
+        self.installed: dict[int, tuple[Any, Any]] = {}  # layer -> (hook point, handle)
+
+
+_registry: "weakref.WeakKeyDictionary[Any, _ModelHooks]" = weakref.WeakKeyDictionary()
+_registry_mutex = threading.Lock()
+
+
+def _hooks_of(model: Model) -> _ModelHooks:
+    with _registry_mutex:
+        found = _registry.get(model)
+        if found is None:
+            found = _registry[model] = _ModelHooks()
+        return found
+
+
+@dataclass(frozen=True, eq=False)
+class _Block:
+    """One ``apply_bias`` block: its model's dispatchers and its per-layer biases."""
+
+    owner: _ModelHooks
+    layers: dict[int, _ScoreBias]
+
+
+class Dispatch:
+    """The one hook attnlens keeps on a layer's score point while any bias block steers that layer.
+
+    It adds the biases of the blocks active in the *current* context only, so a
+    forward another thread or task runs meanwhile sees none of them.
+    """
+
+    __slots__ = ("owner", "layer")
+
+    def __init__(self, owner: _ModelHooks, layer: int) -> None:
+        self.owner = owner
+        self.layer = layer
+
+    def active(self) -> list[_ScoreBias]:
+        out = []
+        for block in _active.get():
+            if block.owner is self.owner:
+                found = block.layers.get(self.layer)
+                if found is not None:
+                    out.append(found)
         return out
 
+    def __call__(self, scores: torch.Tensor, hook: Any = None) -> torch.Tensor | None:
+        biases = self.active()
+        if not biases:
+            return None
+        return add_to_scores(scores, biases)
+
     def __repr__(self) -> str:  # TransformerLens names hooks by repr
-        return f"attnlens.bias(layer={self.layer}, length={self.bias.fixed.shape[-1]})"
+        return f"attnlens.bias(layer={self.layer})"
+
+
+def _acquire(model: Model, owner: _ModelHooks, layers: Iterable[int]) -> None:
+    from ..core import _internals as tl
+
+    points = model.hook_dict
+    with owner.mutex:
+        done: list[int] = []
+        try:
+            for layer in layers:
+                if owner.users.get(layer, 0) == 0:
+                    point = points[SCORE_HOOK.format(layer=layer)]
+                    owner.installed[layer] = (point, tl.add_lens_hook(point, Dispatch(owner, layer)))
+                owner.users[layer] = owner.users.get(layer, 0) + 1
+                done.append(layer)
+        except BaseException:
+            _release_locked(owner, done)
+            raise
+
+
+def _release_locked(owner: _ModelHooks, layers: Iterable[int]) -> None:
+    from ..core import _internals as tl
+
+    for layer in layers:
+        owner.users[layer] -= 1
+        if owner.users[layer] == 0:
+            del owner.users[layer]
+            point, handle = owner.installed.pop(layer)
+            tl.remove_lens_hook(point, handle)
 
 
 @contextmanager
 def apply_bias(model: Model, plan: BiasPlan) -> Iterator[BiasPlan]:
     """Install ``plan`` on ``model`` for the ``with`` block; hooks are removed on exit.
+
+    The plan acts on forward passes run in this context: the block's thread, and
+    tasks or ``asyncio.to_thread`` calls started inside the block (they copy the
+    context); another thread's forward of the same model meanwhile is not steered.
+    One dispatcher hook per steered layer is shared by every block on the model and
+    removed when the last block using it ends.
 
     Also makes sure cached decoding through a TransformerLens bridge inside the block
     sees its KV cache on every transformers release attnlens supports
@@ -275,14 +491,38 @@ def apply_bias(model: Model, plan: BiasPlan) -> Iterator[BiasPlan]:
             f"the model has {n_layers} x {n_heads}"
         )
     device = model_device(model)
-    hooks = [
-        (SCORE_HOOK.format(layer=layer), _ScoreBias(bias, layer))
-        for layer, bias in plan.compile(device=device, dtype=model_dtype(model)).items()
-    ]
-    logger.debug("installing %d attention-score bias hooks", len(hooks))
-    if not hooks:
+    compiled = plan.compile(device=device, dtype=torch.float32)
+    logger.debug("steering %d layers", len(compiled))
+    if not compiled:
         yield plan
         return
-    with model.hooks(fwd_hooks=hooks):
+    layers = {layer: _ScoreBias(bias, layer) for layer, bias in compiled.items()}
+    points = getattr(model, "hook_dict", None)
+    if points is None or any(SCORE_HOOK.format(layer=l) not in points for l in layers):
+        # a model of another kind, or names it resolves itself: its own hooks() for the block, whose
+        # dispatchers (an owner of their own) add this block's plan only
+        block = _Block(_ModelHooks(), layers)
+        token = _active.set(_active.get() + (block,))
+        try:
+            with model.hooks(fwd_hooks=[(SCORE_HOOK.format(layer=l), Dispatch(block.owner, l)) for l in layers]):
+                yield plan
+        finally:
+            _leave(token, block)
+        return
+    owner = _hooks_of(model)
+    block = _Block(owner, layers)
+    _acquire(model, owner, layers)
+    token = _active.set(_active.get() + (block,))
+    try:
         yield plan
+    finally:
+        _leave(token, block)
+        with owner.mutex:
+            _release_locked(owner, layers)
 
+
+def _leave(token: Any, block: _Block) -> None:
+    try:
+        _active.reset(token)
+    except ValueError:  # left in another context than it was entered in
+        _active.set(tuple(b for b in _active.get() if b is not block))

@@ -1,0 +1,197 @@
+"""Sharing one model between threads and asyncio tasks.
+
+Three tools, used by every attnlens entry point that runs a model:
+
+- **call scopes** (:func:`call_scope`, :func:`scoped`): a hook that belongs to one call
+  acts only in that call's context (a :class:`contextvars.ContextVar`), so a forward
+  pass another thread runs on the same model at the same time is left as it is;
+- **a per-model lock** (:func:`exclusive`): attnlens' runs of one model take turns
+  (runs of different models go on in parallel). While a run holds it, a forward of
+  the model that another thread starts waits for it (a pair of hooks on the model,
+  installed only while some run holds the lock), so nobody sees the modules a direct
+  run swaps (:mod:`attnlens.runtime.direct`);
+- **seeded sampling** (:func:`seeded`): torch's samplers draw from the process-wide
+  generator, so sampling holds one process-wide lock, and a seeded call runs in a
+  forked random state (:func:`torch.random.fork_rng`), which it leaves as it was.
+
+New threads start with an empty context; ``asyncio.to_thread``, ``asyncio`` tasks and
+``contextvars.copy_context().run`` copy the caller's, so a call started inside a
+``with attnlens.guide(...)`` block that way runs inside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- call scopes
+
+_scopes: ContextVar[frozenset[int]] = ContextVar("attnlens_call_scopes", default=frozenset())
+_next_scope = itertools.count(1)
+
+
+@contextmanager
+def call_scope() -> Iterator[int]:
+    """Open a scope for the ``with`` block (in this context only); yields its token."""
+    token = next(_next_scope)
+    reset = _scopes.set(_scopes.get() | {token})
+    try:
+        yield token
+    finally:
+        try:
+            _scopes.reset(reset)
+        except ValueError:  # exited in another context than it was entered in
+            _scopes.set(_scopes.get() - {token})
+
+
+def in_scope(token: int) -> bool:
+    return token in _scopes.get()
+
+
+class Scoped:
+    """A hook that calls ``fn`` only inside the scope ``token`` (elsewhere: does nothing, returns None)."""
+
+    __slots__ = ("fn", "token", "__weakref__")
+
+    def __init__(self, fn: Any, token: int) -> None:
+        self.fn = fn
+        self.token = token
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.token in _scopes.get():
+            return self.fn(*args, **kwargs)
+        return None
+
+    def __repr__(self) -> str:  # TransformerLens names hooks by repr
+        fn = getattr(self.fn, "func", self.fn)  # a partial: its function (a partial's repr can be slow)
+        return f"attnlens.scoped({getattr(fn, '__qualname__', type(fn).__name__)})"
+
+
+def scoped(hooks: list[tuple[Any, Any]], token: int) -> list[tuple[Any, Any]]:
+    """``[(name, fn)]`` with every ``fn`` acting only inside scope ``token``."""
+    return [(name, Scoped(fn, token)) for name, fn in hooks]
+
+
+# ----------------------------------------------------------------------------- per-model lock
+
+
+class _ModelState:
+    """One model's lock, the depth of the run holding it, and the forward guard."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0  # nesting of exclusive() in the owning thread
+        self.mutex = threading.Lock()  # guards the fields below
+        self.inflight = 0  # forwards between the guard's pre-hook and its hook
+        self.handles: list[Any] = []  # the guard's hook handles while installed
+
+
+_states: "weakref.WeakKeyDictionary[Any, _ModelState]" = weakref.WeakKeyDictionary()
+_states_mutex = threading.Lock()
+#: ids of the guard hooks' handles (hooks that change nothing a model computes)
+_guard_ids: set[int] = set()
+
+
+def _state(model: Any) -> _ModelState:
+    with _states_mutex:
+        state = _states.get(model)
+        if state is None:
+            state = _states[model] = _ModelState()
+        return state
+
+
+def guard_hook_ids() -> set[int]:
+    """Handle ids of the hooks :func:`exclusive` puts on a model (they only wait; nothing is computed)."""
+    return set(_guard_ids)
+
+
+def _install_guard(model: Any, state: _ModelState) -> None:
+    if state.handles or not hasattr(model, "register_forward_pre_hook"):
+        return
+
+    def enter(module: Any, args: Any) -> None:
+        with state.mutex:
+            state.inflight += 1
+        try:
+            state.lock.acquire()
+        except BaseException:
+            with state.mutex:
+                state.inflight -= 1
+            raise
+
+    def leave(module: Any, args: Any, output: Any) -> None:
+        state.lock.release()
+        with state.mutex:
+            state.inflight -= 1
+            if state.depth == 0 and state.inflight == 0:
+                _remove_guard(state)
+
+    pre = model.register_forward_pre_hook(enter)
+    post = model.register_forward_hook(leave, always_call=True)
+    state.handles = [pre, post]
+    _guard_ids.update(h.id for h in state.handles)
+
+
+def _remove_guard(state: _ModelState) -> None:
+    for handle in state.handles:
+        handle.remove()
+        _guard_ids.discard(handle.id)
+    state.handles = []
+
+
+@contextmanager
+def exclusive(model: Any) -> Iterator[None]:
+    """Hold ``model`` for the ``with`` block: other attnlens runs of it, and forwards of it that other
+    threads start meanwhile, wait until the block ends. Re-entrant within one thread.
+
+    A forward of your own that is already running when the block starts is not waited for;
+    wrap your own forwards of a shared model in this block to take turns with attnlens.
+    """
+    state = _state(model)
+    state.lock.acquire()
+    try:
+        with state.mutex:
+            state.depth += 1
+            if state.depth == 1:
+                _install_guard(model, state)
+        yield
+    finally:
+        with state.mutex:
+            state.depth -= 1
+            if state.depth == 0 and state.inflight == 0:
+                _remove_guard(state)
+        state.lock.release()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+_sampling = threading.RLock()
+
+
+@contextmanager
+def seeded(seed: int | None, device: Any = None, *, sampling: bool = True) -> Iterator[None]:
+    """Run the block's sampling on its own: under the process-wide sampling lock, and with
+    ``seed`` in a forked random state (restored on exit) so that the same seed gives the same
+    samples whatever runs beside it. Without sampling and seed, does nothing."""
+    if not sampling and seed is None:
+        yield
+        return
+    with _sampling:
+        if seed is None:
+            yield
+            return
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield

@@ -245,22 +245,3 @@ def test_a_seed_gives_the_same_samples_whatever_runs_beside_it(model):
         results = [(i % 2, f.result()) for i, f in enumerate(futures)]
     assert all(result == alone for is_seeded, result in results if is_seeded)
     assert len({str(result) for is_seeded, result in results if not is_seeded}) > 1  # unseeded still varies
-
-
-# ----------------------------------------------------------------------------- the embedded model (the docs' example)
-
-
-@pytest.mark.embedded
-def test_the_docs_example_runs(embedded, capsys):
-    import re
-    from pathlib import Path
-
-    page = Path(__file__).resolve().parents[1] / "docs" / "concurrency.md"
-    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
-    assert blocks
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"docs/concurrency.md, block {i + 1}", "exec"), {})
-    # the example races a steered and an unsteered pipeline call on the embedded model, a guide block
-    # against a new thread and asyncio.to_thread, and seeded against unseeded sampling
-    assert capsys.readouterr().out.strip()  # the steered request's text
-    assert hooks_left(embedded) == 0 and not registered()

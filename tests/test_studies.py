@@ -245,3 +245,22 @@ def test_cli_knows_the_new_studies(tmp_path):
         args = parser.parse_args(["experiment", study, "--out", str(tmp_path), "--limit", "2"])
         config = cli.experiment._experiment_config(args)
         assert isinstance(config, CONFIGS[study]) and config.limit == 2
+
+
+def test_study_items_as_profiling_examples(tmp_path, capsys):
+    from attnlens.experiments.bios import neutral_pronouns
+    from attnlens.experiments.profiling import examples_of
+
+    assert neutral_pronouns("She thanked him. Her cat likes her, and he knows it.") == \
+        "They thanked them. Their cat likes them, and they knows it."
+    examples = examples_of(["bios-json", "pronouns", "counterfact"], 2)
+    assert len(examples) == 6
+    first = examples[0]
+    assert first.target == '{"name": "Tove Achebe", "occupation": "nurse"}'
+    assert first.emphasize[0] in first.prompt[-1]["content"]
+    assert examples[2].target.startswith("Tove Achebe is a nurse") and " she " not in examples[2].target
+    assert examples[4].target == "Lima"
+    with pytest.raises(ExperimentError, match="instructions study gives no profiling examples"):
+        examples_of(["instructions"], 2)
+    assert cli.main(["pasta", "profile", "--out", str(tmp_path / "h.json")]) != 0
+    assert "--data FILE or as --study NAME" in capsys.readouterr().err

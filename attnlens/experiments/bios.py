@@ -27,6 +27,7 @@ others describe the work without naming it, and the person is referred to as
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -181,6 +182,9 @@ class BiosJSONStudy(_BiosStudy):
         head, sep, example = focus.strip().partition(", like ")
         return f"IMPORTANT: {head.upper()}{sep}{example}" if sep else super().emphatic(focus)
 
+    def profile_target(self, item: Item) -> str | None:
+        return json.dumps({"name": item.data["name"], "occupation": item.data["occupation"]})
+
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
         out = []
         for item, text in zip(items, outputs):
@@ -191,6 +195,26 @@ class BiosJSONStudy(_BiosStudy):
         return out
 
 
+_NEUTRAL_FORM = {"he": "they", "she": "they", "him": "them", "his": "their", "hers": "theirs",
+                 "himself": "themselves", "herself": "themselves"}
+
+
+_NOT_NOUNS = {"for", "as", "to", "and", "with", "at", "in", "on", "from", "by", "about", "or", "but", "operate",
+              "because", "when", "that", "is", "was"}
+
+
+def neutral_pronouns(text: str) -> str:
+    """``text`` with 'they' forms for 'he' and 'she' forms ('her' before a word is 'their', else 'them')."""
+    def swap(m: re.Match) -> str:
+        word = m.group(1)
+        low = word.lower()
+        following = re.match(r"\s+([a-z]+)", m.string[m.end():], re.I)
+        possessive = following is not None and following.group(1).lower() not in _NOT_NOUNS
+        new = ("their" if possessive else "them") if low == "her" else _NEUTRAL_FORM[low]
+        return new.capitalize() if word[0].isupper() else new
+    return re.sub(r"\b(he|she|him|his|hers|himself|herself|her)\b", swap, text, flags=re.I)
+
+
 class PronounsStudy(_BiosStudy):
     name = "pronouns"
     primary = "pronouns_changed_all"
@@ -198,6 +222,9 @@ class PronounsStudy(_BiosStudy):
 
     def segments(self, item: Item, config: ExperimentConfig) -> Segments:
         return Segments(before=item.data["text"] + "\n\n", focus=pronouns_instruction(item.data["name"]), after="")
+
+    def profile_target(self, item: Item) -> str | None:
+        return neutral_pronouns(item.data["text"])
 
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
         out = []
@@ -218,6 +245,9 @@ class BiasInBiosStudy(_BiosStudy):
         first, rest = parts[0], " ".join(parts[1:])
         return Segments(before="", focus=first, after=(" " + rest if rest else "")
                         + f"\n\n{item.data['name']} has the occupation of")
+
+    def profile_target(self, item: Item) -> str | None:
+        return item.data["occupation"]
 
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
         return [Score({"accuracy": float(occupation_named(text, item.data["occupation"]))})

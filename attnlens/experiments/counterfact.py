@@ -111,6 +111,9 @@ class CounterFactStudy(Study):
                         focus=_sentence(d["new_fact"]),
                         after=f"\n{question}")
 
+    def profile_target(self, item: Item) -> str | None:
+        return item.data["new"]
+
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
         out = []
         for item, text in zip(items, outputs):

@@ -89,6 +89,10 @@ class Study(ABC):
         """
         return None
 
+    def profile_target(self, item: Item) -> str | None:
+        """What a right answer to ``item`` begins with, for PASTA head profiling (None: the study has none)."""
+        return None
+
     def extra_outputs(self, rows: Sequence[Mapping[str, Any]], out: Path, config: ExperimentConfig) -> list[Path]:
         """Study-specific tables and plots; returns the files written."""
         return []

@@ -264,3 +264,11 @@ def test_study_items_as_profiling_examples(tmp_path, capsys):
         examples_of(["instructions"], 2)
     assert cli.main(["pasta", "profile", "--out", str(tmp_path / "h.json")]) != 0
     assert "--data FILE or as --study NAME" in capsys.readouterr().err
+
+
+def test_docs_code_blocks_run():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "studies.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/studies.md", "exec"), {})

@@ -97,6 +97,8 @@ def test_loose_checks_forgive_markdown_and_a_first_line():
     no_stars = {"kind": "end_with", "phrase": "That is all."}
     assert not checks.check("**That is all.**", no_stars) and checks.check_loose("**That is all.**", no_stars)
     assert not checks.check_loose("Yes, one comma.", {"kind": "no_commas"})
+    # an empty answer follows no rule, not even one that only forbids something
+    assert not checks.check("  ", {"kind": "no_commas"}) and not checks.check_loose("", {"kind": "no_commas"})
 
 
 def test_instruction_scores_of_a_prompt():

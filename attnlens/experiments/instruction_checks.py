@@ -167,8 +167,9 @@ def rule_text(instruction: Mapping[str, Any]) -> str:
 
 
 def check(response: str, instruction: Mapping[str, Any]) -> bool:
-    """Whether ``response`` follows ``instruction`` as written (strict)."""
-    return bool(_kind(instruction).check(response, instruction))
+    """Whether ``response`` follows ``instruction`` as written (strict); an empty response follows none."""
+    kind = _kind(instruction)
+    return bool(response.strip()) and bool(kind.check(response, instruction))
 
 
 def loose_variants(response: str) -> list[str]:
@@ -180,4 +181,4 @@ def loose_variants(response: str) -> list[str]:
 
 def check_loose(response: str, instruction: Mapping[str, Any]) -> bool:
     """Whether any of :func:`loose_variants` follows ``instruction``."""
-    return any(v.strip() and check(v, instruction) for v in loose_variants(response))
+    return any(check(v, instruction) for v in loose_variants(response))

@@ -66,6 +66,11 @@ def add_experiment(sub: Any) -> None:
                    help="context lengths in tokens")
     n.add_argument("--depths", nargs="+", type=number, default=[0, 25, 50, 75, 100], help="needle depths in percent")
     studies.add_parser("json", parents=[common], help="turn records into JSON with a given key schema")
+    studies.add_parser("bios-json", parents=[common], help="a biography's occupation as JSON (PASTA's JSON formatting)")
+    studies.add_parser("pronouns", parents=[common], help="a biography with 'they' for 'he' and 'she' (PASTA)")
+    studies.add_parser("bios", parents=[common], help="the occupation from a biography (Bias in Bios)")
+    studies.add_parser("counterfact", parents=[common], help="a new fact in the context against the model's (CounterFact)")
+    studies.add_parser("instructions", parents=[common], help="rules, then a request; each rule checked by a program")
     for name in STUDY_NAMES:
         studies.choices[name].set_defaults(run=_run_experiment)
 
@@ -124,6 +129,15 @@ def _run_experiment(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for line in lines:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    paired = [r for r in table if r["condition"] != "none" and any(r.get(f"{m}_diff") == r.get(f"{m}_diff")
+                                                                   for m in metrics)]
+    if paired:
+        print("paired difference from none (mean over the same items, bootstrap interval):")
+        diffs = [[r["condition"], str(r["items"]), ""] + [_format_estimate(r, f"{m}_diff") for m in metrics]
+                 for r in paired]
+        widths = [max(w, *(len(line[i]) for line in diffs)) for i, w in enumerate(widths)]
+        for line in diffs:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
     print(f"rows:    {result.rows_path}")
     print(f"summary: {result.summary_path}")
     for path in result.plots:

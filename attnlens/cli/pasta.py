@@ -24,7 +24,10 @@ def add_pasta(sub: Any) -> None:
         "substrings and score the log-probability of its 'target' completion; write the best heads as a "
         "head config for `attnlens generate --pasta-heads`.",
     )
-    prof.add_argument("--data", required=True, help="JSONL examples: {\"prompt\", \"emphasize\", \"target\"} per line")
+    prof.add_argument("--data", default=None, help="JSONL examples: {\"prompt\", \"emphasize\", \"target\"} per line")
+    prof.add_argument("--study", dest="studies", action="append", default=None, metavar="STUDY",
+                      help="use an experiment study's items as examples (repeat for several; with --limit)")
+    prof.add_argument("--limit", type=positive_int, default=None, help="with --study: the first N items of each")
     prof.add_argument("--top-k", type=positive_int, default=20, help="heads written to --out")
     prof.add_argument("--out", required=True, help="the head config to write (pastalib's JSON format)")
     prof.add_argument("--alpha", type=number, default=0.01)
@@ -53,7 +56,16 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
     writable(args.out, "--out")
     if args.scores:
         writable(args.scores, "--scores")
-    examples = load_examples(args.data)
+    if (args.data is None) == (args.studies is None):
+        raise CLIError("give the examples as --data FILE or as --study NAME (not both)")
+    if args.studies:
+        from ..experiments.profiling import examples_of
+
+        examples = examples_of(args.studies, args.limit)
+        chat = True
+    else:
+        examples = load_examples(args.data)
+        chat = args.chat
     if args.threads:
         import torch
 
@@ -64,7 +76,7 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         raise CLIError("--layers selects no layer")
     result = profile_heads(
         model, examples, alpha=args.alpha, scale_position=args.scale_position, scorer=args.scorer,
-        heads=list(layers), chat=args.chat, batch_size=args.batch_size, sweep_dir=args.sweep_dir,
+        heads=list(layers), chat=chat, batch_size=args.batch_size, sweep_dir=args.sweep_dir,
     )
     from ..runtime.distributed import current_workers
 

@@ -30,11 +30,18 @@ _EXPORTS = {
     "Item": ".study", "Score": ".study", "Segments": ".study", "Study": ".study", "build_messages": ".study",
     "ConditionSummary": ".summary", "ExperimentResult": ".summary",
     "SummarizeConfig": ".summarize", "SummarizeStudy": ".summarize",
+    "BiosConfig": ".bios", "PronounsConfig": ".bios", "CounterFactConfig": ".counterfact",
+    "InstructionsConfig": ".instructions",
 }
 #: the studies by name, as ``(module, study class, config class)``
 _STUDIES = {"summarize": (".summarize", "SummarizeStudy", "SummarizeConfig"),
             "needle": (".needle", "NeedleStudy", "NeedleConfig"),
-            "json": (".json_generation", "JSONStudy", "JSONConfig")}
+            "json": (".json_generation", "JSONStudy", "JSONConfig"),
+            "bios-json": (".bios", "BiosJSONStudy", "BiosConfig"),
+            "pronouns": (".bios", "PronounsStudy", "PronounsConfig"),
+            "bios": (".bios", "BiasInBiosStudy", "BiosConfig"),
+            "counterfact": (".counterfact", "CounterFactStudy", "CounterFactConfig"),
+            "instructions": (".instructions", "InstructionsStudy", "InstructionsConfig")}
 STUDY_NAMES = tuple(_STUDIES)
 
 
@@ -64,7 +71,7 @@ if TYPE_CHECKING:
 
 
 def get_study(name: str) -> Study:
-    """The study called ``name`` (``summarize``, ``needle`` or ``json``)."""
+    """The study called ``name`` (one of :data:`STUDY_NAMES`)."""
     try:
         return __getattr__("STUDIES")[name]()
     except (KeyError, TypeError):

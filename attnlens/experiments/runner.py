@@ -299,6 +299,22 @@ def _load_heads(path: Any) -> Any:
     return load_head_config(path)
 
 
+def _continuation_scorer(model: Any, study: Study, condition: Condition, config: ExperimentConfig,
+                         head_config: Any) -> Any:
+    """``scorer(item, texts)``: each text's mean log-probability after the item's prompt under ``condition``."""
+    from .counterfact import continuation_logprobs
+
+    tokenizer = model.tokenizer
+    chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
+
+    def scorer(item: Item, texts: Sequence[str]) -> list[float]:
+        prompt = _prepare(study, item, condition, tokenizer, chat, config)
+        plans = _condition_plans(model, condition, [prompt], config, head_config)
+        return continuation_logprobs(model, prompt.input_ids, plans, texts, leading_space=not chat)
+
+    return scorer
+
+
 def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job], config: ExperimentConfig,
                head_config: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
     if config.influence:
@@ -317,6 +333,10 @@ def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job]
                                 max_new_tokens=config.max_new_tokens, **sample_kwargs)
     outputs = [_decode(model.tokenizer, t) for t in new_tokens]
     scores = study.score([j.item for j in batch], outputs, config)
+    read = study.model_scores([j.item for j in batch], config,
+                              _continuation_scorer(model, study, condition, config, head_config))
+    if read is not None:
+        scores = [dataclasses.replace(s, metrics={**s.metrics, **r}) for s, r in zip(scores, read)]
     rows = []
     for job, output, tokens, score in zip(batch, outputs, new_tokens, scores):
         start, end = _focus(job.prompt)

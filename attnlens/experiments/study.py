@@ -87,6 +87,19 @@ class Study(ABC):
 
         return {"data": fingerprint(data)}
 
+    def model_scores(self, items: Sequence[Item], config: ExperimentConfig,
+                     scorer: Any) -> list[Mapping[str, float]] | None:
+        """Metrics read from the model under the condition's steering, added to :meth:`score`'s (None: none).
+
+        ``scorer(item, texts)`` gives the mean log-probability per token of each text as the
+        continuation of ``item``'s prompt under the condition.
+        """
+        return None
+
+    def profile_target(self, item: Item) -> str | None:
+        """What a right answer to ``item`` begins with, for PASTA head profiling (None: the study has none)."""
+        return None
+
     def extra_outputs(self, rows: Sequence[Mapping[str, Any]], out: Path, config: ExperimentConfig) -> list[Path]:
         """Study-specific tables and plots; returns the files written."""
         return []

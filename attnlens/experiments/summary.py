@@ -6,7 +6,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class ConditionSummary:
     items: int
     generations: int
     estimates: Mapping[str, Any]  # metric -> metrics.Estimate
+    #: metric -> metrics.Estimate of the mean paired difference from ``none`` over the items both ran
+    differences: Mapping[str, Any] = field(default_factory=dict)
 
     def as_row(self, metrics: Sequence[str]) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -38,6 +40,11 @@ class ConditionSummary:
             row[m] = _round(e.mean if e else float("nan"))
             row[f"{m}_low"] = _round(e.low if e else float("nan"))
             row[f"{m}_high"] = _round(e.high if e else float("nan"))
+        for m in metrics:
+            d = self.differences.get(m)
+            row[f"{m}_diff"] = _round(d.mean if d else float("nan"))
+            row[f"{m}_diff_low"] = _round(d.low if d else float("nan"))
+            row[f"{m}_diff_high"] = _round(d.high if d else float("nan"))
         return row
 
 
@@ -86,19 +93,41 @@ def item_means(rows: Iterable[Mapping[str, Any]], metric: str, by: Sequence[str]
     return {g: [sum(v) / len(v) for v in items.values()] for g, items in per_item.items()}
 
 
+def per_item(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, float]:
+    """The metric's mean per item id (generations averaged)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        value = row_metric(row, metric)
+        if value is not None and not math.isnan(value):
+            values[row["item"]].append(value)
+    return {item: sum(v) / len(v) for item, v in values.items()}
+
+
+def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str,
+                      config: ExperimentConfig) -> Any:
+    """The mean of ``rows`` minus ``baseline`` over the items both have, with a paired bootstrap interval."""
+    mine, base = per_item(rows, metric), per_item(baseline, metric)
+    diffs = [mine[i] - base[i] for i in mine if i in base]
+    return bootstrap_ci(diffs, confidence=config.confidence, resamples=config.bootstrap, seed=config.seed)
+
+
 def summarize_rows(rows: Sequence[Mapping[str, Any]], conditions: Sequence[Condition], metrics: Sequence[str],
                    config: ExperimentConfig) -> list[ConditionSummary]:
-    """Per-condition means with bootstrap intervals over items."""
+    """Per-condition means with bootstrap intervals over items, and each steered condition's paired
+    difference from ``none`` (when ``none`` ran)."""
     out = []
+    baseline = [r for r in rows if r["condition"] == "none"]
     for condition in conditions:
         mine = [r for r in rows if r["condition"] == condition.name]
-        estimates = {}
+        estimates, differences = {}, {}
         for metric in metrics:
             values = item_means(mine, metric).get((), [])
             estimates[metric] = bootstrap_ci(values, confidence=config.confidence, resamples=config.bootstrap,
                                              seed=config.seed)
+            if baseline and condition.name != "none":
+                differences[metric] = paired_difference(mine, baseline, metric, config)
         out.append(ConditionSummary(condition.name, condition.method, condition.delta,
-                                    len({r["item"] for r in mine}), len(mine), estimates))
+                                    len({r["item"] for r in mine}), len(mine), estimates, differences))
     return out
 
 
@@ -107,4 +136,26 @@ def write_summary(path: Path, summary: Sequence[ConditionSummary], metrics: Sequ
     fields = ["condition", "method", "delta", "items", "generations"]
     for m in metrics:
         fields += [m, f"{m}_low", f"{m}_high"]
+    for m in metrics:
+        fields += [f"{m}_diff", f"{m}_diff_low", f"{m}_diff_high"]
     write_csv(path, rows, fields)
+
+
+def group_table(rows: Sequence[Mapping[str, Any]], by: str, metrics: Sequence[str], path: Path,
+                config: ExperimentConfig) -> Path:
+    """Per (condition, ``by`` value): n and each metric's mean with a bootstrap interval, written as CSV."""
+    table = []
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    for condition in conditions:
+        mine = [r for r in rows if r["condition"] == condition]
+        for group in sorted({str(r.get(by)) for r in mine}):
+            sub = [r for r in mine if str(r.get(by)) == group]
+            line: dict[str, Any] = {"condition": condition, by: group, "items": len({r["item"] for r in sub})}
+            for m in metrics:
+                e = bootstrap_ci(list(per_item(sub, m).values()), confidence=config.confidence,
+                                 resamples=config.bootstrap, seed=config.seed)
+                line.update({m: _round(e.mean), f"{m}_low": _round(e.low), f"{m}_high": _round(e.high)})
+            table.append(line)
+    fields = ["condition", by, "items"] + [f"{m}{s}" for m in metrics for s in ("", "_low", "_high")]
+    write_csv(path, table, fields)
+    return path

@@ -59,6 +59,9 @@ class PrefixRun:
 
     def _prepare(self, model: Model, skip: bool) -> None:
         if self.prefix > 0:
+            # the prefix pass must fill the cache it returns on every supported release, also when
+            # no bias plan has been installed yet (which is where the mend is otherwise applied)
+            tl.mend_kv_cache_argument()
             try:
                 _, self.cache = model(
                     self.ids[:, : self.prefix], return_type="logits_and_cache", use_cache=True, **self._keep(1)

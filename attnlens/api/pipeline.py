@@ -51,6 +51,7 @@ from ..core.records import Record, read_jsonl
 from ..core.validate import LayerSpec, check_int, is_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
+from .. import steering
 from ..steering.guide import check_delta
 from . import chain
 
@@ -87,6 +88,7 @@ class PayAttentionPipeline:
         chat: bool = False,
         return_full_text: bool = False,
         convention: str = "stated",
+        steer: Any = None,
     ) -> None:
         if getattr(model, "tokenizer", None) is None:
             raise AttnlensError("the model has no tokenizer; the pipeline needs one")
@@ -102,6 +104,10 @@ class PayAttentionPipeline:
         self.return_full_text = bool(return_full_text)
         self.convention = check_convention(convention)
         self.influence_method = "influence"  # the method a call without influence_method/metric uses
+        #: the steering methods every call applies (``{name: settings}``; None: GUIDE on the tags)
+        self.steer = steer
+        if steer is not None:
+            steering.resolve(chain.default_steer(layers, None, None, steer))  # validate early
 
     def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None) -> Prompt:
         return chain.prepare(
@@ -127,6 +133,7 @@ class PayAttentionPipeline:
         metric: str | None = None,
         convention: str | None = None,
         as_json: bool = False,
+        steer: Any = None,
         **generate_kwargs: Any,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """Generate for one input or a list of inputs; see the module docstring.
@@ -141,6 +148,10 @@ class PayAttentionPipeline:
         ``metric`` is pay-attention-pipeline's name for it, with ``"attention_rollout"``),
         ``convention`` (``"stated"`` or ``"pap"``), ``influence_generated`` (also cover
         the generated tokens) and ``influence_use_values`` (weight keys by their value norms).
+
+        ``steer``: ``{method: settings}`` of registered steering methods
+        (:func:`attnlens.steering.methods`) for this call; default: the pipeline's
+        (GUIDE on the prompts' tags).
 
         ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """
@@ -179,8 +190,9 @@ class PayAttentionPipeline:
             influence_generated or influence_use_values or explicit or convention is not None,
         )
         size = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
-        new_tokens = chain.generate(self.model, prompts, chain.plans_for(self.model, prompts, layers=layer_spec),
-                                    batch_size=size, **generate_kwargs)
+        plans = chain.plans_for(self.model, prompts, layers=layer_spec,
+                                steer=self.steer if steer is None else steer)
+        new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, **generate_kwargs)
         results: list[list[dict[str, Any]]] = []
         for prompt, tokens in zip(prompts, new_tokens):
             result = self._result(prompt, tokens, full_text)
@@ -292,6 +304,7 @@ def pipeline(
     device: Any = None,
     return_full_text: bool = False,
     convention: str = "stated",
+    steer: Any = None,
 ) -> PayAttentionPipeline:
     """Build the tag-driven pipeline, like ``transformers.pipeline(task, model=...)``.
 
@@ -306,6 +319,8 @@ def pipeline(
         return_full_text: put the prompt before the new text in ``generated_text``
             (``transformers.pipeline("pay-attention", ...)`` does by default).
         convention: the Influence convention, ``"stated"`` or ``"pap"``.
+        steer: the steering methods to apply, ``{name: settings}`` (:func:`attnlens.steering.methods`);
+            default: GUIDE on the prompts' tags.
     """
     if task not in TASKS:
         raise AttnlensError(f"unknown task {task!r}; attnlens provides {', '.join(TASKS)}")
@@ -314,7 +329,7 @@ def pipeline(
 
         model = load_model(model, device=device)
     return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat,
-                                return_full_text=return_full_text, convention=convention)
+                                return_full_text=return_full_text, convention=convention, steer=steer)
 
 
 def _jsonable(value: Any) -> Any:

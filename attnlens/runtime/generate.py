@@ -17,7 +17,8 @@ from ..core.model import Model
 from ..core.errors import AttnlensError, DirectUnavailable
 from ..core.model import check_window, model_device, pad_id
 from ..core.validate import check_bool, check_number, check_seed, check_token_ids, is_int
-from ..steering.bias import BiasPlan, apply_bias
+from ..steering.bias import BiasPlan
+from ..steering.edits import install, shifted
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def resolve_backend(backend: Any, direct: bool | None = None) -> str:
 def generate_batch(
     model: Model,
     rows: Sequence[Sequence[int]],
-    plans: Sequence[BiasPlan] = (),
+    plans: Sequence[BiasPlan | Any] = (),
     *,
     max_new_tokens: int = 64,
     do_sample: bool = False,
@@ -123,8 +124,9 @@ def generate_batch(
 ) -> "Generation":
     """Generate from token rows with bias plans built in unpadded positions.
 
-    Every plan is shifted to the padded layout and installed for the whole
-    generation; plans add up. Returns each row's new tokens, cut after the first
+    Every plan (a :class:`~attnlens.steering.bias.BiasPlan` or a run-time edit,
+    :mod:`attnlens.steering.edits`) is shifted to the padded layout and installed
+    for the whole generation; plans add up. Returns each row's new tokens, cut after the first
     end-of-sequence token.
 
     ``backend``: ``"auto"`` runs the wrapped Hugging Face model directly (see
@@ -159,7 +161,7 @@ def generate_batch(
         torch.manual_seed(seed)
     with ExitStack() as stack, torch.no_grad():
         for plan in plans:
-            stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
+            stack.enter_context(install(model, shifted(plan, batch.offsets)))
         hf = None
         if backend != "bridge":
             try:

@@ -18,7 +18,6 @@ from ..core.errors import AttnlensError, SpanError
 from ..core.validate import BIAS_LIMIT, LayerSpec, check_number
 from ..prompts.prompt import Prompt
 from .bias import BiasPlan, apply_bias
-from .registry import Param, SteeringMethod, register
 
 #: Tag levels 1, 2, 3 scale ``delta_mid`` by these factors.
 LEVEL_FACTORS = {1: 0.5, 2: 1.0, 3: 2.0}
@@ -160,40 +159,3 @@ def guide_plan_for(
             plan.add(span.start, span.end, delta, layers=layers, row=row)
     return plan
 
-
-# ----------------------------------------------------------------------------- the registered method
-
-
-def _layers(value: Any) -> Any:
-    return value  # checked against the model when the plan is built (resolve_layers)
-
-
-def _delta_mid(value: Any) -> float:
-    return check_delta(value)
-
-
-class GuideMethod(SteeringMethod):
-    """GUIDE as a registered method: ``+delta`` on the keys of a prompt's GUIDE-tagged spans."""
-
-    name = "guide"
-    help = "GUIDE: raise the attention every head of chosen layers pays to <!-> tagged <-!> spans"
-    params = (
-        Param("delta_mid", _delta_mid, None,
-              "the level-2 bias (level 1: half, level 3: double); None: the strength the prompt was prepared with",
-              flag="--delta-mid"),
-        Param("layers", _layers, "all", "all | none | first | last | layer indices", flag="--layers"),
-    )
-    spans = "guide"
-    edits = "bias"
-    on_by_default = True  # the tags ask for it
-    sweeps_strength = True
-    focus_tag = ("<!!->", "<-!!>")
-    condition_order = 10
-
-    def steering(self, model: Model, prompts: Sequence[Prompt], settings: Any) -> BiasPlan | None:
-        if not any(p.guide_spans() for p in prompts):
-            return None
-        return guide_plan_for(model, list(prompts), settings["layers"], delta_mid=settings["delta_mid"])
-
-
-register(GuideMethod())

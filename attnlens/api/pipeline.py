@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.model import Model
-from ..attribution.influence import INFLUENCE_METHODS
+from .. import attribution
 from ..attribution.influence import InfluenceTrace, check_convention
 from ..core.errors import AttnlensError
 from ..core.records import Record, read_jsonl
@@ -61,16 +61,25 @@ PipelineInput = PromptInput
 
 TASKS = ("pay-attention", "guide")
 
-#: pay-attention-pipeline's ``metric`` names -> attnlens' influence methods
-METRICS = {"influence": "influence", "attention_rollout": "rollout", "rollout": "rollout",
-           "influence_heads": "influence_heads"}
+def metrics() -> dict[str, str]:
+    """pay-attention-pipeline's ``metric`` names (and every attribution method's own) -> attnlens' methods."""
+    return attribution.aliases()
+
+
+def __getattr__(name: str) -> Any:  # METRICS and INFLUENCE_METHODS follow the registry (PEP 562)
+    if name == "METRICS":
+        return metrics()
+    if name == "INFLUENCE_METHODS":
+        return attribution.methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def metric_method(metric: Any) -> str:
     """pay-attention-pipeline's ``metric`` as an attnlens influence method."""
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise AttnlensError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    return METRICS[metric]
+    known = metrics()
+    if not isinstance(metric, str) or metric not in known:
+        raise AttnlensError(f"unknown metric {metric!r}; choose from {', '.join(known)}")
+    return known[metric]
 
 
 class PayAttentionPipeline:
@@ -278,9 +287,9 @@ def _check_influence_request(
         raise AttnlensError(f"influence must be True, False or None, got {influence!r}")
     if influence is False:
         return False
-    if method not in INFLUENCE_METHODS:
+    if method not in attribution.methods():
         raise AttnlensError(
-            f"unknown influence_method {method!r}; choose from {', '.join(INFLUENCE_METHODS)} "
+            f"unknown influence_method {method!r}; choose from {', '.join(attribution.methods())} "
             "(or metric='attention_rollout', pay-attention-pipeline's name)"
         )
     hint = "wrap the text to measure in <?-> ... <-?>"

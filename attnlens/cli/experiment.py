@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ._common import non_negative_int, number, positive_int
+from ._common import LazyChoices, non_negative_int, number, positive_int
 
 def add_experiment(sub: Any) -> None:
     from ..experiments import STUDY_NAMES
@@ -21,8 +21,10 @@ def add_experiment(sub: Any) -> None:
     common.add_argument("--out", required=True, help="the output directory (rows.jsonl, summary.csv, plots)")
     common.add_argument("--delta", dest="deltas", nargs="+", type=number, default=[0.0, 1.0, 2.0],
                         help="GUIDE deltas (0 is the unsteered prompt)")
-    common.add_argument("--conditions", nargs="+", choices=condition_methods(), default=None,
-                        help="which conditions to run (default: none, guide, emphatic, and pasta with --pasta-heads)")
+    common.add_argument("--conditions", nargs="+", choices=LazyChoices(condition_methods), metavar="CONDITION",
+                        default=None,
+                        help="which conditions to run: none, emphatic, or a registered steering method (default: none, "
+                        "guide, emphatic, and pasta with --pasta-heads)")
     common.add_argument("--set", dest="method_settings", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                         help="a steering method's parameter for its condition (repeatable), e.g. pasta.alpha=0.05")
     common.add_argument("--layers", nargs="+", default=["all"],

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import add_chat_flags, load_model_for, number, prompt_from, positive_int, side_by_side
+from ._common import add_chat_flags, add_later, load_model_for, number, prompt_from, positive_int, side_by_side
 
 DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
 
@@ -25,7 +25,7 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--emphasize", action="append", default=[], metavar="TEXT",
                    help="a substring of the prompt to emphasise (repeat for several), for a method that steers "
                         "emphasised substrings (PASTA)")
-    add_method_flags(p)
+    add_later(p, add_method_flags)  # the registry is read when the command runs
     p.set_defaults(run=_run_generate)
 
 

@@ -3,41 +3,16 @@
 A method (:class:`SteeringMethod`) is registered by name (:func:`register`,
 :func:`methods`, :func:`get`); for a batch of prompts it gives a static
 :class:`BiasPlan` (installed by :func:`apply_bias`) or a :class:`RunEdit`
-(an edit computed during the run). GUIDE and PASTA are the two built in
-(:mod:`.guide_method`, :mod:`.pasta_method`).
-
-The registry and the methods' declarations import nothing heavy (the command
-line reads them to build its options); the other names load on first use (PEP 562).
+(an edit computed during the run, :mod:`.edits`). GUIDE and PASTA are the two
+built in (:mod:`.guide_method`, :mod:`.pasta_method`).
 """
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 from .registry import REQUIRED, Param, SteeringMethod, get, methods, register, resolve, unregister
 from . import guide_method, pasta_method  # noqa: F401  (GUIDE and PASTA register themselves)
-
-_EXPORTS = {
-    "BiasPlan": ".bias", "BiasTerm": ".bias", "apply_bias": ".bias", "complement": ".bias",
-    "EditContext": ".edits", "RunEdit": ".edits", "install": ".edits",
-    "LEVEL_FACTORS": ".guide", "guide": ".guide", "guide_plan": ".guide", "guide_plan_for": ".guide",
-    "level_delta": ".guide", "with_strength": ".guide",
-    "load_head_config": ".pasta", "normalize_head_config": ".pasta", "pasta": ".pasta", "pasta_plan": ".pasta",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .bias import BiasPlan, BiasTerm, apply_bias, complement
-    from .edits import EditContext, RunEdit, install
-    from .guide import LEVEL_FACTORS, guide, guide_plan, guide_plan_for, level_delta, with_strength
-    from .pasta import load_head_config, normalize_head_config, pasta, pasta_plan
+from .bias import BiasPlan, BiasTerm, apply_bias, complement
+from .edits import EditContext, RunEdit, install
+from .guide import LEVEL_FACTORS, guide, guide_plan, guide_plan_for, level_delta, with_strength
+from .pasta import load_head_config, normalize_head_config, pasta, pasta_plan
 
 __all__ = [
     "BiasPlan",

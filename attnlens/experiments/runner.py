@@ -76,9 +76,9 @@ def _prepare(study: Study, item: Item, condition: Condition, tokenizer: Any, cha
     if len(prompt.spans) != 1:
         raise ExperimentError(f"item {item.id}: expected one focus span in the prompt, found {len(prompt.spans)}")
     prompt = with_strength(prompt, condition.delta or 0.0)
-    if condition.method in steering.methods() and steering.get(condition.method).spans == "emphasis":
-        prompt = dataclasses.replace(prompt, spans=tuple(dataclasses.replace(s, kind="emphasis")
-                                                         for s in prompt.spans))
+    if condition.method in steering.methods():  # the focus is the kind of span the method steers
+        kind = steering.get(condition.method).spans
+        prompt = dataclasses.replace(prompt, spans=tuple(dataclasses.replace(s, kind=kind) for s in prompt.spans))
     return prompt
 
 

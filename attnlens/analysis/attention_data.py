@@ -552,23 +552,35 @@ class AttentionData:
             samples = self._head_samples(layer, head, num_samples)
             prompts[(layer, head)] = self.build_prompt(samples, custom_prompt)
         client = self._client()
-        results: dict[tuple[int, int], HeadDescription] = {}
-        with ThreadPoolExecutor(max_workers=max_concurrency) as pool, tqdm(
-            total=len(pairs), desc="describing heads", disable=not progress
-        ) as bar:
+        with tqdm(total=len(pairs), desc="describing heads", disable=not progress) as bar:
+            answers = self._ask(client, model_name, prompts, max_concurrency, bar.update)
+        return HeadDescriptions([HeadDescription(layer, head, answers[(layer, head)][0], prompts[(layer, head)],
+                                                 answers[(layer, head)][1]) for layer, head in pairs])
+
+    def _ask(self, client: Any, model_name: str, prompts: dict[tuple[int, int], str], max_concurrency: int,
+             done: Any = None) -> dict[tuple[int, int], tuple[str | None, str | None]]:
+        """The one describing loop (with and without ``sweep_dir``): every prompt sent, at most
+        ``max_concurrency`` at once, each bounded by the client's ``deadline``.
+
+        Returns ``{(layer, head): (description, error)}``; keeps each description on its head's
+        record. A fatal failure (no key, 401, 404, unreachable server) cancels the rest and raises;
+        others are logged and returned as the row's error.
+        """
+        results: dict[tuple[int, int], tuple[str | None, str | None]] = {}
+        with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
             futures = {
-                pool.submit(complete, client, model_name, prompts[p], system=self.system_prompt,
-                            deadline=self.deadline): p for p in pairs
+                pool.submit(complete, client, model_name, prompt, system=self.system_prompt,
+                            deadline=self.deadline): pair for pair, prompt in prompts.items()
             }
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
                     layer, head = futures[future]
                     exc = future.exception()
                     if isinstance(exc, DescribeError) and not exc.fatal:
                         logger.warning("layer %d head %d: %s", layer, head, exc)
-                        results[(layer, head)] = HeadDescription(layer, head, None, prompts[(layer, head)], str(exc))
+                        results[(layer, head)] = (None, str(exc))
                     elif exc is not None:
                         for other in pending:
                             other.cancel()
@@ -578,9 +590,10 @@ class AttentionData:
                         record = self.heads[(layer, head)]
                         record.prompts.append(prompts[(layer, head)])
                         record.descriptions.append(text)
-                        results[(layer, head)] = HeadDescription(layer, head, text, prompts[(layer, head)])
-                    bar.update(1)
-        return HeadDescriptions([results[p] for p in pairs])
+                        results[(layer, head)] = (text, None)
+                    if done is not None:
+                        done(1)
+        return results
 
     def _describe_sweep(self, layers: Sequence[int], heads: tuple[int, ...], num_samples: int,
                         custom_prompt: str | None, max_concurrency: int, out: Path, num_multiples: int,
@@ -602,29 +615,16 @@ class AttentionData:
                 rng = random.Random(f"{self.seed}|{layer}|{head}")
                 samples = [data.samples[i] for i in sorted(rng.sample(range(len(data.samples)), k))]
                 prompts[head] = self.build_prompt(samples, custom_prompt)
+            answers = self._ask(client, model_name, {(layer, head): prompts[head] for head in heads},
+                                max_concurrency)
             rows = []
-            with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
-                futures = {h: pool.submit(complete, client, model_name, prompts[h], system=self.system_prompt)
-                           for h in heads}
-                for head in heads:
-                    text, error = None, None
-                    try:
-                        text = futures[head].result().text
-                    except DescribeError as exc:
-                        if exc.fatal:
-                            for other in futures.values():
-                                other.cancel()
-                            raise
-                        logger.warning("layer %d head %d: %s", layer, head, exc)
-                        error = str(exc)
-                    if text is not None:
-                        self.heads[(layer, head)].prompts.append(prompts[head])
-                        self.heads[(layer, head)].descriptions.append(text)
-                    ranked = self.ranked_multiples(layer, head)[:num_multiples]
-                    rows.append({
-                        "layer": layer, "head": head, "description": text, "prompt": prompts[head], "error": error,
-                        "multiples": [[m.token, m.multiple, m.text_index, m.query, m.key] for m in ranked],
-                    })
+            for head in heads:
+                text, error = answers[(layer, head)]
+                ranked = self.ranked_multiples(layer, head)[:num_multiples]
+                rows.append({
+                    "layer": layer, "head": head, "description": text, "prompt": prompts[head], "error": error,
+                    "multiples": [[m.token, m.multiple, m.text_index, m.query, m.key] for m in ranked],
+                })
             return rows
 
         with worker_group() as workers, tqdm(total=len(layers), desc="describing layers",

@@ -150,3 +150,86 @@ def test_the_pipeline_and_the_cli_read_the_registry(tiny, registered, capsys, mo
     assert result["methods"] == ["guide", "ban_token"]
     assert cli.main(["generate", "hello", "--emphasize", "hello"]) == 2
     assert "--pasta-heads HEAD_CONFIG or --steer scale_pattern" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- attribution methods
+
+
+class SameAsInfluence(al.attribution.RecursionMethod):
+    name = "same_as_influence"
+
+    def mix(self, prev, att, x_share):
+        return x_share * prev + (1 - x_share) * att
+
+
+class Indicator(al.attribution.AttributionMethod):
+    """Its own driver: the spans' indicator at every layer (no model call)."""
+
+    name = "indicator"
+
+    def run(self, model, row, spans, *, mask, use_values, per_head, convention):
+        out = torch.zeros(len(spans), model.cfg.n_layers + 1, row.shape[1])
+        for i, (s, e) in enumerate(spans):
+            out[i, :, s:e] = 1.0
+        return out
+
+
+class WrongShape(al.attribution.AttributionMethod):
+    name = "wrong_shape"
+
+    def run(self, model, row, spans, **kwargs):
+        return torch.zeros(3)
+
+
+@pytest.fixture
+def attributions():
+    from attnlens import attribution
+
+    made = [SameAsInfluence(), Indicator(), WrongShape()]
+    for m in made:
+        attribution.register(m)
+    yield made
+    for m in made:
+        attribution.unregister(m.name)
+
+
+def test_attribution_registry_drives_both_paths(tiny, attributions):
+    from attnlens import attribution
+    from attnlens.api.pipeline import metric_method
+    from attnlens.runtime import fused
+
+    assert attribution.methods()[:3] == ("influence", "rollout", "influence_heads")
+    assert attribution.INFLUENCE_METHODS[-3:] == ("same_as_influence", "indicator", "wrong_shape")
+    assert metric_method("attention_rollout") == "rollout" and metric_method("indicator") == "indicator"
+    with pytest.raises(AttnlensError, match="already registered"):
+        attribution.register(Indicator())
+    with pytest.raises(AttnlensError, match="needs a run"):
+        attribution.register(type("NoDriver", (attribution.AttributionMethod,), {"name": "no_driver"})())
+    tokens = list(range(5, 25))
+    spans = [(2, 5), (10, 12)]
+    methods = ("influence", "same_as_influence", "indicator")
+    for enabled in (True, False):  # the fused driver and the hook driver feed the same recursion state
+        with fused.fused_attention(enabled):
+            trace = al.trace_influence(tiny, tokens, spans, methods=methods)
+        assert trace.methods == methods
+        assert torch.equal(trace["same_as_influence"], trace["influence"])
+        assert trace["indicator"][1, -1, 10:12].tolist() == [1.0, 1.0] and float(trace["indicator"][1, -1, 0]) == 0
+    alone = al.influence(tiny, tokens, (2, 5), method="indicator")
+    assert alone.shape == (tiny.cfg.n_layers + 1, len(tokens))
+    with pytest.raises(AttnlensError, match="'wrong_shape' returned shape"):
+        al.influence(tiny, tokens, (2, 5), method="wrong_shape")
+    with pytest.raises(AttnlensError, match="unknown influence method 'nope'"):
+        al.influence(tiny, tokens, (2, 5), method="nope")
+
+
+def test_the_influence_command_takes_registered_methods(tiny, attributions, capsys, monkeypatch):
+    from attnlens import cli
+    from attnlens.cli import influence as command
+
+    monkeypatch.setattr(command, "load_model_for", lambda args: tiny)
+    assert cli.main(["influence", "<?-> hello <-?> world", "--method", "indicator", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["methods"] == ["indicator"] and result["spans"][0]["indicator"][0][result["spans"][0]["start"]] == 1
+    with pytest.raises(SystemExit):
+        cli.main(["influence", "<?-> hello <-?> world", "--method", "louder"])
+    assert "invalid choice: 'louder'" in capsys.readouterr().err

@@ -161,7 +161,7 @@ def generate_batch(
     with ExitStack() as stack, torch.no_grad():
         for plan in plans:
             stack.enter_context(install(model, shifted(plan, batch.offsets)))
-        run = backends.open_run(stack, model, backend)
+        run = backends.open_run(stack, model, backend, logger)
         out = run.generate(batch.tokens, batch.attention_mask, eos=eos, stop_at_eos=stop_at_eos,
                            pad=pad_id(tokenizer),
                            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,

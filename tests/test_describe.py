@@ -222,3 +222,16 @@ def test_public_names():
     assert callable(al.steering_diff) and callable(al.viz.head_patterns) and callable(al.viz.steering_view)
     with pytest.raises(AttributeError, match="never run the model"):
         al.viz.steering_diff  # noqa: B018 (views take data; the capturing call is al.steering_diff)
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_the_deadline_holds_with_and_without_a_sweep(tiny, tmp_path, sweep):
+    """One describing loop: a server slower than the deadline gives each head an error, in sweeps too."""
+    with ChatStubServer(REPLY, delay_s=3.0) as server:
+        ad = make_ad(tiny, client_for(server, max_retries=0), deadline=0.3)
+        table = ad.describe_heads(layers=[0], heads=[0, 1], max_concurrency=2, progress=False,
+                                  sweep_dir=tmp_path / "sweep" if sweep else None)
+    rows = list(table)
+    assert len(rows) == 2
+    for row in rows:
+        assert row.description is None and "deadline of 0.3 s" in row.error, row

@@ -16,8 +16,9 @@ cut to ``max_length`` tokens first.
 
 A *sample* is one row: ``(text_index, query, [(token, key, multiple), ...])``,
 its pairs sorted from the highest multiple down. ``describe_head`` sends a few
-random samples to a chat model (see :mod:`attnlens.analysis.descriptions`) and asks what the
-head pays attention to. ``get_ranked_multiples`` lists the individual
+random samples to a chat model and asks what the head pays attention to (the
+asking is :mod:`attnlens.analysis.describing`; the chat client is
+:mod:`attnlens.analysis.descriptions`). ``get_ranked_multiples`` lists the individual
 ``(token, multiple)`` pairs of every sample, highest first.
 
 Patterns are computed for the requested heads only: one forward pass over the
@@ -28,44 +29,34 @@ after the last layer needed).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Union
 
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from ..core.model import Model
-from ..core.errors import AttnlensError, DescribeError
+from ..core.errors import AttnlensError
 from ..core.model import check_window, model_shape
-from ..core.validate import LayerSpec, check_text, is_int, resolve_heads, resolve_layer, resolve_layers
-from ..runtime.distributed import current_workers, run_sweep, worker_group
+from ..core.validate import check_text, is_int, resolve_heads, resolve_layer
 from .capture import PatternSamples, capture_patterns
 from .descriptions import (
     DEFAULT_DEADLINE,
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_PREFIX,
     PROMPT_SUFFIX,
-    HeadDescription,
-    HeadDescriptions,
     check_seconds,
-    complete,
-    make_client,
 )
+from .describing import Describing, HeadSpec, _positive_count
 from .multiples import HeadData, RankedMultiple, Sample, TokenMultiple, multiples, quote_token, same_token
 
 logger = logging.getLogger(__name__)
 
 TextBatch = Union[Sequence[str], Sequence[Sequence[str]]]
-HeadSpec = Union[str, int, Iterable[int]]
 
 
 @dataclass(frozen=True)
@@ -101,13 +92,7 @@ def _non_negative_int(name: str, value: Any) -> int:
     return value
 
 
-def _positive_count(name: str, value: Any) -> int:
-    if not is_int(value) or value < 1:
-        raise AttnlensError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-class AttentionData:
+class AttentionData(Describing):
     """Rank, show and describe what single attention heads of ``model`` attend to over ``text_batch``.
 
     Args:
@@ -456,191 +441,6 @@ class AttentionData:
             title = f"Layer {layer} Head {head}, {k} / {len(ranked)} random multiples"
             self.display_multiples(chosen, title)
         return chosen
-
-    # ------------------------------------------------------------------ descriptions
-
-    def _client(self) -> Any:
-        if self.client is None:
-            self.client = make_client(self.openai_api_key)
-        return self.client
-
-    def _model_name(self) -> str:
-        if not self.openai_model:
-            raise DescribeError(
-                "openai_model is not set: pass AttentionData(..., openai_model='gpt-4o-mini') "
-                "or the name of the local server's model"
-            )
-        return self.openai_model
-
-    def describe_head(
-        self,
-        layer: int = 0,
-        head: int = 0,
-        num_samples: int = 10,
-        custom_prompt: str | None = None,
-        print_description: bool = True,
-    ) -> tuple[str, str]:
-        """Ask the chat model what the head attends to; returns ``(prompt, description)``.
-
-        The prompt is :data:`PROMPT_PREFIX`, ``num_samples`` random rows (see
-        :meth:`format_samples`), ``custom_prompt`` and :data:`PROMPT_SUFFIX`; it goes
-        with the system message through ``client.chat.completions.create``. The
-        description is kept in ``heads[(layer, head)].descriptions``.
-
-        ``print_description=True`` shows it, headed by its layer and head: as Markdown
-        output in a notebook, else printed to standard output (``attnlens.AttentionData``;
-        this base class logs it at INFO).
-
-        Raises:
-            DescribeError: no key, a rejected key (401), an unknown model (404), or
-                failures left after the client's retries (429, 5xx, timeouts).
-        """
-        _check_custom_prompt(custom_prompt)
-        model_name = self._model_name()
-        data = self.head_data(layer, head)
-        samples = self._head_samples(data.layer, data.head, num_samples)
-        prompt = self.build_prompt(samples, custom_prompt)
-        answer = complete(self._client(), model_name, prompt, system=self.system_prompt, deadline=self.deadline)
-        data.prompts.append(prompt)
-        data.descriptions.append(answer.text)
-        if print_description:
-            self.display_description(data.layer, data.head, answer.text)
-        return prompt, answer.text
-
-    def describe_heads(
-        self,
-        layers: LayerSpec = "all",
-        heads: HeadSpec = "all",
-        num_samples: int = 10,
-        custom_prompt: str | None = None,
-        max_concurrency: int = 4,
-        progress: bool = True,
-        sweep_dir: str | os.PathLike | None = None,
-        num_multiples: int = 20,
-    ) -> HeadDescriptions:
-        """Describe many heads: ``layers`` x ``heads``, at most ``max_concurrency`` requests at once.
-
-        Patterns of a layer's heads come from one forward pass; samples are drawn
-        in (layer, head) order, so a seed makes the prompts reproducible. A
-        failure that retrying cannot fix (no key, 401, 404, unreachable server)
-        stops everything and raises; other failures (429 or 5xx left after the
-        client's retries) are logged and recorded in the row's ``error``.
-
-        ``sweep_dir`` runs it as a resumable sweep with one unit per layer: each layer's
-        rows (description, prompt, error and the ``num_multiples`` highest multiples of each
-        head) are appended to ``sweep_dir/descriptions.jsonl`` as the layer finishes, and a
-        rerun skips the layers on disk. Samples are then drawn per head (seeded by ``seed``,
-        layer and head), so any split of the layers gives the same prompts. Under
-        ``torchrun`` the workers split the layers and rank 0 merges their files; every
-        worker returns every row. Needed (and shared by the workers) when ``WORLD_SIZE`` > 1.
-        """
-        _positive_count("max_concurrency", max_concurrency)
-        _positive_count("num_samples", num_samples)
-        _check_custom_prompt(custom_prompt)
-        model_name = self._model_name()
-        layer_list = resolve_layers(layers, self.n_layers)
-        if not layer_list:
-            raise AttnlensError(f"layers={layers!r} selects no layer")
-        head_list = self._resolve_heads(heads)
-        if sweep_dir is None and current_workers().distributed:
-            raise AttnlensError("describe_heads on several workers needs sweep_dir: a directory every worker can write")
-        if sweep_dir is not None:
-            _positive_count("num_multiples", num_multiples)
-            return self._describe_sweep(layer_list, head_list, num_samples, custom_prompt, max_concurrency,
-                                        Path(sweep_dir).expanduser(), num_multiples, progress)
-        pairs = [(layer, head) for layer in layer_list for head in head_list]
-        self._ensure({layer: head_list for layer in layer_list})
-        prompts = {}
-        for layer, head in pairs:
-            samples = self._head_samples(layer, head, num_samples)
-            prompts[(layer, head)] = self.build_prompt(samples, custom_prompt)
-        client = self._client()
-        results: dict[tuple[int, int], HeadDescription] = {}
-        with ThreadPoolExecutor(max_workers=max_concurrency) as pool, tqdm(
-            total=len(pairs), desc="describing heads", disable=not progress
-        ) as bar:
-            futures = {
-                pool.submit(complete, client, model_name, prompts[p], system=self.system_prompt,
-                            deadline=self.deadline): p for p in pairs
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    layer, head = futures[future]
-                    exc = future.exception()
-                    if isinstance(exc, DescribeError) and not exc.fatal:
-                        logger.warning("layer %d head %d: %s", layer, head, exc)
-                        results[(layer, head)] = HeadDescription(layer, head, None, prompts[(layer, head)], str(exc))
-                    elif exc is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise exc
-                    else:
-                        text = future.result().text
-                        record = self.heads[(layer, head)]
-                        record.prompts.append(prompts[(layer, head)])
-                        record.descriptions.append(text)
-                        results[(layer, head)] = HeadDescription(layer, head, text, prompts[(layer, head)])
-                    bar.update(1)
-        return HeadDescriptions([results[p] for p in pairs])
-
-    def _describe_sweep(self, layers: Sequence[int], heads: tuple[int, ...], num_samples: int,
-                        custom_prompt: str | None, max_concurrency: int, out: Path, num_multiples: int,
-                        progress: bool) -> HeadDescriptions:
-        model_name = self._model_name()
-        client = self._client()
-        # a unit on disk counts only for the same settings (a changed setting reruns its layers)
-        settings = hashlib.sha256(json.dumps(
-            [list(heads), num_samples, custom_prompt, self.seed, model_name, self.system_prompt, num_multiples,
-             [list(r.ids) for r in self._rows], self.min_length, self.suppress_first_token]
-        ).encode()).hexdigest()[:12]
-
-        def compute(layer: int) -> list[dict[str, Any]]:
-            self._ensure({layer: heads})
-            prompts = {}
-            for head in heads:
-                data = self.heads[(layer, head)]
-                k = self._clamp("num_samples", num_samples, len(data.samples), f"rows for layer {layer} head {head}")
-                rng = random.Random(f"{self.seed}|{layer}|{head}")
-                samples = [data.samples[i] for i in sorted(rng.sample(range(len(data.samples)), k))]
-                prompts[head] = self.build_prompt(samples, custom_prompt)
-            rows = []
-            with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
-                futures = {h: pool.submit(complete, client, model_name, prompts[h], system=self.system_prompt)
-                           for h in heads}
-                for head in heads:
-                    text, error = None, None
-                    try:
-                        text = futures[head].result().text
-                    except DescribeError as exc:
-                        if exc.fatal:
-                            for other in futures.values():
-                                other.cancel()
-                            raise
-                        logger.warning("layer %d head %d: %s", layer, head, exc)
-                        error = str(exc)
-                    if text is not None:
-                        self.heads[(layer, head)].prompts.append(prompts[head])
-                        self.heads[(layer, head)].descriptions.append(text)
-                    ranked = self.ranked_multiples(layer, head)[:num_multiples]
-                    rows.append({
-                        "layer": layer, "head": head, "description": text, "prompt": prompts[head], "error": error,
-                        "multiples": [[m.token, m.multiple, m.text_index, m.query, m.key] for m in ranked],
-                    })
-            return rows
-
-        with worker_group() as workers, tqdm(total=len(layers), desc="describing layers",
-                                             disable=not progress) as bar:
-            rows = run_sweep(list(layers), lambda layer: f"L{layer}/{settings}", compute, out / "descriptions.jsonl",
-                             workers=workers, progress=bar.update)
-        wanted = {(layer, head) for layer in layers for head in heads}
-        found = {(r["layer"], r["head"]): r for r in rows if (r.get("layer"), r.get("head")) in wanted}
-        return HeadDescriptions([
-            HeadDescription(layer, head, found[(layer, head)]["description"], found[(layer, head)]["prompt"],
-                            found[(layer, head)]["error"])
-            for layer in layers for head in heads
-        ])
 
     def _resolve_heads(self, heads: HeadSpec) -> tuple[int, ...]:
         return resolve_heads(heads, self.n_heads)  # type: ignore[return-value]

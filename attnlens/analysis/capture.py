@@ -24,7 +24,8 @@ from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError
 from ..core.model import model_device, model_shape, pad_id
 from ..core.validate import is_int, resolve_heads
-from ..steering.bias import BiasPlan, apply_bias
+from ..steering.bias import BiasPlan
+from ..steering.edits import install
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +136,8 @@ def as_tokens(model: Model, tokens: Any) -> torch.Tensor:
 
 
 def steering_context(model: Model, plan_or_context: Any) -> Any:
-    if isinstance(plan_or_context, BiasPlan):
-        return apply_bias(model, plan_or_context)
+    if isinstance(plan_or_context, BiasPlan) or hasattr(plan_or_context, "install"):  # a plan or a run-time edit
+        return install(model, plan_or_context)
     if hasattr(plan_or_context, "__enter__") and hasattr(plan_or_context, "__exit__"):
         return plan_or_context
     if callable(plan_or_context):
@@ -144,7 +145,7 @@ def steering_context(model: Model, plan_or_context: Any) -> Any:
         if hasattr(made, "__enter__") and hasattr(made, "__exit__"):
             return made
     raise AttnlensError(
-        "plan_or_context must be a BiasPlan, a context manager that steers the model "
+        "plan_or_context must be a BiasPlan, a run-time edit (RunEdit), a context manager that steers the model "
         "(e.g. attnlens.guide(model, spans)), or a function returning one; "
         f"got {type(plan_or_context).__name__}"
     )
@@ -176,7 +177,8 @@ def steering_patterns(
     """Run ``model`` on ``tokens`` twice, without and with the steering, and keep ``layer``'s patterns.
 
     ``tokens``: a string, token ids or a :class:`~attnlens.prompts.prompt.Prompt`;
-    ``plan_or_context``: a :class:`~attnlens.steering.bias.BiasPlan`, a context
+    ``plan_or_context``: a :class:`~attnlens.steering.bias.BiasPlan`, a
+    :class:`~attnlens.steering.edits.RunEdit`, a context
     manager that steers the model, or a function returning one.
     """
     n_layers, n_heads = model_shape(model)

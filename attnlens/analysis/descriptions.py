@@ -482,11 +482,6 @@ class HeadDescriptions:
     def to_records(self) -> list[dict[str, Any]]:
         return [asdict(row) for row in self.rows]
 
-    def to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.to_records())
-
     def _repr_html_(self) -> str:
         cells = "".join(
             f"<tr><td>{r.layer}</td><td>{r.head}</td>"

@@ -1,15 +1,16 @@
 """The one steer -> plan -> run chain that the pipeline, PASTA, the CLI and the experiments share.
 
 text -> :func:`prepare` (tags, tokens, spans; a :class:`~attnlens.prompts.prompt.Prompt`)
--> :func:`plans_for` (GUIDE's and PASTA's :class:`~attnlens.steering.bias.BiasPlan`)
--> :func:`generate` (batched :func:`~attnlens.runtime.generate.generate_batch`, plans added up)
+-> :func:`plans_for` (each steering method's plan or run-time edit, from :mod:`attnlens.steering.registry`)
+-> :func:`generate` (batched :func:`~attnlens.runtime.generate.generate_batch`, steerings added up)
 -> outputs, and :func:`measure_influence` for Influence and rollout under the same steering.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from contextlib import ExitStack
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,16 +24,11 @@ from ..core.validate import LayerSpec, check_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, SubstringLike, locate_substrings, tokenize_prompt
 from ..prompts.tags import parse_tags
 from ..runtime.generate import Generation, check_generation_kwargs, generate_batch
-from ..steering.bias import BiasPlan, apply_bias
-from ..steering.guide import guide_plan_for, with_strength
-from ..steering.pasta import (
-    HeadConfigLike,
-    check_alpha,
-    check_scale_position,
-    head_config_to_json,
-    normalize_head_config,
-    pasta_plan,
-)
+from .. import steering as registry
+from ..steering.edits import install, rows_of
+from ..steering.edits import select_rows as _select_rows
+from ..steering.guide import with_strength
+from ..steering.pasta import HeadConfigLike, check_alpha, check_scale_position
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +82,38 @@ class PastaSettings:
         object.__setattr__(self, "alpha", check_alpha(self.alpha, self.scale_position))
 
 
+#: what a steering argument may be: ``{method name: settings}``, a list of names or ``(name, settings)`` pairs
+SteerLike = Any
+
+
+def default_steer(layers: LayerSpec = "all", delta_mid: float | None = None,
+                  pasta: PastaSettings | None = None, steer: SteerLike = None) -> dict[Any, dict[str, Any]]:
+    """The methods a call applies: ``steer`` as given, else every method on by default (GUIDE: the tags).
+
+    ``layers`` and ``delta_mid`` go to the methods that take them; ``pasta`` is the
+    older way of asking for PASTA (``steer={"pasta": {...}}``).
+    """
+    if steer is None:
+        chosen: dict[Any, dict[str, Any]] = {m: {} for m in registry.methods() if registry.get(m).on_by_default}
+    elif isinstance(steer, Mapping):
+        chosen = {k: dict(v or {}) for k, v in steer.items()}
+    else:
+        chosen = {}
+        for entry in ([steer] if isinstance(steer, (str, registry.SteeringMethod)) else steer):
+            name, values = (entry, {}) if isinstance(entry, (str, registry.SteeringMethod)) else tuple(entry)
+            chosen[name] = dict(values or {})
+    if pasta is not None:
+        chosen["pasta"] = {"head_config": pasta.head_config, "alpha": pasta.alpha,
+                           "scale_position": pasta.scale_position}
+    shared = {"layers": layers, "delta_mid": delta_mid}
+    for name, values in chosen.items():
+        method = registry.get(name)
+        for key, value in shared.items():
+            if key not in values and any(p.name == key for p in method.params):
+                values[key] = value
+    return chosen
+
+
 def plans_for(
     model: Model,
     prompts: Sequence[Prompt],
@@ -93,35 +121,30 @@ def plans_for(
     layers: LayerSpec = "all",
     delta_mid: float | None = None,
     pasta: PastaSettings | None = None,
-) -> list[BiasPlan]:
-    """The plans that steer ``prompts`` (one row each): GUIDE's from their tags, PASTA's from their emphasis."""
-    plans = []
-    if any(p.guide_spans() for p in prompts):
-        plans.append(guide_plan_for(model, list(prompts), layers, delta_mid=delta_mid))
-    if pasta is not None:
-        spans = [[(s.start, s.end) for s in p.emphasis_spans()] for p in prompts]
-        plans.append(pasta_plan(model, spans, pasta.head_config, pasta.alpha, pasta.scale_position,
-                                seq_len=[len(p) for p in prompts]))
-    return plans
+    steer: SteerLike = None,
+) -> list[Any]:
+    """The steerings of ``prompts`` (one row each): a BiasPlan or a run-time edit per method that has work.
 
-
-def select_rows(plan: BiasPlan, start: int, count: int) -> BiasPlan:
-    """The part of ``plan`` for rows ``[start, start + count)``, renumbered from 0."""
-    out = BiasPlan(plan.n_layers, plan.n_heads)
-    for t in plan.terms:
-        if t.row is None:
-            out.terms.append(t)
-        elif start <= t.row < start + count:
-            out.terms.append(replace(t, row=t.row - start))
-    if any(t.row is not None for t in out.terms):
-        out.n_rows = count
+    ``steer``: ``{method: settings}`` (names from :func:`attnlens.steering.methods`); without it
+    GUIDE steers the prompts' tags. ``pasta`` adds PASTA on the prompts' emphasis spans.
+    """
+    out = []
+    for method, settings in registry.resolve(default_steer(layers, delta_mid, pasta, steer)):
+        made = method.steering(model, list(prompts), settings)
+        if made is not None:
+            out.append(made)
     return out
+
+
+def select_rows(plan: Any, start: int, count: int) -> Any:
+    """The part of ``plan`` (a BiasPlan or a run-time edit) for rows ``[start, start + count)``, renumbered from 0."""
+    return _select_rows(plan, start, count)
 
 
 def generate(
     model: Model,
     prompts: Sequence[Prompt] | Sequence[Sequence[int]],
-    plans: Sequence[BiasPlan] = (),
+    plans: Sequence[Any] = (),
     *,
     batch_size: int = 8,
     desc: str = "generating",
@@ -149,7 +172,7 @@ def generate(
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2):
         chunk = rows[start : start + batch_size]
-        chunk_plans = [select_rows(p, start, len(chunk)) if p.rows is not None else p for p in plans]
+        chunk_plans = [select_rows(p, start, len(chunk)) if rows_of(p) is not None else p for p in plans]
         new = generate_batch(model, chunk, chunk_plans, **backend_kwargs, **generate_kwargs)
         out.extend(new)
         out.backend = new.backend
@@ -166,8 +189,9 @@ def measure_influence(
     delta_mid: float | None = None,
     use_values: bool = False,
     convention: str = "stated",
+    steer: SteerLike = None,
 ) -> InfluenceTrace:
-    """Follow a prompt's ``<?->`` spans in one forward pass, under its GUIDE steering.
+    """Follow a prompt's ``<?->`` spans in one forward pass, under its steering (GUIDE's tags, or ``steer``).
 
     ``generated`` tokens are appended to the prompt, so the result covers them too.
     ``convention``: ``"stated"`` or ``"pap"`` (see :mod:`attnlens.attribution.influence`).
@@ -176,8 +200,9 @@ def measure_influence(
     if not spans:
         raise AttnlensError("the prompt has no influence tag: wrap the text to measure in <?-> ... <-?>")
     tokens = list(prompt.input_ids) + [int(t) for t in generated]
-    plan = guide_plan_for(model, prompt, layers, delta_mid=delta_mid)
-    with apply_bias(model, plan):
+    with ExitStack() as stack:
+        for plan in plans_for(model, [prompt], layers=layers, delta_mid=delta_mid, steer=steer):
+            stack.enter_context(install(model, plan))
         return trace_influence(model, tokens, [(s.start, s.end) for s in spans], methods=methods,
                                use_values=use_values, convention=convention)
 
@@ -190,33 +215,47 @@ def steered_generation(
     layers: LayerSpec = "all",
     emphasize: Sequence[SubstringLike] = (),
     pasta: PastaSettings | None = None,
+    steer: SteerLike = None,
     **generate_kwargs: Any,
 ) -> dict[str, Any]:
-    """One prompt steered by its GUIDE tags and, with ``pasta``, PASTA on the ``emphasize`` substrings.
+    """One prompt steered by its GUIDE tags and, with ``pasta`` (or ``steer``), methods on the ``emphasize`` substrings.
 
-    Returns ``prompt``, ``spans`` (GUIDE and influence), ``steered`` (the new text),
-    ``backend``, and with PASTA ``pasta_spans`` and ``pasta_heads``.
+    ``steer``: ``{method: settings}`` of registered steering methods (GUIDE's tags steer
+    unless ``steer`` is given without ``"guide"``). Returns ``prompt``, ``spans`` (GUIDE
+    and influence), ``steered`` (the new text), ``backend``, ``methods`` (the methods
+    that steered something), with emphasised substrings ``emphasis_spans``, and what each method adds
+    (PASTA: ``pasta_spans`` and ``pasta_heads``).
     """
-    if (pasta is None) != (not emphasize):
-        raise AttnlensError("PASTA needs both a head config and at least one substring to emphasise")
+    chosen = registry.resolve(default_steer(layers, None, pasta, steer))
+    wants_emphasis = [m.name for m, _ in chosen if m.spans == "emphasis"]
+    if bool(wants_emphasis) != bool(emphasize):
+        if emphasize:
+            raise AttnlensError("emphasised substrings need a method that steers them (PASTA: a head config)")
+        raise AttnlensError(f"{' and '.join(wants_emphasis)} need(s) at least one substring to emphasise")
     tokenizer = model.tokenizer
     resolve_layers(layers, model_shape(model)[0])  # a bad layer fails with or without GUIDE tags
     prompt = prepare(tokenizer, item, delta_mid=delta_mid)
-    if pasta is not None:
+    if emphasize:
         prompt = with_emphasis(tokenizer, prompt, item, list(emphasize))
-    tokens = generate(model, [prompt], plans_for(model, [prompt], layers=layers, pasta=pasta), **generate_kwargs)
+    plans, applied = [], []
+    for method, settings in chosen:
+        made = method.steering(model, [prompt], settings)
+        if made is not None:
+            plans.append(made)
+            applied.append(method.name)
+    tokens = generate(model, [prompt], plans, **generate_kwargs)
     result: dict[str, Any] = {
         "prompt": prompt.text,
         "spans": [span.as_dict() for span in prompt.spans if span.kind != "emphasis"],
         "steered": tokenizer.decode(tokens[0], skip_special_tokens=True),
         "backend": tokens.backend,
+        "methods": applied,
     }
-    if pasta is not None:
-        result["pasta_spans"] = [
-            {"start": s.start, "end": s.end, "text": sub}
-            for s, sub in zip(prompt.emphasis_spans(), prompt.substrings)
-        ]
-        result["pasta_heads"] = head_config_to_json(normalize_head_config(pasta.head_config, *model_shape(model)))
+    if emphasize:
+        result["emphasis_spans"] = [{"start": s.start, "end": s.end, "text": sub}
+                                    for s, sub in zip(prompt.emphasis_spans(), prompt.substrings)]
+    for method, settings in chosen:
+        result.update(method.describe(model, [prompt], settings))
     return result
 
 

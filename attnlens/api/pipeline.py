@@ -42,13 +42,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.model import Model
-from ..attribution.influence import INFLUENCE_METHODS
+from .. import attribution
 from ..attribution.influence import InfluenceTrace, check_convention
 from ..core.errors import AttnlensError
 from ..core.records import Record
 from ..core.validate import LayerSpec, check_int, is_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
+from .. import steering
 from ..steering.guide import check_delta
 from . import chain
 
@@ -58,16 +59,25 @@ PipelineInput = PromptInput
 
 TASKS = ("pay-attention", "guide")
 
-#: pay-attention-pipeline's ``metric`` names -> attnlens' influence methods
-METRICS = {"influence": "influence", "attention_rollout": "rollout", "rollout": "rollout",
-           "influence_heads": "influence_heads"}
+def metrics() -> dict[str, str]:
+    """pay-attention-pipeline's ``metric`` names (and every attribution method's own) -> attnlens' methods."""
+    return attribution.aliases()
+
+
+def __getattr__(name: str) -> Any:  # METRICS and INFLUENCE_METHODS follow the registry (PEP 562)
+    if name == "METRICS":
+        return metrics()
+    if name == "INFLUENCE_METHODS":
+        return attribution.methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def metric_method(metric: Any) -> str:
     """pay-attention-pipeline's ``metric`` as an attnlens influence method."""
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise AttnlensError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    return METRICS[metric]
+    known = metrics()
+    if not isinstance(metric, str) or metric not in known:
+        raise AttnlensError(f"unknown metric {metric!r}; choose from {', '.join(known)}")
+    return known[metric]
 
 
 class PayAttentionPipeline:
@@ -85,6 +95,7 @@ class PayAttentionPipeline:
         chat: bool = False,
         return_full_text: bool = False,
         convention: str = "stated",
+        steer: Any = None,
     ) -> None:
         if getattr(model, "tokenizer", None) is None:
             raise AttnlensError("the model has no tokenizer; the pipeline needs one")
@@ -100,6 +111,10 @@ class PayAttentionPipeline:
         self.return_full_text = bool(return_full_text)
         self.convention = check_convention(convention)
         self.influence_method = "influence"  # the method a call without influence_method/metric uses
+        #: the steering methods every call applies (``{name: settings}``; None: GUIDE on the tags)
+        self.steer = steer
+        if steer is not None:
+            steering.resolve(chain.default_steer(layers, None, None, steer))  # validate early
 
     def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None) -> Prompt:
         return chain.prepare(
@@ -125,6 +140,7 @@ class PayAttentionPipeline:
         metric: str | None = None,
         convention: str | None = None,
         as_json: bool = False,
+        steer: Any = None,
         **generate_kwargs: Any,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """Generate for one input or a list of inputs; see the module docstring.
@@ -139,6 +155,10 @@ class PayAttentionPipeline:
         ``metric`` is pay-attention-pipeline's name for it, with ``"attention_rollout"``),
         ``convention`` (``"stated"`` or ``"pap"``), ``influence_generated`` (also cover
         the generated tokens) and ``influence_use_values`` (weight keys by their value norms).
+
+        ``steer``: ``{method: settings}`` of registered steering methods
+        (:func:`attnlens.steering.methods`) for this call; default: the pipeline's
+        (GUIDE on the prompts' tags).
 
         ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """
@@ -177,8 +197,9 @@ class PayAttentionPipeline:
             influence_generated or influence_use_values or explicit or convention is not None,
         )
         size = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
-        new_tokens = chain.generate(self.model, prompts, chain.plans_for(self.model, prompts, layers=layer_spec),
-                                    batch_size=size, **generate_kwargs)
+        plans = chain.plans_for(self.model, prompts, layers=layer_spec,
+                                steer=self.steer if steer is None else steer)
+        new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, **generate_kwargs)
         results: list[list[dict[str, Any]]] = []
         for prompt, tokens in zip(prompts, new_tokens):
             result = self._result(prompt, tokens, full_text)
@@ -264,9 +285,9 @@ def _check_influence_request(
         raise AttnlensError(f"influence must be True, False or None, got {influence!r}")
     if influence is False:
         return False
-    if method not in INFLUENCE_METHODS:
+    if method not in attribution.methods():
         raise AttnlensError(
-            f"unknown influence_method {method!r}; choose from {', '.join(INFLUENCE_METHODS)} "
+            f"unknown influence_method {method!r}; choose from {', '.join(attribution.methods())} "
             "(or metric='attention_rollout', pay-attention-pipeline's name)"
         )
     hint = "wrap the text to measure in <?-> ... <-?>"
@@ -290,6 +311,7 @@ def pipeline(
     device: Any = None,
     return_full_text: bool = False,
     convention: str = "stated",
+    steer: Any = None,
 ) -> PayAttentionPipeline:
     """Build the tag-driven pipeline, like ``transformers.pipeline(task, model=...)``.
 
@@ -304,6 +326,8 @@ def pipeline(
         return_full_text: put the prompt before the new text in ``generated_text``
             (``transformers.pipeline("pay-attention", ...)`` does by default).
         convention: the Influence convention, ``"stated"`` or ``"pap"``.
+        steer: the steering methods to apply, ``{name: settings}`` (:func:`attnlens.steering.methods`);
+            default: GUIDE on the prompts' tags.
     """
     if task not in TASKS:
         raise AttnlensError(f"unknown task {task!r}; attnlens provides {', '.join(TASKS)}")
@@ -312,7 +336,7 @@ def pipeline(
 
         model = load_model(model, device=device)
     return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat,
-                                return_full_text=return_full_text, convention=convention)
+                                return_full_text=return_full_text, convention=convention, steer=steer)
 
 
 # the batch of prompts (attnlens batch) lives in batch.py; its names stay importable from here

@@ -320,41 +320,17 @@ def profile_heads(
 
     if sweep_dir is None and current_workers().distributed:
         raise AttnlensError("profile_heads on several workers needs sweep_dir: a directory every worker can write")
-    if sweep_dir is not None:
-        try:
-            with worker_group() as workers, torch.no_grad():
-                _sweep(model, prepared, todo, Path(sweep_dir).expanduser(), workers, per_example, baseline,
-                       score=score, settings=dict(alpha=alpha, scale_position=scale_position, scorer=scorer_name),
-                       plan=lambda spans, layer, head, n: pasta_plan(model, spans, {layer: [head]}, alpha,
-                                                                     scale_position, seq_len=n),
-                       batch_size=batch_size, token_budget=token_budget, share_prefix=share_prefix, skip=skip,
-                       keep_logits=keep_logits, bar=bar)
-        finally:
-            bar.close()
-    else:
-        try:
-            with torch.no_grad():
-                for e, prep in enumerate(prepared):
-                    runner = PrefixRun(model, prep.ids, len(prep.target), prep.prefix if share_prefix else 0,
-                                       keep_logits=keep_logits, skip=skip)
-                    target = torch.tensor(prep.target, device=runner.baseline.device)
-                    if skip and e == 0:
-                        skip = skip_reproduces_baseline(runner, n_layers)
-                    baseline[e] = score(runner.baseline, target, 1)[0]
-                    spans = list(prep.prompt.spans)
-                    size = batch_size or _auto_batch_size(runner.suffix_len, len(todo), token_budget)
-                    for start_layer, chunk in _schedule(todo, size, skip):
-                        plan = BiasPlan.stack([
-                            pasta_plan(model, spans, {layer: [head]}, alpha, scale_position, seq_len=len(prep.prompt))
-                            for layer, head in chunk
-                        ])
-                        with apply_bias(model, plan):
-                            logits = runner(len(chunk), start_layer)
-                        for (layer, head), value_ in zip(chunk, score(logits, target, len(chunk))):
-                            per_example[layer, head, e] = value_
-                        bar.update(len(chunk))
-        finally:
-            bar.close()
+    try:
+        with worker_group() as workers, torch.no_grad():
+            _profile(model, prepared, todo, None if sweep_dir is None else Path(sweep_dir).expanduser(), workers,
+                     per_example, baseline, score=score,
+                     settings=dict(alpha=alpha, scale_position=scale_position, scorer=scorer_name),
+                     plan=lambda spans, layer, head, n: pasta_plan(model, spans, {layer: [head]}, alpha,
+                                                                   scale_position, seq_len=n),
+                     batch_size=batch_size, token_budget=token_budget, share_prefix=share_prefix, skip=skip,
+                     keep_logits=keep_logits, bar=bar)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - started
     logger.info("profiled %d heads on %d examples in %.1f s", len(todo), len(items), seconds)
     scores = per_example.mean(axis=-1)  # NaN for heads not profiled
@@ -377,17 +353,20 @@ def _unit_key(unit: tuple[int, tuple[tuple[int, int], ...] | None, int]) -> str:
     return f"{e}/L{chunk[0][0]}H{chunk[0][1]}+{len(chunk)}"
 
 
-def _sweep(model: Model, prepared: list[_Prepared], todo: list[tuple[int, int]], out: Path, workers: Workers,
+def _profile(model: Model, prepared: list[_Prepared], todo: list[tuple[int, int]], out: Path | None,
+             workers: Workers,
            per_example: np.ndarray, baseline: np.ndarray, *, score: Any, settings: dict[str, Any], plan: Any,
            batch_size: int | None, token_budget: int, share_prefix: bool, skip: bool, keep_logits: bool,
            bar: Any) -> None:
-    """:func:`profile_heads` as a sweep over (example, chunk) units; fills ``per_example`` and ``baseline``."""
+    """The one scoring loop of :func:`profile_heads`: (example, chunk of heads) units, each scored under its
+    stacked plans; fills ``per_example`` and ``baseline``. With ``out`` the units run as a resumable sweep
+    (``out/profile.jsonl``), split among ``workers``; without it, in order in this process."""
     n_layers = model_shape(model)[0]
     identity = {**settings, "heads": [list(h) for h in todo],
                 "examples": [hashlib.sha256(json.dumps([p.ids, len(p.target)]).encode()).hexdigest()[:16]
                              for p in prepared]}
-    run_file = out / "profile.run.json"
-    if workers.is_main:
+    if out is not None and workers.is_main:
+        run_file = out / "profile.run.json"
         out.mkdir(parents=True, exist_ok=True)
         if run_file.exists():
             previous = json.loads(run_file.read_text())
@@ -408,7 +387,7 @@ def _sweep(model: Model, prepared: list[_Prepared], todo: list[tuple[int, int]],
 
     if skip:  # every worker takes the same schedule
         skip = workers.all_agree(skip_reproduces_baseline(runner_for(0), n_layers))
-        runners.clear()
+        runners.clear()  # built before the schedule was known
     units: list[tuple[int, tuple[tuple[int, int], ...] | None, int]] = []
     for e, prep in enumerate(prepared):
         suffix = len(prep.ids) - (prep.prefix if share_prefix else 0)
@@ -430,7 +409,10 @@ def _sweep(model: Model, prepared: list[_Prepared], todo: list[tuple[int, int]],
         return [{"example": e, "layer": layer, "head": head, "score": float(v)}
                 for (layer, head), v in zip(chunk, score(logits, target, len(chunk)))]
 
-    rows = run_sweep(units, _unit_key, compute, out / "profile.jsonl", workers=workers)
+    if out is None:
+        rows = [row for unit in units for row in compute(unit)]
+    else:
+        rows = run_sweep(units, _unit_key, compute, out / "profile.jsonl", workers=workers)
     for row in rows:
         if "baseline" in row:
             baseline[row["example"]] = row["baseline"]

@@ -1,6 +1,23 @@
-"""Attribution: follow a token span through the layers (Influence and attention rollout)."""
+"""Attribution: follow a token span through the layers (Influence, attention rollout, registered methods).
 
-from .influence import CONVENTIONS, INFLUENCE_METHODS, InfluenceTrace, as_token_row, check_spans, influence, trace_influence
+:func:`methods`, :func:`register`, :func:`get`: the registry
+(:mod:`attnlens.attribution.registry`); the shared layer recursion is
+:mod:`attnlens.attribution.recursion`.
+"""
+
+from .registry import AttributionMethod, RecursionMethod, aliases, get, methods, register, unregister
+from . import builtin_methods  # noqa: F401  (Influence, rollout and influence_heads register themselves)
+from .recursion import Recursion
+from .influence import CONVENTIONS, InfluenceTrace, as_token_row, check_spans, influence, trace_influence
 from .rollout import rollout
 
-__all__ = ["CONVENTIONS", "INFLUENCE_METHODS", "InfluenceTrace", "as_token_row", "check_spans", "influence", "rollout", "trace_influence"]
+
+def __getattr__(name: str):  # INFLUENCE_METHODS follows the registry (PEP 562)
+    if name == "INFLUENCE_METHODS":
+        return methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AttributionMethod", "CONVENTIONS", "INFLUENCE_METHODS", "InfluenceTrace", "Recursion", "RecursionMethod",
+           "aliases", "as_token_row", "check_spans", "get", "influence", "methods", "register", "rollout",
+           "trace_influence", "unregister"]

@@ -1,6 +1,6 @@
 """Influence and rollout without attention patterns: the chains ride along as attention values.
 
-The recursion of :mod:`attnlens.attribution.influence` needs, per layer, only
+The recursion of :mod:`attnlens.attribution.recursion` needs, per layer, only
 ``A·I``: the head-averaged pattern times the running chains of every span and
 method. With the chains appended to the values as extra columns, the layer's
 one fused attention call (:mod:`attnlens.runtime.fused`) returns ``A_h·I`` for every
@@ -32,6 +32,7 @@ from ..core.concurrency import Scoped, call_scope
 from ..core.errors import AttnlensError
 from ..runtime import fused
 from ..runtime.direct import direct, direct_reason
+from .recursion import Recursion, weighted
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,13 @@ def available(model: Any) -> bool:
 class _Columns:
     """One layer's extra value columns and what comes back from them."""
 
-    def __init__(self, stream: Any, layer: int) -> None:
+    def __init__(self, stream: Recursion, layer: int) -> None:
         self.stream = stream
         self.layer = layer
 
     def values(self, value: torch.Tensor) -> torch.Tensor:
         s = self.stream
-        s._expect(self.layer, "attention")
+        s.expect(self.layer, "attention")
         if value.shape[0] != 1 or value.shape[2] != s.seq:
             raise AttnlensError(
                 f"layer {self.layer} attends over {value.shape[2]} keys; influence needs one full forward "
@@ -78,18 +79,16 @@ class _Columns:
         return torch.cat([shared.expand(1, norms.shape[0], -1, -1), own], dim=-1)
 
     def take(self, out: torch.Tensor) -> None:
-        from .influence import _weighted
-
         s = self.stream
         if out.shape[2] != s.seq:
             raise AttnlensError(f"layer {self.layer}: {out.shape[2]} queries, expected {s.seq}")
         prod = out[0].to(s.dtype)  # [head, query, columns]
         columns = s.chain.shape[0] + (1 if s.use_values else 0)
         mean = prod[..., :columns].mean(0)
-        s.att = (_weighted(mean) if s.use_values else mean).T.contiguous()
+        heads = None
         if s.per_head:
-            heads = _weighted(prod[..., columns:]) if s.use_values else prod
-            s.att_heads = heads.permute(2, 0, 1).contiguous()
+            heads = (weighted(prod[..., columns:]) if s.use_values else prod).permute(2, 0, 1).contiguous()
+        s.set_products((weighted(mean) if s.use_values else mean).T.contiguous(), heads)
 
 
 def _resid_pre(stream: Any, layer: int, module: Any, args: tuple, kwargs: dict) -> None:
@@ -99,14 +98,11 @@ def _resid_pre(stream: Any, layer: int, module: Any, args: tuple, kwargs: dict) 
 
 def _attn_out(stream: Any, layer: int, module: Any, args: tuple, output: Any) -> None:
     stream.attn_out(output[0] if isinstance(output, tuple) else output, layer=layer)
-    if not bool(torch.isfinite(stream.chain).all()):
-        # masked positions whose residual and attention output are both zero (0 / 0): the mask zeroes them
-        stream.chain = torch.nan_to_num(stream.chain)
-        for method in stream.methods:
-            stream.out[method][:, layer + 1] = torch.nan_to_num(stream.out[method][:, layer + 1])
+    # masked positions whose residual and attention output are both zero (0 / 0): the mask zeroes them
+    stream.repair_nonfinite(layer)
 
 
-def run(model: Any, stream: Any, row: torch.Tensor, mask: torch.Tensor | None) -> None:
+def run(model: Any, stream: Recursion, row: torch.Tensor, mask: torch.Tensor | None) -> None:
     """One direct forward pass of ``model`` over ``row`` that feeds ``stream`` (the influence recursion)."""
     handles: list[Any] = []
     routed: list[Any] = []

@@ -74,11 +74,12 @@ from ..core.model import check_window, model_device
 from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError, SpanError
 from . import fused_influence
+from . import registry
+from .recursion import Recursion, RecursionMethod, per_head_product, weighted  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["influence", "rollout", "influence_heads"]
-INFLUENCE_METHODS: tuple[str, ...] = ("influence", "rollout", "influence_heads")
+Method = str  # a registered attribution method: attnlens.attribution.methods()
 Convention = Literal["stated", "pap"]
 #: ``"stated"``: the residual stream's norm, layer by layer; ``"pap"``: pay-attention-pipeline 0.2.0's
 CONVENTIONS: tuple[str, ...] = ("stated", "pap")
@@ -192,13 +193,19 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
         methods = [methods]
     out = []
     for m in methods:
-        if m not in INFLUENCE_METHODS:
-            raise AttnlensError(f"unknown influence method {m!r}; choose from {', '.join(INFLUENCE_METHODS)}")
+        if not isinstance(m, str) or m not in registry.methods():
+            raise AttnlensError(f"unknown influence method {m!r}; choose from {', '.join(registry.methods())}")
         if m not in out:
             out.append(m)
     if not out:
-        raise AttnlensError(f"no influence method given; choose from {', '.join(INFLUENCE_METHODS)}")
+        raise AttnlensError(f"no influence method given; choose from {', '.join(registry.methods())}")
     return tuple(out)
+
+
+def __getattr__(name: str) -> Any:  # INFLUENCE_METHODS follows the registry (PEP 562)
+    if name == "INFLUENCE_METHODS":
+        return registry.methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_convention(convention: Any) -> str:
@@ -231,190 +238,10 @@ def _mask_row(attention_mask: Any, seq_len: int, device: torch.device) -> torch.
     return mask.long()
 
 
-# ----------------------------------------------------------------------------- the streaming core
+# ----------------------------------------------------------------------------- the drivers
 
-
-class _Stream:
-    """The hooks' shared state: the running influence of every (method, span) and one layer's norms."""
-
-    def __init__(
-        self,
-        indicator: Float[torch.Tensor, "span seq"],
-        methods: tuple[str, ...],
-        n_layers: int,
-        n_heads: int,
-        *,
-        use_values: bool,
-        per_head: bool,
-        convention: str = "stated",
-        progress: Any = None,
-    ) -> None:
-        self.methods = methods
-        self.convention = convention
-        self.prev_input_norm: torch.Tensor | None = None  # "pap": layer l-1's attention-input norm
-        self.dtype = indicator.dtype  # the working precision of the recursion
-        self.n_spans, self.seq = indicator.shape
-        self.n_layers = n_layers
-        self.n_heads = n_heads
-        self.use_values = use_values
-        self.per_head = per_head
-        self.progress = progress
-        # all chains stacked: rows [i*S, (i+1)*S) belong to methods[i]
-        self.chain = indicator.repeat(len(methods), 1)
-        shape = (self.n_spans, n_layers + 1) + ((n_heads,) if per_head else ()) + (self.seq,)
-        self.out = {m: indicator.new_zeros(shape) for m in methods}
-        for m in methods:
-            self.out[m][:, 0] = indicator[:, None] if per_head else indicator
-        self.layer = -1  # the last completed layer
-        self._reset_layer()
-
-    def _reset_layer(self) -> None:
-        self.resid_norm: torch.Tensor | None = None
-        self.value_norm: torch.Tensor | None = None
-        self.att: torch.Tensor | None = None  # [M*S, seq]
-        self.att_heads: torch.Tensor | None = None  # [M*S, H, seq]
-        self.head_prod: torch.Tensor | None = None  # [H, query, M*S]: every head's A_h @ I (influence_heads)
-        self.att_combined: torch.Tensor | None = None  # [M*S, query]: heads combined by |z_h|_2
-
-    def _expect(self, layer: int, what: str) -> None:
-        if layer != self.layer + 1:
-            raise AttnlensError(
-                f"influence hooks ran out of order ({what} of layer {layer} after layer {self.layer}); "
-                "is the model a TransformerLens model whose blocks run in order?"
-            )
-
-    # hooks: each returns None, so activations are untouched
-
-    def resid_pre(self, x: torch.Tensor, hook: Any = None, *, layer: int) -> None:
-        self._expect(layer, "hook_resid_pre")
-        # a model split across devices runs layers elsewhere: the recursion stays on the chain's device
-        self.resid_norm = torch.linalg.vector_norm(x[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
-
-    def attn_input(self, e: torch.Tensor, hook: Any = None, *, layer: int) -> None:
-        """``"pap"``: the residual term's norm is the previous layer's attention-input norm (layer 0: its own)."""
-        self._expect(layer, "ln1.hook_out")
-        norm = torch.linalg.vector_norm(e[0], ord=1, dim=-1, dtype=self.dtype)
-        self.resid_norm = norm if self.prev_input_norm is None else self.prev_input_norm
-        self.prev_input_norm = norm
-
-    def head_out(self, z: torch.Tensor, hook: Any = None, *, layer: int) -> None:
-        """``influence_heads``: combine the heads' products by the L2 norm of each head's output."""
-        if self.head_prod is None:
-            raise AttnlensError(f"influence_heads: layer {layer} fired hook_z before its pattern")
-        weights = torch.linalg.vector_norm(z[0], ord=2, dim=-1, dtype=self.dtype)  # [query, head]
-        combined = torch.einsum("hqc,qh->cq", self.head_prod, weights)
-        total = weights.sum(-1)  # [query]
-        self.att_combined = torch.where(total > 0, combined / total.clamp_min(torch.finfo(total.dtype).tiny),
-                                        torch.zeros_like(combined)).contiguous()
-
-    def values(self, v: torch.Tensor, hook: Any = None, *, layer: int) -> None:
-        # [pos, kv_heads, d_head] -> L1 norm per key-value head
-        self.value_norm = torch.linalg.vector_norm(v[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
-
-    def pattern(self, pattern: torch.Tensor, hook: Any = None, *, layer: int) -> None:
-        self._expect(layer, "hook_pattern")
-        a = pattern[0]  # [head, query, key]
-        heads, queries, keys = a.shape
-        if queries != keys or keys != self.seq:
-            raise AttnlensError(
-                f"layer {layer} attends {queries} queries to {keys} keys; influence needs one full "
-                f"forward pass over the {self.seq} tokens (no KV cache)"
-            )
-        chains = self.chain.T  # [key, M*S]
-        if self.use_values:
-            if self.value_norm is None:
-                raise AttnlensError(f"use_values: layer {layer} fired no hook_v before its pattern")
-            # columns: value-weighted chains, then the weights: (A * w) @ I and A @ w in one product
-            weights = self.value_norm.sum(-1, keepdim=True)  # [key, 1]: all key-value heads
-            rhs = torch.cat([chains * weights, weights], dim=1)
-            if self.per_head:
-                kv = self.value_norm.shape[-1]
-                head_index = torch.arange(heads, device=self.value_norm.device) * kv // heads
-                head_w = self.value_norm[:, head_index].T[..., None]
-                head_rhs = torch.cat([chains[None] * head_w, head_w], dim=2)  # [head, key, M*S + 1]
-        else:
-            rhs = chains
-        # one batched product per layer, in the pattern's precision (float32 or wider): the pattern
-        # is read once and never copied; the head mean and the recursion use the working dtype
-        dtype = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
-        prod = _per_head_product(a, rhs.to(device=a.device, dtype=dtype))  # [head, query, columns]
-        prod = prod.to(self.chain.device)
-        mean = prod.to(self.dtype).mean(0)  # the head-averaged pattern's product
-        self.att = (_weighted(mean) if self.use_values else mean).T.contiguous()  # [M*S, query]
-        if self.per_head or "influence_heads" in self.methods:
-            if self.use_values:
-                prod = _weighted(_per_head_product(a, head_rhs.to(device=a.device, dtype=dtype))
-                                 .to(device=self.chain.device, dtype=self.dtype))
-            if self.per_head:
-                self.att_heads = prod.to(self.dtype).permute(2, 0, 1).contiguous()  # [M*S, head, query]
-            if "influence_heads" in self.methods:
-                self.head_prod = prod.to(self.dtype)  # [head, query, M*S]
-
-    def attn_out(self, out: torch.Tensor, hook: Any = None, *, layer: int) -> None:
-        self._expect(layer, "hook_attn_out")
-        if self.att is None or self.resid_norm is None:
-            raise AttnlensError(f"layer {layer}: hook_attn_out fired before hook_resid_pre and hook_pattern")
-        attn_norm = torch.linalg.vector_norm(out[0], ord=1, dim=-1, dtype=self.dtype).to(self.chain.device)
-        x_share = self.resid_norm / (self.resid_norm + attn_norm)  # |x| / (|x| + |a|)
-        new_chain = torch.empty_like(self.chain)
-        S = self.n_spans
-        for i, m in enumerate(self.methods):
-            rows = slice(i * S, (i + 1) * S)
-            prev = self.chain[rows]
-            if m == "influence_heads":
-                if self.att_combined is None:
-                    raise AttnlensError(f"influence_heads: layer {layer} fired no hook_z")
-                att = self.att_combined[rows]
-            else:
-                att = self.att[rows]
-            new_chain[rows] = _mix(m, prev, att, x_share)
-            if self.per_head:
-                self.out[m][:, layer + 1] = _mix(m, prev[:, None], self.att_heads[rows], x_share)  # type: ignore[index]
-            else:
-                self.out[m][:, layer + 1] = new_chain[rows]
-        self.chain = new_chain
-        self.layer = layer
-        self._reset_layer()
-        if self.progress is not None:
-            self.progress.update(1)
-
-    def hooks(self) -> list[tuple[str, Any]]:
-        out = []
-        for layer in range(self.n_layers):
-            if self.convention == "pap":
-                out.append((ATTN_INPUT.format(layer=layer), partial(self.attn_input, layer=layer)))
-            else:
-                out.append((RESID_PRE.format(layer=layer), partial(self.resid_pre, layer=layer)))
-            if self.use_values:
-                out.append((VALUES.format(layer=layer), partial(self.values, layer=layer)))
-            out.append((PATTERN.format(layer=layer), partial(self.pattern, layer=layer)))
-            if "influence_heads" in self.methods:
-                out.append((HEAD_OUT.format(layer=layer), partial(self.head_out, layer=layer)))
-            out.append((ATTN_OUT.format(layer=layer), partial(self.attn_out, layer=layer)))
-        return out
-
-
-def _per_head_product(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``a[h] @ rhs`` (or ``a[h] @ rhs[h]``) for every head ``h`` of a ``[head, query, key]`` pattern.
-
-    A pattern in the working dtype is multiplied as it is; a half-precision one is
-    converted one head at a time, so no full-size copy is made.
-    """
-    if a.dtype == rhs.dtype:
-        return torch.matmul(a, rhs)
-    return torch.stack([a[h].to(rhs.dtype) @ (rhs[h] if rhs.dim() == 3 else rhs) for h in range(a.shape[0])])
-
-
-def _weighted(prod: torch.Tensor) -> torch.Tensor:
-    """``[..., n + 1]`` products ``(A*w) @ I`` and ``A @ w`` -> their ratio ``[..., n]`` (0 where ``A @ w`` is 0)."""
-    num, den = prod[..., :-1], prod[..., -1:]
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
-
-
-def _mix(method: str, prev: torch.Tensor, att: torch.Tensor, x_share: torch.Tensor) -> torch.Tensor:
-    if method == "rollout":
-        return (prev + att) / 2
-    return x_share * prev + (1 - x_share) * att
+#: the recursion's state under its former name
+_Stream = Recursion
 
 
 def trace_influence(
@@ -436,7 +263,7 @@ def trace_influence(
         tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor or a list of ints.
         spans: token spans ``[(start, end), ...]``, half-open.
         methods: ``"influence"``, ``"rollout"``, ``"influence_heads"`` (pay-attention-pipeline's
-            ``InfluenceHeads``), or several.
+            ``InfluenceHeads``), any registered method (:func:`attnlens.attribution.methods`), or several.
         use_values: weight keys by the L1 norm of their value vectors.
         per_head: keep one row per head (an extra head dimension).
         attention_mask: ``[seq]`` or ``[1, seq]`` of 1/0 (0: padding); masked
@@ -472,17 +299,33 @@ def trace_influence(
     if mask is not None:
         indicator *= mask.to(indicator.dtype)
 
+    # recursion methods share one forward pass (one driver); the others run their own drivers
+    steps = {m: registry.get(m) for m in methods}
+    recursive = tuple(m for m in methods if isinstance(steps[m], RecursionMethod))
+    own = {m: steps[m] for m in methods if m not in recursive}
+    results = {}
+    for m, method in own.items():
+        out = torch.as_tensor(method.run(model, row, checked, mask=mask, use_values=use_values, per_head=per_head,
+                                         convention=convention))
+        expected = (len(checked), n_layers + 1) + ((n_heads,) if per_head else ()) + (seq,)
+        if tuple(out.shape) != expected:
+            raise AttnlensError(f"attribution method {m!r} returned shape {tuple(out.shape)}, expected {expected}")
+        results[m] = out
+    if not recursive:
+        return _trace(checked, results, methods, mask, row, use_values, per_head, convention)
+    methods_run = methods
+    methods = recursive
     show = seq >= PROGRESS_FROM if progress is None else progress
     bar = tqdm(total=n_layers, desc="influence", unit="layer", disable=not show, leave=False)
-    stream = _Stream(indicator, methods, n_layers, n_heads, use_values=use_values, per_head=per_head,
-                     convention=convention, progress=bar)
+    stream = Recursion(indicator, methods, n_layers, n_heads, use_values=use_values, per_head=per_head,
+                       convention=convention, progress=bar)
     logger.debug("influence: %d tokens, %d span(s), methods %s", seq, len(checked), methods)
     kwargs = {} if mask is None else {"attention_mask": mask[None]}
     try:
         # --- fused long-context path (attnlens.attribution.fused_influence): no pattern is formed.
         # It computes rollout and the stated convention's influence; PAP's influence (the normalised
         # input's norm) and influence_heads (per-head output norms) read patterns through hooks.
-        fusable = "influence_heads" not in methods and (convention == "stated" or "influence" not in methods)
+        fusable = all(convention in steps[m].fused_conventions for m in methods)
         # the model is held for the pass (other threads' runs of it wait), and the hooks act only
         # in this call's context (a forward another thread runs meanwhile is not measured)
         with exclusive(model):
@@ -497,13 +340,20 @@ def trace_influence(
         raise AttnlensError(
             f"the forward pass completed {stream.layer + 1} of {n_layers} layers; influence needs all of them"
         )
-    results = {}
+    results.update({m: stream.out[m] for m in methods})
+    return _trace(checked, results, methods_run, mask, row, use_values, per_head, convention)
+
+
+def _trace(checked: list[tuple[int, int]], results: dict[str, torch.Tensor], methods: Sequence[str], mask: Any,
+           row: torch.Tensor, use_values: bool, per_head: bool, convention: str) -> InfluenceTrace:
+    """The trace of every method in the order asked for: masked positions 0, float32."""
+    out = {}
     for m in methods:
-        out = stream.out[m]
+        value = results[m]
         if mask is not None:
-            out = out * mask.to(out.dtype)
-        results[m] = out.to(torch.float32)
-    return InfluenceTrace(checked, results, row[0].tolist(), use_values=use_values, per_head=per_head,
+            value = value * mask.to(device=value.device, dtype=value.dtype)
+        out[m] = value.to(torch.float32)
+    return InfluenceTrace(checked, out, row[0].tolist(), use_values=use_values, per_head=per_head,
                           convention=convention)
 
 
@@ -544,8 +394,8 @@ def influence(
     Steering contexts active around the call (``with attnlens.guide(...)``) steer
     the measured forward pass.
     """
-    if isinstance(method, str) is False or method not in INFLUENCE_METHODS:
-        raise AttnlensError(f"unknown influence method {method!r}; choose from {', '.join(INFLUENCE_METHODS)}")
+    if not isinstance(method, str) or method not in registry.methods():
+        raise AttnlensError(f"unknown influence method {method!r}; choose from {', '.join(registry.methods())}")
     row = as_token_row(tokens)
     checked = check_spans(span, spans, row.shape[1])
     trace = trace_influence(

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attnlens", description="Steer and explain where a language model's attention goes."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it may register steering or attribution methods); repeatable")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
@@ -49,7 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plugins(argv: list[str]) -> list[str]:
+    """The modules ``--plugin`` names (read before the parser is built: they may add methods to its choices)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for module in _plugins(argv):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return _fail(f"--plugin {module}: cannot import it ({exc})")
+        except AttnlensError as exc:
+            return _fail(f"--plugin {module}: {exc}")
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]

@@ -141,3 +141,33 @@ def read_texts(path: str) -> list[str]:
     if not texts:
         raise CLIError(f"--texts {path!r} has no text (one text per line)")
     return texts
+
+
+def add_later(parser: Any, add: Any) -> None:
+    """Call ``add(parser)`` when ``parser`` first parses (or shows its help), not when it is built.
+
+    Options read from the method registries import the libraries that run models;
+    deferring them keeps ``attnlens --help`` and the other commands fast.
+    """
+    original = parser.parse_known_args
+    pending = [add]
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        while pending:
+            pending.pop()(parser)
+        return original(args, namespace)
+
+    parser.parse_known_args = parse_known_args
+
+
+class LazyChoices:
+    """``choices`` computed when argparse checks or lists them (give the argument a ``metavar``)."""
+
+    def __init__(self, compute: Any) -> None:
+        self.compute = compute
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self.compute()
+
+    def __iter__(self) -> Any:
+        return iter(self.compute())

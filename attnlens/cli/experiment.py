@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from ._common import non_negative_int, number, positive_int
+from ._common import LazyChoices, non_negative_int, number, positive_int
 
 def add_experiment(sub: Any) -> None:
     from ..experiments import STUDY_NAMES
-    from ..experiments.config import CONDITION_METHODS
+    from ..experiments.config import condition_methods
 
     p = sub.add_parser("experiment", help="does steering help? French summaries, needle in a haystack, JSON output",
                        description="Run one of the GUIDE paper's studies under no emphasis, GUIDE at each delta, "
@@ -21,8 +21,12 @@ def add_experiment(sub: Any) -> None:
     common.add_argument("--out", required=True, help="the output directory (rows.jsonl, summary.csv, plots)")
     common.add_argument("--delta", dest="deltas", nargs="+", type=number, default=[0.0, 1.0, 2.0],
                         help="GUIDE deltas (0 is the unsteered prompt)")
-    common.add_argument("--conditions", nargs="+", choices=CONDITION_METHODS, default=None,
-                        help="which conditions to run (default: none, guide, emphatic, and pasta with --pasta-heads)")
+    common.add_argument("--conditions", nargs="+", choices=LazyChoices(condition_methods), metavar="CONDITION",
+                        default=None,
+                        help="which conditions to run: none, emphatic, or a registered steering method (default: none, "
+                        "guide, emphatic, and pasta with --pasta-heads)")
+    common.add_argument("--set", dest="method_settings", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                        help="a steering method's parameter for its condition (repeatable), e.g. pasta.alpha=0.05")
     common.add_argument("--layers", nargs="+", default=["all"],
                         help="layers GUIDE steers: all | none | first | last | indices")
     common.add_argument("--model", "--model_name", dest="model", default=None,
@@ -89,6 +93,8 @@ def _experiment_config(args: argparse.Namespace) -> Any:
     )
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
+    if getattr(args, "method_settings", None):
+        kwargs["steering"] = method_settings(args.method_settings)
     if args.study == "summarize":
         kwargs.update(passage_words=args.passage_words, bertscore=args.bertscore)
         if args.instruction:
@@ -96,6 +102,20 @@ def _experiment_config(args: argparse.Namespace) -> Any:
     elif args.study == "needle":
         kwargs.update(context_lengths=args.context_lengths, depths=args.depths)
     return CONFIGS[args.study](**kwargs)
+
+
+def method_settings(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["pasta.alpha=0.05", ...]`` as ``{"pasta": {"alpha": "0.05"}}`` (each method converts its values)."""
+    from ..core.errors import CLIError
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, param = key.partition(".")
+        if not eq or not dot or not method or not param:
+            raise CLIError(f"--set {item!r}: write METHOD.PARAM=VALUE (e.g. pasta.alpha=0.05)")
+        out.setdefault(method.strip(), {})[param.strip()] = value
+    return out
 
 
 def _format_estimate(row: dict[str, Any], metric: str) -> str:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import add_chat_flags, load_model_for, number, prompt_from, positive_int, side_by_side
+from ._common import add_chat_flags, add_later, load_model_for, number, prompt_from, positive_int, side_by_side
 
 DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
 
@@ -22,32 +22,82 @@ def add_generate(sub: Any) -> None:
     add_chat_flags(p)
     p.add_argument("--compare", action="store_true", help="show unsteered and steered output side by side")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    pasta = p.add_argument_group("PASTA", "steer chosen heads towards --emphasize substrings (adds up with GUIDE tags)")
-    pasta.add_argument("--pasta-heads", default=None, metavar="FILE",
-                       help="a head config: JSON {\"layer\": [heads]} (pastalib's format, or `attnlens pasta profile`)")
-    pasta.add_argument("--emphasize", action="append", default=[], metavar="TEXT",
-                       help="a substring of the prompt to emphasise (repeat for several)")
-    pasta.add_argument("--alpha", type=number, default=0.01, help="PASTA's scaling coefficient (exclude: in (0, 1])")
-    pasta.add_argument("--scale-position", choices=["exclude", "include"], default="exclude",
-                       help="exclude: scale the rest of the prompt by alpha; include: scale the spans by 1/alpha")
+    p.add_argument("--emphasize", action="append", default=[], metavar="TEXT",
+                   help="a substring of the prompt to emphasise (repeat for several), for a method that steers "
+                        "emphasised substrings (PASTA)")
+    add_later(p, add_method_flags)  # the registry is read when the command runs
     p.set_defaults(run=_run_generate)
 
 
+#: parameters the command's own options give every method that takes them
+SHARED = ("delta_mid", "layers")
+
+
+def _flag(method: Any, param: Any) -> str:
+    return param.flag or f"--{method.name}-{param.name}".replace("_", "-")
+
+
+def _dest(method: Any, param: Any) -> str:
+    return f"steer__{method.name}__{param.name}"
+
+
+def add_method_flags(p: Any) -> None:
+    """One option per parameter of every registered steering method, and ``--steer NAME`` to switch one on."""
+    from .. import steering
+
+    names = steering.methods()
+    p.add_argument("--steer", action="append", default=[], choices=names, metavar="METHOD",
+                   help=f"apply a registered steering method ({', '.join(names)}); a method is also applied "
+                        "when one of its options is given")
+    for name in names:
+        method = steering.get(name)
+        own = [param for param in method.params if param.name not in SHARED]
+        if not own:
+            continue
+        group = p.add_argument_group(name.upper(), method.help or None)
+        for param in own:
+            default = "required" if param.required else f"default: {param.default!r}"
+            group.add_argument(_flag(method, param), dest=_dest(method, param), default=None,
+                               choices=param.choices, metavar=None if param.choices else param.name.upper(),
+                               help=f"{param.help} ({default})" if param.help else f"({default})")
+
+
+def chosen_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``{method: settings}`` the options ask for (those on by default always; their values as given)."""
+    from .. import steering
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in steering.methods():
+        method = steering.get(name)
+        given = {param.name: getattr(args, _dest(method, param)) for param in method.params
+                 if getattr(args, _dest(method, param), None) is not None}
+        if method.on_by_default or given or name in (getattr(args, "steer", None) or ()):
+            out[name] = given
+    emphasis = [n for n in out if steering.get(n).spans == "emphasis"]
+    emphasize = getattr(args, "emphasize", None)
+    if emphasize and not emphasis:
+        needs = [next((_flag(m, q) + " " + q.name.upper() for q in m.params if q.required), f"--steer {m.name}")
+                 for m in map(steering.get, steering.methods()) if m.spans == "emphasis"]
+        raise CLIError(f"--emphasize needs a method that steers emphasised substrings: {' or '.join(needs)}")
+    if emphasis and not emphasize:
+        raise CLIError(f"{', '.join(emphasis)} needs at least one --emphasize TEXT")
+    for name, given in out.items():
+        method = steering.get(name)
+        missing = [q for q in method.params if q.required and q.name not in given and q.name not in SHARED]
+        if missing:
+            raise CLIError(f"{name} needs {' '.join(_flag(method, q) + ' ' + q.name.upper() for q in missing)}")
+    return out
+
+
 def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    from ..api.chain import PastaSettings, steered_generation
+    from ..api.chain import steered_generation
     from ..prompts.tags import escape_tags, parse_tags
 
     prompt: Any = prompt_from(args)
-    pasta_heads, emphasize = getattr(args, "pasta_heads", None), getattr(args, "emphasize", None)
-    pasta = None
-    if pasta_heads or emphasize:
-        if not pasta_heads:
-            raise CLIError("--emphasize needs --pasta-heads FILE (a head config, JSON {\"layer\": [heads]})")
-        if not emphasize:
-            raise CLIError("--pasta-heads needs at least one --emphasize TEXT")
-        pasta = PastaSettings(pasta_heads, alpha=args.alpha, scale_position=args.scale_position)
+    chosen = chosen_methods(args)
     steering = dict(delta_mid=args.delta_mid, layers=args.layers, max_new_tokens=args.max_new_tokens)
-    result = steered_generation(model, prompt, emphasize=emphasize or (), pasta=pasta, **steering)
+    result = steered_generation(model, prompt, emphasize=getattr(args, "emphasize", None) or (), steer=chosen,
+                                **steering)
     if args.compare:
         # the same clean text, tags removed (and escaped), so nothing is steered
         def plain(text: str) -> str:
@@ -66,8 +116,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     elif args.compare:
-        methods = [m for m, on in (("GUIDE", result["spans"]), ("PASTA", result.get("pasta_spans"))) if on]
-        title = f"steered ({' + '.join(methods) or 'GUIDE'})"
+        title = f"steered ({' + '.join(m.upper() for m in result['methods']) or 'GUIDE'})"
         print(side_by_side("unsteered", result["unsteered"], title, result["steered"]))
     else:
         print(result["steered"])

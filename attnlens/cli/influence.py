@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import add_chat_flags, load_model_for, number, positive_int, prompt_from, writable
+from ._common import LazyChoices, add_chat_flags, load_model_for, number, positive_int, prompt_from, writable
 
 def _zero_or_more(text: str) -> int:
     try:
@@ -19,6 +19,12 @@ def _zero_or_more(text: str) -> int:
     return value
 
 
+def _method_choices() -> tuple[str, ...]:
+    from .. import attribution
+
+    return attribution.methods() + ("both",)
+
+
 def add_influence(sub: Any) -> None:
     p = sub.add_parser(
         "influence",
@@ -27,8 +33,9 @@ def add_influence(sub: Any) -> None:
         "GUIDE tags in the same prompt steer the measured pass.",
     )
     p.add_argument("prompt", help="the prompt; wrap the text to follow in <?-> ... <-?>")
-    p.add_argument("--method", choices=["influence", "rollout", "influence_heads", "both"], default="influence",
-                   help="both: influence and rollout")
+    p.add_argument("--method", choices=LazyChoices(_method_choices), metavar="METHOD", default="influence",
+                   help="a registered attribution method (influence, rollout, influence_heads, and any added with "
+                   "--plugin), or both: influence and rollout")
     p.add_argument("--convention", choices=["stated", "pap"], default="stated",
                    help="stated: the residual stream entering each layer (default); pap: pay-attention-pipeline "
                    "0.2.0's numbers (the attention's normalised input, paired with the previous layer)")

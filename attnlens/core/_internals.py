@@ -300,3 +300,13 @@ def sdpa_attention(*args: Any, **kwargs: Any) -> Any:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(*args, **kwargs)
+
+
+def can_start_at_layer(model: Any) -> bool:
+    """Whether a bridge can start a forward pass at a middle block (TransformerLens' own set-up method)."""
+    return hasattr(model, "blocks") and hasattr(model, "_setup_start_at_layer")
+
+
+def name_or_path(hf_model: Any) -> str:
+    """The name or path a Hugging Face model was loaded from ('' when unknown); its config keeps it privately."""
+    return getattr(hf_model, "name_or_path", None) or getattr(getattr(hf_model, "config", None), "_name_or_path", "")

@@ -32,8 +32,6 @@ class Model(Protocol):
 
     def generate(self, *args: Any, **kwargs: Any) -> Any: ...
 
-    def to_str_tokens(self, *args: Any, **kwargs: Any) -> Any: ...
-
 
 def model_shape(model: Any) -> tuple[int, int]:
     """``(n_layers, n_heads)`` of a TransformerLens model or bridge."""

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,26 @@ from ..core.validate import LayerSpec, is_int, resolve_layers
 
 logger = logging.getLogger(__name__)
 
-#: the condition kinds, in the order they run
-CONDITION_METHODS: tuple[str, ...] = ("none", "guide", "emphatic", "pasta")
+#: the conditions that present the focus without steering: the plain prompt, and the focus
+#: rewritten as ``IMPORTANT: ...`` in upper case; with their places among the steering methods'
+PROMPT_CONDITIONS: dict[str, int] = {"none": 0, "emphatic": 20}
+
+
+def condition_methods() -> tuple[str, ...]:
+    """Every condition kind, in the order they run: the prompt-only ones and every registered steering method."""
+    from .. import steering
+
+    order = dict(PROMPT_CONDITIONS)
+    order.update({name: steering.get(name).condition_order for name in steering.methods()})
+    return tuple(sorted(order, key=lambda name: order[name]))
+
+
+def __getattr__(name: str) -> Any:  # CONDITION_METHODS follows the registry (PEP 562)
+    if name == "CONDITION_METHODS":
+        return condition_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 IDENTITY_FIELDS = (
     "model", "max_new_tokens", "layers", "seed", "do_sample", "temperature", "top_p",
     "dataset", "pasta_heads", "pasta_alpha", "chat",
@@ -33,14 +51,14 @@ SELECTION_FIELDS = ("context_lengths", "depths")
 
 @dataclass(frozen=True)
 class Condition:
-    """One way of presenting the focus: ``none``, ``guide`` (with ``delta``), ``emphatic`` or ``pasta``."""
+    """One way of presenting the focus: ``none``, ``emphatic`` or a steering method (``guide`` with ``delta``)."""
 
     method: str
     delta: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"guide@{self.delta:g}" if self.method == "guide" else self.method
+        return f"{self.method}@{self.delta:g}" if self.delta else self.method
 
 
 @dataclass
@@ -66,6 +84,9 @@ class ExperimentConfig:
     text_field: str = "text"
     pasta_heads: str | None = None
     pasta_alpha: float = 0.01
+    #: settings of steering methods by name (``{"pasta": {"alpha": 0.05}}``); a user's registered
+    #: method takes its parameters from here
+    steering: Mapping[str, Mapping[str, Any]] | None = None
     influence: bool = True
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
     bootstrap: int = 1000
@@ -85,6 +106,8 @@ class ExperimentConfig:
         out["do_sample"] = self.sampling
         if not self.sampling:
             out["temperature"] = out["top_p"] = None
+        if self.steering:
+            out["steering"] = {k: dict(v) for k, v in self.steering.items()}
         return out
 
     @property
@@ -123,25 +146,39 @@ def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
     if isinstance(config.deltas, (str, bytes)) or not isinstance(config.deltas, Iterable):
         raise ExperimentError(f"deltas must be a list of numbers, got {config.deltas!r}")
     deltas = [_number(d, f"delta {d!r}") for d in config.deltas]
+    from .. import steering
+
+    kinds = condition_methods()
     methods = list(config.conditions) if config.conditions else None
     if methods is None:
-        methods = ["none", "guide", "emphatic"] + (["pasta"] if config.pasta_heads else [])
-    unknown = [m for m in methods if m not in CONDITION_METHODS]
+        methods = [m for m in kinds if m in PROMPT_CONDITIONS or steering.get(m).on_by_default
+                   or steering.get(m).ready(config)]
+    unknown = [m for m in methods if m not in kinds]
     if unknown:
         raise ExperimentError(
-            f"unknown condition(s) {', '.join(map(repr, unknown))}; choose from {', '.join(CONDITION_METHODS)}"
+            f"unknown condition(s) {', '.join(map(repr, unknown))}; choose from {', '.join(kinds)}"
         )
-    if "pasta" in methods and not config.pasta_heads:
-        raise ExperimentError("the 'pasta' condition needs a head configuration: pass pasta_heads (--pasta-heads FILE)")
-    if "guide" in methods and not deltas:
-        raise ExperimentError("the 'guide' condition needs at least one delta")
     out: list[Condition] = []
-    for method in CONDITION_METHODS:
+    for method in kinds:
         if method not in methods:
             continue
-        if method == "guide":
+        if method in PROMPT_CONDITIONS:
+            if Condition(method) not in out:
+                out.append(Condition(method))
+            continue
+        steerer = steering.get(method)
+        if not steerer.ready(config):
+            missing = [p for p in steerer.params if p.required]
+            raise ExperimentError(
+                f"the {method!r} condition needs "
+                + ", ".join(f"{p.name} ({p.help})" if p.help else p.name for p in missing)
+                + ": " + (steerer.experiment_hint or f"pass it in ExperimentConfig.steering={{{method!r}: {{...}}}}")
+            )
+        if steerer.sweeps_strength:
+            if not deltas:
+                raise ExperimentError(f"the {method!r} condition needs at least one delta")
             for d in deltas:
-                cond = Condition("none") if d == 0 else Condition("guide", d)
+                cond = Condition("none") if d == 0 else Condition(method, d)
                 if cond not in out:
                     out.append(cond)
         elif Condition(method) not in out:
@@ -152,6 +189,15 @@ def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
 def validate_config(config: ExperimentConfig) -> list[Condition]:
     """Check every setting that can be checked without a model; returns the conditions."""
     conditions = resolve_conditions(config)
+    if config.steering is not None:
+        from .. import steering
+
+        if not isinstance(config.steering, Mapping):
+            raise ExperimentError(f"steering must be {{method: {{parameter: value}}}}, got {config.steering!r}")
+        unknown = sorted(set(config.steering) - set(steering.methods()))
+        if unknown:
+            raise ExperimentError(f"steering names unknown method(s) {', '.join(map(repr, unknown))}; "
+                                  f"registered: {', '.join(steering.methods())}")
     _positive_int(config.max_new_tokens, "max_new_tokens")
     _positive_int(config.num_generations, "num_generations")
     _positive_int(config.batch_size, "batch_size")

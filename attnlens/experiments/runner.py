@@ -38,11 +38,12 @@ from ..core.errors import ExperimentError
 from ..core.model import context_window
 from ..core.validate import resolve_layers
 from ..api import chain
-from ..api.chain import PastaSettings
 from ..attribution.influence import trace_influence
 from ..prompts.prompt import Prompt, tokenize_prompt
 from ..runtime.distributed import ShardedRows, Workers, sweep_device, worker_group
-from ..steering.bias import BiasPlan, apply_bias
+from .. import steering
+from ..core.errors import AttnlensError
+from ..steering.edits import install
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
 from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key, run_lock
@@ -68,16 +69,16 @@ class _Job:
 
 def _prepare(study: Study, item: Item, condition: Condition, tokenizer: Any, chat: bool,
              config: ExperimentConfig) -> Prompt:
-    """The item's prompt under ``condition``: one focus span (GUIDE's tag, or PASTA's emphasis) with its strength."""
+    """The item's prompt under ``condition``: one focus span (its method's tag, or an emphasis) with its strength."""
     messages = build_messages(study, item, condition, config)
     item_input: Any = messages if chat else "\n\n".join(m["content"] for m in messages)
     prompt = tokenize_prompt(tokenizer, item_input, chat=chat)
     if len(prompt.spans) != 1:
         raise ExperimentError(f"item {item.id}: expected one focus span in the prompt, found {len(prompt.spans)}")
     prompt = with_strength(prompt, condition.delta or 0.0)
-    if condition.method == "pasta":  # the focus is what PASTA emphasises
-        prompt = dataclasses.replace(prompt, spans=tuple(dataclasses.replace(s, kind="emphasis")
-                                                         for s in prompt.spans))
+    if condition.method in steering.methods():  # the focus is the kind of span the method steers
+        kind = steering.get(condition.method).spans
+        prompt = dataclasses.replace(prompt, spans=tuple(dataclasses.replace(s, kind=kind) for s in prompt.spans))
     return prompt
 
 
@@ -87,10 +88,24 @@ def _focus(prompt: Prompt) -> tuple[int, int]:
 
 
 def _condition_plans(model: Any, condition: Condition, prompts: Sequence[Prompt], config: ExperimentConfig,
-                     head_config: Any) -> list[BiasPlan]:
-    """The condition's plans for ``prompts`` (one row each), through the chain every caller shares."""
-    pasta = PastaSettings(head_config, config.pasta_alpha, "exclude") if condition.method == "pasta" else None
-    return chain.plans_for(model, prompts, layers=config.layers, pasta=pasta)
+                     settings: dict[str, dict[str, Any]]) -> list[Any]:
+    """The condition's steerings for ``prompts`` (one row each), through the chain every caller shares."""
+    steer = {condition.method: settings[condition.method]} if condition.method in settings else {}
+    return chain.plans_for(model, prompts, steer=steer)
+
+
+def _method_settings(config: ExperimentConfig, conditions: Sequence[Condition]) -> dict[str, dict[str, Any]]:
+    """Each steering condition's method settings, checked before the model loads."""
+    out: dict[str, dict[str, Any]] = {}
+    for condition in conditions:
+        if condition.method in out or condition.method not in steering.methods():
+            continue
+        method = steering.get(condition.method)
+        try:
+            out[condition.method] = method.settings(method.experiment_settings(config))
+        except AttnlensError as exc:
+            raise ExperimentError(f"the {condition.method!r} condition: {exc}") from None
+    return out
 
 
 def _batches(jobs: list[_Job], batch_size: int, max_tokens: int) -> list[list[_Job]]:
@@ -113,13 +128,13 @@ def _batch_seed(config: ExperimentConfig, jobs: Sequence[_Job]) -> int:
     return zlib.crc32(f"{config.seed}|{jobs[0].key}".encode()) & 0x7FFFFFFF
 
 
-def _influence(model: Any, prompt: Prompt, plans: Sequence[BiasPlan]) -> float:
+def _influence(model: Any, prompt: Prompt, plans: Sequence[Any]) -> float:
     """The focus span's influence on the last prompt token at the last layer, under the condition's plans."""
     import torch
 
     with ExitStack() as stack, torch.no_grad():
         for plan in plans:
-            stack.enter_context(apply_bias(model, plan))
+            stack.enter_context(install(model, plan))
         trace = trace_influence(model, list(prompt.input_ids), [_focus(prompt)], methods=("influence",),
                                 progress=False)  # the run's own bar shows progress
     return float(trace["influence"][0, -1, -1])
@@ -147,9 +162,7 @@ def run_experiment(
         study = get_study(study)
     conditions = validate_config(config)
     data = study.load_data(config)
-    head_config = None
-    if any(c.method == "pasta" for c in conditions):
-        head_config = _load_heads(config.pasta_heads)
+    method_settings = _method_settings(config, conditions)
 
     out = Path(config.out).expanduser()
     try:
@@ -159,7 +172,7 @@ def run_experiment(
                 # torchrun a worker that fails ends its sweep, so the others do not wait for it
                 out.mkdir(parents=True, exist_ok=True)
                 hold.enter_context(run_lock(out))
-            return _run(study, config, conditions, data, head_config, out, model, workers)
+            return _run(study, config, conditions, data, method_settings, out, model, workers)
     except OSError as exc:  # a read-only or full file system under the output directory
         where = Path(exc.filename) if exc.filename else None
         if where is None or where == out or out in where.parents or where in out.parents:
@@ -171,7 +184,7 @@ def run_experiment(
         raise
 
 
-def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], data: Any, head_config: Any,
+def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], data: Any, method_settings: Any,
          out: Path, model: Any, workers: Workers) -> ExperimentResult:
     """The run on one worker of ``workers`` (all of them run this, each its shard of the batches)."""
     rows_path = out / ROWS_FILE
@@ -241,7 +254,7 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
         for condition, batch in mine:
             bar.set_description(f"{study.name} {condition.name}")
             bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
-            rows = _run_batch(model, study, condition, batch, config, head_config, influences)
+            rows = _run_batch(model, study, condition, batch, config, method_settings, influences)
             write(rows)
             generated += len(rows)
             bar.update(len(rows))
@@ -289,18 +302,8 @@ def _check_unique_ids(study: str, items: Sequence[Item]) -> None:
         )
 
 
-def _load_heads(path: Any) -> Any:
-    try:
-        from ..steering.pasta import load_head_config
-    except ImportError:
-        raise ExperimentError("PASTA steering is not available in this installation") from None
-    if not Path(str(path)).expanduser().is_file():
-        raise ExperimentError(f"PASTA head configuration {str(path)!r} is not a file")
-    return load_head_config(path)
-
-
 def _continuation_scorer(model: Any, study: Study, condition: Condition, config: ExperimentConfig,
-                         head_config: Any) -> Any:
+                         method_settings: Any) -> Any:
     """``scorer(item, texts)``: each text's mean log-probability after the item's prompt under ``condition``."""
     from .counterfact import continuation_logprobs
 
@@ -309,22 +312,22 @@ def _continuation_scorer(model: Any, study: Study, condition: Condition, config:
 
     def scorer(item: Item, texts: Sequence[str]) -> list[float]:
         prompt = _prepare(study, item, condition, tokenizer, chat, config)
-        plans = _condition_plans(model, condition, [prompt], config, head_config)
+        plans = _condition_plans(model, condition, [prompt], config, method_settings)
         return continuation_logprobs(model, prompt.input_ids, plans, texts, leading_space=not chat)
 
     return scorer
 
 
 def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job], config: ExperimentConfig,
-               head_config: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
+               method_settings: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
     if config.influence:
         for job in batch:
             key = (condition.name, job.item.id)
             if key not in influences:
-                single = _condition_plans(model, condition, [job.prompt], config, head_config)
+                single = _condition_plans(model, condition, [job.prompt], config, method_settings)
                 influences[key] = _influence(model, job.prompt, single)
     prompts = [j.prompt for j in batch]
-    plans = _condition_plans(model, condition, prompts, config, head_config)
+    plans = _condition_plans(model, condition, prompts, config, method_settings)
     seed = _batch_seed(config, batch)
     sample_kwargs: dict[str, Any] = {}
     if config.sampling:
@@ -334,7 +337,7 @@ def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job]
     outputs = [_decode(model.tokenizer, t) for t in new_tokens]
     scores = study.score([j.item for j in batch], outputs, config)
     read = study.model_scores([j.item for j in batch], config,
-                              _continuation_scorer(model, study, condition, config, head_config))
+                              _continuation_scorer(model, study, condition, config, method_settings))
     if read is not None:
         scores = [dataclasses.replace(s, metrics={**s.metrics, **r}) for s, r in zip(scores, read)]
     rows = []

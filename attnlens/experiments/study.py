@@ -107,8 +107,13 @@ class Study(ABC):
 
 
 def tag_focus(condition: Condition, focus: str) -> str:
-    """The focus as the condition presents it, wrapped in a GUIDE tag (``guide``) or an influence tag."""
-    opener, closer = ("<!!->", "<-!!>") if condition.method == "guide" else ("<?->", "<-?>")
+    """The focus as the condition presents it, wrapped in its steering method's tag (GUIDE's for ``guide``),
+    else an influence tag."""
+    from .. import steering
+
+    opener, closer = ("<?->", "<-?>")
+    if condition.method in steering.methods():
+        opener, closer = steering.get(condition.method).focus_tag
     # the focus' surrounding whitespace stays outside the span
     lead = focus[: len(focus) - len(focus.lstrip())]
     trail = focus[len(focus.rstrip()) :]

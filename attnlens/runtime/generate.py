@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
-from .direct import direct as run_direct
-from .upstream import check_kv_cache, quiet_cache_rename
+from . import backends
 from ..core.concurrency import exclusive, seeded
 from ..core.model import Model
-from ..core.errors import AttnlensError, DirectUnavailable
+from ..core.errors import AttnlensError
 from ..core.model import check_window, model_device, pad_id
 from ..core.validate import check_bool, check_number, check_seed, check_token_ids, is_int
-from ..steering.bias import BiasPlan, apply_bias
+from ..steering.bias import BiasPlan
+from ..steering.edits import install, shifted
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     check_seed(kwargs.get("seed"))
 
 
-#: the runtimes :func:`generate_batch` can use
-BACKENDS = ("auto", "direct", "bridge")
+#: the runtimes :func:`generate_batch` can use (:mod:`attnlens.runtime.backends`)
+BACKENDS = ("auto",) + backends.names()
 
 
 class Generation(list):
@@ -101,15 +101,15 @@ def resolve_backend(backend: Any, direct: bool | None = None) -> str:
     """Check ``backend`` (one of :data:`BACKENDS`); ``direct=True/False`` overrides it."""
     if direct is not None:
         return "direct" if direct else "bridge"
-    if backend not in BACKENDS:
-        raise AttnlensError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend not in ("auto",) + backends.names():
+        raise AttnlensError(f"backend must be one of {', '.join(('auto',) + backends.names())}; got {backend!r}")
     return backend
 
 
 def generate_batch(
     model: Model,
     rows: Sequence[Sequence[int]],
-    plans: Sequence[BiasPlan] = (),
+    plans: Sequence[BiasPlan | Any] = (),
     *,
     max_new_tokens: int = 64,
     do_sample: bool = False,
@@ -125,8 +125,9 @@ def generate_batch(
 ) -> "Generation":
     """Generate from token rows with bias plans built in unpadded positions.
 
-    Every plan is shifted to the padded layout and installed for the whole
-    generation; plans add up. Returns each row's new tokens, cut after the first
+    Every plan (a :class:`~attnlens.steering.bias.BiasPlan` or a run-time edit,
+    :mod:`attnlens.steering.edits`) is shifted to the padded layout and installed
+    for the whole generation; plans add up. Returns each row's new tokens, cut after the first
     end-of-sequence token.
 
     ``backend``: ``"auto"`` runs the wrapped Hugging Face model directly (see
@@ -176,84 +177,16 @@ def generate_batch(
     with exclusive(model), seeded(seed, model_device(model), sampling=do_sample), ExitStack() as stack, \
             torch.no_grad():
         for plan in plans:
-            stack.enter_context(apply_bias(model, plan.shifted(batch.offsets)))
-        hf = None
-        if backend != "bridge":
-            try:
-                hf = stack.enter_context(run_direct(model))
-            except DirectUnavailable as exc:
-                if backend == "direct":
-                    raise
-                logger.debug("generating through the bridge: %s", exc.reason)
-        if hf is not None:
-            out = _hf_generate(hf, batch, eos if stop_at_eos else None, pad_id(tokenizer),
-                               max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                               top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                               on_step=on_step)
-        else:
-            check_kv_cache(model)
-            with quiet_cache_rename():
-                out = model.generate(
-                    batch.tokens,
-                    attention_mask=batch.attention_mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=do_sample,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    repetition_penalty=repetition_penalty,
-                    stop_at_eos=stop_at_eos,
-                    verbose=False,
-                )
+            stack.enter_context(install(model, shifted(plan, batch.offsets)))
+        run = backends.open_run(stack, model, backend, logger)
+        out = run.generate(batch.tokens, batch.attention_mask, eos=eos, stop_at_eos=stop_at_eos,
+                           pad=pad_id(tokenizer),
+                           max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                           top_k=top_k, repetition_penalty=repetition_penalty, on_step=on_step)
     new = out[:, batch.length :].tolist()
-    if on_step is not None and hf is None:
-        for step in range(len(new[0]) if new else 0):
-            on_step([row[step] for row in new])
-    result = Generation(backend="direct" if hf is not None else "bridge")
+    result = Generation(backend=run.name)
     for row in new:
         if stop_at_eos and eos is not None and eos in row:
             row = row[: row.index(eos)]
         result.append(row)
     return result
-
-
-def _hf_generate(hf: Any, batch: Batch, eos: int | None, pad: int, *, max_new_tokens: int, do_sample: bool,
-                 temperature: float, top_p: float | None, top_k: int | None,
-                 repetition_penalty: float,
-                 on_step: Callable[[list[int]], Sequence[bool] | None] | None = None) -> torch.Tensor:
-    """Hugging Face ``generate`` with the bridge's meaning of each argument.
-
-    ``generate`` fills every setting left unset from the model's own generation
-    config, so a stop token it names would end the text even with ``eos=None``;
-    the model's config is therefore replaced by this call's for its duration.
-    Sampling uses no top-k unless asked for. ``on_step`` runs as a stopping criterion.
-    """
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
-    class _Steps(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-            stop = on_step(input_ids[:, -1].tolist())
-            flags = [False] * input_ids.shape[0] if stop is None else [bool(f) for f in stop]
-            if len(flags) != input_ids.shape[0]:
-                raise AttnlensError(f"on_step returned {len(flags)} flags for {input_ids.shape[0]} rows")
-            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
-
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=(1.0 if top_p is None else top_p) if do_sample else None,
-        top_k=(top_k or 0) if do_sample else None,
-        repetition_penalty=repetition_penalty,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        bos_token_id=getattr(hf.generation_config, "bos_token_id", None),
-    )
-    mask = batch.attention_mask if batch.attention_mask is not None else torch.ones_like(batch.tokens)
-    own = hf.generation_config
-    hf.generation_config = config
-    try:
-        criteria = StoppingCriteriaList([_Steps()]) if on_step is not None else None
-        return hf.generate(batch.tokens, attention_mask=mask, generation_config=config, stopping_criteria=criteria)
-    finally:
-        hf.generation_config = own

@@ -513,7 +513,9 @@ def wrap_hf_model(hf_model: Any, tokenizer: Any = None, *, device: str | torch.d
 
     from .upstream import apply_workarounds, check_kv_cache
 
-    name = getattr(hf_model, "name_or_path", None) or getattr(getattr(hf_model, "config", None), "_name_or_path", "")
+    from ..core._internals import name_or_path
+
+    name = name_or_path(hf_model)
     if tokenizer is None:
         from transformers import AutoTokenizer
 

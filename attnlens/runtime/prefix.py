@@ -140,7 +140,7 @@ def skip_reproduces_baseline(runner: "PrefixRun", n_layers: int) -> bool:
 
 
 def can_skip(model: Model) -> bool:
-    return hasattr(model, "blocks") and hasattr(model, "_setup_start_at_layer")
+    return tl.can_start_at_layer(model)
 
 
 def supports_logits_to_keep(model: Model) -> bool:

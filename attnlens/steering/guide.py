@@ -164,3 +164,4 @@ def guide_plan_for(
                 raise AttnlensError("the prompt's GUIDE spans have no strength: pass delta_mid")
             plan.add(span.start, span.end, delta, layers=layers, row=row)
     return plan
+

@@ -1,0 +1,132 @@
+"""Attribution methods as registered objects.
+
+An attribution method follows token spans through the layers and returns, per
+span, ``[n_layers + 1, seq]`` (``[n_layers + 1, n_heads, seq]`` with
+``per_head``). Two kinds:
+
+- a **recursion** method (:class:`RecursionMethod`): one step of the shared
+  layer-by-layer recursion (:mod:`attnlens.attribution.recursion`), given the
+  previous chain, the attention term ``A @ I`` and the residual share. Influence,
+  rollout and influence_heads are of this kind; they are computed together in
+  one forward pass, by the hook driver or the fused driver;
+- a method with **its own driver** (:class:`AttributionMethod` with
+  :meth:`~AttributionMethod.run`): anything that needs more than the recursion
+  (every layer's pattern at once, gradients, extra forward passes).
+
+:func:`register` adds one (also from a user's own module), :func:`methods`
+lists the names, :func:`get` returns one, :func:`aliases` maps other names
+(pay-attention-pipeline's ``attention_rollout``) to registered ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import AttnlensError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+class AttributionMethod:
+    """The base of an attribution method with its own driver: set ``name``, implement :meth:`run`.
+
+    Attributes:
+        name: the registry key (also a key of :class:`~attnlens.attribution.influence.InfluenceTrace`).
+        help: one line for listings and ``--help``.
+        aliases: other names that select it (pay-attention-pipeline's metric names).
+    """
+
+    name: str = ""
+    help: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def run(self, model: Any, row: "torch.Tensor", spans: Sequence[tuple[int, int]], *, mask: Any,
+            use_values: bool, per_head: bool, convention: str) -> "torch.Tensor":
+        """``[n_spans, n_layers + 1, (n_heads,) seq]`` for token ``row`` (``[1, seq]``), any dtype."""
+        raise NotImplementedError(f"attribution method {self.name!r} has no driver")
+
+    def __repr__(self) -> str:
+        return f"<attribution method {self.name!r}>"
+
+
+class RecursionMethod(AttributionMethod):
+    """One step of the shared recursion: ``I[l] = mix(I[l-1], I_att, x_share)``.
+
+    Attributes:
+        head_outputs: needs every head's output (``attn.hook_z``): its attention term is
+            the heads' products combined by their output norms, not the head mean.
+        fused_conventions: the conventions the fused driver computes it in (it reads only
+            ``A @ I``, the residual stream's norm and the attention output's norm).
+    """
+
+    head_outputs: bool = False
+    fused_conventions: tuple[str, ...] = ("stated",)
+
+    def mix(self, prev: "torch.Tensor", att: "torch.Tensor", x_share: "torch.Tensor") -> "torch.Tensor":
+        """The chain after one layer; ``x_share = |x| / (|x| + |a|)`` per token."""
+        raise NotImplementedError
+
+    def attention(self, state: Any, rows: slice) -> "torch.Tensor":
+        """This method's ``I_att`` rows of one layer from the recursion state (default: the head mean)."""
+        return state.att_combined[rows] if self.head_outputs else state.att[rows]
+
+
+_REGISTRY: dict[str, AttributionMethod] = {}
+
+
+def register(method: AttributionMethod | type[AttributionMethod], *, replace: bool = False) -> Any:
+    """Add an attribution method (an instance, or a subclass as a class decorator); returns what it was given."""
+    if isinstance(method, type) and issubclass(method, AttributionMethod):
+        register(method(), replace=replace)
+        return method
+    if not isinstance(method, AttributionMethod):
+        raise AttnlensError(f"register takes an AttributionMethod, got {type(method).__name__}")
+    name = method.name
+    if not isinstance(name, str) or not name.isidentifier():
+        raise AttnlensError(f"an attribution method's name must be an identifier, got {name!r}")
+    if type(method).run is AttributionMethod.run and not isinstance(method, RecursionMethod):
+        raise AttnlensError(f"attribution method {name!r} needs a run() (or subclass RecursionMethod)")
+    if isinstance(method, RecursionMethod) and type(method).mix is RecursionMethod.mix:
+        raise AttnlensError(f"recursion method {name!r} needs a mix()")
+    taken = {**{a: m for m in _REGISTRY.values() for a in m.aliases}, **_REGISTRY}
+    for key in (name, *method.aliases):
+        if key in taken and taken[key].name != name and not replace:
+            raise AttnlensError(f"an attribution method named {key!r} is already registered (pass replace=True)")
+    if name in _REGISTRY and _REGISTRY[name] is not method and not replace:
+        raise AttnlensError(f"an attribution method named {name!r} is already registered (pass replace=True)")
+    _REGISTRY[name] = method
+    logger.debug("registered attribution method %s", name)
+    return method
+
+
+def unregister(name: str) -> None:
+    if name not in _REGISTRY:
+        raise AttnlensError(f"no attribution method named {name!r} is registered")
+    del _REGISTRY[name]
+
+
+def methods() -> tuple[str, ...]:
+    """The registered attribution methods' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def aliases() -> dict[str, str]:
+    """Every name that selects a method (its own and its aliases) -> the method's name."""
+    out = {a: m.name for m in _REGISTRY.values() for a in m.aliases}
+    out.update({name: name for name in _REGISTRY})
+    return out
+
+
+def get(name: str | AttributionMethod) -> AttributionMethod:
+    """A registered method by name or alias."""
+    if isinstance(name, AttributionMethod):
+        return name
+    key = aliases().get(name) if isinstance(name, str) else None
+    if key is None:
+        raise AttnlensError(f"unknown influence method {name!r}; choose from {', '.join(_REGISTRY)}")
+    return _REGISTRY[key]

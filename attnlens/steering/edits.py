@@ -1,0 +1,226 @@
+"""What a steering does to a run, for both kinds of method.
+
+A steering is either a :class:`~attnlens.steering.bias.BiasPlan` (a static
+per-key bias, installed by :func:`~attnlens.steering.bias.apply_bias` and run
+by the fused path of a direct run) or a :class:`RunEdit` (a function applied
+during the run to a layer's pre-softmax scores, its attention pattern, or the
+logits). Every caller goes through the three functions here, which take either:
+
+- :func:`install` installs a steering on a model for a ``with`` block (hooks
+  removed on exit, also when the block raises);
+- :func:`shifted` moves it to a left-padded batch's positions;
+- :func:`select_rows` keeps the rows of one chunk of a batch.
+
+A run-time edit always runs on the reference path (its hook sees the
+materialised scores or pattern); a method with a static form of its edit
+returns a BiasPlan instead, which the fused path runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, ContextManager, Union
+
+import torch
+
+from ..core import hooks
+from ..core.errors import AttnlensError, SpanError
+from ..core.model import Model, model_shape
+from ..core.validate import LayerSpec, is_int, resolve_layers
+from .bias import BiasPlan, apply_bias
+
+logger = logging.getLogger(__name__)
+
+#: the hook points a run-time edit can change, by the name a method gives
+POINTS = {"scores": hooks.SCORES, "pattern": hooks.PATTERN, "logits": "unembed.hook_out"}
+
+RowSpans = tuple[tuple[tuple[int, int], ...], ...]
+
+
+@dataclass(frozen=True)
+class EditContext:
+    """What an edit function is told besides the tensor.
+
+    ``layer``: the layer (None for logits); ``spans``: per batch row, the
+    steered ``(start, end)`` key ranges in the positions of the tokens the
+    model sees (padding included); ``point``: ``"scores"``, ``"pattern"`` or
+    ``"logits"``.
+    """
+
+    point: str
+    layer: int | None
+    spans: RowSpans
+
+    def key_mask(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[rows, 1, 1, key]`` booleans: True on the steered keys of each row (for scores and patterns)."""
+        keys = tensor.shape[-1]
+        mask = torch.zeros(len(self.spans), 1, 1, keys, dtype=torch.bool, device=tensor.device)
+        for r, row in enumerate(self.spans):
+            for s, e in row:
+                mask[r, ..., s : min(e, keys)] = True
+        return mask
+
+    def position_mask(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[rows, pos, 1]`` booleans: True at the steered positions (for logits ``[batch, pos, vocab]``)."""
+        pos = tensor.shape[1]
+        mask = torch.zeros(len(self.spans), pos, 1, dtype=torch.bool, device=tensor.device)
+        for r, row in enumerate(self.spans):
+            for s, e in row:
+                mask[r, s : min(e, pos)] = True
+        return mask
+
+
+EditFn = Callable[[torch.Tensor, EditContext], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunEdit:
+    """An edit computed during the run: ``fn(tensor, context) -> tensor`` on one hook point.
+
+    Build it with :meth:`for_prompts`. ``spans`` holds one tuple of ``(start,
+    end)`` ranges per batch row (``per_row``) or one for every row.
+    """
+
+    point: str
+    fn: EditFn
+    layers: tuple[int, ...]
+    spans: RowSpans
+    per_row: bool = True
+    name: str = "edit"
+
+    @classmethod
+    def for_prompts(
+        cls,
+        model: Model,
+        point: str,
+        fn: EditFn,
+        spans: Sequence[Sequence[tuple[int, int]]],
+        *,
+        layers: LayerSpec = "all",
+        name: str = "edit",
+    ) -> "RunEdit":
+        """An edit of ``point`` (``"scores"``, ``"pattern"`` or ``"logits"``) with one span list per prompt."""
+        if point not in POINTS:
+            raise AttnlensError(f"a run-time edit changes one of {', '.join(POINTS)}; got {point!r}")
+        if not callable(fn):
+            raise AttnlensError(f"the edit function must be callable, got {type(fn).__name__}")
+        rows = []
+        for r, row in enumerate(spans):
+            out = []
+            for span in row:
+                if len(span) != 2 or not all(is_int(v) for v in span) or span[0] < 0 or span[1] <= span[0]:
+                    raise SpanError(f"row {r}: span {tuple(span)!r} is not a non-empty (start, end) token range")
+                out.append((int(span[0]), int(span[1])))
+            rows.append(tuple(out))
+        resolved = () if point == "logits" else resolve_layers(layers, model_shape(model)[0])
+        return cls(point, fn, tuple(resolved), tuple(rows), True, name)
+
+    @property
+    def rows(self) -> int | None:
+        return len(self.spans) if self.per_row else None
+
+    def shifted(self, offsets: Sequence[int]) -> "RunEdit":
+        rows = self.spans if self.per_row else self.spans * len(offsets)
+        if len(rows) != len(offsets):
+            raise AttnlensError(f"the edit has spans for {len(rows)} rows; the batch has {len(offsets)}")
+        moved = tuple(tuple((s + o, e + o) for s, e in row) for row, o in zip(rows, offsets))
+        return replace(self, spans=moved, per_row=True)
+
+    def select_rows(self, start: int, count: int) -> "RunEdit":
+        if not self.per_row:
+            return self
+        return replace(self, spans=self.spans[start : start + count])
+
+    def hooks(self) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+        template = POINTS[self.point]
+        if self.point == "logits":
+            return [(template, _EditHook(self, None))]
+        return [(hooks.name(template, layer), _EditHook(self, layer)) for layer in self.layers]
+
+    @contextmanager
+    def install(self, model: Model) -> Iterator["RunEdit"]:
+        """Install the edit's hooks for the ``with`` block; they are removed on exit."""
+        from ..core.concurrency import call_scope, scoped
+
+        installed = self.hooks()
+        logger.debug("installing %d %s edit hooks (%s)", len(installed), self.point, self.name)
+        # the hooks act only in this call's context: another thread's forward of the model is left as it is
+        with call_scope() as scope, model.hooks(fwd_hooks=scoped(installed, scope)):
+            yield self
+
+
+class _EditHook:
+    """One hook of a :class:`RunEdit`: checks the batch, calls the edit, checks what it returns."""
+
+    def __init__(self, edit: RunEdit, layer: int | None) -> None:
+        self.edit = edit
+        self.layer = layer
+
+    def __call__(self, tensor: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        edit = self.edit
+        spans = edit.spans
+        if edit.per_row and len(spans) != tensor.shape[0]:
+            if len(spans) == 1:
+                spans = spans * tensor.shape[0]
+            else:
+                raise AttnlensError(
+                    f"the {edit.name} edit has spans for {len(spans)} rows but the run has a batch of {tensor.shape[0]}"
+                )
+        elif not edit.per_row:
+            spans = spans * tensor.shape[0]
+        out = edit.fn(tensor, EditContext(edit.point, self.layer, spans))
+        if not isinstance(out, torch.Tensor) or out.shape != tensor.shape:
+            raise AttnlensError(
+                f"the {edit.name} edit of {edit.point} must return a tensor shaped {tuple(tensor.shape)}, got "
+                + (f"{tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__)
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"attnlens.edit({self.edit.name}, {self.edit.point}, layer={self.layer})"
+
+
+Steering = Union[BiasPlan, RunEdit]
+
+
+def install(model: Model, steering: Any) -> ContextManager[Any]:
+    """Install a BiasPlan or a run-time edit (anything with ``install(model)``) for a ``with`` block."""
+    if isinstance(steering, BiasPlan):
+        return apply_bias(model, steering)
+    if hasattr(steering, "install"):
+        return steering.install(model)
+    raise AttnlensError(
+        f"a steering must be a BiasPlan or a RunEdit (anything with install(model)); got {type(steering).__name__}"
+    )
+
+
+def shifted(steering: Any, offsets: Sequence[int]) -> Any:
+    """``steering`` in the positions of a batch left-padded by ``offsets``."""
+    if not hasattr(steering, "shifted"):
+        raise AttnlensError(f"the steering {type(steering).__name__} cannot follow a padded batch (no shifted())")
+    return steering.shifted(offsets)
+
+
+def rows_of(steering: Any) -> int | None:
+    """How many rows ``steering`` is for (None: every row alike)."""
+    return getattr(steering, "rows", None)
+
+
+def select_rows(steering: Any, start: int, count: int) -> Any:
+    """The part of ``steering`` for rows ``[start, start + count)``, renumbered from 0."""
+    if isinstance(steering, BiasPlan):
+        out = BiasPlan(steering.n_layers, steering.n_heads)
+        for t in steering.terms:
+            if t.row is None:
+                out.terms.append(t)
+            elif start <= t.row < start + count:
+                out.terms.append(replace(t, row=t.row - start))
+        if any(t.row is not None for t in out.terms):
+            out.n_rows = count
+        return out
+    if hasattr(steering, "select_rows"):
+        return steering.select_rows(start, count)
+    raise AttnlensError(f"the steering {type(steering).__name__} cannot be split into rows (no select_rows())")

@@ -1,0 +1,94 @@
+"""InstABoost, SpotLight: checked against independent references on a tiny random model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attnlens as al
+from attnlens import steering
+from attnlens.analysis.capture import steering_patterns
+from attnlens.api import chain
+from attnlens.core.errors import AttnlensError
+from attnlens.runtime.generate import generate_batch
+
+TEXT = "<!-> Answer in French. <-!> The cat sat on the mat and looked at the dog for a long time"
+
+
+def _prompt(tiny, text=TEXT):
+    return al.prepare(tiny.tokenizer, text)
+
+
+def test_instaboost_equals_guide_at_equal_strength(tiny):
+    prompts = [_prompt(tiny), _prompt(tiny, "<!-> Be brief. <-!> Tell me about dogs and cats")]
+    boost, = chain.plans_for(tiny, prompts, steer={"instaboost": {"alpha": 4.0}})
+    guide, = chain.plans_for(tiny, prompts, steer={"guide": {"delta_mid": math.log(4.0)}})
+    assert isinstance(boost, steering.BiasPlan)  # a static bias: the fused path runs it
+    assert [(t.start, t.end, t.layers, t.row) for t in boost.terms] == \
+        [(t.start, t.end, t.layers, t.row) for t in guide.terms]
+    assert all(t.value == pytest.approx(math.log(4.0)) for t in boost.terms)
+    rows = [list(p.input_ids) for p in prompts]
+    # a left-padded batch, with the KV cache, on both runtimes
+    ours = generate_batch(tiny, rows, [boost], max_new_tokens=5)
+    ref = generate_batch(tiny, rows, [guide], max_new_tokens=5)
+    assert ours == ref
+    bridge = chain.generate(tiny, rows, [boost], max_new_tokens=5, progress=False, backend="bridge")
+    assert bridge == ours
+    with pytest.raises(AttnlensError, match="alpha must be"):
+        steering.get("instaboost").settings(alpha=0.5)
+
+
+def _share(pattern, start, end):
+    """Reference: the span's share of one layer's attention, pooled over heads and queries at/after start."""
+    rows = pattern[:, start:, :]  # [heads, query, key]
+    return float((rows[..., start:end].sum(-1) / rows.sum(-1)).mean())
+
+
+@pytest.mark.parametrize("target", [0.3, 0.95])
+def test_spotlight_lifts_the_share_to_the_target_where_it_was_below(tiny, target):
+    prompt = _prompt(tiny)
+    (start, end), = [(s.start, s.end) for s in prompt.guide_spans()]
+    edit, = chain.plans_for(tiny, [prompt], steer={"spotlight": {"target": target}})
+    assert isinstance(edit, steering.RunEdit)
+    lifted = unchanged = 0
+    for layer in range(tiny.cfg.n_layers):
+        seen = steering_patterns(tiny, prompt, layer, edit)
+        before = _share(seen.unsteered, start, end)
+        after = _share(seen.steered, start, end)
+        if before < target:
+            assert after >= target - 1e-4, (layer, before, after)
+            assert after <= target + 0.02  # the smallest lift that reaches it, not more
+            lifted += 1
+        else:
+            assert torch.allclose(seen.steered, seen.unsteered, atol=1e-6)
+            unchanged += 1
+    assert lifted + unchanged == tiny.cfg.n_layers
+    if target == 0.95:
+        assert lifted == tiny.cfg.n_layers
+
+
+def test_spotlight_leaves_a_layer_above_the_target_alone(tiny):
+    prompt = _prompt(tiny)
+    edit, = chain.plans_for(tiny, [prompt], steer={"spotlight": {"target": 0.01}})
+    seen = steering_patterns(tiny, prompt, 0, edit)
+    assert torch.allclose(seen.steered, seen.unsteered, atol=1e-6)
+
+
+def test_spotlight_padded_batch_equals_rows_alone(tiny):
+    prompts = [_prompt(tiny), _prompt(tiny, "<!-> Be brief. <-!> dogs")]
+    rows = [list(p.input_ids) for p in prompts]
+    both = chain.plans_for(tiny, prompts, steer={"spotlight": {"target": 0.9}})
+    together = generate_batch(tiny, rows, both, max_new_tokens=4)
+    alone = [generate_batch(tiny, [r], chain.plans_for(tiny, [p], steer={"spotlight": {"target": 0.9}}),
+                            max_new_tokens=4)[0] for r, p in zip(rows, prompts)]
+    assert together == alone
+    ids = torch.tensor([rows[0]])
+    with steering.install(tiny, both[0].select_rows(0, 1)), torch.no_grad():
+        steered = tiny(ids)
+    with torch.no_grad():
+        plain = tiny(ids)
+    assert not torch.allclose(steered, plain)
+    with pytest.raises(AttnlensError, match="target must be"):
+        steering.get("spotlight").settings(target=1.5)

@@ -92,3 +92,51 @@ def test_spotlight_padded_batch_equals_rows_alone(tiny):
     assert not torch.allclose(steered, plain)
     with pytest.raises(AttnlensError, match="target must be"):
         steering.get("spotlight").settings(target=1.5)
+
+
+def test_spa_at_weight_one_is_plain_generation(tiny):
+    prompts = [_prompt(tiny), _prompt(tiny, "<!-> Be brief. <-!> dogs")]
+    rows = [list(p.input_ids) for p in prompts]
+    spa = chain.plans_for(tiny, prompts, steer={"spa": {"omega": 1.0}})
+    assert len(spa) == 1 and callable(spa[0].bind)
+    assert generate_batch(tiny, rows, spa, max_new_tokens=5) == generate_batch(tiny, rows, max_new_tokens=5)
+
+
+def test_spa_mixes_the_logits_of_two_separate_passes(tiny):
+    from attnlens.runtime import backends
+    from attnlens.steering.spa_method import SpaSteering
+
+    prompt = _prompt(tiny)
+    (start, end), = [(s.start, s.end) for s in prompt.guide_spans()]
+    omega, mask_token, steps = 3.0, 7, 4
+    ids = list(prompt.input_ids)
+    # reference: two separate full forward passes per step, mixed by hand
+    ref_tokens, ref_logits = [], []
+    seq = list(ids)
+    for _ in range(steps):
+        masked = list(seq)
+        masked[start:end] = [mask_token] * (end - start)
+        with torch.no_grad():
+            orig = tiny(torch.tensor([seq]))[0, -1].float()
+            anch = tiny(torch.tensor([masked]))[0, -1].float()
+        mixed = omega * orig + (1 - omega) * anch
+        ref_logits.append(mixed)
+        ref_tokens.append(int(mixed.argmax()))
+        seq.append(ref_tokens[-1])
+    spa = SpaSteering(((( start, end),),), omega, mask_token)
+    from contextlib import ExitStack
+
+    for backend in ("direct", "bridge"):
+        with ExitStack() as stack, torch.no_grad():
+            run = spa.bind(backends.open_run(stack, tiny, backend))
+            out = run.generate(torch.tensor([ids]), None, eos=None, stop_at_eos=False, pad=0, max_new_tokens=steps,
+                               do_sample=False, temperature=1.0, top_p=None, top_k=None, repetition_penalty=1.0)
+        assert out[0, len(ids):].tolist() == ref_tokens, backend
+        for got, want in zip(run.mixed, ref_logits):
+            assert torch.allclose(got[0], want, atol=1e-3), backend
+    # through the registry: the tagged span is anchored, the padding token masks it
+    made, = chain.plans_for(tiny, [prompt], steer={"spa": {"omega": omega, "mask_token": mask_token}})
+    assert made.spans == (((start, end),),)
+    assert generate_batch(tiny, [ids], [made], max_new_tokens=steps, stop_at_eos=False)[0] == ref_tokens
+    with pytest.raises(AttnlensError, match="repetition_penalty"):
+        generate_batch(tiny, [ids], [made], max_new_tokens=2, repetition_penalty=1.2)

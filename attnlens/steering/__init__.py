@@ -9,7 +9,7 @@ built in (:mod:`.guide_method`, :mod:`.pasta_method`).
 
 from .registry import REQUIRED, Param, SteeringMethod, get, methods, register, resolve, unregister
 from . import guide_method, pasta_method  # noqa: F401  (GUIDE and PASTA register themselves)
-from . import instaboost_method, spotlight_method  # noqa: F401  (more methods, registered)
+from . import instaboost_method, spa_method, spotlight_method  # noqa: F401  (more methods, registered)
 from .bias import BiasPlan, BiasTerm, apply_bias, complement
 from .edits import EditContext, RunEdit, install
 from .guide import LEVEL_FACTORS, guide, guide_plan, guide_plan_for, level_delta, with_strength

@@ -140,3 +140,26 @@ def test_spa_mixes_the_logits_of_two_separate_passes(tiny):
     assert generate_batch(tiny, [ids], [made], max_new_tokens=steps, stop_at_eos=False)[0] == ref_tokens
     with pytest.raises(AttnlensError, match="repetition_penalty"):
         generate_batch(tiny, [ids], [made], max_new_tokens=2, repetition_penalty=1.2)
+
+
+def test_each_new_method_through_the_pipeline_and_as_an_experiment_condition(tiny, tmp_path):
+    from attnlens.experiments import SummarizeConfig, run_experiment
+
+    pipe = al.PayAttentionPipeline(tiny)
+    settings = {"instaboost": {"alpha": 50.0}, "spotlight": {"target": 0.9}, "spa": {"omega": 5.0}}
+    prompt = pipe.prepare(TEXT)
+    texts = set()
+    for name, values in settings.items():
+        out = pipe(TEXT, max_new_tokens=3, steer={name: values})[0]["generated_text"]
+        plans = chain.plans_for(tiny, [prompt], steer={name: values})
+        assert plans, name
+        tokens = generate_batch(tiny, [list(prompt.input_ids)], plans, max_new_tokens=3)[0]
+        assert out.endswith(tiny.tokenizer.decode(tokens, skip_special_tokens=True)), name
+        texts.add(out)
+    assert len(texts | {pipe(TEXT, max_new_tokens=3, steer={})[0]["generated_text"]}) > 1  # something steered
+    config = SummarizeConfig(out=tmp_path / "m", conditions=["none", "instaboost", "spotlight", "spa"], limit=1,
+                             max_new_tokens=2, steering=settings, plots=False, influence=False)
+    result = run_experiment("summarize", config, model=tiny)
+    table = {row["condition"]: row for row in result.table()}
+    assert set(table) == {"none", "instaboost", "spotlight", "spa"}
+    assert all(row["items"] == 1 for row in table.values())

@@ -117,6 +117,10 @@ class SpaSteering:
         return _SpaRun(self, run)
 
 
+def out_keys(run: "_SpaRun") -> tuple[str, ...]:
+    return getattr(run, "_keys", ())
+
+
 class _SpaRun:
     """A run whose ``generate`` mixes the logits of the original and the masked rows at every step."""
 
@@ -135,10 +139,13 @@ class _SpaRun:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         if past is None:
             out = hf(input_ids=x, attention_mask=mask, position_ids=positions, use_cache=True)
-        else:
-            out = hf(input_ids=x[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                     past_key_values=past, use_cache=True)
-        return out.logits[:, -1], out.past_key_values
+        else:  # transformers names the cache argument ``cache`` (older releases: ``past_key_values``)
+            key = "cache" if "cache" in out_keys(self) else "past_key_values"
+            out = hf(input_ids=x[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], use_cache=True,
+                     **{key: past})
+        self._keys = tuple(out.keys())
+        cache = out.get("cache") if "cache" in out.keys() else out.get("past_key_values")
+        return out.logits[:, -1], cache
 
     def generate(self, tokens: Any, attention_mask: Any, *, eos: int | None, stop_at_eos: bool, pad: int,
                  max_new_tokens: int, do_sample: bool, temperature: float, top_p: float | None, top_k: int | None,

@@ -163,3 +163,16 @@ def test_each_new_method_through_the_pipeline_and_as_an_experiment_condition(tin
     table = {row["condition"]: row for row in result.table()}
     assert set(table) == {"none", "instaboost", "spotlight", "spa"}
     assert all(row["items"] == 1 for row in table.values())
+
+
+def test_the_cli_applies_a_new_method_instead_of_guide_on_the_tags(tiny, capsys, monkeypatch):
+    import json
+
+    from attnlens import cli
+    from attnlens.cli import generate as gen
+
+    monkeypatch.setattr(gen, "load_model_for", lambda args: tiny)
+    for argv, methods in ((["--steer", "spotlight"], ["spotlight"]), (["--instaboost-alpha", "3"], ["instaboost"]),
+                          (["--spa-omega", "2"], ["spa"]), ([], ["guide"])):
+        assert cli.main(["generate", TEXT, "--max-new-tokens", "2", "--json", *argv]) == 0
+        assert json.loads(capsys.readouterr().out)["methods"] == methods

@@ -73,6 +73,10 @@ def chosen_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                  if getattr(args, _dest(method, param), None) is not None}
         if method.on_by_default or given or name in (getattr(args, "steer", None) or ()):
             out[name] = given
+    asked = set(getattr(args, "steer", None) or ()) | {n for n, g in out.items() if g}
+    for name in [n for n in out if steering.get(n).on_by_default and n not in asked]:
+        if any(name in steering.get(o).replaces for o in asked):  # e.g. instaboost instead of GUIDE on the tags
+            del out[name]
     emphasis = [n for n in out if steering.get(n).spans == "emphasis"]
     emphasize = getattr(args, "emphasize", None)
     if emphasize and not emphasis:

@@ -60,6 +60,7 @@ class InstaBoostMethod(SteeringMethod):
     focus_tag = ("<!!->", "<-!!>")
     condition_order = 40
     default_condition = False
+    replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
     #: the strength :func:`attnlens.steering.tune.tune_strength` searches, and its candidates
     strength = "alpha"
     strength_grid = (1.5, 2.0, 3.0, 5.0, 8.0, 12.0)

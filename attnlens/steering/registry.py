@@ -118,6 +118,8 @@ class SteeringMethod:
     condition_order: int = 100
     #: an experiment without ``conditions`` runs it when it is ready (False: only when named)
     default_condition: bool = True
+    #: methods on by default that it replaces on the command line when asked for (they steer the same spans)
+    replaces: tuple[str, ...] = ()
     #: how an experiment gives the required parameters (for the error when it does not)
     experiment_hint: str = ""
 

@@ -197,6 +197,7 @@ class SpaMethod(SteeringMethod):
     focus_tag = ("<!!->", "<-!!>")
     condition_order = 50
     default_condition = False
+    replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
     strength = "omega"
     strength_grid = (1.1, 1.25, 1.5, 2.0, 3.0)
 

@@ -132,6 +132,7 @@ class SpotLightMethod(SteeringMethod):
     focus_tag = ("<!!->", "<-!!>")
     condition_order = 45
     default_condition = False
+    replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
     strength = "target"
     strength_grid = (0.05, 0.1, 0.2, 0.3, 0.5)
 

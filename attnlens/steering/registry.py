@@ -120,6 +120,9 @@ class SteeringMethod:
     default_condition: bool = True
     #: methods on by default that it replaces on the command line when asked for (they steer the same spans)
     replaces: tuple[str, ...] = ()
+    #: the parameter that sets its strength (None: none), and the strengths a search tries by default
+    strength: str | None = None
+    strength_grid: tuple[Any, ...] = ()
     #: how an experiment gives the required parameters (for the error when it does not)
     experiment_hint: str = ""
 

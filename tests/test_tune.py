@@ -1,0 +1,94 @@
+"""The strength search: a controlled method whose strength sets both the score and whether the text loops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attnlens import steering
+from attnlens.core.errors import AttnlensError
+from attnlens.steering.tune import repetition_rate, tune_strength
+
+WORDS = {1: " apple banana cherry dates elder figs", 2: " river stone cloud field grass house",
+         3: " north south east west upper lower", 4: " stop stop stop stop stop stop"}
+
+
+class Push(steering.SteeringMethod):
+    """Forces the text of WORDS[level], one word per step: levels 1-3 read well, level 4 loops."""
+
+    name = "push_words"
+    params = (steering.Param("level", int, 1, "which words"),)
+    spans = "guide"
+    edits = "logits"
+    strength = "level"
+    strength_grid = (1, 2, 3, 4)
+    calls: list[int] = []
+
+    def steering(self, model, prompts, settings):
+        ids = [model.tokenizer.encode(w, add_special_tokens=False)[0]
+               for w in (" " + x for x in WORDS[settings["level"]].split())]
+        step = [0]
+        Push.calls.append(settings["level"])
+
+        def force(logits, ctx):
+            out = logits.clone()
+            out[:, -1, ids[step[0] % len(ids)]] += 1e4
+            step[0] += 1
+            return out
+
+        return steering.RunEdit.for_prompts(model, "logits", force, [self.prompt_spans(p) for p in prompts],
+                                            name=self.name)
+
+
+@pytest.fixture
+def push():
+    method = Push()
+    steering.register(method)
+    Push.calls.clear()
+    yield method
+    steering.unregister(method.name)
+
+
+def _score(example, output):
+    first = output.split()[0] if output.split() else ""
+    return float(next((k for k, w in WORDS.items() if w.split()[0] == first), 0))
+
+
+def test_repetition_rate():
+    assert repetition_rate("a b c d e") == 0.0
+    assert repetition_rate("stop stop stop stop stop stop") == pytest.approx(0.75)
+
+
+def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny, push, tmp_path):
+    examples = [{"prompt": f"<!-> item {i} <-!> go"} for i in range(4)]
+    out = tmp_path / "tune.json"
+    result = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
+    assert [t.valid for t in result.trials] == [True, True, True, False]  # level 4 loops: never chosen
+    assert [t.score for t in result.trials] == [1.0, 2.0, 3.0, 4.0]
+    assert result.chosen == 3
+    assert result.heldout["mean"] == 3.0 and result.heldout["n"] == 2
+    assert result.heldout["low"] <= 3.0 <= result.heldout["high"]
+    assert result.unsteered["mean"] == 0.0 and result.difference["mean"] == 3.0
+    assert sorted(result.dev + result.test) == [0, 1, 2, 3]
+    saved = json.loads(out.read_text())
+    assert saved["result"]["chosen"] == 3 and set(saved["trials"]) == {"1", "2", "3", "4"}
+    # resumed: the development trials are read back, only the held-out part runs again
+    Push.calls.clear()
+    again = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
+    assert again.chosen == 3 and Push.calls == [3]
+    with pytest.raises(AttnlensError, match="breaks the text"):
+        tune_strength(tiny, examples, "push_words", _score, grid=[4], max_new_tokens=6)
+    with pytest.raises(AttnlensError, match="has no strength"):
+        tune_strength(tiny, examples, "pasta", _score)
+    with pytest.raises(AttnlensError, match="at least two"):
+        tune_strength(tiny, examples[:1], "push_words", _score)
+
+
+def test_every_new_method_has_a_strength_to_search():
+    for name in ("guide", "instaboost", "spotlight", "spa"):
+        method = steering.get(name)
+        assert method.strength in {p.name for p in method.params}
+        for value in method.strength_grid:
+            method.settings({method.strength: value})

@@ -92,3 +92,20 @@ def test_every_new_method_has_a_strength_to_search():
         assert method.strength in {p.name for p in method.params}
         for value in method.strength_grid:
             method.settings({method.strength: value})
+
+
+def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
+    from attnlens import cli
+    from attnlens.cli import tune as tune_cli
+
+    monkeypatch.setattr(tune_cli, "load_model_for", lambda args: tiny)
+    argv = ["tune", "summarize", "--method", "instaboost", "--grid", "2", "8", "--limit", "4", "--max-new-tokens",
+            "3", "--max-repetition", "1", "--out", str(tmp_path / "t"), "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "instaboost" and result["parameter"] == "alpha"
+    assert [t["strength"] for t in result["trials"]] == [2.0, 8.0]
+    assert result["chosen"] in (2.0, 8.0) and result["heldout"]["n"] == 2
+    assert (tmp_path / "t" / "tune-instaboost.json").is_file()
+    assert cli.main(["tune", "summarize", "--method", "pasta", "--out", str(tmp_path / "p")]) != 0
+    assert "has no strength" in capsys.readouterr().err

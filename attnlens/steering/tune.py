@@ -109,7 +109,8 @@ def tune_strength(
     confidence: float = 0.95,
     out: str | Path | None = None,
 ) -> Tuning:
-    """Search ``method``'s strength on ``examples`` (dicts with a ``"prompt"``, tags choosing the spans).
+    """Search ``method``'s strength on ``examples`` (dicts with a ``"prompt"``, tags choosing the spans;
+    a prompt may be a chat, a list of messages, with ``chat=True``).
 
     ``score(example, output) -> float`` (higher is better); ``grid``: the
     strengths to try (default: the method's); ``settings``: its other
@@ -126,13 +127,13 @@ def tune_strength(
     if not values:
         raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
     base = dict(settings or {})
-    for v in values:  # every strength checked before anything runs
-        steerer.settings({**base, steerer.strength: v})
+    # every strength checked (and converted: "2" from the command line is 2.0) before anything runs
+    values = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values]
     if not callable(score):
         raise AttnlensError("score must be a function score(example, output) -> number")
     examples = list(examples)
-    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), str) for e in examples):
-        raise AttnlensError("every example must be a mapping with a 'prompt' string")
+    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list)) for e in examples):
+        raise AttnlensError("every example must be a mapping with a 'prompt' (a string, or a chat of messages)")
     if not 0.0 < heldout < 1.0:
         raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
     order = list(range(len(examples)))

@@ -22,20 +22,28 @@ def _prompt(tiny, text=TEXT):
 
 
 def test_instaboost_equals_guide_at_equal_strength(tiny):
-    prompts = [_prompt(tiny), _prompt(tiny, "<!-> Be brief. <-!> Tell me about dogs and cats")]
-    boost, = chain.plans_for(tiny, prompts, steer={"instaboost": {"alpha": 4.0}})
-    guide, = chain.plans_for(tiny, prompts, steer={"guide": {"delta_mid": math.log(4.0)}})
+    texts = ["<!!-> Answer in French. <-!!> The cat sat on the mat", "<!!-> Be brief. <-!!> Tell me about dogs"]
+    prompts = [_prompt(tiny, t) for t in texts]
+    boost, = chain.plans_for(tiny, prompts, steer={"instaboost": {"alpha": 40.0}})
+    guide, = chain.plans_for(tiny, prompts, steer={"guide": {"delta_mid": math.log(40.0)}})
     assert isinstance(boost, steering.BiasPlan)  # a static bias: the fused path runs it
     assert [(t.start, t.end, t.layers, t.row) for t in boost.terms] == \
         [(t.start, t.end, t.layers, t.row) for t in guide.terms]
-    assert all(t.value == pytest.approx(math.log(4.0)) for t in boost.terms)
-    rows = [list(p.input_ids) for p in prompts]
+    assert all(t.value == pytest.approx(math.log(40.0)) for t in boost.terms + guide.terms)
+    ids = torch.tensor([list(prompts[0].input_ids)])
+    from attnlens.steering.edits import select_rows
+
+    logits = []
+    for plan in [select_rows(boost, 0, 1), select_rows(guide, 0, 1), None]:
+        with (steering.install(tiny, plan) if plan is not None else torch.no_grad()), torch.no_grad():
+            logits.append(tiny(ids))
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
+    assert not torch.allclose(logits[0], logits[2], atol=1e-3)
     # a left-padded batch, with the KV cache, on both runtimes
-    ours = generate_batch(tiny, rows, [boost], max_new_tokens=5)
-    ref = generate_batch(tiny, rows, [guide], max_new_tokens=5)
-    assert ours == ref
-    bridge = chain.generate(tiny, rows, [boost], max_new_tokens=5, progress=False, backend="bridge")
-    assert bridge == ours
+    rows = [list(p.input_ids) for p in prompts]
+    ours = generate_batch(tiny, rows, [boost], max_new_tokens=3)
+    assert ours == generate_batch(tiny, rows, [guide], max_new_tokens=3)
+    assert chain.generate(tiny, rows, [boost], max_new_tokens=3, progress=False, backend="bridge") == ours
     with pytest.raises(AttnlensError, match="alpha must be"):
         steering.get("instaboost").settings(alpha=0.5)
 

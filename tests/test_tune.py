@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
+import attnlens as al
 from attnlens import steering
+from attnlens.api import chain
 from attnlens.core.errors import AttnlensError
 from attnlens.steering.tune import repetition_rate, tune_strength
 
@@ -61,7 +61,23 @@ def test_repetition_rate():
     assert repetition_rate("stop stop stop stop stop stop") == pytest.approx(0.75)
 
 
-def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny, push, tmp_path):
+def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny, push, tmp_path, monkeypatch):
+    from attnlens.steering import tune
+
+    def outputs(model, prompts, steer, *, max_new_tokens, chat):  # what the forced words decode to, without a model
+        if not steer:
+            return ["plain text here" for _ in prompts]
+        (name, settings), = steer.items()
+        steering.get(name).steering(model, [], settings)  # counts the call
+        return [WORDS[settings["level"]].strip() for _ in prompts]
+
+    # the controlled method really generates its words on the tiny model
+    prompt = al.prepare(tiny.tokenizer, "<!-> item <-!> go")
+    plans = chain.plans_for(tiny, [prompt], steer={"push_words": {"level": 2}})
+    tokens = chain.generate(tiny, [prompt], plans, max_new_tokens=6, progress=False)[0]
+    assert tiny.tokenizer.decode(tokens).strip() == WORDS[2].strip()
+    Push.calls.clear()
+    monkeypatch.setattr(tune, "_outputs", outputs)
     examples = [{"prompt": f"<!-> item {i} <-!> go"} for i in range(4)]
     out = tmp_path / "tune.json"
     result = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
@@ -99,13 +115,13 @@ def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
     from attnlens.cli import tune as tune_cli
 
     monkeypatch.setattr(tune_cli, "load_model_for", lambda args: tiny)
-    argv = ["tune", "summarize", "--method", "instaboost", "--grid", "2", "8", "--limit", "4", "--max-new-tokens",
-            "3", "--max-repetition", "1", "--out", str(tmp_path / "t"), "--json"]
+    argv = ["tune", "summarize", "--method", "instaboost", "--grid", "2", "8", "--limit", "2", "--max-new-tokens",
+            "2", "--max-repetition", "1", "--out", str(tmp_path / "t"), "--json"]
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "instaboost" and result["parameter"] == "alpha"
     assert [t["strength"] for t in result["trials"]] == [2.0, 8.0]
-    assert result["chosen"] in (2.0, 8.0) and result["heldout"]["n"] == 2
+    assert result["chosen"] in (2.0, 8.0) and result["heldout"]["n"] == 1
     assert (tmp_path / "t" / "tune-instaboost.json").is_file()
     assert cli.main(["tune", "summarize", "--method", "pasta", "--out", str(tmp_path / "p")]) != 0
     assert "has no strength" in capsys.readouterr().err

@@ -137,8 +137,8 @@ class _SpaRun:
         if hf is None:
             return self.run.forward(x, mask)[:, -1], None
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        if past is None:
-            out = hf(input_ids=x, attention_mask=mask, position_ids=positions, use_cache=True)
+        if past is None:  # only the last position's logits are needed (as Hugging Face's generate does)
+            out = hf(input_ids=x, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         else:  # transformers names the cache argument ``cache`` (older releases: ``past_key_values``)
             key = "cache" if "cache" in out_keys(self) else "past_key_values"
             out = hf(input_ids=x[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], use_cache=True,

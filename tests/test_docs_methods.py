@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
 
+@pytest.mark.embedded
 def test_methods_page_blocks_run(embedded, monkeypatch, tmp_path):
     import attnlens as al
 

@@ -66,7 +66,8 @@ def tune_study(
         return float(study.score([example["item"]], [output], config)[0].metrics[metric])
 
     settings = steerer.experiment_settings(config)
-    settings.pop(steerer.strength, None) if steerer.strength else None
+    if steerer.strength:
+        settings.pop(steerer.strength, None)  # the search sets it
     path = out if out is not None else Path(config.out).expanduser() / f"tune-{method}.json"
     return tune_strength(model, examples, method, score, grid=grid, settings=settings, heldout=heldout,
                          max_repetition=max_repetition, max_new_tokens=config.max_new_tokens, chat=chat,

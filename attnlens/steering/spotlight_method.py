@@ -25,7 +25,6 @@ batch gets its own bias.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: bisection steps on the bias (the bias is then within (upper bound) / 2**STEPS of the smallest that reaches the target)
+#: bisection steps on the bias (it ends within (upper bound) / 2**STEPS of the smallest that reaches the target)
 STEPS = 30
 
 

@@ -169,8 +169,9 @@ def tune_strength(
     for v in values:
         name = json.dumps(v)
         if name not in saved:
-            outputs = _outputs(model, [e["prompt"] for e in dev_examples], {steerer.name: {**base, steerer.strength: v}},
-                               max_new_tokens=max_new_tokens, chat=chat)
+            steer = {steerer.name: {**base, steerer.strength: v}}
+            outputs = _outputs(model, [e["prompt"] for e in dev_examples], steer, max_new_tokens=max_new_tokens,
+                               chat=chat)
             scores = _scores(dev_examples, outputs, score)
             rep = sum(repetition_rate(o) for o in outputs) / len(outputs)
             saved[name] = {"score": sum(scores) / len(scores), "repetition": rep}

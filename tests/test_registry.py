@@ -90,6 +90,10 @@ def test_registry_lists_and_checks(registered):
         resolve_conditions(ExperimentConfig(out="x", conditions=["ban_token"]))
     config = ExperimentConfig(out="x", conditions=["ban_token"], steering={"ban_token": {"token": 3}})
     assert [c.name for c in resolve_conditions(config)] == ["ban_token"]
+    from attnlens.experiments.config import validate_config
+
+    with pytest.raises(ExperimentError, match="unknown method.*'louder'"):
+        validate_config(ExperimentConfig(out="x", steering={"louder": {}}))
 
 
 def test_logits_edit_changes_generation_in_a_padded_batch(tiny, registered):

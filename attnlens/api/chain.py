@@ -9,6 +9,7 @@ text -> :func:`prepare` (tags, tokens, spans; a :class:`~attnlens.prompts.prompt
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,10 +25,9 @@ from ..prompts.prompt import Prompt, PromptInput, SubstringLike, locate_substrin
 from ..prompts.tags import parse_tags
 from ..runtime.generate import Generation, check_generation_kwargs, generate_batch
 from .. import steering as registry
-from ..steering.bias import BiasPlan, apply_bias
-from ..steering.edits import rows_of
+from ..steering.edits import install, rows_of
 from ..steering.edits import select_rows as _select_rows
-from ..steering.guide import guide_plan_for, with_strength
+from ..steering.guide import with_strength
 from ..steering.pasta import HeadConfigLike, check_alpha, check_scale_position
 
 logger = logging.getLogger(__name__)
@@ -189,8 +189,9 @@ def measure_influence(
     delta_mid: float | None = None,
     use_values: bool = False,
     convention: str = "stated",
+    steer: SteerLike = None,
 ) -> InfluenceTrace:
-    """Follow a prompt's ``<?->`` spans in one forward pass, under its GUIDE steering.
+    """Follow a prompt's ``<?->`` spans in one forward pass, under its steering (GUIDE's tags, or ``steer``).
 
     ``generated`` tokens are appended to the prompt, so the result covers them too.
     ``convention``: ``"stated"`` or ``"pap"`` (see :mod:`attnlens.attribution.influence`).
@@ -199,8 +200,9 @@ def measure_influence(
     if not spans:
         raise AttnlensError("the prompt has no influence tag: wrap the text to measure in <?-> ... <-?>")
     tokens = list(prompt.input_ids) + [int(t) for t in generated]
-    plan = guide_plan_for(model, prompt, layers, delta_mid=delta_mid)
-    with apply_bias(model, plan):
+    with ExitStack() as stack:
+        for plan in plans_for(model, [prompt], layers=layers, delta_mid=delta_mid, steer=steer):
+            stack.enter_context(install(model, plan))
         return trace_influence(model, tokens, [(s.start, s.end) for s in spans], methods=methods,
                                use_values=use_values, convention=convention)
 

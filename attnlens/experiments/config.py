@@ -180,6 +180,15 @@ def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
 def validate_config(config: ExperimentConfig) -> list[Condition]:
     """Check every setting that can be checked without a model; returns the conditions."""
     conditions = resolve_conditions(config)
+    if config.steering is not None:
+        from .. import steering
+
+        if not isinstance(config.steering, Mapping):
+            raise ExperimentError(f"steering must be {{method: {{parameter: value}}}}, got {config.steering!r}")
+        unknown = sorted(set(config.steering) - set(steering.methods()))
+        if unknown:
+            raise ExperimentError(f"steering names unknown method(s) {', '.join(map(repr, unknown))}; "
+                                  f"registered: {', '.join(steering.methods())}")
     _positive_int(config.max_new_tokens, "max_new_tokens")
     _positive_int(config.num_generations, "num_generations")
     _positive_int(config.batch_size, "batch_size")

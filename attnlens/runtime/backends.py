@@ -203,21 +203,27 @@ def get(name: str) -> Runtime:
 AUTO_ORDER = ("direct", "bridge")
 
 
-def open_run(stack: ExitStack, model: Model, backend: str) -> Run:
+def open_run(stack: ExitStack, model: Model, backend: str, log: logging.Logger | None = None) -> Run:
     """Open the run ``backend`` names on ``stack`` (``"auto"``: the first of :data:`AUTO_ORDER` that can run
-    ``model``); a named runtime that cannot run it raises (:class:`DirectUnavailable` for the direct run)."""
+    ``model``, saying on ``log`` why the ones before could not); a named runtime that cannot run the model
+    raises naming why (:class:`~attnlens.core.errors.DirectUnavailable` for the direct run)."""
     if backend != "auto":
-        return stack.enter_context(get(backend).open(model))  # a runtime that cannot run it raises, naming why
+        return stack.enter_context(get(backend).open(model))
+    reasons = []
     for name in AUTO_ORDER:
         runtime = get(name)
         reason = runtime.reason(model)
         if reason is None:
             try:
-                return stack.enter_context(runtime.open(model))
+                run = stack.enter_context(runtime.open(model))
             except DirectUnavailable as exc:
                 reason = exc.reason
-        logger.debug("not running through %s: %s", name, reason)
-    raise AttnlensError("no runtime can run this model")
+            else:
+                if reasons:
+                    (log or logger).debug("generating through the %s: %s", name, "; ".join(reasons))
+                return run
+        reasons.append(reason)
+    raise AttnlensError(f"no runtime can run this model: {'; '.join(reasons)}")
 
 
 register(BridgeRuntime())

@@ -162,7 +162,7 @@ def generate_batch(
         moved = [shifted(plan, batch.offsets) for plan in plans]
         for plan in moved:
             stack.enter_context(install(model, plan))
-        run = backends.open_run(stack, model, backend)
+        run = backends.open_run(stack, model, backend, logger)
         decoder = decoder_of(moved)  # a steering that runs the decoding steps itself (SPA)
         out = (run if decoder is None else decoder.bind(run)).generate(
             batch.tokens, batch.attention_mask, eos=eos, stop_at_eos=stop_at_eos, pad=pad_id(tokenizer),

@@ -146,6 +146,12 @@ def test_spa_mixes_the_logits_of_two_separate_passes(tiny):
     made, = chain.plans_for(tiny, [prompt], steer={"spa": {"omega": omega, "mask_token": mask_token}})
     assert made.spans == (((start, end),),)
     assert generate_batch(tiny, [ids], [made], max_new_tokens=steps, stop_at_eos=False)[0] == ref_tokens
+    # with another method: one prompt at a time (GUIDE's bias then applies to both rows)
+    both = [_prompt(tiny), _prompt(tiny, "<!-> Be brief. <-!> dogs")]
+    plans = chain.plans_for(tiny, both, steer={"guide": {"delta_mid": 1.0}, "spa": {"omega": 2.0}})
+    with pytest.raises(AttnlensError, match="one prompt at a time"):
+        generate_batch(tiny, [list(p.input_ids) for p in both], plans, max_new_tokens=2)
+    assert len(chain.generate(tiny, both, plans, batch_size=1, max_new_tokens=2, progress=False)) == 2
     with pytest.raises(AttnlensError, match="repetition_penalty"):
         generate_batch(tiny, [ids], [made], max_new_tokens=2, repetition_penalty=1.2)
 

@@ -237,4 +237,12 @@ def decoder_of(steerings: Sequence[Any]) -> Any:
             "only one steering that runs its own decoding steps can apply to a generation; got "
             + ", ".join(getattr(s, "name", type(s).__name__) for s in found)
         )
-    return found[0] if found else None
+    if found:
+        others = [s for s in steerings if s is not found[0] and rows_of(s) not in (None, 1)]
+        if others:
+            raise AttnlensError(
+                f"{getattr(found[0], 'name', 'this steering')} runs extra rows in every forward pass, so it combines "
+                "with other steerings only for one prompt at a time (generate with batch_size=1)"
+            )
+        return found[0]
+    return None

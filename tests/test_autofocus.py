@@ -67,3 +67,21 @@ def test_the_pipeline_focus_auto_steers_what_the_model_named(tiny, monkeypatch):
     assert out.endswith(tiny.tokenizer.decode(tokens, skip_special_tokens=True))
     with pytest.raises(al.AttnlensError, match="focus must be 'auto'"):
         pipe(CONTEXT, max_new_tokens=1, focus="manual")
+
+
+def test_the_cli_focus_auto(tiny, capsys, monkeypatch):
+    import json
+
+    from attnlens import cli
+    from attnlens.cli import generate as gen
+
+    monkeypatch.setattr(gen, "load_model_for", lambda args: tiny)
+    monkeypatch.setattr(autofocus, "_default_ask", lambda model, n: (lambda q: "3"))
+    assert cli.main(["generate", CONTEXT, "--focus", "auto", "--steer", "spotlight", "--max-new-tokens", "2",
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["methods"] == ["spotlight"]
+    assert [s["text"].strip() for s in result["spans"]] == ["Children enter free."]
+    monkeypatch.setattr(autofocus, "_default_ask", lambda model, n: (lambda q: "no idea"))
+    assert cli.main(["generate", CONTEXT, "--focus", "auto", "--max-new-tokens", "2"]) != 0
+    assert "names no sentence" in capsys.readouterr().err

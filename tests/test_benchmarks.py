@@ -37,6 +37,7 @@ RUNS = {
                       r"^ +40 guide" + ROW + r"\S+" + ROW + r"(\S+)"),
     "bench_sweep.py": (["--prompts", "2", "--new-tokens", "2", "--batch-size", "1", "--threads", "1"],
                        r"items per second\): end to end (\S+), sweep"),
+    "bench_methods.py": (["--length", "40", "--new-tokens", "2", "--rounds", "1"], r"^spa +\S+ +(\S+)"),
 }
 
 

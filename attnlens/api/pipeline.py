@@ -51,6 +51,7 @@ from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
 from .. import steering
 from ..steering.guide import check_delta
+from ..steering.autofocus import check_focus, focus_input
 from . import chain
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class PayAttentionPipeline:
         convention: str | None = None,
         as_json: bool = False,
         steer: Any = None,
+        focus: str | None = None,
         **generate_kwargs: Any,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """Generate for one input or a list of inputs; see the module docstring.
@@ -159,6 +161,9 @@ class PayAttentionPipeline:
         ``steer``: ``{method: settings}`` of registered steering methods
         (:func:`attnlens.steering.methods`) for this call; default: the pipeline's
         (GUIDE on the prompts' tags).
+
+        ``focus="auto"``: the model first names the sentences of each input that
+        matter, which are then tagged (:func:`attnlens.steering.autofocus.auto_focus`).
 
         ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """
@@ -188,6 +193,8 @@ class PayAttentionPipeline:
                 )
         generate_kwargs.setdefault("max_new_tokens", 64)
         check_generation_kwargs(generate_kwargs)
+        if check_focus(focus) == "auto":
+            items = [focus_input(self.model, item) for item in items]
         delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
         layer_spec = self.layers if layers is None else layers
         resolve_layers(layer_spec, self.model.cfg.n_layers)

@@ -25,6 +25,8 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--emphasize", action="append", default=[], metavar="TEXT",
                    help="a substring of the prompt to emphasise (repeat for several), for a method that steers "
                         "emphasised substrings (PASTA)")
+    p.add_argument("--focus", choices=("auto",), default=None,
+                   help="auto: the model first names the sentences of the prompt that matter, which are then tagged")
     add_later(p, add_method_flags)  # the registry is read when the command runs
     p.set_defaults(run=_run_generate)
 
@@ -73,6 +75,10 @@ def chosen_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                  if getattr(args, _dest(method, param), None) is not None}
         if method.on_by_default or given or name in (getattr(args, "steer", None) or ()):
             out[name] = given
+    asked = set(getattr(args, "steer", None) or ()) | {n for n, g in out.items() if g}
+    for name in [n for n in out if steering.get(n).on_by_default and n not in asked]:
+        if any(name in steering.get(o).replaces for o in asked):  # e.g. instaboost instead of GUIDE on the tags
+            del out[name]
     emphasis = [n for n in out if steering.get(n).spans == "emphasis"]
     emphasize = getattr(args, "emphasize", None)
     if emphasize and not emphasis:
@@ -94,6 +100,10 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     from ..prompts.tags import escape_tags, parse_tags
 
     prompt: Any = prompt_from(args)
+    if getattr(args, "focus", None) == "auto":
+        from ..steering.autofocus import focus_input
+
+        prompt = focus_input(model, prompt)
     chosen = chosen_methods(args)
     steering = dict(delta_mid=args.delta_mid, layers=args.layers, max_new_tokens=args.max_new_tokens)
     result = steered_generation(model, prompt, emphasize=getattr(args, "emphasize", None) or (), steer=chosen,

@@ -152,7 +152,7 @@ def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
     methods = list(config.conditions) if config.conditions else None
     if methods is None:
         methods = [m for m in kinds if m in PROMPT_CONDITIONS or steering.get(m).on_by_default
-                   or steering.get(m).ready(config)]
+                   or (steering.get(m).default_condition and steering.get(m).ready(config))]
     unknown = [m for m in methods if m not in kinds]
     if unknown:
         raise ExperimentError(

@@ -18,7 +18,7 @@ from ..core.errors import AttnlensError
 from ..core.model import check_window, model_device, pad_id
 from ..core.validate import check_bool, check_number, check_seed, check_token_ids, is_int
 from ..steering.bias import BiasPlan
-from ..steering.edits import install, shifted
+from ..steering.edits import decoder_of, install, shifted
 
 logger = logging.getLogger(__name__)
 
@@ -176,13 +176,15 @@ def generate_batch(
     # under the process-wide sampling lock, a seed in its own random state (attnlens.core.concurrency)
     with exclusive(model), seeded(seed, model_device(model), sampling=do_sample), ExitStack() as stack, \
             torch.no_grad():
-        for plan in plans:
-            stack.enter_context(install(model, shifted(plan, batch.offsets)))
+        moved = [shifted(plan, batch.offsets) for plan in plans]
+        for plan in moved:
+            stack.enter_context(install(model, plan))
         run = backends.open_run(stack, model, backend, logger)
-        out = run.generate(batch.tokens, batch.attention_mask, eos=eos, stop_at_eos=stop_at_eos,
-                           pad=pad_id(tokenizer),
-                           max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                           top_k=top_k, repetition_penalty=repetition_penalty, on_step=on_step)
+        decoder = decoder_of(moved)  # a steering that runs the decoding steps itself (SPA)
+        out = (run if decoder is None else decoder.bind(run)).generate(
+            batch.tokens, batch.attention_mask, eos=eos, stop_at_eos=stop_at_eos, pad=pad_id(tokenizer),
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            top_k=top_k, repetition_penalty=repetition_penalty, on_step=on_step)
     new = out[:, batch.length :].tolist()
     result = Generation(backend=run.name)
     for row in new:

@@ -3,12 +3,14 @@
 A method (:class:`SteeringMethod`) is registered by name (:func:`register`,
 :func:`methods`, :func:`get`); for a batch of prompts it gives a static
 :class:`BiasPlan` (installed by :func:`apply_bias`) or a :class:`RunEdit`
-(an edit computed during the run, :mod:`.edits`). GUIDE and PASTA are the two
-built in (:mod:`.guide_method`, :mod:`.pasta_method`).
+(an edit computed during the run, :mod:`.edits`). Built in: GUIDE and PASTA
+(:mod:`.guide_method`, :mod:`.pasta_method`), InstABoost, SpotLight and SPA
+(:mod:`.instaboost_method`, :mod:`.spotlight_method`, :mod:`.spa_method`; see docs/methods.md).
 """
 
 from .registry import REQUIRED, Param, SteeringMethod, get, methods, register, resolve, unregister
 from . import guide_method, pasta_method  # noqa: F401  (GUIDE and PASTA register themselves)
+from . import instaboost_method, spa_method, spotlight_method  # noqa: F401  (more methods, registered)
 from .bias import BiasPlan, BiasTerm, apply_bias, complement
 from .edits import EditContext, RunEdit, install
 from .guide import LEVEL_FACTORS, guide, guide_plan, guide_plan_for, level_delta, with_strength

@@ -224,3 +224,28 @@ def select_rows(steering: Any, start: int, count: int) -> Any:
     if hasattr(steering, "select_rows"):
         return steering.select_rows(start, count)
     raise AttnlensError(f"the steering {type(steering).__name__} cannot be split into rows (no select_rows())")
+
+
+def decoder_of(steerings: Sequence[Any]) -> Any:
+    """The one steering among ``steerings`` that runs the decoding steps itself, or None.
+
+    It has ``bind(run)``, which returns a run whose ``generate`` it implements.
+
+    Such a steering (SPA: logits mixed from extra rows) takes over a generation's
+    decoding steps; the others stay installed as hooks. Two of them in one run raise.
+    """
+    found = [s for s in steerings if callable(getattr(s, "bind", None))]
+    if len(found) > 1:
+        raise AttnlensError(
+            "only one steering that runs its own decoding steps can apply to a generation; got "
+            + ", ".join(getattr(s, "name", type(s).__name__) for s in found)
+        )
+    if found:
+        others = [s for s in steerings if s is not found[0] and rows_of(s) not in (None, 1)]
+        if others:
+            raise AttnlensError(
+                f"{getattr(found[0], 'name', 'this steering')} runs extra rows in every forward pass, so it combines "
+                "with other steerings only for one prompt at a time (generate with batch_size=1)"
+            )
+        return found[0]
+    return None

@@ -39,6 +39,8 @@ class GuideMethod(SteeringMethod):
     sweeps_strength = True
     focus_tag = ("<!!->", "<-!!>")
     condition_order = 10
+    strength = "delta_mid"
+    strength_grid = (0.5, 1.0, 1.5, 2.0, 3.0)
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .guide import guide_plan_for

@@ -103,6 +103,8 @@ class SteeringMethod:
             methods with ``spans="emphasis"``).
         condition_order: where its conditions run among the others (``none``
             is 0, ``emphatic`` 20).
+        default_condition: whether an experiment that names no conditions
+            runs it (when :meth:`ready`); False: only when named.
     """
 
     name: str = ""
@@ -114,6 +116,13 @@ class SteeringMethod:
     sweeps_strength: bool = False
     focus_tag: tuple[str, str] = ("<?->", "<-?>")
     condition_order: int = 100
+    #: an experiment without ``conditions`` runs it when it is ready (False: only when named)
+    default_condition: bool = True
+    #: methods on by default that it replaces on the command line when asked for (they steer the same spans)
+    replaces: tuple[str, ...] = ()
+    #: the parameter that sets its strength (None: none), and the strengths a search tries by default
+    strength: str | None = None
+    strength_grid: tuple[Any, ...] = ()
     #: how an experiment gives the required parameters (for the error when it does not)
     experiment_hint: str = ""
 

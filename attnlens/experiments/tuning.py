@@ -1,0 +1,74 @@
+"""A steering method's strength chosen on a study's items (``attnlens tune STUDY --method NAME``).
+
+The study's items are presented as the method's experiment condition presents
+them (the focus in the method's tag) and scored with the study's metric; the
+search itself is :func:`attnlens.steering.tune.tune_strength` (development and
+held-out split, repetition guard, saved and resumable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ExperimentError
+from ..steering.tune import Tuning, tune_strength
+from .config import Condition, ExperimentConfig
+from .study import Study, build_messages
+
+
+def tune_study(
+    study: Study | str,
+    config: ExperimentConfig,
+    method: str,
+    *,
+    model: Any = None,
+    grid: Any = None,
+    metric: str | None = None,
+    heldout: float = 0.5,
+    max_repetition: float = 0.5,
+    out: str | Path | None = None,
+) -> Tuning:
+    """Search ``method``'s strength on ``study``'s items (``config.limit`` of them) and score the held-out part.
+
+    ``metric``: one of the study's metrics (default: its first); ``out``: the
+    search's JSON file (default: ``{config.out}/tune-{method}.json``).
+    """
+    from .. import steering
+
+    if isinstance(study, str):
+        from . import get_study
+
+        study = get_study(study)
+    steerer = steering.get(method)
+    names = study.metric_names(config)
+    metric = names[0] if metric is None else metric
+    if metric not in names:
+        raise ExperimentError(f"the {study.name} study has no metric {metric!r}; its metrics: {', '.join(names)}")
+    data = study.load_data(config)
+    if model is None:
+        from ..runtime.models import load_model
+
+        model = load_model(config.model) if config.model else load_model()
+    tokenizer = model.tokenizer
+    items = study.items(data, config, tokenizer)
+    if config.limit is not None:
+        items = items[: config.limit]
+    chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
+    condition = Condition(method)
+    examples = []
+    for item in items:
+        messages = build_messages(study, item, condition, config)
+        prompt: Any = messages if chat else "\n\n".join(m["content"] for m in messages)
+        examples.append({"prompt": prompt, "item": item})
+
+    def score(example: Any, output: str) -> float:
+        return float(study.score([example["item"]], [output], config)[0].metrics[metric])
+
+    settings = steerer.experiment_settings(config)
+    if steerer.strength:
+        settings.pop(steerer.strength, None)  # the search sets it
+    path = out if out is not None else Path(config.out).expanduser() / f"tune-{method}.json"
+    return tune_strength(model, examples, method, score, grid=grid, settings=settings, heldout=heldout,
+                         max_repetition=max_repetition, max_new_tokens=config.max_new_tokens, chat=chat,
+                         seed=config.seed, confidence=getattr(config, "confidence", 0.95), out=path)

@@ -1,0 +1,203 @@
+"""Choosing a steering method's strength on the user's own examples.
+
+:func:`tune_strength` splits the examples into a development part and a
+held-out part (a seeded shuffle), generates the development part at every
+strength of a grid (the method's :attr:`~attnlens.steering.SteeringMethod.strength_grid`
+by default), and keeps the strength with the best mean score among those that
+pass a guard: a strength whose outputs repeat themselves (the mean share of
+repeated word trigrams, :func:`repetition_rate`, above ``max_repetition``) is
+never chosen, so a strength that breaks the text cannot win on a lucky score.
+Ties go to the stronger strength. The chosen strength is then scored on the
+held-out part, with a bootstrap interval, next to the unsteered model on the
+same examples (the paired difference, with its interval).
+
+With ``out`` (a JSON file) every strength's development result is saved as it
+is measured and read back by a later call with the same examples and settings,
+so an interrupted search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import AttnlensError
+from .registry import get
+
+logger = logging.getLogger(__name__)
+
+Score = Callable[[Mapping[str, Any], str], float]
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    """The share of the word ``n``-grams of ``text`` that repeat an earlier one (0: none; near 1: a loop)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+@dataclass
+class Trial:
+    """One strength on the development examples."""
+
+    strength: Any
+    score: float
+    repetition: float
+    valid: bool
+
+
+@dataclass
+class Tuning:
+    """A strength search's result: the chosen strength, every trial, and the held-out estimates."""
+
+    method: str
+    parameter: str
+    chosen: Any
+    trials: list[Trial]
+    heldout: dict[str, float] = field(default_factory=dict)  # mean, low, high, n at the chosen strength
+    unsteered: dict[str, float] = field(default_factory=dict)
+    difference: dict[str, float] = field(default_factory=dict)  # chosen - unsteered, paired by example
+    dev: list[int] = field(default_factory=list)
+    test: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _outputs(model: Any, prompts: Sequence[str], steer: Mapping[str, Any], *, max_new_tokens: int,
+             chat: bool) -> list[str]:
+    from ..api import chain
+
+    prepared = [chain.prepare(model.tokenizer, p, chat=chat) for p in prompts]
+    plans = chain.plans_for(model, prepared, steer=dict(steer))
+    tokens = chain.generate(model, prepared, plans, max_new_tokens=max_new_tokens, progress=False)
+    return [model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def _scores(examples: Sequence[Mapping[str, Any]], outputs: Sequence[str], score: Score) -> list[float]:
+    out = []
+    for example, text in zip(examples, outputs):
+        value = score(example, text)
+        try:
+            out.append(float(value))
+        except (TypeError, ValueError):
+            raise AttnlensError(f"the score function must return a number, got {value!r}") from None
+    return out
+
+
+def tune_strength(
+    model: Any,
+    examples: Sequence[Mapping[str, Any]],
+    method: str,
+    score: Score,
+    *,
+    grid: Sequence[Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    heldout: float = 0.5,
+    max_repetition: float = 0.5,
+    max_new_tokens: int = 32,
+    chat: bool = False,
+    seed: int = 0,
+    confidence: float = 0.95,
+    out: str | Path | None = None,
+) -> Tuning:
+    """Search ``method``'s strength on ``examples`` (dicts with a ``"prompt"``, tags choosing the spans;
+    a prompt may be a chat, a list of messages, with ``chat=True``).
+
+    ``score(example, output) -> float`` (higher is better); ``grid``: the
+    strengths to try (default: the method's); ``settings``: its other
+    parameters; ``heldout``: the share of examples kept for the final estimate;
+    ``max_repetition``: the guard's bound on :func:`repetition_rate`; ``out``: a
+    JSON file the search saves to and resumes from.
+    """
+    from ..experiments.metrics import bootstrap_ci
+
+    steerer = get(method)
+    if steerer.strength is None:
+        raise AttnlensError(f"steering method {steerer.name!r} has no strength to search")
+    values = list(grid if grid is not None else steerer.strength_grid)
+    if not values:
+        raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
+    base = dict(settings or {})
+    # every strength checked (and converted: "2" from the command line is 2.0) before anything runs
+    values = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values]
+    if not callable(score):
+        raise AttnlensError("score must be a function score(example, output) -> number")
+    examples = list(examples)
+    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list)) for e in examples):
+        raise AttnlensError("every example must be a mapping with a 'prompt' (a string, or a chat of messages)")
+    if not 0.0 < heldout < 1.0:
+        raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    cut = int(round(len(order) * (1 - heldout)))
+    dev, test = sorted(order[:cut]), sorted(order[cut:])
+    if not dev or not test:
+        raise AttnlensError(f"{len(examples)} example(s) cannot be split into a development and a held-out part; "
+                            "give at least two")
+
+    key = hashlib.sha256(json.dumps([steerer.name, base, [examples[i]["prompt"] for i in order], seed,
+                                     max_new_tokens, chat, max_repetition], default=str).encode()).hexdigest()[:16]
+    saved: dict[str, Any] = {}
+    path = Path(out).expanduser() if out is not None else None
+    if path is not None and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise AttnlensError(f"cannot read the saved search {str(path)!r}: {exc}") from None
+        if stored.get("key") == key:
+            saved = stored.get("trials", {})
+            logger.info("resuming the strength search from %s (%d strengths done)", path, len(saved))
+        else:
+            logger.info("%s holds another search; starting again", path)
+
+    def save() -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "method": steerer.name, "trials": saved}, indent=1))
+
+    dev_examples = [examples[i] for i in dev]
+    trials = []
+    for v in values:
+        name = json.dumps(v)
+        if name not in saved:
+            steer = {steerer.name: {**base, steerer.strength: v}}
+            outputs = _outputs(model, [e["prompt"] for e in dev_examples], steer, max_new_tokens=max_new_tokens,
+                               chat=chat)
+            scores = _scores(dev_examples, outputs, score)
+            rep = sum(repetition_rate(o) for o in outputs) / len(outputs)
+            saved[name] = {"score": sum(scores) / len(scores), "repetition": rep}
+            save()
+        result = saved[name]
+        trials.append(Trial(v, result["score"], result["repetition"], result["repetition"] <= max_repetition))
+        logger.info("%s %s=%s: score %.4f, repetition %.3f", steerer.name, steerer.strength, v,
+                    result["score"], result["repetition"])
+    valid = [t for t in trials if t.valid]
+    if not valid:
+        raise AttnlensError(f"every strength of {steerer.name} breaks the text (repetition above {max_repetition}); "
+                            "try weaker strengths or a higher max_repetition")
+    best = max(t.score for t in valid)
+    chosen = [t for t in valid if t.score == best][-1].strength  # ties: the stronger (later in the grid)
+
+    test_examples = [examples[i] for i in test]
+    prompts = [e["prompt"] for e in test_examples]
+    steered = _scores(test_examples, _outputs(model, prompts, {steerer.name: {**base, steerer.strength: chosen}},
+                                              max_new_tokens=max_new_tokens, chat=chat), score)
+    plain = _scores(test_examples, _outputs(model, prompts, {}, max_new_tokens=max_new_tokens, chat=chat), score)
+    estimate = bootstrap_ci(steered, confidence=confidence, seed=seed)
+    baseline = bootstrap_ci(plain, confidence=confidence, seed=seed)
+    diff = bootstrap_ci([a - b for a, b in zip(steered, plain)], confidence=confidence, seed=seed)
+    result = Tuning(steerer.name, steerer.strength, chosen, trials, asdict(estimate), asdict(baseline), asdict(diff),
+                    dev, test)
+    if path is not None:
+        stored = {"key": key, "method": steerer.name, "trials": saved, "result": result.as_dict()}
+        path.write_text(json.dumps(stored, indent=1, default=str))
+    return result

@@ -1,0 +1,127 @@
+"""The strength search: a controlled method whose strength sets both the score and whether the text loops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import attnlens as al
+from attnlens import steering
+from attnlens.api import chain
+from attnlens.core.errors import AttnlensError
+from attnlens.steering.tune import repetition_rate, tune_strength
+
+WORDS = {1: " apple banana cherry dates elder figs", 2: " river stone cloud field grass house",
+         3: " north south east west upper lower", 4: " stop stop stop stop stop stop"}
+
+
+class Push(steering.SteeringMethod):
+    """Forces the text of WORDS[level], one word per step: levels 1-3 read well, level 4 loops."""
+
+    name = "push_words"
+    params = (steering.Param("level", int, 1, "which words"),)
+    spans = "guide"
+    edits = "logits"
+    strength = "level"
+    strength_grid = (1, 2, 3, 4)
+    calls: list[int] = []
+
+    def steering(self, model, prompts, settings):
+        ids = [model.tokenizer.encode(w, add_special_tokens=False)[0]
+               for w in (" " + x for x in WORDS[settings["level"]].split())]
+        step = [0]
+        Push.calls.append(settings["level"])
+
+        def force(logits, ctx):
+            out = logits.clone()
+            out[:, -1, ids[step[0] % len(ids)]] += 1e4
+            step[0] += 1
+            return out
+
+        return steering.RunEdit.for_prompts(model, "logits", force, [self.prompt_spans(p) for p in prompts],
+                                            name=self.name)
+
+
+@pytest.fixture
+def push():
+    method = Push()
+    steering.register(method)
+    Push.calls.clear()
+    yield method
+    steering.unregister(method.name)
+
+
+def _score(example, output):
+    first = output.split()[0] if output.split() else ""
+    return float(next((k for k, w in WORDS.items() if w.split()[0] == first), 0))
+
+
+def test_repetition_rate():
+    assert repetition_rate("a b c d e") == 0.0
+    assert repetition_rate("stop stop stop stop stop stop") == pytest.approx(0.75)
+
+
+def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny, push, tmp_path, monkeypatch):
+    from attnlens.steering import tune
+
+    def outputs(model, prompts, steer, *, max_new_tokens, chat):  # what the forced words decode to, without a model
+        if not steer:
+            return ["plain text here" for _ in prompts]
+        (name, settings), = steer.items()
+        steering.get(name).steering(model, [], settings)  # counts the call
+        return [WORDS[settings["level"]].strip() for _ in prompts]
+
+    # the controlled method really generates its words on the tiny model
+    prompt = al.prepare(tiny.tokenizer, "<!-> item <-!> go")
+    plans = chain.plans_for(tiny, [prompt], steer={"push_words": {"level": 2}})
+    tokens = chain.generate(tiny, [prompt], plans, max_new_tokens=6, progress=False)[0]
+    assert tiny.tokenizer.decode(tokens).strip() == WORDS[2].strip()
+    Push.calls.clear()
+    monkeypatch.setattr(tune, "_outputs", outputs)
+    examples = [{"prompt": f"<!-> item {i} <-!> go"} for i in range(4)]
+    out = tmp_path / "tune.json"
+    result = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
+    assert [t.valid for t in result.trials] == [True, True, True, False]  # level 4 loops: never chosen
+    assert [t.score for t in result.trials] == [1.0, 2.0, 3.0, 4.0]
+    assert result.chosen == 3
+    assert result.heldout["mean"] == 3.0 and result.heldout["n"] == 2
+    assert result.heldout["low"] <= 3.0 <= result.heldout["high"]
+    assert result.unsteered["mean"] == 0.0 and result.difference["mean"] == 3.0
+    assert sorted(result.dev + result.test) == [0, 1, 2, 3]
+    saved = json.loads(out.read_text())
+    assert saved["result"]["chosen"] == 3 and set(saved["trials"]) == {"1", "2", "3", "4"}
+    # resumed: the development trials are read back, only the held-out part runs again
+    Push.calls.clear()
+    again = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
+    assert again.chosen == 3 and Push.calls == [3]
+    with pytest.raises(AttnlensError, match="breaks the text"):
+        tune_strength(tiny, examples, "push_words", _score, grid=[4], max_new_tokens=6)
+    with pytest.raises(AttnlensError, match="has no strength"):
+        tune_strength(tiny, examples, "pasta", _score)
+    with pytest.raises(AttnlensError, match="at least two"):
+        tune_strength(tiny, examples[:1], "push_words", _score)
+
+
+def test_every_new_method_has_a_strength_to_search():
+    for name in ("guide", "instaboost", "spotlight", "spa"):
+        method = steering.get(name)
+        assert method.strength in {p.name for p in method.params}
+        for value in method.strength_grid:
+            method.settings({method.strength: value})
+
+
+def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
+    from attnlens import cli
+    from attnlens.cli import tune as tune_cli
+
+    monkeypatch.setattr(tune_cli, "load_model_for", lambda args: tiny)
+    argv = ["tune", "summarize", "--method", "instaboost", "--grid", "2", "8", "--limit", "2", "--max-new-tokens",
+            "2", "--max-repetition", "1", "--out", str(tmp_path / "t"), "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "instaboost" and result["parameter"] == "alpha"
+    assert [t["strength"] for t in result["trials"]] == [2.0, 8.0]
+    assert result["chosen"] in (2.0, 8.0) and result["heldout"]["n"] == 1
+    assert (tmp_path / "t" / "tune-instaboost.json").is_file()
+    assert cli.main(["tune", "summarize", "--method", "pasta", "--out", str(tmp_path / "p")]) != 0
+    assert "has no strength" in capsys.readouterr().err

@@ -13,8 +13,9 @@ itself on the attribution registry as a token method (it does not follow spans):
 - ``grad_x_input``: the gradient of the target's log-probability with respect to
   each token's input embedding, dotted with that embedding (one forward and
   one backward pass);
-- ``integrated_gradients``: Sundararajan et al. (2017), from a zero embedding
-  at the prompt's positions to the input, midpoint rule over ``steps`` points,
+- ``integrated_gradients``: Sundararajan et al. (2017), from a baseline (every
+  prompt token replaced by the neutral token; or a zero embedding) to the
+  input's embeddings, midpoint rule over ``steps`` points,
   batched (``steps`` forward and backward rows); the scores sum to
   ``f(x) - f(baseline)`` up to the quadrature error;
 - ``occlusion``: leave one token out, ``f(x) - f(x without token i)``, the token
@@ -136,44 +137,55 @@ class AttentionNormAllMethod(AttentionMethod):
 # ----------------------------------------------------------------------------- gradients
 
 
-def embedding_gradients(model: Any, target: Target, alphas: torch.Tensor, *, batch: int = BATCH,
-                        need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scale the prompt's input embeddings by each ``alpha`` (0: a zero baseline, 1: the input).
+def embedding_gradients(model: Any, target: Target, alphas: torch.Tensor, *, baseline: str = "neutral",
+                        batch: int = BATCH, need_grad: bool = True,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move the prompt's input embeddings from a baseline (alpha 0) to the input (alpha 1).
 
-    Returns ``(f, grads, x)``: the target's log-probability per alpha ``[k]``, its gradient
-    with respect to the prompt's (scaled) embeddings ``[k, n, d_model]`` (empty without
-    ``need_grad``) and the prompt's embeddings ``[n, d_model]``.
+    ``baseline``: ``"neutral"`` (every prompt token replaced by :func:`neutral_token`) or
+    ``"zero"`` (a zero embedding; with RMSNorm models the path then bends sharply near 0).
+    Returns ``(f, grads, x, b)``: the target's log-probability per alpha ``[k]``, its gradient
+    with respect to the prompt's embeddings on the path ``[k, n, d_model]`` (empty without
+    ``need_grad``), the prompt's embeddings ``[n, d_model]`` and the baseline's.
     """
+    if baseline not in ("neutral", "zero"):
+        raise AttnlensError(f"baseline must be 'neutral' or 'zero', got {baseline!r}")
     device = model_device(model)
     row = target.row.to(device)
     n = target.n_prompt
+    base_row = row.clone()
+    base_row[0, :n] = neutral_token(model)
     fs, grads, seen = [], [], {}
     for lo in range(0, len(alphas), batch):
         chunk = alphas[lo:lo + batch]
+        k = len(chunk)
         leaf: dict[str, torch.Tensor] = {}
 
-        def scale(emb: torch.Tensor, hook: Any, *, chunk: torch.Tensor = chunk) -> torch.Tensor:
-            x = emb[:1].detach()
-            seen["x"] = x[0, :n]
-            a = chunk.to(device=x.device, dtype=x.dtype)[:, None, None]
-            mixed = x.expand(len(chunk), -1, -1).clone()
-            mixed[:, :n] = a * x[:, :n]
+        def mix(emb: torch.Tensor, hook: Any, *, chunk: torch.Tensor = chunk) -> torch.Tensor:
+            # row 0 carries the input's embeddings, row 1 the baseline's (whatever hook_embed computes)
+            x = emb[0].detach()
+            b = emb[1].detach() if baseline == "neutral" else torch.zeros_like(x)
+            seen["x"], seen["b"] = x[:n], b[:n]
+            a = torch.ones(emb.shape[0], dtype=x.dtype, device=x.device)
+            a[:k] = chunk.to(device=x.device, dtype=x.dtype)
+            mixed = x.expand(emb.shape[0], -1, -1).clone()
+            mixed[:, :n] = b[None, :n] + a[:, None, None] * (x[None, :n] - b[None, :n])
             mixed.requires_grad_(need_grad)
             leaf["x"] = mixed
             return mixed
 
+        rows = torch.cat([row, base_row] + [row] * max(0, k - 2))
         with torch.enable_grad() if need_grad else torch.no_grad():
-            logits = model.run_with_hooks(row.expand(len(chunk), -1), fwd_hooks=[("hook_embed", scale)],
-                                          return_type="logits")
+            logits = model.run_with_hooks(rows, fwd_hooks=[("hook_embed", mix)], return_type="logits")
             if "x" not in leaf:
                 raise AttnlensError("the model fired no hook_embed: gradient methods need it")
-            f = logprob_of(logits, target.target, [n - 1] * len(chunk))
+            f = logprob_of(logits[:k], target.target, [n - 1] * k)
             if need_grad:
                 (g,) = torch.autograd.grad(f.sum(), leaf["x"])
-                grads.append(g[:, :n].detach().double().cpu())
+                grads.append(g[:k, :n].detach().double().cpu())
         fs.append(f.detach().double().cpu())
-    empty = torch.empty(0)
-    return torch.cat(fs), (torch.cat(grads) if grads else empty), seen["x"].double().cpu()
+    return (torch.cat(fs), torch.cat(grads) if grads else torch.empty(0), seen["x"].double().cpu(),
+            seen["b"].double().cpu())
 
 
 class GradXInputMethod(AttributionMethod):
@@ -183,24 +195,25 @@ class GradXInputMethod(AttributionMethod):
     help = "gradient x input: the target log-prob's gradient at each token's embedding, dotted with it"
 
     def token_scores(self, model: Any, target: Target) -> torch.Tensor:
-        _, grads, x = embedding_gradients(model, target, torch.ones(1))
+        _, grads, x, _ = embedding_gradients(model, target, torch.ones(1))
         return (grads[0] * x).sum(-1)
 
 
 class IntegratedGradientsMethod(AttributionMethod):
-    """Integrated gradients from a zero embedding, midpoint rule, ``steps`` rows batched."""
+    """Integrated gradients from the neutral-token baseline, midpoint rule, ``steps`` rows batched."""
 
     name = "integrated_gradients"
-    help = "integrated gradients (zero-embedding baseline, midpoint rule, steps batched)"
+    help = "integrated gradients (neutral-token baseline, midpoint rule, steps batched)"
     steps = 32
 
-    def token_scores(self, model: Any, target: Target, *, steps: int | None = None) -> torch.Tensor:
+    def token_scores(self, model: Any, target: Target, *, steps: int | None = None,
+                     baseline: str = "neutral") -> torch.Tensor:
         steps = self.steps if steps is None else steps
-        if not isinstance(steps, int) or steps < 1:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise AttnlensError(f"integrated_gradients: steps must be a positive integer, got {steps!r}")
         alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
-        _, grads, x = embedding_gradients(model, target, alphas)
-        return (grads.mean(0) * x).sum(-1)
+        _, grads, x, b = embedding_gradients(model, target, alphas, baseline=baseline)
+        return (grads.mean(0) * (x - b)).sum(-1)
 
 
 # ----------------------------------------------------------------------------- occlusion

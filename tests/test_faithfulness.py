@@ -106,3 +106,26 @@ def test_bad_inputs(tiny):
         al.compare_faithfulness(tiny, "One two three")
     with pytest.raises(AttnlensError, match="unknown"):
         al.compare_faithfulness(tiny, ["One two"], methods=["nope"])
+
+
+def test_cli_attribute_and_faithfulness(tiny, tmp_path, monkeypatch, capsys):
+    from attnlens import cli
+
+    monkeypatch.setattr(cli, "_load", lambda args: tiny)
+    page = tmp_path / "view.html"
+    assert cli.main(["attribute", "The cat sat on the mat", "--method", "grad_x_input", "--json",
+                     "--html", str(page)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["method"] == "grad_x_input" and len(data["scores"]) == len(data["tokens"])
+    assert "attnlens-attribution" in page.read_text()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The cat sat on the mat\n\nOne two three four\n")
+    assert cli.main(["faithfulness", "--input", str(prompts), "--methods", "attention,occlusion", "--seeds", "2",
+                     "--points", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["prompts"] == 2 and [m["method"] for m in data["methods"]] == ["attention", "occlusion", "random"]
+    assert len(data["methods"][0]["deletion_area"]) == 3
+    assert cli.main(["faithfulness", "One two", "--methods", "nope"]) == 2
+    assert "unknown nope" in capsys.readouterr().err
+    assert cli.main(["faithfulness"]) == 2
+    assert "give one prompt or --input" in capsys.readouterr().err

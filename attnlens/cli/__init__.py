@@ -18,6 +18,7 @@ from typing import Any
 
 from ..core.errors import AttnlensError
 from . import batch, experiment, generate, heads, influence, pasta
+from . import attribute
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -32,6 +33,7 @@ def _load(args: argparse.Namespace) -> Any:
 COMMANDS: list[Callable[[Any], None]] = [
     generate.add_generate, generate.add_demo, heads.add_heads, experiment.add_experiment,
     influence.add_influence, pasta.add_pasta, batch.add_batch,
+    attribute.add_attribute, attribute.add_faithfulness,
 ]
 
 

@@ -33,7 +33,7 @@ import torch
 
 from ..core.errors import AttnlensError
 from .registry import AttributionMethod, register
-from .tokens import BATCH, Target, logprob_of, model_device, target_logprob
+from .tokens import BATCH, Target, logprob_of, model_device, rows_per_pass, target_logprob
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,9 @@ def embedding_gradients(model: Any, target: Target, alphas: torch.Tensor, *, bas
     base_row = row.clone()
     base_row[0, :n] = neutral_token(model)
     fs, grads, seen = [], [], {}
-    for lo in range(0, len(alphas), batch):
-        chunk = alphas[lo:lo + batch]
+    step = max(2, rows_per_pass(row.shape[1], batch))
+    for lo in range(0, len(alphas), step):
+        chunk = alphas[lo:lo + step]
         k = len(chunk)
         leaf: dict[str, torch.Tensor] = {}
 

@@ -37,8 +37,15 @@ from . import registry
 
 logger = logging.getLogger(__name__)
 
-#: rows per forward pass when scoring edited rows (occlusion, faithfulness curves, IG steps)
+#: rows per forward pass when scoring edited rows (occlusion, faithfulness curves, IG steps) ...
 BATCH = 32
+#: ... and at most this many tokens per pass (the logits of a pass are tokens x vocabulary)
+TOKENS_PER_PASS = 2048
+
+
+def rows_per_pass(seq: int, batch: int = BATCH) -> int:
+    """Rows of ``seq`` tokens in one forward pass: at most ``batch``, at most :data:`TOKENS_PER_PASS` tokens."""
+    return max(1, min(batch, TOKENS_PER_PASS // max(seq, 1)))
 
 
 def model_device(model: Any) -> torch.device:
@@ -116,12 +123,12 @@ def make_target(model: Any, text_or_tokens: Any, target: Any = None) -> Target:
 
 def logprob_of(logits: torch.Tensor, target: Sequence[int], starts: Sequence[int]) -> torch.Tensor:
     """``[batch]``: the summed log-probability of ``target`` predicted from ``starts[b]`` on in every row."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
     n = len(target)
     idx = torch.tensor(target, device=logits.device)
     out = []
     for b, start in enumerate(starts):
-        out.append(logp[b, start:start + n].gather(-1, idx[:, None]).sum())
+        logp = torch.log_softmax(logits[b, start:start + n].float(), dim=-1)
+        out.append(logp.gather(-1, idx[:, None]).sum())
     return torch.stack(out)
 
 
@@ -138,8 +145,9 @@ def target_logprob(model: Any, prompts: Sequence[Sequence[int]], target: Sequenc
         for length, members in by_length.items():
             if length == 0:
                 raise AttnlensError("an edited prompt has no tokens left; keep at least one")
-            for lo in range(0, len(members), batch):
-                chunk = members[lo:lo + batch]
+            step = rows_per_pass(length + len(tail), batch)
+            for lo in range(0, len(members), step):
+                chunk = members[lo:lo + step]
                 rows = torch.tensor([list(prompts[i]) + tail for i in chunk], dtype=torch.long, device=device)
                 logits = model(rows, return_type="logits")
                 out[chunk] = logprob_of(logits, target, [length - 1] * len(chunk)).double().cpu()

@@ -69,6 +69,7 @@ class Describing:
         num_samples: int = 10,
         custom_prompt: str | None = None,
         print_description: bool = True,
+        held_out: Sequence[str] | None = None,
     ) -> tuple[str, str]:
         """Ask the chat model what the head attends to; returns ``(prompt, description)``.
 
@@ -76,6 +77,10 @@ class Describing:
         :meth:`format_samples`), ``custom_prompt`` and :data:`PROMPT_SUFFIX`; it goes
         with the system message through ``client.chat.completions.create``. The
         description is kept in ``heads[(layer, head)].descriptions``.
+
+        ``held_out`` (texts the describer never saw): the description is also scored on them,
+        beside a control (another head's description), by :meth:`score_head`; the result is
+        kept in ``heads[(layer, head)].scores``.
 
         ``print_description=True`` shows it, headed by its layer and head: as Markdown
         output in a notebook, else printed to standard output (``attnlens.AttentionData``;
@@ -94,7 +99,64 @@ class Describing:
         data.descriptions.append(answer.text)
         if print_description:
             self.display_description(data.layer, data.head, answer.text)
+        if held_out is not None:
+            self.score_head(data.layer, data.head, held_out, description=answer.text)
         return prompt, answer.text
+
+    def score_head(self, layer: int, head: int, held_out: Sequence[str], *, description: str | None = None,
+                   control: str | None = None, control_head: tuple[int, int] | None = None,
+                   queries_per_text: int = 3) -> dict[str, Any]:
+        """Score a description of head ``(layer, head)`` on ``held_out`` texts, beside a control.
+
+        ``description``: default the head's latest. The control is ``control`` (another head's
+        description), else a new description of ``control_head`` (default: the next head of the
+        layer). Returns (and keeps in ``heads[(layer, head)].scores``) ``{"description", "score",
+        "control", "control_score", "how", "queries"}``; see :mod:`attnlens.analysis.description_scores`.
+        """
+        from .description_scores import score_description
+
+        data = self.head_data(layer, head)
+        if description is None:
+            if not data.descriptions:
+                raise AttnlensError(f"layer {layer} head {head} has no description to score; describe it first")
+            description = data.descriptions[-1]
+        if control is None:
+            other = control_head if control_head is not None else (data.layer, (data.head + 1) % self.n_heads)
+            if tuple(other) == (data.layer, data.head):
+                raise AttnlensError("the control head must be another head")
+            other_data = self.head_data(*other)
+            control = other_data.descriptions[-1] if other_data.descriptions else self.describe_head(
+                *other, print_description=False)[1]
+        kwargs = {"client": self._client() if self.openai_model else None, "openai_model": self.openai_model,
+                  "system_prompt": self.system_prompt, "deadline": self.deadline,
+                  "queries_per_text": queries_per_text, "first_query": self.first_query,
+                  "max_length": self.max_length, "seed": self.seed or 0}
+        main = score_description(self.model, data.layer, data.head, description, held_out, **kwargs)
+        ctrl = score_description(self.model, data.layer, data.head, control, held_out, **kwargs)
+        result = {"description": description, "score": main.score, "control": control, "control_score": ctrl.score,
+                  "how": main.how, "queries": main.queries}
+        data.scores.append(result)
+        logger.info("layer %d head %d: held-out score %.3f (control %.3f)", data.layer, data.head, main.score,
+                    ctrl.score)
+        return result
+
+    def _scored(self, rows: HeadDescriptions, held_out: Sequence[str] | None) -> HeadDescriptions:
+        """``rows`` with held-out scores; each head's control is the next row's description."""
+        if held_out is None:
+            return rows
+        from dataclasses import replace
+
+        described = [r for r in rows if r.ok and r.description]
+        out = []
+        for row in rows:
+            if not (row.ok and row.description) or len(described) < 2:
+                out.append(row)
+                continue
+            i = described.index(row)
+            control = described[(i + 1) % len(described)].description
+            result = self.score_head(row.layer, row.head, held_out, description=row.description, control=control)
+            out.append(replace(row, score=result["score"], control_score=result["control_score"]))
+        return HeadDescriptions(out)
 
     def describe_heads(
         self,
@@ -106,6 +168,7 @@ class Describing:
         progress: bool = True,
         sweep_dir: str | os.PathLike | None = None,
         num_multiples: int = 20,
+        held_out: Sequence[str] | None = None,
     ) -> HeadDescriptions:
         """Describe many heads: ``layers`` x ``heads``, at most ``max_concurrency`` requests at once.
 
@@ -122,6 +185,10 @@ class Describing:
         layer and head), so any split of the layers gives the same prompts. Under
         ``torchrun`` the workers split the layers and rank 0 merges their files; every
         worker returns every row. Needed (and shared by the workers) when ``WORLD_SIZE`` > 1.
+
+        ``held_out``: texts the describer never saw; every description is scored on them
+        (``score``) beside the next row's description as a control (``control_score``);
+        see :meth:`score_head`. Needs two described heads or more.
         """
         _positive_count("max_concurrency", max_concurrency)
         _positive_count("num_samples", num_samples)
@@ -134,8 +201,9 @@ class Describing:
             raise AttnlensError("describe_heads on several workers needs sweep_dir: a directory every worker can write")
         if sweep_dir is not None:
             _positive_count("num_multiples", num_multiples)
-            return self._describe_sweep(layer_list, head_list, num_samples, custom_prompt, max_concurrency,
-                                        Path(sweep_dir).expanduser(), num_multiples, progress)
+            return self._scored(self._describe_sweep(layer_list, head_list, num_samples, custom_prompt,
+                                                     max_concurrency, Path(sweep_dir).expanduser(), num_multiples,
+                                                     progress), held_out)
         pairs = [(layer, head) for layer in layer_list for head in head_list]
         self._ensure({layer: head_list for layer in layer_list})
         prompts = {}
@@ -145,8 +213,9 @@ class Describing:
         client = self._client()
         with tqdm(total=len(pairs), desc="describing heads", disable=not progress) as bar:
             answers = self._ask(client, model_name, prompts, max_concurrency, bar.update)
-        return HeadDescriptions([HeadDescription(layer, head, answers[(layer, head)][0], prompts[(layer, head)],
-                                                 answers[(layer, head)][1]) for layer, head in pairs])
+        return self._scored(HeadDescriptions([HeadDescription(layer, head, answers[(layer, head)][0],
+                                                              prompts[(layer, head)], answers[(layer, head)][1])
+                                              for layer, head in pairs]), held_out)
 
     def _ask(self, client: Any, model_name: str, prompts: dict[tuple[int, int], str], max_concurrency: int,
              done: Any = None) -> dict[tuple[int, int], tuple[str | None, str | None]]:

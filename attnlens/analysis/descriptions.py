@@ -449,6 +449,9 @@ class HeadDescription:
     description: str | None
     prompt: str
     error: str | None = None
+    #: the description's held-out score (share of attention on the predicted keys) and a control's
+    score: float | None = None
+    control_score: float | None = None
 
     @property
     def ok(self) -> bool:

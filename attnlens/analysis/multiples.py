@@ -70,6 +70,8 @@ class HeadData:
     samples: list[Sample]
     descriptions: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    #: every held-out score asked for: ``{"description", "score", "control_score", "how", "queries"}``
+    scores: list[dict] = field(default_factory=list)
     _ranked: list[RankedMultiple] | None = field(default=None, repr=False)
 
 

@@ -7,9 +7,11 @@
 
 from .registry import AttributionMethod, RecursionMethod, aliases, get, methods, register, unregister
 from . import builtin_methods  # noqa: F401  (Influence, rollout and influence_heads register themselves)
+from . import token_methods  # noqa: F401  (attention, attention_norm, gradients, occlusion register themselves)
 from .recursion import Recursion
 from .influence import CONVENTIONS, InfluenceTrace, as_token_row, check_spans, influence, trace_influence
 from .rollout import rollout
+from .tokens import Target, TokenAttribution, attribute
 
 
 def __getattr__(name: str):  # INFLUENCE_METHODS follows the registry (PEP 562)
@@ -20,4 +22,4 @@ def __getattr__(name: str):  # INFLUENCE_METHODS follows the registry (PEP 562)
 
 __all__ = ["AttributionMethod", "CONVENTIONS", "INFLUENCE_METHODS", "InfluenceTrace", "Recursion", "RecursionMethod",
            "aliases", "as_token_row", "check_spans", "get", "influence", "methods", "register", "rollout",
-           "trace_influence", "unregister"]
+           "trace_influence", "unregister", "Target", "TokenAttribution", "attribute"]

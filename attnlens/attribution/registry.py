@@ -13,6 +13,12 @@ span, ``[n_layers + 1, seq]`` (``[n_layers + 1, n_heads, seq]`` with
   :meth:`~AttributionMethod.run`): anything that needs more than the recursion
   (every layer's pattern at once, gradients, extra forward passes).
 
+Every method also scores a prompt's tokens toward a target (``al.attribute``,
+:mod:`attnlens.attribution.tokens`): a span method through its trace (one span
+per token, read at the target's positions), a **token** method directly with
+:meth:`~AttributionMethod.token_scores` (gradients, occlusion, raw attention),
+without following spans (``spans = False``).
+
 :func:`register` adds one (also from a user's own module), :func:`methods`
 lists the names, :func:`get` returns one, :func:`aliases` maps other names
 (pay-attention-pipeline's ``attention_rollout``) to registered ones.
@@ -44,11 +50,21 @@ class AttributionMethod:
     name: str = ""
     help: str = ""
     aliases: tuple[str, ...] = ()
+    #: follows token spans through the layers (``run`` or a recursion); False: scores tokens only
+    spans: bool = True
 
     def run(self, model: Any, row: "torch.Tensor", spans: Sequence[tuple[int, int]], *, mask: Any,
             use_values: bool, per_head: bool, convention: str) -> "torch.Tensor":
         """``[n_spans, n_layers + 1, (n_heads,) seq]`` for token ``row`` (``[1, seq]``), any dtype."""
-        raise NotImplementedError(f"attribution method {self.name!r} has no driver")
+        raise AttnlensError(f"attribution method {self.name!r} scores tokens only (al.attribute); "
+                            "it does not follow spans through the layers")
+
+    def token_scores(self, model: Any, target: Any) -> "torch.Tensor | None":
+        """One score per prompt token toward ``target`` (an :class:`attnlens.attribution.tokens.Target`).
+
+        ``None`` (the default): derived from the span trace (:mod:`attnlens.attribution.tokens`).
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<attribution method {self.name!r}>"
@@ -89,8 +105,12 @@ def register(method: AttributionMethod | type[AttributionMethod], *, replace: bo
     name = method.name
     if not isinstance(name, str) or not name.isidentifier():
         raise AttnlensError(f"an attribution method's name must be an identifier, got {name!r}")
+    token_only = type(method).token_scores is not AttributionMethod.token_scores
     if type(method).run is AttributionMethod.run and not isinstance(method, RecursionMethod):
-        raise AttnlensError(f"attribution method {name!r} needs a run() (or subclass RecursionMethod)")
+        if not token_only:
+            raise AttnlensError(f"attribution method {name!r} needs a run() or a token_scores() "
+                                "(or subclass RecursionMethod)")
+        method.spans = False
     if isinstance(method, RecursionMethod) and type(method).mix is RecursionMethod.mix:
         raise AttnlensError(f"recursion method {name!r} needs a mix()")
     taken = {**{a: m for m in _REGISTRY.values() for a in m.aliases}, **_REGISTRY}

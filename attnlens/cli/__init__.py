@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.errors import AttnlensError
 from . import batch, experiment, generate, heads, influence, pasta
-from . import serve
+from . import attribute, serve
 from . import tune as tune_cli
 
 
@@ -34,7 +34,7 @@ def _load(args: argparse.Namespace) -> Any:
 COMMANDS: list[Callable[[Any], None]] = [
     generate.add_generate, generate.add_demo, heads.add_heads, experiment.add_experiment,
     influence.add_influence, pasta.add_pasta, batch.add_batch, tune_cli.add_tune,
-    serve.add_serve,
+    attribute.add_attribute, attribute.add_faithfulness, serve.add_serve,
 ]
 
 

@@ -124,7 +124,7 @@ def writable(path: str, flag: str) -> str:
     return path
 
 
-def read_texts(path: str) -> list[str]:
+def read_texts(path: str, flag: str = "--texts") -> list[str]:
     """One text per line (blank lines skipped); ``-`` reads standard input."""
     try:
         if path == "-":
@@ -134,12 +134,12 @@ def read_texts(path: str) -> list[str]:
                 data = handle.read()
         lines = data.decode("utf-8").splitlines()
     except OSError as exc:
-        raise CLIError(f"--texts {path!r}: {exc.strerror or exc}") from None
+        raise CLIError(f"{flag} {path!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise CLIError(f"--texts {path!r} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+        raise CLIError(f"{flag} {path!r} is not UTF-8 text (invalid byte at offset {exc.start})") from None
     texts = [line for line in lines if line.strip()]
     if not texts:
-        raise CLIError(f"--texts {path!r} has no text (one text per line)")
+        raise CLIError(f"{flag} {path!r} has no text (one text per line)")
     return texts
 
 

@@ -85,6 +85,10 @@ def add_heads(sub: Any) -> None:
     llm.add_argument("--deadline", type=positive_number, default=DEFAULT_DEADLINE,
                      help=f"seconds the whole request may take, retries included (default {DEFAULT_DEADLINE:g})")
 
+    llm.add_argument("--held-out", default=None, metavar="FILE",
+                     help="texts the describer never sees (one a line): score each description on them, beside a "
+                     "control (another head's description): score and control_score")
+
     describe = actions.add_parser("describe", parents=[common, texts, llm],
                                   help="ask a chat model what the head attends to")
     describe.add_argument("--show-prompt", action="store_true", help="print the prompt before the description")
@@ -150,10 +154,13 @@ def _run_heads_describe(args: argparse.Namespace) -> int:
         print_description=False,
     )
     record = ad.head_data(args.layer, args.head)
+    scored = ad.score_head(record.layer, record.head, read_texts(args.held_out, "--held-out"),
+                           description=description) if args.held_out else None
     if args.json:
+        extra = {"score": scored["score"], "control_score": scored["control_score"]} if scored else {}
         print(json.dumps(
             {"layer": record.layer, "head": record.head, "openai_model": args.openai_model,
-             "description": description, "prompt": prompt},
+             "description": description, "prompt": prompt, **extra},
             ensure_ascii=False, indent=2,
         ))
         return 0
@@ -162,6 +169,9 @@ def _run_heads_describe(args: argparse.Namespace) -> int:
         print("-" * 40)
     print(f"layer {record.layer} head {record.head} ({args.openai_model}):")
     print(textwrap.fill(description, width=100))
+    if scored:
+        print(f"held-out score {scored['score']:.3f} (control: another head's description, "
+              f"{scored['control_score']:.3f})")
     return 0
 
 
@@ -175,7 +185,8 @@ def _run_heads_describe_all(args: argparse.Namespace) -> int:
     )
     ad = _attention_data(args, client=client)
     described = ad.describe_heads(args.layers, heads, num_samples=args.num_samples, custom_prompt=args.custom_prompt,
-                                  max_concurrency=args.max_concurrency, sweep_dir=args.sweep_dir)
+                                  max_concurrency=args.max_concurrency, sweep_dir=args.sweep_dir,
+                                  held_out=read_texts(args.held_out, "--held-out") if args.held_out else None)
     if not current_workers().is_main:  # every worker holds the rows; one prints
         return 0
     if args.json:

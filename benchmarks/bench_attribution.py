@@ -22,6 +22,7 @@ import time
 from importlib.resources import files
 
 import torch
+from _model import add_model_args, describe, load_bridge
 
 
 def _text(model, n):
@@ -47,9 +48,11 @@ def main() -> None:
     parser.add_argument("--faith-method", default="influence")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    add_model_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = al.load_model()
+    model = load_bridge(args.shape, args.device, args.dtype)
+    print(describe(args.shape, args.device, args.dtype))
     ids = _text(model, args.length)
     with torch.no_grad():
         model(torch.tensor([ids]), return_type="logits")  # warm-up

@@ -38,6 +38,10 @@ RUNS = {
     "bench_sweep.py": (["--prompts", "2", "--new-tokens", "2", "--batch-size", "1", "--threads", "1"],
                        r"items per second\): end to end (\S+), sweep"),
     "bench_methods.py": (["--length", "40", "--new-tokens", "2", "--rounds", "1"], r"^spa +\S+ +(\S+)"),
+    "bench_attribution.py": (["--length", "12", "--faith-length", "6", "--seeds", "1",
+                              "--methods", "grad_x_input"], r"^grad_x_input +\S+ s CPU +\S+ s wall +(\S+) x forward"),
+    "bench_serve.py": (["--requests", "2", "--max-tokens", "2", "--clients", "1"],
+                       r"server, 1 client\(s\) +\S+ +\S+ +\S+ +(\S+)x"),
 }
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError
-from ..core.records import read_jsonl
+from ..core.records import damaged_lines, read_jsonl
 from ..core.validate import is_int
 from ..prompts.prompt import is_chat
 
@@ -189,7 +189,7 @@ def check_result_lines(path: Path) -> int:
             continue
         rows += 1
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        shown = damaged_lines(problems)
         raise AttnlensError(
             f"{str(path)!r} has {len(problems)} damaged line(s): {shown}. Fix or remove those lines "
             "(their prompts then run again); nothing was changed in the file"

@@ -96,18 +96,27 @@ class _ModelState:
         self.handles: list[Any] = []  # the guard's hook handles while installed
 
 
-_states: "weakref.WeakKeyDictionary[Any, _ModelState]" = weakref.WeakKeyDictionary()
-_states_mutex = threading.Lock()
 #: ids of the guard hooks' handles (hooks that change nothing a model computes)
 _guard_ids: set[int] = set()
 
 
-def _state(model: Any) -> _ModelState:
-    with _states_mutex:
-        state = _states.get(model)
-        if state is None:
-            state = _states[model] = _ModelState()
-        return state
+class PerModel:
+    """State kept per model for as long as the model lives (a weak table), made on first use."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.table: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+        self.mutex = threading.Lock()
+
+    def __call__(self, model: Any) -> Any:
+        with self.mutex:
+            found = self.table.get(model)
+            if found is None:
+                found = self.table[model] = self.factory()
+            return found
+
+
+_state = PerModel(_ModelState)
 
 
 def guard_hook_ids() -> set[int]:

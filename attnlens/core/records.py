@@ -80,3 +80,8 @@ class Record(dict):
     def to_json(self, **kwargs: Any) -> str:
         kwargs.setdefault("ensure_ascii", False)
         return json.dumps(self.to_dict(), **kwargs)
+
+
+def damaged_lines(problems: list[str], limit: int = 10) -> str:
+    """The first ``limit`` of a file's damaged-line descriptions, and how many more there are."""
+    return "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")

@@ -16,6 +16,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..core.errors import ExperimentError
+from ..core.records import damaged_lines
 from .config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
         elif problem is not None:
             problems.append(f"line {number}: {problem} (cut off: no newline)")
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        shown = damaged_lines(problems)
         raise ExperimentError(
             f"{str(path)!r} has {len(problems)} damaged or foreign line(s): {shown}. "
             "Fix or remove those lines, or start afresh (--fresh)"

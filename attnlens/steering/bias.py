@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -42,6 +41,7 @@ from jaxtyping import Float
 
 from ..core.model import Model
 from ..core import hooks
+from ..core.concurrency import PerModel
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_device, model_dtype, model_shape
 from ..core.validate import LayerSpec, check_bias, is_int, plain_scalar, resolve_heads, resolve_layers
@@ -386,16 +386,7 @@ class _ModelHooks:
         self.installed: dict[int, tuple[Any, Any]] = {}  # layer -> (hook point, handle)
 
 
-_registry: "weakref.WeakKeyDictionary[Any, _ModelHooks]" = weakref.WeakKeyDictionary()
-_registry_mutex = threading.Lock()
-
-
-def _hooks_of(model: Model) -> _ModelHooks:
-    with _registry_mutex:
-        found = _registry.get(model)
-        if found is None:
-            found = _registry[model] = _ModelHooks()
-        return found
+_hooks_of = PerModel(_ModelHooks)
 
 
 @dataclass(frozen=True, eq=False)

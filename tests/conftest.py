@@ -76,3 +76,16 @@ def embedded():
     import attnlens
 
     return attnlens.load_model()
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """A method a test (or a docs page it runs) registers is gone after it: tests never see each other's."""
+    from attnlens.attribution import registry as attribution_registry
+    from attnlens.steering import registry as steering_registry
+
+    saved = [(table, dict(table)) for table in (steering_registry._REGISTRY, attribution_registry._REGISTRY)]
+    yield
+    for table, before in saved:
+        table.clear()
+        table.update(before)

@@ -6,8 +6,8 @@ import pytest
 
 import attnlens as al
 from attnlens.prompts.tags import parse_tags
-from attnlens.steering import autofocus
-from attnlens.steering.autofocus import FocusError, auto_focus, parse_answer, sentences
+from attnlens.api import autofocus
+from attnlens.api.autofocus import FocusError, auto_focus, parse_answer, sentences
 
 CONTEXT = "The museum opens at nine. Tickets cost ten euros! Children enter free. What time does it open?"
 

@@ -228,13 +228,12 @@ def test_counterfact_probabilities_follow_the_steering(tiny, tmp_path):
                                     pasta_heads=str(heads), plots=False, bootstrap=50)
     run_experiment("counterfact", config, model=tiny)
     study = get_study("counterfact")
-    from attnlens.experiments.runner import _continuation_scorer
+    from attnlens.experiments.runner import _continuation_scorer, _method_settings
 
     item = study.items(study.load_data(config), config, tiny.tokenizer)[0]
-    none = _continuation_scorer(tiny, study, Condition("none"), config, None)(item, ["Lima", "Paris"])
-    from attnlens.steering.pasta import load_head_config
-
-    pasta = _continuation_scorer(tiny, study, Condition("pasta"), config, load_head_config(heads))(item, ["Lima"])
+    settings = _method_settings(config, [Condition("none"), Condition("pasta")])
+    none = _continuation_scorer(tiny, study, Condition("none"), config, settings)(item, ["Lima", "Paris"])
+    pasta = _continuation_scorer(tiny, study, Condition("pasta"), config, settings)(item, ["Lima"])
     assert len(none) == 2 and all(v < 0 for v in none) and pasta[0] != pytest.approx(none[0])
     rows = [json.loads(line) for line in (tmp_path / "cf" / "rows.jsonl").read_text().splitlines()]
     first = {r["condition"]: r for r in rows if r["item"] == item.id}

@@ -9,7 +9,7 @@ import attnlens as al
 from attnlens import steering
 from attnlens.api import chain
 from attnlens.core.errors import AttnlensError
-from attnlens.steering.tune import repetition_rate, tune_strength
+from attnlens.experiments.tune import repetition_rate, tune_strength
 
 WORDS = {1: " apple banana cherry dates elder figs", 2: " river stone cloud field grass house",
          3: " north south east west upper lower", 4: " stop stop stop stop stop stop"}
@@ -62,7 +62,7 @@ def test_repetition_rate():
 
 
 def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny, push, tmp_path, monkeypatch):
-    from attnlens.steering import tune
+    from attnlens.experiments import tune
 
     def outputs(model, prompts, steer, *, max_new_tokens, chat):  # what the forced words decode to, without a model
         if not steer:

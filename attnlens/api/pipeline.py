@@ -51,7 +51,7 @@ from ..prompts.prompt import Prompt, PromptInput, is_chat
 from ..runtime.generate import check_generation_kwargs
 from .. import steering
 from ..steering.guide import check_delta
-from ..steering.autofocus import check_focus, focus_input
+from .autofocus import check_focus, focus_input
 from . import chain
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class PayAttentionPipeline:
         (GUIDE on the prompts' tags).
 
         ``focus="auto"``: the model first names the sentences of each input that
-        matter, which are then tagged (:func:`attnlens.steering.autofocus.auto_focus`).
+        matter, which are then tagged (:func:`attnlens.api.autofocus.auto_focus`).
 
         ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """

@@ -101,7 +101,7 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
     prompt: Any = prompt_from(args)
     if getattr(args, "focus", None) == "auto":
-        from ..steering.autofocus import focus_input
+        from ..api.autofocus import focus_input
 
         prompt = focus_input(model, prompt)
     chosen = chosen_methods(args)

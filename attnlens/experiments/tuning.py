@@ -2,7 +2,7 @@
 
 The study's items are presented as the method's experiment condition presents
 them (the focus in the method's tag) and scored with the study's metric; the
-search itself is :func:`attnlens.steering.tune.tune_strength` (development and
+search itself is :func:`attnlens.experiments.tune.tune_strength` (development and
 held-out split, repetition guard, saved and resumable).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ExperimentError
-from ..steering.tune import Tuning, tune_strength
+from .tune import Tuning, tune_strength
 from .config import Condition, ExperimentConfig
 from .study import Study, build_messages
 

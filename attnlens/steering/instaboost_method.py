@@ -14,7 +14,7 @@ which the fused path of a direct run executes.
 The paper tunes ``alpha`` per model and task and warns that too large a factor
 degrades the text; the default here (``alpha=5``, a bias of about 1.61) is
 this package's and sits between GUIDE's level-2 defaults. Use
-:func:`attnlens.steering.tune.tune_strength` to choose it on your own examples.
+:func:`attnlens.experiments.tune.tune_strength` to choose it on your own examples.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class InstaBoostMethod(SteeringMethod):
     condition_order = 40
     default_condition = False
     replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
-    #: the strength :func:`attnlens.steering.tune.tune_strength` searches, and its candidates
+    #: the strength :func:`attnlens.experiments.tune.tune_strength` searches, and its candidates
     strength = "alpha"
     strength_grid = (1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
 

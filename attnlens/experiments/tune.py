@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError
-from .registry import get
+from ..steering.registry import get
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def tune_strength(
     ``max_repetition``: the guard's bound on :func:`repetition_rate`; ``out``: a
     JSON file the search saves to and resumes from.
     """
-    from ..experiments.metrics import bootstrap_ci
+    from .metrics import bootstrap_ci
 
     steerer = get(method)
     if steerer.strength is None:

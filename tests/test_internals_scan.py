@@ -17,12 +17,9 @@ INTERNALS = PACKAGE / "core" / "_internals.py"
 #: TransformerLens' hook wrappers' conversion and alias fields, the bridge's compatibility flag
 UPSTREAM_NAMES = {"__closure__", "__code__", "__globals__", "hook_conversion", "alias_names", "compatibility_mode"}
 
-#: accesses still outside _internals, file by file (path relative to the package -> names). These files'
-#: hook installation is being rewritten separately; move each access to _internals.py and delete its entry.
-ALLOWED = {
-    "runtime/direct.py": {"compatibility_mode"},  # the bridge's processed-weights mode
-    "runtime/fused.py": {"hook_conversion", "__closure__", "__code__"},  # recognising attnlens' own bias hooks
-}
+#: accesses still outside _internals, file by file (path relative to the package -> names): none; an
+#: entry here must name why, and the test below fails once it is no longer used
+ALLOWED: dict[str, set[str]] = {}
 
 
 def _files() -> list[Path]:

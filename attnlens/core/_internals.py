@@ -158,6 +158,27 @@ def add_lens_hook(point: nn.Module, fn: Callable[..., Any]) -> Any:
         return point.add_hook(fn, dir="fwd")
 
 
+def lens_hook_id(handle: Any) -> int:
+    """The torch hook id behind a handle :func:`add_lens_hook` gave (the key of the function in the
+    hook point's forward-hook table, which :func:`hook_entries` lists)."""
+    return handle.hook.id
+
+
+def hook_entries(module: nn.Module) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
+    """``(forward pre-hooks, forward hooks)`` registered on ``module``, as ``(hook id, function)`` pairs."""
+    return list(module._forward_pre_hooks.items()), list(module._forward_hooks.items())
+
+
+def converts_tensors(point: nn.Module) -> bool:
+    """Whether a TransformerLens hook point converts the tensors its hooks see (``hook_conversion``)."""
+    return getattr(point, "hook_conversion", None) is not None
+
+
+def processed_weights(model: Any) -> bool:
+    """Whether a bridge runs with processed weights (its ``compatibility_mode``)."""
+    return bool(getattr(model, "compatibility_mode", False))
+
+
 def remove_lens_hook(point: nn.Module, handle: Any) -> None:
     """Remove a handle :func:`add_lens_hook` gave (the hook point's ``fwd_hooks`` list, and torch's hook)."""
     with _lens_mutex:

@@ -174,7 +174,7 @@ def direct_reason(model: Model) -> str | None:
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {model_type!r} is not among those tested for direct runs"
-    if getattr(model, "compatibility_mode", False):
+    if tl.processed_weights(model):
         return "the bridge runs in compatibility mode (processed weights)"
     if tl.attention_implementation(config) == IMPLEMENTATION:
         return "a direct block is already active on this model"

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..core import _internals as tl
 from ..core.errors import AttnlensError, SpanError
-from ..steering.bias import Dispatch, _ScoreBias, is_plain, key_bias, relative_key_bias, wide_dtype
+from ..steering.bias import _ScoreBias, dispatcher, is_plain, key_bias, relative_key_bias, wide_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -90,32 +90,18 @@ def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
     any other kind is there."""
     if point is None:
         return []
-    pre_hooks, hooks = tl.hook_functions(point)
+    pre_hooks, hooks = tl.hook_entries(point)
     if pre_hooks:
         return None
-    if hooks and getattr(point, "hook_conversion", None) is not None:
+    if hooks and tl.converts_tensors(point):
         return None
     out: list[_ScoreBias] = []
-    for fn in hooks:
-        found = _closure_dispatch(fn)
-        if found is None:
+    for hook_id, _fn in hooks:
+        found = dispatcher(hook_id)
+        if found is None:  # a hook attnlens did not install as a bias dispatcher
             return None
         out.extend(found.active())
     return out
-
-
-def _closure_dispatch(fn: Any) -> Dispatch | None:
-    if isinstance(fn, Dispatch):
-        return fn
-    code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None)
-    if code is None or not cells:
-        return None
-    names = dict(zip(code.co_freevars, cells))
-    if "alias_names" in names and names["alias_names"].cell_contents is not None:
-        return None
-    cell = names.get("hook")
-    hook = cell.cell_contents if cell is not None else None
-    return hook if isinstance(hook, Dispatch) else None
 
 
 def has_hooks(point: nn.Module | None) -> bool:

@@ -429,6 +429,16 @@ class Dispatch:
         return f"attnlens.bias(layer={self.layer})"
 
 
+#: attnlens' own record of the dispatchers it installed, by the torch hook id of each (so the fused
+#: path knows them by what it installed, never by reading a hook wrapper's closure)
+_dispatchers: dict[int, Dispatch] = {}
+
+
+def dispatcher(hook_id: int) -> Dispatch | None:
+    """The bias dispatcher attnlens installed under torch hook id ``hook_id`` (None: not one of ours)."""
+    return _dispatchers.get(hook_id)
+
+
 def _acquire(model: Model, owner: _ModelHooks, layers: Iterable[int]) -> None:
     from ..core import _internals as tl
 
@@ -439,7 +449,10 @@ def _acquire(model: Model, owner: _ModelHooks, layers: Iterable[int]) -> None:
             for layer in layers:
                 if owner.users.get(layer, 0) == 0:
                     point = points[SCORE_HOOK.format(layer=layer)]
-                    owner.installed[layer] = (point, tl.add_lens_hook(point, Dispatch(owner, layer)))
+                    dispatch = Dispatch(owner, layer)
+                    handle = tl.add_lens_hook(point, dispatch)
+                    owner.installed[layer] = (point, handle)
+                    _dispatchers[tl.lens_hook_id(handle)] = dispatch
                 owner.users[layer] = owner.users.get(layer, 0) + 1
                 done.append(layer)
         except BaseException:
@@ -455,6 +468,7 @@ def _release_locked(owner: _ModelHooks, layers: Iterable[int]) -> None:
         if owner.users[layer] == 0:
             del owner.users[layer]
             point, handle = owner.installed.pop(layer)
+            _dispatchers.pop(tl.lens_hook_id(handle), None)
             tl.remove_lens_hook(point, handle)
 
 

@@ -160,3 +160,21 @@ def test_bad_inputs(tiny):
         token_methods.IntegratedGradientsMethod().token_scores(tiny, tokens.make_target(tiny, PROMPT), steps=0)
     with pytest.raises(AttnlensError, match="erase"):
         token_methods.erased([1, 2], [0], erase="blank", neutral=0)
+
+
+def test_token_only_methods_are_not_offered_where_spans_are_followed(capsys):
+    import importlib
+
+    from attnlens import attribution
+    from attnlens.cli import main
+
+    pipeline = importlib.import_module("attnlens.api.pipeline")
+
+    assert "occlusion" in attribution.methods() and "grad_x_input" in attribution.methods()
+    for listed in (attribution.INFLUENCE_METHODS, pipeline.INFLUENCE_METHODS, attribution.span_methods()):
+        assert "influence" in listed and "rollout" in listed
+        assert "occlusion" not in listed and "grad_x_input" not in listed
+    with pytest.raises(SystemExit) as exited:
+        main(["influence", "<?-> Paris <-?> is big", "--method", "occlusion"])
+    assert exited.value.code == 2
+    assert "occlusion" in capsys.readouterr().err

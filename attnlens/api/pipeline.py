@@ -69,7 +69,7 @@ def __getattr__(name: str) -> Any:  # METRICS and INFLUENCE_METHODS follow the r
     if name == "METRICS":
         return metrics()
     if name == "INFLUENCE_METHODS":
-        return attribution.methods()
+        return attribution.span_methods()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

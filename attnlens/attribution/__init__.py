@@ -5,7 +5,7 @@
 :mod:`attnlens.attribution.recursion`.
 """
 
-from .registry import AttributionMethod, RecursionMethod, aliases, get, methods, register, unregister
+from .registry import AttributionMethod, RecursionMethod, aliases, get, methods, register, span_methods, unregister
 from . import builtin_methods  # noqa: F401  (Influence, rollout and influence_heads register themselves)
 from . import token_methods  # noqa: F401  (attention, attention_norm, gradients, occlusion register themselves)
 from .recursion import Recursion
@@ -16,10 +16,10 @@ from .tokens import Target, TokenAttribution, attribute
 
 def __getattr__(name: str):  # INFLUENCE_METHODS follows the registry (PEP 562)
     if name == "INFLUENCE_METHODS":
-        return methods()
+        return span_methods()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["AttributionMethod", "CONVENTIONS", "INFLUENCE_METHODS", "InfluenceTrace", "Recursion", "RecursionMethod",
-           "aliases", "as_token_row", "check_spans", "get", "influence", "methods", "register", "rollout",
+           "aliases", "as_token_row", "check_spans", "get", "influence", "methods", "register", "rollout", "span_methods",
            "trace_influence", "unregister", "Target", "TokenAttribution", "attribute"]

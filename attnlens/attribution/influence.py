@@ -204,7 +204,7 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
 
 def __getattr__(name: str) -> Any:  # INFLUENCE_METHODS follows the registry (PEP 562)
     if name == "INFLUENCE_METHODS":
-        return registry.methods()
+        return registry.span_methods()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

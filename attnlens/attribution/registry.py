@@ -135,6 +135,12 @@ def methods() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def span_methods() -> tuple[str, ...]:
+    """The registered methods that follow token spans through the layers (what ``influence`` runs), in
+    registration order; the others score tokens only (``attribute``)."""
+    return tuple(name for name, method in _REGISTRY.items() if method.spans)
+
+
 def aliases() -> dict[str, str]:
     """Every name that selects a method (its own and its aliases) -> the method's name."""
     out = {a: m.name for m in _REGISTRY.values() for a in m.aliases}

@@ -22,7 +22,7 @@ def _zero_or_more(text: str) -> int:
 def _method_choices() -> tuple[str, ...]:
     from .. import attribution
 
-    return attribution.methods() + ("both",)
+    return attribution.span_methods() + ("both",)
 
 
 def add_influence(sub: Any) -> None:

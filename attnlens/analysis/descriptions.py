@@ -168,17 +168,22 @@ def complete(
     while True:
         remaining = deadline - (time.monotonic() - start)
         # each attempt waits for the server at most what is left of the deadline
-        attempt_client = _bounded(single, remaining)
+        attempt_client, cut = _bounded(single, remaining)
+        past_deadline = DescribeError(
+            f"{where} gave no answer within the deadline of {deadline:g} s ({attempt + 1} attempt(s)); "
+            "raise it with deadline=... (--deadline)",
+            fatal=False,
+        )
         try:
             response = _within(remaining, lambda cancel, opened: _create(
                 attempt_client, cancel=cancel, opened=opened, model=model, messages=messages, **extra))
         except _DeadlineExceeded:
-            raise DescribeError(
-                f"{where} gave no answer within the deadline of {deadline:g} s ({attempt + 1} attempt(s)); "
-                "raise it with deadline=... (--deadline)",
-                fatal=False,
-            ) from None
+            raise past_deadline from None
         except openai.APIError as exc:
+            if cut and isinstance(exc, openai.APITimeoutError):
+                # the attempt's timeout was cut to what was left of the deadline and
+                # fired before the watchdog: the deadline ran out, not the client's timeout
+                raise past_deadline from None
             wait = _retry_wait(exc, attempt)
             remaining = deadline - (time.monotonic() - start)
             if wait is not None and attempt < retries and wait < remaining:
@@ -205,16 +210,21 @@ class _Body:
     status_code: int
 
 
-def _bounded(client: Any, seconds: float) -> Any:
-    """``client`` with its timeout cut to ``seconds`` (what is left of the deadline)."""
+def _bounded(client: Any, seconds: float) -> tuple[Any, bool]:
+    """``client`` with its timeout cut to ``seconds`` (what is left of the deadline).
+
+    Returns the client and whether the deadline, not the client's own timeout, bounds
+    the attempt (so a timeout it raises means the deadline ran out).
+    """
     timeout = getattr(client, "timeout", None)
     if not callable(getattr(client, "with_options", None)) or seconds <= 0:
-        return client
-    limit = seconds if not isinstance(timeout, (int, float)) else min(float(timeout), seconds)
+        return client, False
+    own = float(timeout) if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) else None
+    limit = seconds if own is None else min(own, seconds)
     try:
-        return client.with_options(timeout=limit)
+        return client.with_options(timeout=limit), own is None or seconds <= own
     except (TypeError, ValueError):
-        return client
+        return client, False
 
 
 def _within(seconds: float, call: Callable[[threading.Event, dict[str, Any]], Any]) -> Any:

@@ -239,10 +239,10 @@ def test_the_deadline_holds_with_and_without_a_sweep(tiny, tmp_path, sweep):
 
 def test_a_timeout_cut_to_the_deadline_is_reported_as_the_deadline(monkeypatch):
     """The attempt's own timeout (cut to the deadline) may fire before the watchdog: still the deadline."""
-    from attnlens.analysis import descriptions
+    from attnlens.analysis import chat_client
 
     # no watchdog: only the client's timeout (cut to the deadline) can end the attempt
-    monkeypatch.setattr(descriptions, "_within", lambda seconds, call: call(__import__("threading").Event(), {}))
+    monkeypatch.setattr(chat_client, "_within", lambda seconds, call: call(__import__("threading").Event(), {}))
     with ChatStubServer(REPLY, delay_s=3.0) as server:
         with pytest.raises(DescribeError, match=r"deadline of 0.3 s") as info:
             complete(client_for(server, max_retries=0), "stub-model", "hi", deadline=0.3)

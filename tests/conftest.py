@@ -84,8 +84,7 @@ def _registries_restored():
     from attnlens.attribution import registry as attribution_registry
     from attnlens.steering import registry as steering_registry
 
-    saved = [(table, dict(table)) for table in (steering_registry._REGISTRY, attribution_registry._REGISTRY)]
+    saved = [(table, table.snapshot()) for table in (steering_registry._REGISTRY, attribution_registry._REGISTRY)]
     yield
     for table, before in saved:
-        table.clear()
-        table.update(before)
+        table.restore(before)

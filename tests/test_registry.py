@@ -237,3 +237,42 @@ def test_the_influence_command_takes_registered_methods(tiny, attributions, caps
     with pytest.raises(SystemExit):
         cli.main(["influence", "<?-> hello <-?> world", "--method", "louder"])
     assert "invalid choice: 'louder'" in capsys.readouterr().err
+
+
+def test_the_shared_registry_table():
+    """core.registry.Registry: class decorator, aliases, clashes, unknown names, snapshot and restore."""
+    from attnlens.core.registry import Registry
+
+    class Base:
+        name = ""
+        aliases: tuple[str, ...] = ()
+
+    checked = []
+    table = Registry("widget", Base, check=checked.append)
+
+    @table.register
+    class One(Base):
+        name = "one"
+        aliases = ("first",)
+
+    assert table.names() == ("one",) and isinstance(table.get("first"), One) and len(checked) == 1
+    saved = table.snapshot()
+
+    class Clash(Base):
+        name = "two"
+        aliases = ("first",)
+
+    with pytest.raises(AttnlensError, match="widget named 'first' is already registered"):
+        table.register(Clash())
+    assert table.names() == ("one",)
+    with pytest.raises(AttnlensError, match="widget's name must be an identifier"):
+        table.register(type("Bad", (Base,), {"name": "not ok"})())
+    with pytest.raises(AttnlensError, match="register takes a Base, got int"):
+        table.register(3)
+    table.register(type("Two", (Base,), {"name": "two"})())
+    with pytest.raises(AttnlensError, match="unknown widget 'three'; registered: one, two"):
+        table.get("three")
+    table.restore(saved)
+    assert table.names() == ("one",) and "two" not in table
+    with pytest.raises(AttnlensError, match="no widget named 'two'"):
+        table.unregister("two")

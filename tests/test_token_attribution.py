@@ -148,7 +148,7 @@ def test_record_json_html_and_next_token(tiny, capsys):
 
 
 def test_bad_inputs(tiny):
-    with pytest.raises(AttnlensError, match="unknown influence method"):
+    with pytest.raises(AttnlensError, match="unknown attribution method"):
         al.attribute(tiny, PROMPT, method="nope")
     with pytest.raises(AttnlensError, match="target is empty"):
         al.attribute(tiny, PROMPT, method="attention", target="")

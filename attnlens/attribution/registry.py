@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import AttnlensError
+from ..core.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -92,19 +93,8 @@ class RecursionMethod(AttributionMethod):
         return state.att_combined[rows] if self.head_outputs else state.att[rows]
 
 
-_REGISTRY: dict[str, AttributionMethod] = {}
-
-
-def register(method: AttributionMethod | type[AttributionMethod], *, replace: bool = False) -> Any:
-    """Add an attribution method (an instance, or a subclass as a class decorator); returns what it was given."""
-    if isinstance(method, type) and issubclass(method, AttributionMethod):
-        register(method(), replace=replace)
-        return method
-    if not isinstance(method, AttributionMethod):
-        raise AttnlensError(f"register takes an AttributionMethod, got {type(method).__name__}")
+def _check(method: AttributionMethod) -> None:
     name = method.name
-    if not isinstance(name, str) or not name.isidentifier():
-        raise AttnlensError(f"an attribution method's name must be an identifier, got {name!r}")
     token_only = type(method).token_scores is not AttributionMethod.token_scores
     if type(method).run is AttributionMethod.run and not isinstance(method, RecursionMethod):
         if not token_only:
@@ -113,46 +103,37 @@ def register(method: AttributionMethod | type[AttributionMethod], *, replace: bo
         method.spans = False
     if isinstance(method, RecursionMethod) and type(method).mix is RecursionMethod.mix:
         raise AttnlensError(f"recursion method {name!r} needs a mix()")
-    taken = {**{a: m for m in _REGISTRY.values() for a in m.aliases}, **_REGISTRY}
-    for key in (name, *method.aliases):
-        if key in taken and taken[key].name != name and not replace:
-            raise AttnlensError(f"an attribution method named {key!r} is already registered (pass replace=True)")
-    if name in _REGISTRY and _REGISTRY[name] is not method and not replace:
-        raise AttnlensError(f"an attribution method named {name!r} is already registered (pass replace=True)")
-    _REGISTRY[name] = method
-    logger.debug("registered attribution method %s", name)
-    return method
+
+
+_REGISTRY: Registry[AttributionMethod] = Registry("attribution method", AttributionMethod, check=_check)
+
+
+def register(method: AttributionMethod | type[AttributionMethod], *, replace: bool = False) -> Any:
+    """Add an attribution method (an instance, or a subclass as a class decorator); returns what it was given."""
+    return _REGISTRY.register(method, replace=replace)
 
 
 def unregister(name: str) -> None:
-    if name not in _REGISTRY:
-        raise AttnlensError(f"no attribution method named {name!r} is registered")
-    del _REGISTRY[name]
+    """Remove a registered method."""
+    _REGISTRY.unregister(name)
 
 
 def methods() -> tuple[str, ...]:
     """The registered attribution methods' names, in registration order."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def span_methods() -> tuple[str, ...]:
     """The registered methods that follow token spans through the layers (what ``influence`` runs), in
     registration order; the others score tokens only (``attribute``)."""
-    return tuple(name for name, method in _REGISTRY.items() if method.spans)
+    return tuple(method.name for method in _REGISTRY.values() if method.spans)
 
 
 def aliases() -> dict[str, str]:
     """Every name that selects a method (its own and its aliases) -> the method's name."""
-    out = {a: m.name for m in _REGISTRY.values() for a in m.aliases}
-    out.update({name: name for name in _REGISTRY})
-    return out
+    return _REGISTRY.names_and_aliases()
 
 
 def get(name: str | AttributionMethod) -> AttributionMethod:
     """A registered method by name or alias."""
-    if isinstance(name, AttributionMethod):
-        return name
-    key = aliases().get(name) if isinstance(name, str) else None
-    if key is None:
-        raise AttnlensError(f"unknown influence method {name!r}; choose from {', '.join(_REGISTRY)}")
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import AttnlensError
+from ..core.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.model import Model
@@ -195,7 +196,18 @@ class SteeringMethod:
         return f"<steering method {self.name!r}>"
 
 
-_REGISTRY: dict[str, SteeringMethod] = {}
+def _check(method: SteeringMethod) -> None:
+    name = method.name
+    if name in ("none", "emphatic"):
+        raise AttnlensError(f"{name!r} is an experiment condition without steering; choose another name")
+    if method.spans not in SPAN_KINDS:
+        raise AttnlensError(f"steering method {name!r}: spans must be one of {', '.join(SPAN_KINDS)}")
+    names = [p.name for p in method.params]
+    if len(set(names)) != len(names):
+        raise AttnlensError(f"steering method {name!r} declares a parameter twice")
+
+
+_REGISTRY: Registry[SteeringMethod] = Registry("steering method", SteeringMethod, check=_check, aliases=lambda m: ())
 
 
 def register(method: SteeringMethod | type[SteeringMethod], *, replace: bool = False) -> SteeringMethod:
@@ -204,51 +216,22 @@ def register(method: SteeringMethod | type[SteeringMethod], *, replace: bool = F
     A second method under a registered name raises unless ``replace=True``.
     Usable as a class decorator: ``@register`` over a ``SteeringMethod`` subclass.
     """
-    if isinstance(method, type) and issubclass(method, SteeringMethod):
-        instance = method()
-        register(instance, replace=replace)
-        return method  # type: ignore[return-value]
-    if not isinstance(method, SteeringMethod):
-        raise AttnlensError(f"register takes a SteeringMethod, got {type(method).__name__}")
-    name = method.name
-    if not isinstance(name, str) or not name.isidentifier():
-        raise AttnlensError(f"a steering method's name must be an identifier, got {name!r}")
-    if name in ("none", "emphatic"):
-        raise AttnlensError(f"{name!r} is an experiment condition without steering; choose another name")
-    if method.spans not in SPAN_KINDS:
-        raise AttnlensError(f"steering method {name!r}: spans must be one of {', '.join(SPAN_KINDS)}")
-    names = [p.name for p in method.params]
-    if len(set(names)) != len(names):
-        raise AttnlensError(f"steering method {name!r} declares a parameter twice")
-    if name in _REGISTRY and not replace and _REGISTRY[name] is not method:
-        raise AttnlensError(f"a steering method named {name!r} is already registered (pass replace=True)")
-    _REGISTRY[name] = method
-    logger.debug("registered steering method %s", name)
-    return method
+    return _REGISTRY.register(method, replace=replace)
 
 
 def unregister(name: str) -> None:
     """Remove a registered method (a user's; the built-in ones can be registered again)."""
-    if name not in _REGISTRY:
-        raise AttnlensError(f"no steering method named {name!r} is registered")
-    del _REGISTRY[name]
+    _REGISTRY.unregister(name)
 
 
 def methods() -> tuple[str, ...]:
     """The registered steering methods' names, in registration order."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(method: str | SteeringMethod) -> SteeringMethod:
     """A registered method by name (a method object is returned as it is)."""
-    if isinstance(method, SteeringMethod):
-        return method
-    try:
-        return _REGISTRY[method]
-    except (KeyError, TypeError):
-        raise AttnlensError(
-            f"unknown steering method {method!r}; registered: {', '.join(_REGISTRY) or 'none'}"
-        ) from None
+    return _REGISTRY.get(method)
 
 
 def resolve(steer: Mapping[Any, Any] | Sequence[Any] | None) -> list[tuple[SteeringMethod, dict[str, Any]]]:

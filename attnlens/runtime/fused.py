@@ -16,7 +16,9 @@ many columns too: zeros, or the running Influence chains. ``A·I`` (the
 pattern times the chains) is an attention product with the chains as values,
 so the same kernel call that computes the layer's output computes the
 Influence update of every span and method, per head, without forming ``A``
-(:mod:`attnlens.attribution.fused_influence`).
+(:mod:`attnlens.attribution.fused_influence`). The widened head size is padded
+with zero columns to a multiple of 8 (:data:`HEAD_MULTIPLE`; 64 + 1 runs as 72),
+the head sizes CUDA's flash and memory-efficient kernels take.
 
 Large biases (beyond :data:`attnlens.steering.bias.PLAIN`) are folded relative to each
 row's largest, with differences past :data:`~attnlens.steering.bias.GAP` shortened,
@@ -51,6 +53,11 @@ logger = logging.getLogger(__name__)
 
 #: whether direct runs may use the fused path (see :func:`fused_attention`); per thread and task
 _enabled: ContextVar[bool] = ContextVar("attnlens_fused_attention", default=True)
+
+#: a widened head size is padded to a multiple of this: CUDA's flash and memory-efficient sdpa kernels
+#: take head sizes that are multiples of 8 and fall back to the math kernel (which forms the score
+#: matrix) for others; the zero columns change neither ``q·k`` nor the columns that are read back
+HEAD_MULTIPLE = 8
 
 # Hugging Face attention module -> a callable giving the extra value columns of one call
 # (``value [batch, kv_heads, key, d]`` -> ``[1|batch, 1|kv_heads, key, columns]``) and taking the
@@ -179,7 +186,7 @@ def fused_sdpa(
     kv_len = key.shape[2]
     n_bias = 1 if bias is not None else 0
     n_extra = extra.shape[-1] if extra is not None else 0
-    width = d + max(n_bias, n_extra)
+    width = padded_width(d, max(n_bias, n_extra))
     pad = width - d
 
     def widen(x: torch.Tensor, col: torch.Tensor | None, rows: int, hs: int) -> torch.Tensor:
@@ -217,6 +224,16 @@ def fused_sdpa(
     if route is not None:
         route.take(out[..., d : d + n_extra])
     return out[..., :d].to(out_dtype).transpose(1, 2).contiguous(), None
+
+
+def padded_width(d: int, columns: int) -> int:
+    """The head size of a call that appends ``columns`` to heads of size ``d``: ``d`` when none are appended,
+    else ``d + columns`` rounded up to a multiple of :data:`HEAD_MULTIPLE` (zero columns add nothing to
+    ``q·k`` or to the output that is kept)."""
+    if columns <= 0:
+        return d
+    width = d + columns
+    return -(-width // HEAD_MULTIPLE) * HEAD_MULTIPLE
 
 
 def _decode_step(

@@ -26,6 +26,11 @@ and such a layer runs in float32 whatever the model's precision: the folded colu
 ``b_j / scale`` then never overflows half precision, and a constant bias is exactly
 a no-op.
 
+Soft-capped scores (Gemma 2) never run fused: ``tanh`` of a sum is no sum, so
+the bias cannot fold into ``q·k``; the reference path caps them exactly.
+Sliding-window layers (Gemma 2 and 3) run fused with the boolean mask that
+transformers builds for them (none where the prompt fits the window).
+
 A layer runs fused only when every hook on its score point is an attnlens bias
 (:func:`attnlens.apply_bias`) and its pattern point has none: a hook of a
 user's own on either point still sees the materialised tensors, on the
@@ -109,6 +114,13 @@ def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
             return None
         out.extend(found.active())
     return out
+
+
+def softcapped(model: Any) -> bool:
+    """Whether ``model`` soft-caps its attention scores (Gemma 2's ``softcap * tanh(s / softcap)``): no per-key
+    bias folds into such scores, so its layers run the reference path and influence reads its patterns."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    return getattr(config, "attn_logit_softcapping", None) is not None
 
 
 def has_hooks(point: nn.Module | None) -> bool:

@@ -179,7 +179,8 @@ def write_cache_entry(directory: Path, model: Any, tokenizer: Any, *, source: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelLoadError(
             f"cannot write the model cache at {str(directory)!r}: {exc.strerror or exc}. "
-            "Set ATTNLENS_CACHE to a writable directory with room for it (about 600 MB for the embedded model, 1.2 GB for gemma-3-270m)"
+            "Set ATTNLENS_CACHE to a writable directory with room for it "
+            "(about 600 MB for the embedded model, 1.2 GB for gemma-3-270m)"
         ) from None
 
 

@@ -58,7 +58,7 @@ def _build_embedded_cache(directory: Path) -> None:
 
 
 def embedded_cache(*, verify: bool = False) -> Path:
-    """The cache directory of the embedded model, built on first use (see :func:`attnlens.runtime.cache.ensure_entry`)."""
+    """The cache directory of the embedded model, built on first use (:func:`attnlens.runtime.cache.ensure_entry`)."""
     return ensure_entry(cache_dir() / _CACHE_SUBDIR, _build_embedded_cache, verify=verify)
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnlens.core.errors import ModelLoadError
-from attnlens.runtime import models
+from attnlens.runtime import cache as entries, models
 
 from conftest import make_tiny_hf
 
@@ -23,7 +23,7 @@ from conftest import make_tiny_hf
 def cache(tmp_path, monkeypatch, tokenizer):
     """A temporary cache whose builder writes a tiny random model; ``builds`` counts the builds."""
     monkeypatch.setenv("ATTNLENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_verified", set())
+    monkeypatch.setattr(entries, "_verified", set())
     builds = []
     hf = make_tiny_hf(tokenizer, n_layers=2, d_model=16)
 
@@ -50,7 +50,7 @@ def test_a_new_entry_carries_a_digest_and_loads_without_a_rebuild(cache):
     assert len(builds) == 1 and _same_as(model, hf)
     marker = json.loads((directory / "attnlens.json").read_text())
     assert marker["sha256"] == models.file_digest(directory / "model.safetensors")
-    models._verified.clear()
+    entries._verified.clear()
     models.load_embedded_hf()
     assert len(builds) == 1
 
@@ -100,7 +100,7 @@ def test_a_damaged_entry_is_noticed_and_rebuilt(cache, caplog, how, digest):
         marker = json.loads((directory / "attnlens.json").read_text())
         (directory / "attnlens.json").write_text(json.dumps({"version": marker["version"], "source": "tiny"}))
         assert WORDS[how] in models.verify_cache_entry(directory)
-    with caplog.at_level("WARNING", logger="attnlens.runtime.models"):
+    with caplog.at_level("WARNING", logger="attnlens.runtime.cache"):
         model, _ = models.load_embedded_hf()
     assert len(builds) == 2 and _same_as(model, hf)
     assert "is damaged" in caplog.text and "rebuilding" in caplog.text
@@ -133,7 +133,7 @@ def test_a_symlinked_entry_is_replaced_not_followed(cache, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     directory.rename(elsewhere)
     directory.symlink_to(elsewhere, target_is_directory=True)
-    models._verified.clear()
+    entries._verified.clear()
     models.load_embedded_hf()
     assert len(builds) == 1  # a sound entry behind a link is used
     _damage(elsewhere, "zeroed")

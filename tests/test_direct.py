@@ -96,14 +96,15 @@ def test_unsupported_architecture_is_named(tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformer_lens.model_bridge import TransformerBridge
 
-    config = AutoConfig.for_model("gemma2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    config = AutoConfig.for_model("olmo2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     config._attn_implementation = "eager"
-    bridge = TransformerBridge.boot_transformers("tiny-gemma2", hf_model=AutoModelForCausalLM.from_config(config),
+    config.architectures = ["Olmo2ForCausalLM"]
+    bridge = TransformerBridge.boot_transformers("tiny-olmo2", hf_model=AutoModelForCausalLM.from_config(config),
                                                  tokenizer=tokenizer)
-    assert "gemma2" in direct_reason(bridge)  # softcapped scores: the bridge path serves it
+    assert "olmo2" in direct_reason(bridge)  # not among the tested architectures: the bridge path serves it
     rows = [[1, 5, 9, 200]]
-    with pytest.raises(ValueError, match="gemma2"):
+    with pytest.raises(ValueError, match="olmo2"):
         generate_batch(bridge, rows, max_new_tokens=2, direct=True)
     assert len(generate_batch(bridge, rows, max_new_tokens=2, stop_at_eos=False)[0]) == 2
 

@@ -219,3 +219,36 @@ def test_fused_state_is_scoped(tiny, fused_calls):
         thread.join()
         assert not fused.is_enabled()
     assert seen == [True] and fused.is_enabled()
+
+
+def test_widened_heads_are_padded_to_a_multiple_of_8(tiny_models, monkeypatch):
+    """The folded bias column (and influence's chains) widen the head; the call is padded to a multiple
+    of 8 with zero columns, which leave the outputs unchanged."""
+    assert fused.padded_width(64, 0) == 64 and fused.padded_width(64, 1) == 72
+    assert fused.padded_width(256, 3) == 264 and fused.padded_width(7, 1) == 8 and fused.padded_width(8, 9) == 24
+    model = tiny_models["llama"]  # head size 8: one bias column makes 9, padded to 16
+    tokens = torch.randint(3, 1000, (1, 24), generator=torch.Generator().manual_seed(5))
+    widths = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, **kwargs):
+        widths.append((query.shape[-1], key.shape[-1], value.shape[-1]))
+        return sdpa(query, key, value, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    plans = _plans(model, tokens.shape[1])
+    padded = _logprobs(model, tokens, plans, True)
+    assert widths and all(w == (16, 16, 16) for w in widths), widths
+    padded_influence = trace_influence(model, tokens, [(0, 4), (10, 13)], methods=("influence", "rollout"))
+    assert all(w[0] % 8 == 0 for w in widths)
+    monkeypatch.setattr(fused, "HEAD_MULTIPLE", 1)  # the unpadded call, 9 wide
+    widths.clear()
+    unpadded = _logprobs(model, tokens, plans, True)
+    assert widths and all(w == (9, 9, 9) for w in widths), widths
+    unpadded_influence = trace_influence(model, tokens, [(0, 4), (10, 13)], methods=("influence", "rollout"))
+    assert (padded - unpadded).abs().max() < 1e-5
+    for method in ("influence", "rollout"):
+        assert (padded_influence[method] - unpadded_influence[method]).abs().max() < 1e-6
+    with fused.fused_attention(False):
+        reference = _logprobs(model, tokens, plans, False)
+    assert (padded - reference).abs().max() < TOL

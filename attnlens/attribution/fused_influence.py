@@ -10,7 +10,8 @@ norms, and with ``per_head`` each key-value head's own), whose ratio is
 ``(A∘|v|)·I / (A·|v|)``. Nothing of size ``query x key`` is formed, steering
 plans fold into the same kernel call, and the model runs directly
 (:mod:`attnlens.runtime.direct`): the residual norm is read before each decoder layer,
-the attention output's norm after each attention module.
+the attention output's norm after each attention module (after its post-attention norm, where the
+block has one).
 
 :func:`available` says whether a model can be measured this way: a direct run
 is possible, the fused path is allowed, and no hook of a user's own listens to
@@ -31,7 +32,7 @@ from ..core import _internals as tl
 from ..core.concurrency import Scoped, call_scope
 from ..core.errors import AttnlensError
 from ..runtime import fused
-from ..runtime.direct import direct, direct_reason
+from ..runtime.direct import attention_output_module, direct, direct_reason
 from .recursion import Recursion, weighted
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 def available(model: Any) -> bool:
     """Whether :func:`run` can measure ``model`` (else the hook-based reference runs)."""
-    if not fused.is_enabled() or direct_reason(model) is not None:
+    if not fused.is_enabled() or fused.softcapped(model) or direct_reason(model) is not None:
         return False
     for block in model.blocks:
         attn = block.attn
@@ -107,13 +108,14 @@ def run(model: Any, stream: Recursion, row: torch.Tensor, mask: torch.Tensor | N
     handles: list[Any] = []
     routed: list[Any] = []
     # the wrapped modules, taken before the direct run puts them in their wrappers' places
-    modules = [(tl.original_component(block), tl.original_component(block.attn)) for block in model.blocks]
+    modules = [(tl.original_component(block), tl.original_component(block.attn), attention_output_module(block))
+               for block in model.blocks]
     with torch.no_grad(), direct(model) as hf, call_scope() as scope:
         try:
-            for layer, (decoder, attn) in enumerate(modules):
+            for layer, (decoder, attn, attn_out) in enumerate(modules):
                 handles.append(decoder.register_forward_pre_hook(Scoped(partial(_resid_pre, stream, layer), scope),
                                                                  with_kwargs=True))
-                handles.append(attn.register_forward_hook(Scoped(partial(_attn_out, stream, layer), scope)))
+                handles.append(attn_out.register_forward_hook(Scoped(partial(_attn_out, stream, layer), scope)))
                 columns = _Columns(stream, layer)
                 fused._columns[attn] = fused.ColumnRoute(columns.values, columns.take)
                 routed.append(attn)

@@ -63,11 +63,13 @@ logger = logging.getLogger(__name__)
 IMPLEMENTATION = "attnlens_hooked"
 
 #: Hugging Face model types whose direct run is tested against the bridge
-SUPPORTED_MODEL_TYPES = frozenset({"gemma", "gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3"})
+SUPPORTED_MODEL_TYPES = frozenset({"gemma", "gemma2", "gemma3_text", "gpt2", "llama", "mistral", "phi3", "qwen2",
+                                   "qwen3"})
 
 #: keyword arguments of an attention call that change the computation beyond
-#: scores + mask -> softmax -> values (softcapping, attention sinks, ...)
-_UNSUPPORTED_ATTENTION_KWARGS = ("softcap", "s_aux", "sinks", "position_bias")
+#: scores + mask -> softmax -> values (attention sinks, ...); soft-capped scores (Gemma 2's
+#: ``softcap``) run on the reference path, which caps them as the bridge does
+_UNSUPPORTED_ATTENTION_KWARGS = ("s_aux", "sinks", "position_bias")
 
 Route = tuple["nn.Module | None", "nn.Module | None"]
 
@@ -98,12 +100,14 @@ def hooked_attention(
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"direct attention does not support {name!r}")
     scores_point, pattern_point = route
-    # the fused long-context path (runtime.fused): bias plans and influence without a score matrix
-    fused_out = fused.attention(module, query, key, value, attention_mask, scaling, dropout, scores_point,
-                                pattern_point, **kwargs)
+    softcap = kwargs.pop("softcap", None)
+    # the fused long-context path (runtime.fused): bias plans and influence without a score matrix;
+    # soft-capped scores are not a sum over keys, so they never fold (the reference path caps them)
+    fused_out = None if softcap is not None else fused.attention(
+        module, query, key, value, attention_mask, scaling, dropout, scores_point, pattern_point, **kwargs)
     if fused_out is not None:
         return fused_out
-    if not (scores_point is not None and tl.has_hooks(scores_point)) and not (
+    if softcap is None and not (scores_point is not None and tl.has_hooks(scores_point)) and not (
         pattern_point is not None and tl.has_hooks(pattern_point)
     ):
         return tl.sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -113,6 +117,8 @@ def hooked_attention(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if softcap is not None:  # Gemma 2: softcap * tanh(scores / softcap), before the mask (as the bridge does)
+        scores = torch.tanh(scores / softcap) * softcap
     causal = kwargs.get("is_causal")
     if attention_mask is None and query.shape[-2] > 1 and (getattr(module, "is_causal", True) if causal is None
                                                           else causal):
@@ -146,6 +152,14 @@ def _routes(model: Model) -> dict[nn.Module, Route] | str:
             return "a block has no wrapped attention module"
         routes[original] = (getattr(attn, "hook_attn_scores", None), getattr(attn, "hook_pattern", None))
     return routes
+
+
+def attention_output_module(block: nn.Module) -> nn.Module | None:
+    """The wrapped module whose output is ``block``'s attention sub-layer output as the bridge's
+    ``hook_attn_out`` reads it: the post-attention norm where the block has one (Gemma 2 and 3 add
+    ``norm(attn(x))`` to the residual), else the attention module."""
+    post = getattr(block, "ln1_post", None)
+    return tl.original_component(post if post is not None else block.attn)
 
 
 def _allowed_and_internal(model: Model, routes: dict[nn.Module, Route]) -> tuple[set[int], set[int]]:

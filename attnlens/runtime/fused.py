@@ -53,6 +53,7 @@ from torch import nn
 from ..core import _internals as tl
 from ..core.errors import AttnlensError, SpanError
 from ..steering.bias import _ScoreBias, dispatcher, is_plain, key_bias, relative_key_bias, wide_dtype
+from .fused_edits import pattern_edits, span_edit_attention
 
 logger = logging.getLogger(__name__)
 
@@ -142,24 +143,39 @@ def attention(
     """The fused attention of one direct-run call, or None when the reference path must run it."""
     enabled = _enabled.get()
     route = _columns.get(module)
-    if route is None and (not enabled or (dropout and module.training) or has_hooks(pattern_point)):
+    edits = pattern_edits(pattern_point) if has_hooks(pattern_point) else []
+    if route is None and (not enabled or (dropout and module.training) or edits is None or len(edits) > 1):
         return None
+    if edits:  # one pattern edit that reweights its span: run fused (runtime.fused_edits)
+        if route is not None:
+            raise AttnlensError("fused influence met a hook on a score or pattern point during its pass")
+        hooks = bias_hooks(scores_point)
+        if hooks is None:
+            return None
+        bias, wide = _bias(hooks, query, key)
+        return span_edit_attention(edits[0], module, query, key, value, attention_mask, scaling, bias=bias,
+                                   wide=wide, is_causal=kwargs.get("is_causal"))
     hooks = bias_hooks(scores_point)
     if route is not None and (hooks is None or not enabled or (dropout and module.training)
                               or has_hooks(pattern_point)):
         raise AttnlensError("fused influence met a hook on a score or pattern point during its pass")
     if hooks is None or (not hooks and route is None):
         return None
-    bias, wide = None, False
-    if hooks:
-        batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
-        if is_plain(hooks):
-            bias = key_bias(hooks, batch, queries, keys, query.device)
-        else:  # large biases: relative to each row's largest, computed in float32 (see steering.bias)
-            total = key_bias(hooks, batch, queries, keys, query.device, wide_dtype(query.device))
-            bias, wide = relative_key_bias(total).float(), True
+    bias, wide = _bias(hooks, query, key)
     return fused_sdpa(module, query, key, value, attention_mask, scaling, bias=bias, route=route,
                       is_causal=kwargs.get("is_causal"), wide=wide)
+
+
+def _bias(hooks: list[_ScoreBias], query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    """The key bias of ``hooks`` for one call, and whether it is a large one made relative (run in float32)."""
+    if not hooks:
+        return None, False
+    batch, queries, keys = query.shape[0], query.shape[2], key.shape[2]
+    if is_plain(hooks):
+        return key_bias(hooks, batch, queries, keys, query.device), False
+    # large biases: relative to each row's largest, computed in float32 (see steering.bias)
+    total = key_bias(hooks, batch, queries, keys, query.device, wide_dtype(query.device))
+    return relative_key_bias(total).float(), True
 
 
 def fused_sdpa(

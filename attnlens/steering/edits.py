@@ -11,8 +11,11 @@ logits). Every caller goes through the three functions here, which take either:
 - :func:`shifted` moves it to a left-padded batch's positions;
 - :func:`select_rows` keeps the rows of one chunk of a batch.
 
-A run-time edit always runs on the reference path (its hook sees the
-materialised scores or pattern); a method with a static form of its edit
+A run-time edit runs on the reference path (its hook sees the materialised
+scores or pattern), with one exception: a pattern edit that multiplies its
+span keys' weights by a factor and renormalises (SpotLight) may say so with a
+``span_factor``; the fused path then runs it without a score matrix
+(:mod:`attnlens.runtime.fused_edits`). A method with a static form of its edit
 returns a BiasPlan instead, which the fused path runs.
 """
 
@@ -75,6 +78,12 @@ class EditContext:
 
 EditFn = Callable[[torch.Tensor, EditContext], torch.Tensor]
 
+#: ``span_factor(share, seen) -> factor``: given each query's share of attention on its row's span keys
+#: (``[rows, heads, query]``) and which queries can see the span (``[rows, query]``), the factor
+#: (broadcastable to ``[rows, heads, query]``) the span keys' weights are multiplied by before the
+#: pattern is renormalised. An edit that says this is what it does can run on the fused path.
+SpanFactor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class RunEdit:
@@ -90,6 +99,7 @@ class RunEdit:
     spans: RowSpans
     per_row: bool = True
     name: str = "edit"
+    span_factor: SpanFactor | None = None
 
     @classmethod
     def for_prompts(
@@ -101,12 +111,20 @@ class RunEdit:
         *,
         layers: LayerSpec = "all",
         name: str = "edit",
+        span_factor: SpanFactor | None = None,
     ) -> "RunEdit":
-        """An edit of ``point`` (``"scores"``, ``"pattern"`` or ``"logits"``) with one span list per prompt."""
+        """An edit of ``point`` (``"scores"``, ``"pattern"`` or ``"logits"``) with one span list per prompt.
+
+        ``span_factor``: for a pattern edit that multiplies the span keys' weights by a factor and
+        renormalises (``fn`` must do just that), the factor as :data:`SpanFactor` says; the fused
+        path then runs the edit.
+        """
         if point not in POINTS:
             raise AttnlensError(f"a run-time edit changes one of {', '.join(POINTS)}; got {point!r}")
         if not callable(fn):
             raise AttnlensError(f"the edit function must be callable, got {type(fn).__name__}")
+        if span_factor is not None and (point != "pattern" or not callable(span_factor)):
+            raise AttnlensError("span_factor is a callable, and only a pattern edit can have one")
         rows = []
         for r, row in enumerate(spans):
             out = []
@@ -116,7 +134,7 @@ class RunEdit:
                 out.append((int(span[0]), int(span[1])))
             rows.append(tuple(out))
         resolved = () if point == "logits" else resolve_layers(layers, model_shape(model)[0])
-        return cls(point, fn, tuple(resolved), tuple(rows), True, name)
+        return cls(point, fn, tuple(resolved), tuple(rows), True, name, span_factor)
 
     @property
     def rows(self) -> int | None:
@@ -147,9 +165,43 @@ class RunEdit:
 
         installed = self.hooks()
         logger.debug("installing %d %s edit hooks (%s)", len(installed), self.point, self.name)
+        points = getattr(model, "hook_dict", None)
+        if self.span_factor is not None and points is not None and all(name in points for name, _ in installed):
+            # attnlens installs and records these hooks itself, so the fused path knows them by their ids
+            with call_scope() as scope, _recorded(points, scoped(installed, scope)):
+                yield self
+            return
         # the hooks act only in this call's context: another thread's forward of the model is left as it is
         with call_scope() as scope, model.hooks(fwd_hooks=scoped(installed, scope)):
             yield self
+
+
+#: the pattern-edit hooks with a span factor that attnlens installed, by torch hook id (what the fused
+#: path reads to run them without a pattern; see :func:`fusable`)
+_fusable: dict[int, Any] = {}
+
+
+@contextmanager
+def _recorded(points: Any, installed: list[tuple[str, Any]]) -> Iterator[None]:
+    from ..core import _internals as tl
+
+    handles = []
+    try:
+        for name, fn in installed:
+            handle = tl.add_lens_hook(points[name], fn)
+            handles.append((points[name], handle))
+            _fusable[tl.lens_hook_id(handle)] = fn
+        yield
+    finally:
+        for point, handle in handles:
+            _fusable.pop(tl.lens_hook_id(handle), None)
+            tl.remove_lens_hook(point, handle)
+
+
+def fusable(hook_id: int) -> Any:
+    """The scoped pattern-edit hook with a span factor that attnlens installed under ``hook_id`` (its
+    ``fn`` is the edit's hook, its ``token`` the call scope it acts in), or None."""
+    return _fusable.get(hook_id)
 
 
 class _EditHook:
@@ -159,19 +211,24 @@ class _EditHook:
         self.edit = edit
         self.layer = layer
 
-    def __call__(self, tensor: torch.Tensor, hook: Any = None) -> torch.Tensor:
+    def context(self, batch: int) -> EditContext:
+        """The edit's context for a batch of ``batch`` rows."""
         edit = self.edit
         spans = edit.spans
-        if edit.per_row and len(spans) != tensor.shape[0]:
+        if edit.per_row and len(spans) != batch:
             if len(spans) == 1:
-                spans = spans * tensor.shape[0]
+                spans = spans * batch
             else:
                 raise AttnlensError(
-                    f"the {edit.name} edit has spans for {len(spans)} rows but the run has a batch of {tensor.shape[0]}"
+                    f"the {edit.name} edit has spans for {len(spans)} rows but the run has a batch of {batch}"
                 )
         elif not edit.per_row:
-            spans = spans * tensor.shape[0]
-        out = edit.fn(tensor, EditContext(edit.point, self.layer, spans))
+            spans = spans * batch
+        return EditContext(edit.point, self.layer, spans)
+
+    def __call__(self, tensor: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        edit = self.edit
+        out = edit.fn(tensor, self.context(tensor.shape[0]))
         if not isinstance(out, torch.Tensor) or out.shape != tensor.shape:
             raise AttnlensError(
                 f"the {edit.name} edit of {edit.point} must return a tensor shaped {tuple(tensor.shape)}, got "

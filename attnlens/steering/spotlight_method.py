@@ -10,7 +10,10 @@ bias on the span's keys (to the log of the attention weights, then
 renormalises); where the span already gets its target it leaves the layer
 alone. The strength is computed from the attention the run sees, layer by
 layer and step by step (prefill and every decoding step), so the method is a
-run-time edit of the pattern (the reference path).
+run-time edit of the pattern. That edit multiplies the span keys' weights by one
+factor and renormalises, so the method also gives the factor from the span's
+shares (``span_factor``), and direct runs take the fused path
+(:mod:`attnlens.runtime.fused_edits`) with no score matrix.
 
 This module keeps the definition of the proportion and chooses the bias so
 that the proportion *after* the edit reaches the target (the toolkit's single
@@ -36,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: bisection steps on the bias (it ends within (upper bound) / 2**STEPS of the smallest that reaches the target)
+#: bisection steps on the bias (it ends within (bracket width) / 2**STEPS of the smallest that reaches the target;
+#: the bracket runs from the smallest to the largest bias that lifts one seeing query to the target)
 STEPS = 30
 
 
@@ -97,23 +101,62 @@ def spotlight_bias(pattern: torch.Tensor, key_mask: torch.Tensor, starts: Sequen
 
     Rows at or above the target (or with nothing to steer) get 0.
     """
+    _, (per_query, seen) = _shares(pattern.float(), key_mask, starts)
+    return bias_from_shares(per_query, seen, target)
+
+
+def bias_from_shares(per_query: torch.Tensor, seen: torch.Tensor, target: float) -> torch.Tensor:
+    """:func:`spotlight_bias` from each query's span share (``[rows, heads, query]``) and which queries
+    see the span (``[rows, heads, query]`` or ``[rows, query]``): what the fused path computes with."""
     import torch
 
-    pooled, (per_query, seen) = _shares(pattern.float(), key_mask, starts)
+    if seen.dim() == 2:
+        seen = seen[:, None, :].expand_as(per_query)
+    count = seen.sum((1, 2))
+    pooled = torch.where(seen, per_query, 0.0).sum((1, 2)) / count.clamp_min(1)
+    pooled = torch.where(count > 0, pooled, torch.nan)
     below = torch.nan_to_num(pooled, nan=1.0) < target
     if not bool(below.any()):
         return torch.zeros_like(pooled)
-    # an upper bound: the bias that lifts every seeing query with a share > 0 to the target
+    # the bias lies between the smallest and the largest that lifts one seeing query to the target
     s = per_query.clamp(1e-12, 1 - 1e-7)
     needed = torch.log(target * (1 - s) / (s * (1 - target))).clamp_min(0.0)
     high = torch.where(seen, needed, 0.0).amax((1, 2)).clamp_min(1e-6)
-    low = torch.zeros_like(high)
+    low = torch.where(seen, needed, torch.inf).amin((1, 2)).clamp_max(high).nan_to_num(0.0, posinf=0.0)
+    if per_query.numel() <= SMALL:  # a decoding step or a short prompt: many tiny steps run faster in numpy
+        found = torch.from_numpy(_bisect_numpy(per_query, seen, low, high, target)).to(per_query)
+    else:
+        for _ in range(STEPS):
+            mid = (low + high) / 2
+            reached = _pooled_after(mid, per_query, seen) >= target
+            high = torch.where(reached, mid, high)
+            low = torch.where(reached, low, mid)
+        found = high
+    return torch.where(below, found, 0.0)
+
+
+#: up to this many shares, the bisection runs in numpy (its per-step overhead is far below torch's)
+SMALL = 8192
+
+
+def _bisect_numpy(per_query: torch.Tensor, seen: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                  target: float):
+    """The bisection of :func:`bias_from_shares` in numpy (float64): the same steps, the same answer."""
+    import numpy as np
+
+    shares = per_query.detach().double().cpu().numpy()
+    mask = seen.detach().cpu().numpy()
+    count = np.maximum(mask.sum((1, 2)), 1)
+    lo = low.detach().double().cpu().numpy()
+    hi = high.detach().double().cpu().numpy()
     for _ in range(STEPS):
-        mid = (low + high) / 2
-        reached = _pooled_after(mid, per_query, seen) >= target
-        high = torch.where(reached, mid, high)
-        low = torch.where(reached, low, mid)
-    return torch.where(below, high, 0.0)
+        mid = (lo + hi) / 2
+        scale = np.exp(mid)[:, None, None]
+        after = shares * scale / (shares * scale + 1.0 - shares)
+        reached = np.where(mask, after, 0.0).sum((1, 2)) / count >= target
+        hi = np.where(reached, mid, hi)
+        lo = np.where(reached, lo, mid)
+    return hi
 
 
 class SpotLightMethod(SteeringMethod):
@@ -156,7 +199,12 @@ class SpotLightMethod(SteeringMethod):
             lifted = lifted / lifted.sum(-1, keepdim=True).clamp_min(1e-30)
             return lifted.to(pattern.dtype)
 
-        return RunEdit.for_prompts(model, "pattern", lift, spans, layers=settings["layers"], name=self.name)
+        def factor(share: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+            # the same edit as lift, for the fused path: the span keys' weights times exp(bias)
+            return bias_from_shares(share, seen, target).exp()[:, None, None]
+
+        return RunEdit.for_prompts(model, "pattern", lift, spans, layers=settings["layers"], name=self.name,
+                                   span_factor=factor)
 
 
 register(SpotLightMethod())

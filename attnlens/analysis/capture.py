@@ -40,6 +40,8 @@ class SteeringPatterns:
     str_tokens: list[str]
     unsteered: Float[torch.Tensor, "head query key"]  # noqa: F821
     steered: Float[torch.Tensor, "head query key"]  # noqa: F821
+    #: the keys the steering favours at this layer (``()`` when it is not known: a context manager)
+    steered_keys: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,4 +198,22 @@ def steering_patterns(
     str_tokens = (
         [tokenizer.decode([t]) for t in ids.tolist()] if tokenizer is not None else [str(t) for t in ids.tolist()]
     )
-    return SteeringPatterns(layer, chosen, ids, str_tokens, unsteered[index], steered[index])
+    keys = favoured_keys(plan_or_context, layer, len(ids))
+    if not keys and hasattr(tokens, "spans"):  # a Prompt: its GUIDE and emphasised spans
+        keys = tuple(sorted({i for span in tokens.spans if span.kind != "influence" for i in range(span.start, span.end)}))
+    return SteeringPatterns(layer, chosen, ids, str_tokens, unsteered[index], steered[index], keys)
+
+
+def favoured_keys(plan: Any, layer: int, length: int) -> tuple[int, ...]:
+    """The key positions a :class:`BiasPlan` favours at ``layer`` (first row): those whose summed bias is
+    above the lowest (GUIDE's raised span; PASTA's emphasised span, whose complement is lowered)."""
+    if not isinstance(plan, BiasPlan):
+        return ()
+    bias = [0.0] * length
+    for term in plan.terms:
+        if layer not in term.layers or term.row not in (None, 0):
+            continue
+        for i in range(max(term.start, 0), min(length if term.end is None else term.end, length)):
+            bias[i] += term.value
+    low = min(bias, default=0.0)
+    return tuple(i for i, b in enumerate(bias) if b > low)

@@ -22,6 +22,7 @@ from ..core.model import Model
 from ..core import hooks as hooks_
 from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 from ..core.model import model_device, model_shape, pad_id
 from ..core.validate import is_int, resolve_heads
 from ..steering.bias import BiasPlan
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SteeringPatterns:
+class SteeringPatterns(Showable):
     """One layer's attention for one token row, unsteered and steered: ``[head, query, key]`` each."""
 
     layer: int
@@ -45,7 +46,7 @@ class SteeringPatterns:
 
 
 @dataclass(frozen=True)
-class PatternSamples:
+class PatternSamples(Showable):
     """One head's attention over a few texts, ready to show (:func:`attnlens.viz.head_patterns`).
 
     ``patterns[i]`` is text ``texts[i]``'s ``[query, key]`` pattern over its

@@ -33,6 +33,7 @@ from html import escape
 from typing import Any
 
 from ..core.errors import DescribeError
+from ..core.records import Showable
 from ..core.validate import redact, redact_url, url_secrets
 
 logger = logging.getLogger(__name__)
@@ -469,7 +470,7 @@ class HeadDescription:
 
 
 @dataclass
-class HeadDescriptions:
+class HeadDescriptions(Showable):
     """The results of :meth:`AttentionData.describe_heads`, one row per head, in (layer, head) order.
 
     Renders as a table in notebooks; ``str()`` gives a plain-text table.

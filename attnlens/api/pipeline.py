@@ -251,7 +251,8 @@ class PayAttentionPipeline:
         values = trace[method]
         tokens = [self.tokenizer.decode([t]) for t in trace.tokens]
         return [
-            {
+            Record(  # a dict that shows itself (influence_view) and converts to JSON
+                **{
                 "start": span.start,
                 "end": span.end,
                 "text": span.text,
@@ -262,7 +263,8 @@ class PayAttentionPipeline:
                 "tokens": tokens,
                 "token_ids": list(trace.tokens),
                 "prompt_length": len(prompt.input_ids),
-            }
+                }
+            )
             for i, span in enumerate(prompt.influence_spans())
         ]
 

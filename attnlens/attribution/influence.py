@@ -73,6 +73,7 @@ from ..core import hooks
 from ..core.model import check_window, model_device
 from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError, SpanError
+from ..core.records import Showable
 from ..prompts import span_args
 from . import fused_influence
 from . import registry
@@ -96,11 +97,13 @@ PROGRESS_FROM = 1024
 
 
 @dataclass
-class InfluenceTrace:
+class InfluenceTrace(Showable):
     """What one forward pass measured: one tensor per method.
 
     Each tensor is ``[n_spans, n_layers + 1, seq]`` (``[n_spans, n_layers + 1,
-    n_heads, seq]`` with ``per_head``); row 0 is the spans' indicator.
+    n_heads, seq]`` with ``per_head``); row 0 is the spans' indicator. ``show()`` /
+    ``view(tokens=...)`` draw every span (:func:`attnlens.viz.influence_view`; pass the token
+    strings, the trace keeps ids); ``to_json()`` gives the tensors as lists.
     """
 
     spans: list[tuple[int, int]]

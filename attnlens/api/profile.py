@@ -94,8 +94,8 @@ class HeadProfile(Showable):
     ``scores[layer, head]`` is the mean score over the examples with that head
     alone steered (NaN for heads not profiled); ``baseline`` the unsteered mean.
     ``show()`` / ``view()``: the gains as a layer x head grid with its colour scale.
-    ``to_json()`` keeps pastalib's head config (a ``dict``, what :meth:`save` writes);
-    :meth:`as_dict` gives everything.
+    ``to_json()`` is pastalib's head config as JSON text (what :meth:`save` writes);
+    :meth:`as_dict` / ``to_dict()`` give everything.
     """
 
     scores: np.ndarray  # [n_layers, n_heads]
@@ -153,14 +153,18 @@ class HeadProfile(Showable):
             config.setdefault(s.layer, []).append(s.head)
         return {layer: sorted(heads) for layer, heads in config.items()}
 
-    def to_json(self, k: int | None = None, *, only_helpful: bool = False) -> dict[str, list[int]]:
-        """pastalib's JSON head config (``{"layer": [heads]}``) of the ``k`` best heads (all: None)."""
+    def head_config(self, k: int | None = None, *, only_helpful: bool = False) -> dict[str, list[int]]:
+        """pastalib's head config as JSON data (``{"layer": [heads]}``) of the ``k`` best heads (all: None)."""
         return head_config_to_json(self.top(k or max(len(self), 1), only_helpful=only_helpful))
+
+    def to_json(self, k: int | None = None, *, only_helpful: bool = False, **kwargs: Any) -> str:
+        """The JSON text of :meth:`head_config` (what :meth:`save` writes; ``json.dumps`` keywords pass through)."""
+        return json.dumps(self.head_config(k, only_helpful=only_helpful), **kwargs)
 
     def save(self, path: str | os.PathLike, k: int | None = None, *, only_helpful: bool = False) -> Path:
         """Write :meth:`to_json` to ``path`` (readable by ``load_head_config`` and pastalib)."""
         file = Path(path).expanduser()
-        file.write_text(json.dumps(self.to_json(k, only_helpful=only_helpful)) + "\n")
+        file.write_text(self.to_json(k, only_helpful=only_helpful) + "\n")
         return file
 
     def to_dict(self) -> dict[str, Any]:

@@ -43,6 +43,8 @@ class SteeringPatterns(Showable):
     steered: Float[torch.Tensor, "head query key"]  # noqa: F821
     #: the keys the steering favours at this layer (``()`` when it is not known: a context manager)
     steered_keys: tuple[int, ...] = ()
+    #: leading tokens that are the chat template's own system prompt (views leave them out unless asked)
+    system_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ def steering_patterns(
     keys = favoured_keys(plan_or_context, layer, len(ids))
     if not keys and hasattr(tokens, "spans"):  # a Prompt: its GUIDE and emphasised spans
         keys = tuple(sorted({i for span in tokens.spans if span.kind != "influence" for i in range(span.start, span.end)}))
-    return SteeringPatterns(layer, chosen, ids, str_tokens, unsteered[index], steered[index], keys)
+    return SteeringPatterns(layer, chosen, ids, str_tokens, unsteered[index], steered[index], keys,
+                            int(getattr(tokens, "system_tokens", 0) or 0))
 
 
 def favoured_keys(plan: Any, layer: int, length: int) -> tuple[int, ...]:

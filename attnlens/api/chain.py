@@ -304,4 +304,5 @@ def influence_report(
         "methods": list(methods),
         "convention": convention,
         "spans": spans,
+        **({"system_tokens": prompt.system_tokens} if prompt.system_tokens else {}),
     })

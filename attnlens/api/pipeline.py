@@ -263,6 +263,8 @@ class PayAttentionPipeline:
                 "tokens": tokens,
                 "token_ids": list(trace.tokens),
                 "prompt_length": len(prompt.input_ids),
+                # the chat template's own system prompt, which views leave out unless asked
+                **({"system_tokens": prompt.system_tokens} if prompt.system_tokens else {}),
                 }
             )
             for i, span in enumerate(prompt.influence_spans())

@@ -32,6 +32,7 @@ class _Input:
     sections: list[_Section]
     tokens: Sequence[str] | None = None
     prompt_length: int | None = None
+    system_tokens: int = 0  # leading tokens that are the chat template's own system prompt
 
 
 def _tensor_like(value: Any) -> bool:
@@ -77,9 +78,11 @@ def _read_input(curves: Any) -> _Input:
         if "spans" in curves and isinstance(curves["spans"], list) and "methods" in curves:  # an influence report
             methods = list(curves["methods"])
             sections = [_entry_section(e, methods) for e in curves["spans"]]
-            return _Input(sections, curves.get("tokens"), curves.get("prompt_length"))
+            return _Input(sections, curves.get("tokens"), curves.get("prompt_length"),
+                          int(curves.get("system_tokens", 0) or 0))
         if "tensor" in curves:  # one influence entry of a pipeline record
-            return _Input([_entry_section(curves)], curves.get("tokens"), curves.get("prompt_length"))
+            return _Input([_entry_section(curves)], curves.get("tokens"), curves.get("prompt_length"),
+                          int(curves.get("system_tokens", 0) or 0))
         if curves and all(_tensor_like(v) for v in curves.values()):
             return _Input([_Section(dict(curves))])
     if isinstance(curves, (list, tuple)) and curves and all(isinstance(e, Mapping) for e in curves):
@@ -95,7 +98,8 @@ def _read_list(entries: Sequence[Mapping[str, Any]]) -> _Input:
     if not entries:
         raise AttnlensError("this record has no influence entries (no <?-> ... <-?> span was measured)")
     first = entries[0]
-    return _Input([_entry_section(e) for e in entries], first.get("tokens"), first.get("prompt_length"))
+    return _Input([_entry_section(e) for e in entries], first.get("tokens"), first.get("prompt_length"),
+                  int(first.get("system_tokens", 0) or 0))
 
 
 def _influence_curves(curves: Any) -> dict[str, torch.Tensor]:
@@ -232,6 +236,7 @@ def influence_view(
     prompt_length: int | None = None,
     title: str = "",
     include_plotlyjs: bool = True,
+    system_prompt: bool = False,
 ) -> HTMLView:
     """Influence across layers (plotly) and a token heat map of each method's final row (circuitsvis).
 
@@ -239,7 +244,10 @@ def influence_view(
     :class:`attnlens.InfluenceTrace`, an :func:`attnlens.influence_report`, a pipeline record
     (``pipe(...)[0]``), one of its ``"influence"`` entries or their list; records bring their tokens and
     prompt length, and each of their spans gets its own section. Other arguments as
-    :func:`influence_figure`. Each heat map states its scale (per-row maximum) and marks the span.
+    :func:`influence_figure`. Each heat map states its scale (per-row maximum) and marks the span. A record
+    of a chat whose template added its own system prompt (``system_tokens``) is shown without it, and the
+    page says so; ``system_prompt=True`` shows it (``positions`` count from the sequence's first token;
+    the page numbers the tokens it shows).
 
     Everything is inlined (plotly.js and the circuitsvis bundle), so the view renders in a notebook and
     ``view.save(path)`` writes a standalone file that works offline (``include_plotlyjs=False`` leaves
@@ -256,12 +264,27 @@ def influence_view(
     chosen = _influence_positions(positions, seq, prompt_length)
     heading = title or "Influence of the span"
     body = [f"<h3>{_html.escape(heading)}</h3>"]
+    hidden = 0 if system_prompt else min(read.system_tokens, seq - 1)
+    if hidden:  # leave the template's own system prompt out: positions and spans move with it
+        body.append(f"<p style='font:12px sans-serif;color:#555'>The chat template's own system prompt "
+                    f"({hidden} tokens) is left out; <code>system_prompt=True</code> shows it.</p>")
+        sections = [({m: v[:, hidden:] for m, v in data.items()},
+                     _Section(sec.curves, None if sec.span is None or sec.span[1] <= hidden
+                              else (max(sec.span[0] - hidden, 0), sec.span[1] - hidden), sec.name))
+                    for data, sec in sections]
+        labels = labels[hidden:]
+        kept = [p - hidden for p in chosen if p >= hidden]
+        if not kept:
+            raise AttnlensError(f"every chosen position lies in the template's system prompt (its first {hidden} "
+                                "tokens); choose later positions or pass system_prompt=True")
+        chosen = kept
+        prompt_length = None if prompt_length is None else prompt_length - hidden
     figure = None
     parts: list[tuple[str | None, Any]] = []
     legends: list[str] = []
     summary = []
     for index, (data, sec) in enumerate(sections):
-        if next(iter(data.values())).shape[1] != seq:
+        if next(iter(data.values())).shape[1] != len(labels):
             raise AttnlensError("the spans of one view must cover the same tokens")
         name = sec.name or ("" if len(sections) == 1 else f"span {index}")
         fig = influence_figure(data, labels, chosen, prompt_length=prompt_length,
@@ -286,5 +309,6 @@ def influence_view(
             "tokens": labels,
             "positions": chosen,
             "sections": [{"span": item["span"], "final": item["final"]} for item in summary],
+            "hidden_tokens": hidden,
         },
     )

@@ -55,7 +55,7 @@ def _ranges(keys: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def steering_view(captured: SteeringPatterns) -> HTMLView:
+def steering_view(captured: SteeringPatterns, *, system_prompt: bool = False) -> HTMLView:
     """One layer's attention unsteered, under steering, and the difference, side by side.
 
     Args:
@@ -68,15 +68,20 @@ def steering_view(captured: SteeringPatterns) -> HTMLView:
     change). Each has its colour scale beside it; the steered keys are marked ``⟦ ⟧`` in the
     token labels and named above the views. ``view.data`` holds the ``unsteered`` and
     ``steered`` patterns (``[head, query, key]``), ``tokens``, ``heads``, ``layer`` and
-    ``steered_spans`` (half-open token ranges).
+    ``steered_spans`` (half-open token ranges). A chat's template-added system prompt
+    (``captured.system_tokens``) is left out, and the page says so, unless ``system_prompt=True``;
+    ``view.data`` keeps the full patterns either way.
     """
     import circuitsvis as cv
 
     layer, chosen = captured.layer, captured.heads
     unsteered, steered, str_tokens = captured.unsteered, captured.steered, captured.str_tokens
-    diff = steered - unsteered
-    spans = _ranges(getattr(captured, "steered_keys", ()))
-    labels = [_label(t) for t in str_tokens]
+    hidden = 0 if system_prompt else min(int(getattr(captured, "system_tokens", 0) or 0), len(str_tokens) - 1)
+    keys = [k - hidden for k in getattr(captured, "steered_keys", ()) if k >= hidden]
+    shown_unsteered, shown_steered = unsteered[:, hidden:, hidden:], steered[:, hidden:, hidden:]
+    diff = shown_steered - shown_unsteered
+    spans = _ranges(keys)
+    labels = [_label(t) for t in str_tokens[hidden:]]
     for start, end in spans:
         labels = span_label(labels, start, end)
     names = [f"L{layer}H{h}" for h in chosen]
@@ -85,9 +90,9 @@ def steering_view(captured: SteeringPatterns) -> HTMLView:
                "mask_upper_tri": True}
     parts = [
         ("unsteered", cv.attention.attention_heads(
-            attention=_rounded(unsteered), tokens=labels, attention_head_names=names, **pattern)),
+            attention=_rounded(shown_unsteered), tokens=labels, attention_head_names=names, **pattern)),
         ("steered", cv.attention.attention_heads(
-            attention=_rounded(steered), tokens=labels, attention_head_names=names, **pattern)),
+            attention=_rounded(shown_steered), tokens=labels, attention_head_names=names, **pattern)),
         (f"steered - unsteered (max |change| {bound:.3f})", cv.attention.attention_heads(
             attention=_rounded(diff), tokens=labels, attention_head_names=names, max_value=bound,
             min_value=-bound, positive_color=RAISED, negative_color=LOWERED, mask_upper_tri=True)),
@@ -96,12 +101,16 @@ def steering_view(captured: SteeringPatterns) -> HTMLView:
                     "red: steering raised the attention of the query (row) on the key (column); blue: lowered "
                     "it; white: no change. Scaled to the largest change.", middle="0")
     if spans:
-        named = "; ".join(f"tokens [{a}, {b}) {''.join(str_tokens[a:b])!r}" for a, b in spans)
+        named = "; ".join(f"tokens [{a + hidden}, {b + hidden}) {''.join(str_tokens[a + hidden:b + hidden])!r}"
+                          for a, b in spans)
         marked = (f"<p class='attnlens-steered' style='font:13px sans-serif'><b>Steered keys</b> (marked "
                   f"\u27e6 \u27e7 in the labels): {_html.escape(named)}</p>")
     else:
         marked = ("<p class='attnlens-steered' style='font:13px sans-serif'>The steered keys are not known for "
                   "a steering context; pass a BiasPlan (or a Prompt) to mark them.</p>")
+    if hidden:
+        marked += (f"\n<p style='font:12px sans-serif;color:#555'>The chat template's own system prompt ({hidden} "
+                   "tokens) is left out of the grids; <code>system_prompt=True</code> shows it.</p>")
     title = f"Layer {layer}: attention unsteered vs steered"
     body = (f"<h3>{_html.escape(title)}</h3>\n{marked}\n"
             + circuitsvis_html(parts, after=[pattern_legend(), pattern_legend(), change], columns=True))
@@ -109,5 +118,5 @@ def steering_view(captured: SteeringPatterns) -> HTMLView:
         body,
         title=title,
         data={"unsteered": unsteered, "steered": steered, "tokens": str_tokens, "heads": chosen, "layer": layer,
-              "steered_spans": spans},
+              "steered_spans": [(a + hidden, b + hidden) for a, b in spans], "hidden_tokens": hidden},
     )

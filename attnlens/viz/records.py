@@ -188,5 +188,5 @@ def _multiples_view(rows: RankedMultiples, title: str = "") -> HTMLView:
 for _cls, _view in ((Record, record_view), (InfluenceTrace, _trace_view), (TokenAttribution, _attribution_view),
                     (Faithfulness, _faithfulness_view), (FaithfulnessComparison, _comparison_view),
                     (HeadDescriptions, _descriptions_view), (RankedMultiples, _multiples_view),
-                    (SteeringPatterns, lambda r: steering_view(r)), (PatternSamples, lambda r: head_patterns(r))):
+                    (SteeringPatterns, steering_view), (PatternSamples, lambda r: head_patterns(r))):
     register_view(_cls, _view)

@@ -169,7 +169,8 @@ def test_span_arguments_take_token_spans_pairs_and_substrings(tiny):
     ((5, 2), r"span \[5, 2\) is empty"),
     ((0, 999), "runs past the sequence"),
     ("", "non-empty substring"),
-    ((0, 1, 2), "one span"),
+    ((0, 1, 2), r"\(start, end\) pair"),
+    ((0, 1.5), "must be integers"),
 ])
 def test_bad_span_arguments_are_named(tiny, bad, match):
     prompt = al.tokenize_prompt(tiny.tokenizer, "<?-> Rewrite <-?> Paris is the capital.")

@@ -206,9 +206,6 @@ def check_spans(
         raise AttnlensError("give either span=(start, end) or spans=[(start, end), ...], not both")
     if span is None and spans is None:
         raise AttnlensError("influence needs a span=(start, end) of token positions (or spans=[...])")
-    if span is not None and not span_args.is_span_like(span):
-        raise SpanError(f"span {span!r} must be one span: (start, end), a TokenSpan or a substring "
-                        "(for several, pass spans=[...])")
     items = [span] if span is not None else spans
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         if span_args.is_span_like(items):

@@ -20,6 +20,7 @@ from attnlens.api.profile import HeadProfile
 from attnlens.core.errors import AttnlensError, SpanError
 from attnlens.experiments.metrics import Estimate
 from attnlens.experiments.summary import ConditionSummary, ExperimentResult
+from attnlens.experiments.tune import Trial, Tuning
 from attnlens.viz import HTMLView
 
 TAGGED = "<!-> Answer in French: <-!> <?-> Rewrite this <-?> Paris is the capital of France."
@@ -56,6 +57,9 @@ def made(tiny):
                                     "exclude", "exact"),
         "experiment result": ExperimentResult("needle", Path("out"), Path("out/rows.jsonl"), Path("out/summary.csv"),
                                               [], [summary], ("ok",), 4, 0),
+        "strength search": Tuning("guide", "delta", 2.0, [Trial(1.0, 0.25, 0.0, True), Trial(2.0, 0.75, 0.1, True)],
+                                  {"mean": 0.7, "low": 0.5, "high": 0.9, "n": 4}, {"mean": 0.2, "low": 0.0, "high": 0.4,
+                                                                                  "n": 4}, dev=[0, 1], test=[2, 3, 4, 5]),
     }
 
 
@@ -75,6 +79,7 @@ EXPECT = {
     "head descriptions": ["attends to &lt;b&gt;names&lt;/b&gt;", "error: timed out"],
     "head profile": ["+0.250", "n = 2 examples", "not profiled"],
     "experiment result": ["0.500 [0.250, 0.750]", "n items", "0.100 [-0.200, 0.400]"],
+    "strength search": ["n = 2 development", "n = 4 examples", "chosen: 2.0", "0.75"],
 }
 COLOURED = {"pipeline record", "influence entry", "influence report", "influence trace", "token attribution",
             "ranked multiples", "pattern samples", "steering patterns", "head profile"}

@@ -75,6 +75,11 @@ def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("views")
 
 
+@pytest.fixture(scope="module")
+def ad(tiny):
+    return al.AttentionData(tiny, text_batch=TEXTS, min_length=4, max_length=16, seed=0)
+
+
 def test_the_steering_difference_sits_side_by_side_with_its_colours_explained(tiny, tmp):
     prompt = al.tokenize_prompt(tiny.tokenizer, "<!-> Answer in French: <-!> Paris is the capital.")
     span = prompt.guide_spans()[0]
@@ -120,14 +125,12 @@ def test_chat_views_leave_the_template_system_prompt_out(tiny, tmp):
     # a chat with its own system message hides nothing
     own = pipe([{"role": "system", "content": "Be brief."}, {"role": "user", "content": TAGGED}], max_new_tokens=1)
     assert "system_tokens" not in own[0]["influence"][0]
-    _draw(view, "chat_influence", tmp)
 
 
-def test_ranked_heads_show_words_as_words(tiny, tmp):
+def test_ranked_heads_show_words_as_words(ad, tmp):
     assert word_of([" The", " ch", "ases", " the"], 2) == "chases"
     assert word_of([" The", " ch", "ases", " the"], 3) == "the"
     assert word_of(["<|im_start|>", "The"], 1) == "The"
-    ad = al.AttentionData(tiny, text_batch=TEXTS, min_length=4, max_length=16, seed=0)
     rows = ad.get_ranked_multiples(1, 2, num_multiples=6)
     view = rows.view()
     text = re.sub(r"<[^>]+>", "", view.body.split("</table>")[0].split("<table")[1])
@@ -142,12 +145,8 @@ def test_ranked_heads_show_words_as_words(tiny, tmp):
     assert len(probe["legends"]) == 1
 
 
-def test_every_circuitsvis_view_has_a_legend(tiny, tmp):
-    ad = al.AttentionData(tiny, text_batch=TEXTS, min_length=4, max_length=16, seed=0)
+def test_every_circuitsvis_view_has_a_legend(ad, tmp):
     patterns = ad.patterns_view(1, 2, max_texts=1)
     assert "attention weight" in patterns.body
     probe = _draw(patterns, "head_patterns", tmp)
     assert len(probe["legends"]) == 1 and probe["canvases"] >= 2
-    attribution = al.attribute(tiny, "Paris is the capital of", method="rollout").view()
-    probe = _draw(attribution, "attribution", tmp)
-    assert len(probe["legends"]) == 1

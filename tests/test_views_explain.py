@@ -122,6 +122,11 @@ def test_chat_views_leave_the_template_system_prompt_out(tiny, tmp):
     assert "system prompt" in view.body and "You are" not in view.body.split("<script")[0]
     full = al.viz.influence_view(entry, system_prompt=True)
     assert full.data["hidden_tokens"] == 0 and len(full.data["tokens"]) == len(entry["tokens"])
+    # the record's own view: its prompt text without the template's system prompt, unless asked
+    assert record["prompt"].startswith(record["system_text"]) and "You are" in record["system_text"]
+    page = record.view().body.split("<script")[0]
+    assert "You are" not in page and "left out" in page and "Rewrite this" in page
+    assert "You are" in record.view(system_prompt=True).body.split("<script")[0]
     # a chat with its own system message hides nothing
     own = pipe([{"role": "system", "content": "Be brief."}, {"role": "user", "content": TAGGED}], max_new_tokens=1)
     assert "system_tokens" not in own[0]["influence"][0]

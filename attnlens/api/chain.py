@@ -253,6 +253,8 @@ def steered_generation(
         "backend": tokens.backend,
         "methods": applied,
     })
+    if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
+        result["system_text"] = tokenizer.decode(prompt.input_ids[: prompt.system_tokens])
     if emphasize:
         result["emphasis_spans"] = [{"start": s.start, "end": s.end, "text": sub}
                                     for s, sub in zip(prompt.emphasis_spans(), prompt.substrings)]

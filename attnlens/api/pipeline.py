@@ -272,11 +272,14 @@ class PayAttentionPipeline:
 
     def _result(self, prompt: Prompt, tokens: list[int], return_full_text: bool) -> Record:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Record(
+        record = Record(
             generated_text=prompt.text + text if return_full_text else text,
             spans=[s.as_dict() for s in prompt.spans],
             prompt=prompt.text,
         )
+        if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
+            record["system_text"] = self.tokenizer.decode(prompt.input_ids[: prompt.system_tokens])
+        return record
 
 
 def _short(value: Any) -> str:

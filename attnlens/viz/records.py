@@ -117,10 +117,17 @@ def record_view(record: Mapping[str, Any], **options: Any) -> HTMLView:
     """A pipeline record (``pipe(...)[0]``), a steered generation, an influence report or one influence entry.
 
     The prompt with its spans marked (a key names the colours), the generated text, and each influence
-    span as :func:`attnlens.viz.influence_view` (``options`` go to it).
+    span as :func:`attnlens.viz.influence_view` (``options`` go to it). A chat's template-added system
+    prompt (``system_text``) is left out of the text unless ``system_prompt=True``.
     """
     parts: list[str] = []
     text = record.get("prompt")
+    system = record.get("system_text")
+    if isinstance(text, str) and isinstance(system, str) and system and text.startswith(system) \
+            and not options.get("system_prompt"):
+        text = text[len(system):]
+        parts.append(f"<p style='font:12px sans-serif;color:#555'>The chat template's own system prompt "
+                     f"({len(system)} characters) is left out; <code>system_prompt=True</code> shows it.</p>")
     generated = record.get("generated_text", record.get("steered"))
     spans = [s for s in record.get("spans", []) if isinstance(s, Mapping) and "text" in s and "kind" in s]
     if isinstance(text, str):

@@ -227,7 +227,7 @@ def test_bad_tokens(tiny):
     with pytest.raises(AttnlensError, match="integer token ids"):
         al.influence(tiny, torch.ones(5), (0, 1))
     with pytest.raises(AttnlensError, match="list of ints"):
-        al.influence(tiny, "some text", (0, 1))
+        al.influence(tiny, 3.5, (0, 1))  # (a string is text: tokenized with the model's tokenizer)
     with pytest.raises(SpanError):
         al.influence(tiny, [1, 2, 3], (2, 4))
 

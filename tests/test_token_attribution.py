@@ -141,8 +141,9 @@ def test_record_json_html_and_next_token(tiny, capsys):
     assert data["tokens"] == record.tokens and len(data["scores"]) == len(record.ids)
     page = record._repr_html_()
     assert "&lt;" in page and "<script" not in page
-    record.show()
-    out = capsys.readouterr().out
+    shown = record.show()  # outside a notebook: the view, returned (nothing printed)
+    assert shown.body == page and capsys.readouterr().out == ""
+    out = record.text()
     assert "occlusion toward" in out and len(out.splitlines()) == len(record.ids) + 1
     assert record.top(1)[0][2] == max(record.scores)
 

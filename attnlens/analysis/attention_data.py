@@ -52,7 +52,7 @@ from .descriptions import (
     check_seconds,
 )
 from .describing import Describing, HeadSpec, _positive_count
-from .multiples import HeadData, RankedMultiple, Sample, TokenMultiple, multiples, quote_token, same_token
+from .multiples import HeadData, RankedMultiple, RankedMultiples, Sample, TokenMultiple, multiples, quote_token, same_token
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ class AttentionData(Describing):
 
     # ------------------------------------------------------------------ ranking
 
-    def ranked_multiples(self, layer: int = 0, head: int = 0) -> list[RankedMultiple]:
+    def ranked_multiples(self, layer: int = 0, head: int = 0) -> RankedMultiples:
         """Every ``(token, multiple)`` pair of the head's rows, highest multiple first."""
         data = self.head_data(layer, head)
         if data._ranked is None:
@@ -395,7 +395,7 @@ class AttentionData(Describing):
                         )
                     )
             ranked.sort(key=lambda m: -m.multiple)  # stable: ties keep text/query/key order
-            data._ranked = ranked
+            data._ranked = RankedMultiples(ranked)
         return data._ranked
 
     def get_ranked_multiples(
@@ -406,7 +406,7 @@ class AttentionData(Describing):
         num_multiples: int = 10,
         reverse: bool = False,
         display: bool = False,
-    ) -> list[RankedMultiple]:
+    ) -> RankedMultiples:
         """The ``num_multiples`` highest multiples of the head (lowest first with ``reverse=True``).
 
         ``str_token`` keeps only that token (surrounding whitespace ignored). Fewer than
@@ -421,7 +421,7 @@ class AttentionData(Describing):
             ranked = [m for m in ranked if same_token(m.token, str_token)]
         if reverse:
             ranked = ranked[::-1]
-        chosen = ranked[:num_multiples]
+        chosen = RankedMultiples(ranked[:num_multiples])
         if display:
             title = f"Layer {layer} Head {head}, {'bottom' if reverse else 'top'} {len(chosen)} / {total} multiples"
             if str_token is not None:
@@ -431,12 +431,12 @@ class AttentionData(Describing):
 
     def get_random_multiples(
         self, layer: int = 0, head: int = 0, num_multiples: int = 10, display: bool = False
-    ) -> list[RankedMultiple]:
+    ) -> RankedMultiples:
         """``num_multiples`` random pairs of the head (all of them, with a warning, if fewer exist)."""
         layer, head = self._check(layer, head)
         ranked = self.ranked_multiples(layer, head)
         k = self._clamp("num_multiples", num_multiples, len(ranked), f"multiples for layer {layer} head {head}")
-        chosen = [ranked[i] for i in self._rng.sample(range(len(ranked)), k)]
+        chosen = RankedMultiples(ranked[i] for i in self._rng.sample(range(len(ranked)), k))
         if display:
             title = f"Layer {layer} Head {head}, {k} / {len(ranked)} random multiples"
             self.display_multiples(chosen, title)

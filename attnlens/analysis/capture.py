@@ -22,6 +22,7 @@ from ..core.model import Model
 from ..core import hooks as hooks_
 from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 from ..core.model import model_device, model_shape, pad_id
 from ..core.validate import is_int, resolve_heads
 from ..steering.bias import BiasPlan
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SteeringPatterns:
+class SteeringPatterns(Showable):
     """One layer's attention for one token row, unsteered and steered: ``[head, query, key]`` each."""
 
     layer: int
@@ -40,10 +41,14 @@ class SteeringPatterns:
     str_tokens: list[str]
     unsteered: Float[torch.Tensor, "head query key"]  # noqa: F821
     steered: Float[torch.Tensor, "head query key"]  # noqa: F821
+    #: the keys the steering favours at this layer (``()`` when it is not known: a context manager)
+    steered_keys: tuple[int, ...] = ()
+    #: leading tokens that are the chat template's own system prompt (views leave them out unless asked)
+    system_tokens: int = 0
 
 
 @dataclass(frozen=True)
-class PatternSamples:
+class PatternSamples(Showable):
     """One head's attention over a few texts, ready to show (:func:`attnlens.viz.head_patterns`).
 
     ``patterns[i]`` is text ``texts[i]``'s ``[query, key]`` pattern over its
@@ -196,4 +201,23 @@ def steering_patterns(
     str_tokens = (
         [tokenizer.decode([t]) for t in ids.tolist()] if tokenizer is not None else [str(t) for t in ids.tolist()]
     )
-    return SteeringPatterns(layer, chosen, ids, str_tokens, unsteered[index], steered[index])
+    keys = favoured_keys(plan_or_context, layer, len(ids))
+    if not keys and hasattr(tokens, "spans"):  # a Prompt: its GUIDE and emphasised spans
+        keys = tuple(sorted({i for span in tokens.spans if span.kind != "influence" for i in range(span.start, span.end)}))
+    return SteeringPatterns(layer, chosen, ids, str_tokens, unsteered[index], steered[index], keys,
+                            int(getattr(tokens, "system_tokens", 0) or 0))
+
+
+def favoured_keys(plan: Any, layer: int, length: int) -> tuple[int, ...]:
+    """The key positions a :class:`BiasPlan` favours at ``layer`` (first row): those whose summed bias is
+    above the lowest (GUIDE's raised span; PASTA's emphasised span, whose complement is lowered)."""
+    if not isinstance(plan, BiasPlan):
+        return ()
+    bias = [0.0] * length
+    for term in plan.terms:
+        if layer not in term.layers or term.row not in (None, 0):
+            continue
+        for i in range(max(term.start, 0), min(length if term.end is None else term.end, length)):
+            bias[i] += term.value
+    low = min(bias, default=0.0)
+    return tuple(i for i, b in enumerate(bias) if b > low)

@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from ..core.errors import DescribeError
+from ..core.records import Showable
 from .chat_client import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_RETRIES,
@@ -70,7 +71,7 @@ class HeadDescription:
 
 
 @dataclass
-class HeadDescriptions:
+class HeadDescriptions(Showable):
     """The results of :meth:`AttentionData.describe_heads`, one row per head, in (layer, head) order.
 
     Renders as a table in notebooks; ``str()`` gives a plain-text table.

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Float
+
+from ..core.records import Showable
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,19 @@ class RankedMultiple:
 
     def __getitem__(self, index):
         return self._row()[index]
+
+
+class RankedMultiples(Showable, list):
+    """A list of :class:`RankedMultiple` (what ``AttentionData.get_ranked_multiples`` returns) that shows
+    itself as :func:`attnlens.viz.multiples_table` (``show()``) and converts to JSON (``to_json()``)."""
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [
+            {"token": m.token, "multiple": m.multiple, "str_tokens": list(m.str_tokens), "text_index": m.text_index,
+             "query": m.query, "key": m.key, "layer": m.layer, "head": m.head,
+             "pattern": [round(float(v), 6) for v in m.pattern.tolist()]}
+            for m in self
+        ]
 
 
 @dataclass

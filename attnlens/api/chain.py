@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..attribution.influence import InfluenceTrace, trace_influence
 from ..core.errors import AttnlensError, SpanError
+from ..core.records import Record
 from ..core.model import check_window, model_shape
 from ..core.validate import LayerSpec, check_int, resolve_layers
 from ..prompts.prompt import Prompt, PromptInput, SubstringLike, locate_substrings, tokenize_prompt
@@ -217,14 +218,15 @@ def steered_generation(
     pasta: PastaSettings | None = None,
     steer: SteerLike = None,
     **generate_kwargs: Any,
-) -> dict[str, Any]:
+) -> Record:
     """One prompt steered by its GUIDE tags and, with ``pasta`` (or ``steer``), methods on the ``emphasize`` substrings.
 
     ``steer``: ``{method: settings}`` of registered steering methods (GUIDE's tags steer
     unless ``steer`` is given without ``"guide"``). Returns ``prompt``, ``spans`` (GUIDE
     and influence), ``steered`` (the new text), ``backend``, ``methods`` (the methods
     that steered something), with emphasised substrings ``emphasis_spans``, and what each method adds
-    (PASTA: ``pasta_spans`` and ``pasta_heads``).
+    (PASTA: ``pasta_spans`` and ``pasta_heads``), as a :class:`~attnlens.core.records.Record` (a ``dict`` with
+    ``show()``: the prompt with its spans marked and the new text; ``to_json()``).
     """
     chosen = registry.resolve(default_steer(layers, None, pasta, steer))
     wants_emphasis = [m.name for m, _ in chosen if m.spans == "emphasis"]
@@ -244,13 +246,15 @@ def steered_generation(
             plans.append(made)
             applied.append(method.name)
     tokens = generate(model, [prompt], plans, **generate_kwargs)
-    result: dict[str, Any] = {
+    result = Record({
         "prompt": prompt.text,
         "spans": [span.as_dict() for span in prompt.spans if span.kind != "emphasis"],
         "steered": tokenizer.decode(tokens[0], skip_special_tokens=True),
         "backend": tokens.backend,
         "methods": applied,
-    }
+    })
+    if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
+        result["system_text"] = tokenizer.decode(prompt.input_ids[: prompt.system_tokens])
     if emphasize:
         result["emphasis_spans"] = [{"start": s.start, "end": s.end, "text": sub}
                                     for s, sub in zip(prompt.emphasis_spans(), prompt.substrings)]
@@ -269,11 +273,13 @@ def influence_report(
     max_new_tokens: int = 0,
     use_values: bool = False,
     convention: str = "stated",
-) -> dict[str, Any]:
+) -> Record:
     """Influence (and/or rollout) of a prompt's ``<?->`` spans, optionally over ``max_new_tokens`` generated ones.
 
     Returns ``prompt``, ``tokens``, ``prompt_length``, ``generated_text``, ``methods``,
-    ``convention`` and ``spans`` (``start``, ``end``, ``text`` and one ``[n_layers + 1, seq]`` tensor per method).
+    ``convention`` and ``spans`` (``start``, ``end``, ``text`` and one ``[n_layers + 1, seq]`` tensor per method),
+    as a :class:`~attnlens.core.records.Record`: ``report.show()`` draws every span
+    (:func:`attnlens.viz.influence_view`, which takes the report too), ``report.to_json()``.
     """
     tokenizer = model.tokenizer
     resolve_layers(layers, model_shape(model)[0])
@@ -292,7 +298,7 @@ def influence_report(
         for m in methods:
             entry[m] = trace[m][i]
         spans.append(entry)
-    return {
+    return Record({
         "prompt": prompt.text,
         "tokens": [tokenizer.decode([t]) for t in trace.tokens],
         "prompt_length": len(prompt.input_ids),
@@ -300,4 +306,5 @@ def influence_report(
         "methods": list(methods),
         "convention": convention,
         "spans": spans,
-    }
+        **({"system_tokens": prompt.system_tokens} if prompt.system_tokens else {}),
+    })

@@ -251,7 +251,8 @@ class PayAttentionPipeline:
         values = trace[method]
         tokens = [self.tokenizer.decode([t]) for t in trace.tokens]
         return [
-            {
+            Record(  # a dict that shows itself (influence_view) and converts to JSON
+                **{
                 "start": span.start,
                 "end": span.end,
                 "text": span.text,
@@ -262,17 +263,23 @@ class PayAttentionPipeline:
                 "tokens": tokens,
                 "token_ids": list(trace.tokens),
                 "prompt_length": len(prompt.input_ids),
-            }
+                # the chat template's own system prompt, which views leave out unless asked
+                **({"system_tokens": prompt.system_tokens} if prompt.system_tokens else {}),
+                }
+            )
             for i, span in enumerate(prompt.influence_spans())
         ]
 
     def _result(self, prompt: Prompt, tokens: list[int], return_full_text: bool) -> Record:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Record(
+        record = Record(
             generated_text=prompt.text + text if return_full_text else text,
             spans=[s.as_dict() for s in prompt.spans],
             prompt=prompt.text,
         )
+        if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
+            record["system_text"] = self.tokenizer.decode(prompt.input_ids[: prompt.system_tokens])
+        return record
 
 
 def _short(value: Any) -> str:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ..core.model import Model
 from ..core.validate import is_int
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 from ..core.model import check_window, model_shape
 from ..runtime.distributed import Workers, current_workers, run_sweep, worker_group
 from ..runtime.prefix import PrefixRun, can_skip, skip_reproduces_baseline, supports_logits_to_keep
@@ -87,11 +88,14 @@ class HeadScore:
 
 
 @dataclass
-class HeadProfile:
+class HeadProfile(Showable):
     """The result of :func:`profile_heads`.
 
     ``scores[layer, head]`` is the mean score over the examples with that head
     alone steered (NaN for heads not profiled); ``baseline`` the unsteered mean.
+    ``show()`` / ``view()``: the gains as a layer x head grid with its colour scale.
+    ``to_json()`` is pastalib's head config as JSON text (what :meth:`save` writes);
+    :meth:`as_dict` / ``to_dict()`` give everything.
     """
 
     scores: np.ndarray  # [n_layers, n_heads]
@@ -149,15 +153,32 @@ class HeadProfile:
             config.setdefault(s.layer, []).append(s.head)
         return {layer: sorted(heads) for layer, heads in config.items()}
 
-    def to_json(self, k: int | None = None, *, only_helpful: bool = False) -> dict[str, list[int]]:
-        """pastalib's JSON head config (``{"layer": [heads]}``) of the ``k`` best heads (all: None)."""
+    def head_config(self, k: int | None = None, *, only_helpful: bool = False) -> dict[str, list[int]]:
+        """pastalib's head config as JSON data (``{"layer": [heads]}``) of the ``k`` best heads (all: None)."""
         return head_config_to_json(self.top(k or max(len(self), 1), only_helpful=only_helpful))
+
+    def to_json(self, k: int | None = None, *, only_helpful: bool = False, **kwargs: Any) -> str:
+        """The JSON text of :meth:`head_config` (what :meth:`save` writes; ``json.dumps`` keywords pass through)."""
+        return json.dumps(self.head_config(k, only_helpful=only_helpful), **kwargs)
 
     def save(self, path: str | os.PathLike, k: int | None = None, *, only_helpful: bool = False) -> Path:
         """Write :meth:`to_json` to ``path`` (readable by ``load_head_config`` and pastalib)."""
         file = Path(path).expanduser()
-        file.write_text(json.dumps(self.to_json(k, only_helpful=only_helpful)) + "\n")
+        file.write_text(self.to_json(k, only_helpful=only_helpful) + "\n")
         return file
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.as_dict()
+
+    def view(self, **options: Any) -> Any:
+        from ..viz import head_grid_view
+
+        return head_grid_view(
+            self.gains.tolist(), f"Heads profiled: score gain over the unsteered baseline ({self.scorer})",
+            caption=(f"each cell: the mean {self.scorer} score over n = {self.n_examples} examples with that head "
+                     f"alone steered (alpha {self.alpha:g}), minus the unsteered mean {self.baseline:.4g}; red: "
+                     "steering the head helps, blue: it hurts; grey: not profiled. Hover a cell for its value."),
+            **options)
 
     def as_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: settings, baseline and the ranking."""

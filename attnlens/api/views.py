@@ -17,8 +17,9 @@ def steering_diff(
     plan_or_context: Any,
     *,
     heads: Sequence[int] | None = None,
+    system_prompt: bool = False,
 ) -> viz.HTMLView:
-    """A layer's attention unsteered, under steering, and the difference, as interactive views.
+    """A layer's attention unsteered, under steering, and the difference, side by side, each with its colour scale.
 
     Args:
         model: a TransformerLens ``TransformerBridge``.
@@ -29,8 +30,13 @@ def steering_diff(
             manager that steers the model (``attnlens.guide(model, spans)``), or a function
             returning one.
         heads: the heads to show (default: all).
+        system_prompt: show the chat template's own system prompt (a chat :class:`attnlens.Prompt`
+            whose template added one); left out by default.
+
+    The steered keys are marked (from a plan, or a Prompt's spans).
 
     Runs the model twice (:func:`attnlens.analysis.capture.steering_patterns`) and
     renders the result with :func:`attnlens.viz.steering_view`.
     """
-    return viz.steering_view(steering_patterns(model, tokens, layer, plan_or_context, heads=heads))
+    return viz.steering_view(steering_patterns(model, tokens, layer, plan_or_context, heads=heads),
+                             system_prompt=system_prompt)

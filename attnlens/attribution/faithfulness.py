@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 from . import registry
 from .token_methods import ERASE_MODES, erased, neutral_token
 from .tokens import Target, make_target, scores_for, target_logprob
@@ -158,7 +159,7 @@ def mean_metrics(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass
-class Faithfulness:
+class Faithfulness(Showable):
     """One method's faithfulness on one prompt, beside the mean of random orders.
 
     Attributes:
@@ -259,7 +260,7 @@ def bootstrap_interval(values: Sequence[float], *, n_boot: int = 1000, level: fl
 
 
 @dataclass
-class FaithfulnessComparison:
+class FaithfulnessComparison(Showable):
     """Several methods over several prompts: per prompt figures and bootstrap intervals."""
 
     methods: list[str]

@@ -58,7 +58,7 @@ Options:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Union
@@ -73,6 +73,8 @@ from ..core import hooks
 from ..core.model import check_window, model_device
 from ..core.concurrency import call_scope, exclusive, scoped
 from ..core.errors import AttnlensError, SpanError
+from ..core.records import Showable
+from ..prompts import span_args
 from . import fused_influence
 from . import registry
 from .recursion import Recursion, RecursionMethod, per_head_product, weighted  # noqa: F401
@@ -84,7 +86,8 @@ Convention = Literal["stated", "pap"]
 #: ``"stated"``: the residual stream's norm, layer by layer; ``"pap"``: pay-attention-pipeline 0.2.0's
 CONVENTIONS: tuple[str, ...] = ("stated", "pap")
 TokensLike = Union[torch.Tensor, Sequence[int]]
-SpanLike = Sequence[int]
+#: a token span: ``(start, end)``, a TokenSpan or a substring (:mod:`attnlens.prompts.span_args`)
+SpanLike = Union[Sequence[int], str, Any]
 
 RESID_PRE, ATTN_OUT, PATTERN, VALUES = hooks.RESID_PRE, hooks.ATTN_OUT, hooks.PATTERN, hooks.VALUES
 ATTN_INPUT, HEAD_OUT = hooks.ATTN_INPUT, hooks.HEAD_OUT
@@ -94,11 +97,13 @@ PROGRESS_FROM = 1024
 
 
 @dataclass
-class InfluenceTrace:
+class InfluenceTrace(Showable):
     """What one forward pass measured: one tensor per method.
 
     Each tensor is ``[n_spans, n_layers + 1, seq]`` (``[n_spans, n_layers + 1,
-    n_heads, seq]`` with ``per_head``); row 0 is the spans' indicator.
+    n_heads, seq]`` with ``per_head``); row 0 is the spans' indicator. ``show()`` /
+    ``view(tokens=...)`` draw every span (:func:`attnlens.viz.influence_view`; pass the token
+    strings, the trace keeps ids); ``to_json()`` gives the tensors as lists.
     """
 
     spans: list[tuple[int, int]]
@@ -146,6 +151,35 @@ def as_token_row(tokens: TokensLike) -> torch.Tensor:
     return row
 
 
+def read_tokens(model: Model, tokens: Any) -> torch.Tensor:
+    """``tokens`` as a ``[1, seq]`` row: ids (as :func:`as_token_row`), a string (tokenized with the
+    model's tokenizer as plain text, special tokens as the tokenizer adds them), a
+    :class:`~attnlens.prompts.prompt.Prompt` or a tokenizer's output (its ``input_ids``, one row)."""
+    if isinstance(tokens, str):
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise AttnlensError("tokens is a string but the model has no tokenizer; pass token ids")
+        tokens = tokenizer(tokens)["input_ids"]
+    elif isinstance(tokens, Mapping):
+        if "input_ids" not in tokens:
+            raise AttnlensError("tokens is a mapping without 'input_ids'; pass a tokenizer's output or token ids")
+        tokens = tokens["input_ids"]
+    elif not isinstance(tokens, torch.Tensor) and hasattr(tokens, "input_ids"):  # a Prompt
+        tokens = tokens.input_ids
+    return as_token_row(tokens)
+
+
+def _pieces(model: Model, row: torch.Tensor, items: Any) -> list[str] | None:
+    """The decoded tokens when a span is given as a substring (else None: nothing to decode)."""
+    listed = [items] if span_args.is_span_like(items) else list(items or [])
+    if not any(isinstance(i, str) or (isinstance(i, tuple) and i and isinstance(i[0], str)) for i in listed):
+        return None
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise SpanError("a span given as a substring needs the model's tokenizer; this model has none")
+    return span_args.token_texts(tokenizer, row[0].tolist())
+
+
 def _check_ids_for(model: Model, row: torch.Tensor) -> None:
     """Token ids the model has (``[0, d_vocab)``) and a sequence that fits its window."""
     vocab = getattr(model.cfg, "d_vocab", None)
@@ -161,31 +195,26 @@ def _check_ids_for(model: Model, row: torch.Tensor) -> None:
 
 
 def check_spans(
-    span: SpanLike | None, spans: Sequence[SpanLike] | None, seq_len: int
+    span: SpanLike | None, spans: Sequence[SpanLike] | None, seq_len: int, *, pieces: Sequence[str] | None = None
 ) -> list[tuple[int, int]]:
-    """Validate ``span`` xor ``spans`` against a sequence of ``seq_len`` tokens."""
+    """Validate ``span`` xor ``spans`` against a sequence of ``seq_len`` tokens.
+
+    A span may be a :class:`~attnlens.prompts.prompt.TokenSpan`, a ``(start, end)`` pair or, with
+    ``pieces`` (the decoded tokens), a substring (see :mod:`attnlens.prompts.span_args`).
+    """
     if span is not None and spans is not None:
         raise AttnlensError("give either span=(start, end) or spans=[(start, end), ...], not both")
     if span is None and spans is None:
         raise AttnlensError("influence needs a span=(start, end) of token positions (or spans=[...])")
-    items = [span] if span is not None else list(spans)  # type: ignore[arg-type]
+    items = [span] if span is not None else spans
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        if span_args.is_span_like(items):
+            items = [items]
+        else:
+            raise SpanError(f"spans must be a list of spans, got {type(items).__name__}")
     if not items:
         raise SpanError("spans is empty: give at least one (start, end) token span")
-    out = []
-    for item in items:
-        if isinstance(item, torch.Tensor):
-            item = item.tolist()
-        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
-            raise SpanError(f"span {item!r} must be a (start, end) pair of token positions")
-        start, end = item
-        if any(not is_int(v) for v in (start, end)):
-            raise SpanError(f"span {tuple(item)!r}: start and end must be integers")
-        if start < 0 or end <= start:
-            raise SpanError(f"span [{start}, {end}) is empty or negative: need 0 <= start < end")
-        if end > seq_len:
-            raise SpanError(f"span [{start}, {end}) runs past the sequence of {seq_len} tokens")
-        out.append((int(start), int(end)))
-    return out
+    return [span_args.one_span(item, seq_len, pieces=pieces) for item in items]
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
@@ -260,8 +289,10 @@ def trace_influence(
 
     Args:
         model: a TransformerLens ``TransformerBridge`` (or a model with the same hook names).
-        tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor or a list of ints.
-        spans: token spans ``[(start, end), ...]``, half-open.
+        tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor, a list of ints, a string
+            (tokenized as plain text), a :class:`attnlens.Prompt` or a tokenizer's output (:func:`read_tokens`).
+        spans: token spans, half-open: ``(start, end)`` pairs, :class:`attnlens.TokenSpan` s or substrings
+            (:mod:`attnlens.prompts.span_args`).
         methods: ``"influence"``, ``"rollout"``, ``"influence_heads"`` (pay-attention-pipeline's
             ``InfluenceHeads``), any registered method (:func:`attnlens.attribution.methods`), or several.
         use_values: weight keys by the L1 norm of their value vectors.
@@ -285,10 +316,10 @@ def trace_influence(
     use_values = check_bool(use_values, "use_values")
     per_head = check_bool(per_head, "per_head")
     device = model_device(model)
-    row = as_token_row(tokens).to(device)
+    row = read_tokens(model, tokens).to(device)
     seq = row.shape[1]
     _check_ids_for(model, row)
-    checked = check_spans(None, spans, seq)
+    checked = check_spans(None, spans, seq, pieces=_pieces(model, row, spans))
     mask = _mask_row(attention_mask, seq, device)
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
 
@@ -373,8 +404,11 @@ def influence(
 
     Args:
         model: a TransformerLens ``TransformerBridge``.
-        tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor or a list of ints.
-        span: the half-open token range ``(start, end)`` to follow.
+        tokens: one sequence: a 1-D tensor, a ``[1, seq]`` tensor, a list of ints, a string
+            (tokenized as plain text), a :class:`attnlens.Prompt` or a tokenizer's output (:func:`read_tokens`).
+        span: the tokens to follow: a half-open ``(start, end)`` pair, a :class:`attnlens.TokenSpan`
+            (``prompt.spans[0]``) or a substring (``"Paris"``, its first occurrence; ``("Paris", 1)``
+            for the second).
         spans: several ranges at once (one forward pass); give ``span`` or ``spans``.
         method: ``"influence"`` (norm-weighted), ``"rollout"`` (attention rollout) or
             ``"influence_heads"`` (heads combined by their output norms).
@@ -396,8 +430,8 @@ def influence(
     """
     if not isinstance(method, str) or method not in registry.methods():
         raise AttnlensError(f"unknown influence method {method!r}; choose from {', '.join(registry.methods())}")
-    row = as_token_row(tokens)
-    checked = check_spans(span, spans, row.shape[1])
+    row = read_tokens(model, tokens)
+    checked = check_spans(span, spans, row.shape[1], pieces=_pieces(model, row, span if span is not None else spans))
     trace = trace_influence(
         model, row, checked, methods=(method,), use_values=use_values, per_head=per_head,
         attention_mask=attention_mask, convention=convention,

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 from ..core.validate import is_int
 from . import registry
 
@@ -175,7 +176,7 @@ def _color(value: float, scale: float) -> str:
 
 
 @dataclass
-class TokenAttribution:
+class TokenAttribution(Showable):
     """One method's scores of a prompt's tokens toward a target.
 
     Attributes:
@@ -185,6 +186,9 @@ class TokenAttribution:
         scores: one float per prompt token (larger: more toward the target).
         target_tokens, target_ids: the target (a continuation or the model's next token).
         target_logprob: the target's summed log-probability after the prompt.
+
+    ``show()`` follows :func:`attnlens.core.records.show_view` (displayed in a notebook, the view
+    returned elsewhere); ``text()`` gives a plain-text view.
     """
 
     method: str
@@ -219,8 +223,13 @@ class TokenAttribution:
         target = html.escape("".join(self.target_tokens))
         return (f'<div class="attnlens-attribution" style="font-family:monospace;line-height:1.9">'
                 f'<div style="font-family:sans-serif;font-size:90%;margin-bottom:4px"><b>{html.escape(self.method)}'
-                f'</b> toward <code>{target}</code> (log p = {self.target_logprob:.3f}); '
-                f'red: toward the target, blue: against</div>{"".join(cells)}</div>')
+                f'</b> toward <code>{target}</code> (log p = {self.target_logprob:.3f})</div>'
+                f'<div class="attnlens-legend" style="font-family:sans-serif;font-size:80%;margin-bottom:4px">'
+                f'<span>-{scale:.3g}</span> <span style="display:inline-block;width:160px;height:10px;'
+                f'border:1px solid #888;vertical-align:middle;background:linear-gradient(to right, '
+                f'{_color(-1.0, 1.0)}, rgba(255,255,255,0), {_color(1.0, 1.0)})"></span> <span>+{scale:.3g}</span>'
+                f' red: toward the target, blue: against, white: neither; scaled to the largest |score|; '
+                f'hover a token for its score</div>{"".join(cells)}</div>')
 
     def _repr_html_(self) -> str:
         return self.html()
@@ -243,19 +252,6 @@ class TokenAttribution:
             bar = ("+" if s >= 0 else "-") * round(abs(s) / scale * width)
             lines.append(f"{i:4d} {tok!r:>16} {s:+.4f} {bar}")
         return "\n".join(lines)
-
-    def show(self) -> None:
-        """Display the HTML view in a notebook; print the text view elsewhere."""
-        try:
-            from IPython import get_ipython
-            from IPython.display import HTML, display
-
-            if get_ipython() is not None:
-                display(HTML(self.html()))
-                return
-        except ImportError:
-            pass
-        print(self.text())
 
     def __repr__(self) -> str:
         return f"<TokenAttribution {self.method}: {len(self.tokens)} tokens toward {''.join(self.target_tokens)!r}>"

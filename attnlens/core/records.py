@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +69,108 @@ def to_plain(value: Any) -> Any:
     raise TypeError(f"cannot convert a {type(value).__name__} to JSON")
 
 
-class Record(dict):
-    """A result record: a plain ``dict`` (index it as one) that converts to JSON.
+def damaged_lines(problems: list[str], limit: int = 10) -> str:
+    """The first ``limit`` of a file's damaged-line descriptions, and how many more there are."""
+    return "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+
+
+# ============================================================================ records that show themselves
+#
+# A result's view lives in ``attnlens.viz``, above the layers that make most results, so the
+# views register themselves here by the record's class (``register_view``) and a record finds
+# its view through the registry. The first lookup imports ``attnlens.viz`` by name, which
+# registers every view; nothing here imports the views' code.
+
+_VIEWS: dict[type, Callable[..., Any]] = {}
+
+
+def register_view(cls: type, view: Callable[..., Any]) -> None:
+    """Make ``view(record, **options)`` (returning an :class:`attnlens.viz.HTMLView`) the view of ``cls``."""
+    _VIEWS[cls] = view
+
+
+def _view_function(record: Any) -> Callable[..., Any] | None:
+    for klass in type(record).__mro__:
+        if klass in _VIEWS:
+            return _VIEWS[klass]
+    return None
+
+
+def view_of(record: Any, **options: Any) -> Any:
+    """The view of ``record`` (an :class:`attnlens.viz.HTMLView`); a record with no view raises."""
+    function = _view_function(record)
+    if function is None:
+        importlib.import_module("attnlens.viz")  # the views register themselves on import
+        function = _view_function(record)
+    if function is None:
+        raise AttnlensError(f"a {type(record).__name__} has no view")
+    return function(record, **options)
+
+
+def in_notebook() -> bool:
+    """Whether the code runs in a Jupyter-like kernel (where HTML output is shown)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_view(view: Any, path: str | os.PathLike | None = None) -> Any:
+    """The rule every ``record.show()`` follows.
+
+    ``path`` given: the view is written there as one standalone HTML file. In a notebook the
+    view is displayed and ``None`` returned (so it is not shown twice); elsewhere the view is
+    returned (an :class:`attnlens.viz.HTMLView`: ``.save(path)``, ``.to_html()``, ``.data``).
+    """
+    if path is not None:
+        view.save(path)
+    if in_notebook():
+        from IPython.display import display
+
+        display(view)
+        return None
+    return view
+
+
+class Showable:
+    """``view()``, ``show()`` and ``to_json()`` for a result class (a dataclass or a ``dict``).
+
+    ``view(**options)`` returns the record's :class:`attnlens.viz.HTMLView` (offline: every
+    script inlined); ``show(path=None, **options)`` displays it in a notebook and returns it
+    elsewhere (see :func:`show_view`); ``to_json()`` gives JSON text (``to_dict()`` the object).
+    """
+
+    def view(self, **options: Any) -> Any:
+        return view_of(self, **options)
+
+    def show(self, path: str | os.PathLike | None = None, **options: Any) -> Any:
+        return show_view(self.view(**options), path)
+
+    def to_dict(self) -> Any:
+        import dataclasses
+
+        if dataclasses.is_dataclass(self):
+            return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if isinstance(self, dict):
+            return {str(k): to_plain(v) for k, v in self.items()}
+        if isinstance(self, list):
+            return [to_plain(v) for v in self]
+        raise TypeError(f"cannot convert a {type(self).__name__} to JSON")
+
+    def to_json(self, **kwargs: Any) -> str:
+        kwargs.setdefault("ensure_ascii", False)
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+class Record(Showable, dict):
+    """A result record: a plain ``dict`` (index it as one) that converts to JSON and shows itself.
 
     ``to_dict()`` gives the same keys with tensors as nested lists; ``to_json()``
-    the JSON text (``json.dumps`` keyword arguments pass through).
+    the JSON text (``json.dumps`` keyword arguments pass through); ``view()`` and
+    ``show()`` as :class:`Showable` (a generation with its spans marked, influence as
+    :func:`attnlens.viz.influence_view`).
     """
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,8 +179,3 @@ class Record(dict):
     def to_json(self, **kwargs: Any) -> str:
         kwargs.setdefault("ensure_ascii", False)
         return json.dumps(self.to_dict(), **kwargs)
-
-
-def damaged_lines(problems: list[str], limit: int = 10) -> str:
-    """The first ``limit`` of a file's damaged-line descriptions, and how many more there are."""
-    return "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
+from ..core.records import Showable
 from .config import Condition, ExperimentConfig
 from .metrics import bootstrap_ci
 from .store import write_csv
@@ -49,8 +50,9 @@ class ConditionSummary:
 
 
 @dataclass
-class ExperimentResult:
-    """What a run produced."""
+class ExperimentResult(Showable):
+    """What a run produced. ``show()`` / ``view()``: the summary as a table (each metric's mean with its
+    interval and the paired difference from the unsteered condition, n items per row); ``to_json()``."""
 
     study: str
     out: Path
@@ -64,6 +66,27 @@ class ExperimentResult:
 
     def table(self) -> list[dict[str, Any]]:
         return [s.as_row(self.metrics) for s in self.summary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "out": str(self.out), "rows": str(self.rows_path),
+                "summary_file": str(self.summary_path), "plots": [str(p) for p in self.plots],
+                "metrics": list(self.metrics), "generated": self.generated, "skipped": self.skipped,
+                "summary": self.table()}
+
+    def view(self, **options: Any) -> Any:
+        from ..viz import table_view
+
+        rows = []
+        for s in self.summary:
+            row: dict[str, Any] = {"condition": s.condition, "method": s.method, "delta": s.delta, "n items": s.items}
+            for m in self.metrics:
+                e, d = s.estimates.get(m), s.differences.get(m)
+                row[m] = (e.mean, e.low, e.high) if e else "-"
+                row[f"{m} - none"] = (d.mean, d.low, d.high) if d else "-"
+            rows.append(row)
+        return table_view(rows, f"{self.study}: summary", caption=(
+            "mean [95% bootstrap interval] over n items (generations averaged first); '- none': the paired "
+            f"difference from the unsteered condition on the same items. Files: {self.out}"), **options)
 
 
 def _round(x: float) -> float:

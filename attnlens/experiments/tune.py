@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 from ..steering.registry import get
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ class Trial:
 
 
 @dataclass
-class Tuning:
-    """A strength search's result: the chosen strength, every trial, and the held-out estimates."""
+class Tuning(Showable):
+    """A strength search's result: the chosen strength, every trial, and the held-out estimates.
+
+    ``show()`` / ``view()``: the trials and the held-out estimate as tables; ``to_json()``."""
 
     method: str
     parameter: str
@@ -70,6 +73,19 @@ class Tuning:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def view(self, **options: Any) -> Any:
+        from ..viz import HTMLView, table_view
+
+        trials = table_view([asdict(t) for t in self.trials], f"{self.method}: {self.parameter} search",
+                            caption=f"mean score on n = {len(self.dev)} development examples; chosen: "
+                                    f"{self.chosen!r} (valid: repetition within the limit)")
+        rows = [{"": name, **values} for name, values in (("chosen", self.heldout), ("unsteered", self.unsteered),
+                                                          ("chosen - unsteered", self.difference)) if values]
+        held = table_view(rows, "", caption=f"held out: n = {len(self.test)} examples; mean with its interval "
+                                             "(low, high); the difference is paired by example")
+        return HTMLView(trials.body + "\n" + held.body, title=trials.title, data={"trials": trials.data["rows"],
+                                                                                    "heldout": rows})
 
 
 def _outputs(model: Any, prompts: Sequence[str], steer: Mapping[str, Any], *, max_new_tokens: int,

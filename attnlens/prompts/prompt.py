@@ -18,6 +18,7 @@ from ..core.errors import AttnlensError, SpanError, TagError
 from ..core.validate import check_text, is_int
 from .spans import Encoded, check_role, encode_chat, encode_text, find_substring, pick_occurrence
 from .tags import TagSpan, parse_tags
+from .template import default_system_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Prompt:
     #: when the spans were located by :func:`locate_substrings`: the substring each span was located
     #: from, one per span (a substring found at several places labels each of them)
     substrings: tuple[str, ...] = ()
+    #: how many leading tokens are a system message the chat template added unasked (views leave them out)
+    system_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -162,7 +165,9 @@ def tokenize_prompt(
     spans: list[TokenSpan] = []
     for i, (p, start) in enumerate(zip(parsed_messages, encoded.message_starts)):
         spans.extend(_locate(encoded, start, p.spans, p.text, i))
-    return Prompt(encoded.input_ids, encoded.text, tuple(spans))
+    return Prompt(encoded.input_ids, encoded.text, tuple(spans),
+                  system_tokens=default_system_tokens(tokenizer, clean, encoded,
+                                                      add_generation_prompt=add_generation_prompt))
 
 
 def _substring_items(substrings: Any, occurrence: int | None) -> list[tuple[str, int | None]]:

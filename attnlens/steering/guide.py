@@ -17,6 +17,7 @@ from ..core.model import Model
 from ..core.errors import AttnlensError, SpanError
 from ..core.validate import BIAS_LIMIT, LayerSpec, check_number, is_int, plain_scalar
 from ..prompts.prompt import Prompt
+from ..prompts.span_args import one_span
 from .bias import BiasPlan, apply_bias
 
 #: Tag levels 1, 2, 3 scale ``delta_mid`` by these factors.
@@ -49,7 +50,10 @@ def is_per_row(spans: Sequence[Any]) -> bool:
 
 
 def _unpack(span: Any, delta: Any) -> tuple[int, int, float]:
-    if not isinstance(span, (list, tuple)) or len(span) not in (2, 3):
+    if not isinstance(span, (list, tuple)):  # a TokenSpan (its delta is not read: ``delta`` applies)
+        start, end = one_span(span, what="span")
+        return start, end, check_number(delta, "delta")
+    if len(span) not in (2, 3):
         raise SpanError(f"span {span!r} must be (start, end) or (start, end, delta)")
     start, end = plain_scalar(span[0]), plain_scalar(span[1])
     if len(span) == 3:
@@ -69,7 +73,7 @@ def guide_plan(
 ) -> BiasPlan:
     """The :class:`BiasPlan` of :func:`guide` (one list of spans, or one list per batch row)."""
     plan = BiasPlan.for_model(model)
-    if isinstance(spans, tuple) and len(spans) in (2, 3) and is_int(spans[0]):
+    if isinstance(spans, tuple) and len(spans) in (2, 3) and is_int(spans[0]) or hasattr(spans, "start"):
         spans = [spans]  # a single span
     rows = list(spans) if is_per_row(spans) else [list(spans)]
     per_row = is_per_row(spans)
@@ -96,7 +100,8 @@ def guide(
     Args:
         model: a TransformerLens ``TransformerBridge`` (or ``HookedTransformer``-like model).
         spans: half-open token ranges ``[(start, end), ...]``, optionally
-            ``(start, end, delta)`` triples; or one such list per batch row.
+            ``(start, end, delta)`` triples, or :class:`attnlens.TokenSpan` s (``prompt.spans``);
+            or one such list per batch row. (No substrings: this call has no tokens to find them in.)
         delta: the bias added to the spans' pre-softmax scores (when a span gives none).
         layers: ``"all"``, ``"none"``, ``"first"``, ``"last"`` or layer indices.
 

@@ -9,10 +9,16 @@ the bundle is inlined once per view however many parts it has.
 The library never prints: :func:`show` displays a view in a notebook and logs
 a text rendering elsewhere.
 
+Every result of the library shows itself: ``record.show()`` displays its view in a
+notebook and returns it elsewhere (an :class:`HTMLView`; ``record.show("out.html")``
+also writes it), ``record.view()`` always returns it, ``record.to_json()`` gives JSON.
+The view functions take those records too (``influence_view(al.influence_report(...))``).
+Every view carries its colour scale.
+
 Modules: :mod:`.view` (the view object, :func:`show`), :mod:`.circuits`
 (circuitsvis parts), :mod:`.multiples` (AttentionData's tables),
 :mod:`.patterns` (attention patterns, steering), :mod:`.influence` (Influence
-and rollout). This package only re-exports them.
+and rollout), :mod:`.records` (each record's view). This package only re-exports them.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from .circuits import circuitsvis_html
 from .influence import influence_figure, influence_tokens, influence_view
 from .multiples import multiples_table, multiples_text, show_description
 from .patterns import head_patterns, steering_view
+from .records import head_grid_view, record_view, table_view, view_of
 from .view import HTMLView, in_notebook, show
 
 __all__ = [
     "HTMLView", "circuitsvis_html", "head_patterns", "in_notebook", "influence_figure", "influence_tokens",
     "influence_view", "multiples_table", "multiples_text", "show", "show_description", "steering_view",
+    "head_grid_view", "record_view", "table_view", "view_of",
 ]
 
 _CAPTURE_AND_SHOW = {

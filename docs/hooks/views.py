@@ -2,8 +2,9 @@
 
 ``render_views()`` computes the views from the embedded model and returns them as
 :class:`attnlens.viz.HTMLView` objects: ``influence`` (Influence and rollout of a span),
-``head_patterns`` (one head over two texts) and ``steering_diff`` (a layer unsteered, under
-GUIDE, and the difference). circuitsvis' script and plotly.js are inlined, nothing comes
+``head_patterns`` (one head over two texts), ``steering_diff`` (a layer unsteered, under
+GUIDE, and the difference, side by side) and ``multiples`` (a head's ranked multiples). Each
+carries its colour scale. circuitsvis' script and plotly.js are inlined, nothing comes
 from the network. The mkdocs hooks:
 
 - ``on_page_content`` puts a view's HTML in place of the marker ``<!-- view: NAME -->`` in
@@ -50,15 +51,14 @@ def render_views() -> dict:
 
     model = al.load_model()
     prompt = al.tokenize_prompt(model.tokenizer, PROMPT.replace(FOCUS, f"<!->{FOCUS}<-!>"))
-    tokens, span = prompt.input_ids, (prompt.spans[0].start, prompt.spans[0].end)  # (1, 7): after <|im_start|>
-    str_tokens = model.tokenizer.convert_ids_to_tokens(tokens)
-    trace = al.trace_influence(model, tokens, [span], methods=("influence", "rollout"))
-    curves = {"influence": trace["influence"][0], "rollout": trace["rollout"][0]}
+    span = prompt.spans[0]  # tokens (1, 7): after <|im_start|>
+    report = al.influence_report(model, PROMPT.replace(FOCUS, f"<?->{FOCUS}<-?>"), methods=("influence", "rollout"))
     ad = al.AttentionData(model, text_batch=TEXTS, min_length=4, max_length=20, seed=0)
     return {
-        "influence": al.viz.influence_view(curves, str_tokens, title="Influence of 'Rewrite in French:'"),
+        "influence": al.viz.influence_view(report, title="Influence of 'Rewrite in French:'"),
         "head_patterns": ad.patterns_view(3, 2, texts=[0, 1]),
-        "steering_diff": al.steering_diff(model, tokens, 5, al.guide_plan(model, [span], delta=2.0), heads=[0, 1, 2]),
+        "steering_diff": al.steering_diff(model, prompt, 5, al.guide_plan(model, [span], delta=2.0), heads=[0, 1, 2]),
+        "multiples": ad.get_ranked_multiples(3, 2, num_multiples=8).view(),
     }
 
 

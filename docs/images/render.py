@@ -5,7 +5,7 @@
 The view is the one the docs' steering page draws (``docs/hooks/views.py``): layer 5 of the
 embedded model on "Rewrite in French: Paris is the most visited city in the world.",
 unsteered, with GUIDE (delta 2) on the tokens of "Rewrite in French:", and the difference,
-heads 0-2.
+heads 0-2, side by side, each with its colour scale, the steered tokens marked.
 It is saved as standalone HTML and screenshotted by headless Chromium (``make browser``
 installs it).
 """
@@ -38,7 +38,7 @@ def main() -> int:
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
              f"--user-data-dir={Path(tmp) / 'profile'}", "--virtual-time-budget=10000",
-             f"--screenshot={OUT}", "--window-size=1000,3560", page.as_uri()],
+             f"--screenshot={OUT}", "--window-size=1500,1000", page.as_uri()],
             check=True, capture_output=True, timeout=120,
         )
     print(OUT)

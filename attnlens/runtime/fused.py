@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ..core import _internals as tl
-from ..core.errors import AttnlensError, SpanError
+from ..core.errors import AttnlensError
 from ..steering.bias import _ScoreBias, dispatcher, is_plain, key_bias, relative_key_bias, wide_dtype
 from .fused_edits import pattern_edits, span_edit_attention
 
@@ -153,8 +153,11 @@ def attention(
         if hooks is None:
             return None
         bias, wide = _bias(hooks, query, key)
-        return span_edit_attention(edits[0], module, query, key, value, attention_mask, scaling, bias=bias,
-                                   wide=wide, is_causal=kwargs.get("is_causal"))
+        causal = kwargs.get("is_causal")
+        return span_edit_attention(
+            edits[0], module, query, key, value, attention_mask, scaling, bias=bias, is_causal=causal,
+            sdpa=lambda route: fused_sdpa(module, query, key, value, attention_mask, scaling, bias=bias,
+                                          route=route, is_causal=causal, wide=wide))
     hooks = bias_hooks(scores_point)
     if route is not None and (hooks is None or not enabled or (dropout and module.training)
                               or has_hooks(pattern_point)):

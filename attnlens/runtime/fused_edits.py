@@ -16,6 +16,8 @@ materialising ``[batch, head, query, key]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -56,12 +58,15 @@ def span_edit_attention(
     scaling: float,
     *,
     bias: torch.Tensor | None,
-    wide: bool,
     is_causal: bool | None,
+    sdpa: Callable[[Any], tuple[torch.Tensor, None]],
 ) -> tuple[torch.Tensor, None]:
-    """One layer's attention with ``edit_hook``'s span reweighting, fused; output ``[batch, query, head, d]``."""
-    from .fused import ColumnRoute, fused_sdpa
+    """One layer's attention with ``edit_hook``'s span reweighting, fused; output ``[batch, query, head, d]``.
 
+    ``sdpa(route)`` runs the layer's fused call (:func:`attnlens.runtime.fused.fused_sdpa`, with the
+    layer's key ``bias``) with the extra value columns ``route.values(value)`` and hands their output to
+    ``route.take``.
+    """
     batch, heads, q_len, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     ctx = edit_hook.context(batch)
@@ -76,9 +81,8 @@ def span_edit_attention(
     idx_rows = [torch.nonzero(indicator[r, 0, :, 0]).flatten() for r in range(batch)]
     lengths = [len(i) for i in idx_rows]
     got: dict[str, torch.Tensor] = {}
-    route = ColumnRoute(values=lambda v: indicator.to(v.dtype), take=lambda out: got.__setitem__("share", out))
-    out, _ = fused_sdpa(module, query, key, value, attention_mask, scaling, bias=bias, route=route,
-                        is_causal=is_causal, wide=wide)
+    route = SimpleNamespace(values=lambda v: indicator.to(v.dtype), take=lambda out: got.__setitem__("share", out))
+    out, _ = sdpa(route)
     share = got["share"][..., 0].float()  # [batch, heads, query]
     positions = torch.arange(kv_len - q_len, kv_len, device=device)  # the queries' absolute positions
     seen = positions[None, :] >= torch.tensor(starts, device=device)[:, None]  # [batch, query]

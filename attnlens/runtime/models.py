@@ -309,8 +309,12 @@ def load_embedded_hf(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     directory = embedded_cache(verify=True)
+    bars = hf_logging.is_progress_bar_enabled()
     try:
+        hf_logging.disable_progress_bar()  # reading the cached weights takes well under a second: no bar
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), dtype=dtype, attn_implementation=attn_implementation
         ).eval()
@@ -320,6 +324,9 @@ def load_embedded_hf(
             f"cannot load the embedded model from its cache at {str(directory)!r} ({type(exc).__name__}: {exc}); "
             + _clear_hint(directory)
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 

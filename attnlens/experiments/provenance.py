@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -33,10 +34,10 @@ def package_versions() -> dict[str, str | None]:
 @lru_cache(maxsize=1)
 def attnlens_source() -> dict[str, Any]:
     """attnlens' version and, when it runs from a git checkout, the commit (and whether the tree has changes)."""
-    import attnlens
+    package = sys.modules[__name__.split(".")[0]]  # attnlens itself, imported before this module
 
-    out: dict[str, Any] = {"version": attnlens.__version__, "commit": None}
-    root = Path(attnlens.__file__).resolve().parent.parent
+    out: dict[str, Any] = {"version": package.__version__, "commit": None}
+    root = Path(package.__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return out
     try:

@@ -143,11 +143,8 @@ def accuracy_vs_delta(summary: Sequence[Any], metric: str | Sequence[str], path:
         fig.update_yaxes(title_text=m, row=row, col=1)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=ticks)
     fig.update_xaxes(title_text="condition (steering strength δ; n per condition)", row=len(metrics), col=1)
-    fig.update_layout(title=heading, template="plotly_white", height=140 + 300 * len(metrics),
-                      margin=dict(b=110 if note else 80))
-    if note:
-        fig.add_annotation(text=f"note: {note}", xref="paper", yref="paper", x=0, y=-0.12 / len(metrics) - 0.06,
-                           showarrow=False, font=dict(color="#a00000"), xanchor="left")
+    fig.update_layout(title=heading + (f"<br><sub style='color:#a00000'>note: {note}</sub>" if note else ""),
+                      template="plotly_white", height=140 + 300 * len(metrics), margin=dict(t=110 if note else 80))
 
     def draw(f: Any) -> None:
         f.set_size_inches(max(5.5, 1.1 * len(ordered) + 2), 1.0 + 2.6 * len(metrics))

@@ -440,6 +440,7 @@ def test_cli_run_on_the_embedded_model(embedded, tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "guide@2" in printed and "french" in printed and str(out / "summary.csv") in printed
+    assert "note: n=1 item (< 10): the intervals mean little" in printed  # --limit 1: the command says so
     rows = _rows(out / "rows.jsonl")
     assert len(rows) == 2 and all(r["new_tokens"] >= 1 and r["output"] for r in rows)
     by = {r["condition"]: r for r in rows}

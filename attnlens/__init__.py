@@ -14,6 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if "ipykernel" in sys.modules:  # in Jupyter without ipywidgets, tqdm.auto warns on import and uses its text bars:
+    import warnings  # import it once, quietly, so attnlens' progress bars add no warning to a notebook's outputs
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.auto  # noqa: F401
+
 # Names load on first use (PEP 562), so ``import attnlens`` and ``attnlens --help``
 # stay fast: torch, transformers and TransformerLens are imported when needed.
 _EXPORTS: dict[str, str] = {

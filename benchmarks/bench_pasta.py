@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 
 from _model import add_model_args, clamp_heads, clock, describe, load_bridge, load_hf
 

@@ -354,9 +354,14 @@ def test_summarize_run_is_resumable(tiny, tmp_path):
     for s in summary:
         assert s["items"] == "3"
         assert float(s["influence_low"]) <= float(s["influence"]) <= float(s["influence_high"])
-    assert "Plotly.newPlot" in (out / "accuracy_vs_delta.html").read_text()
-    assert (out / "plotly.min.js").stat().st_size > 1_000_000  # shared by the plots, so they open offline
-    assert (out / "influence_vs_accuracy.html").exists()
+    html = (out / "accuracy_vs_delta.html").read_text()
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js inlined: the file opens offline alone
+    assert not (out / "plotly.min.js").exists()
+    for name in ("accuracy_vs_delta", "influence_vs_accuracy"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in (out / f"{name}.svg").read_bytes()[:2000]
+    run = json.loads((out / "run.json").read_text())
+    assert run["provenance"]["packages"]["transformer-lens"] and run["provenance"]["attnlens"]["version"]
 
     with pytest.raises(ExperimentError, match="max_new_tokens=3 .now 4"):
         run_experiment("summarize", SummarizeConfig(**{**config.__dict__, "max_new_tokens": 4}), model=tiny)
@@ -435,6 +440,7 @@ def test_cli_run_on_the_embedded_model(embedded, tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "guide@2" in printed and "french" in printed and str(out / "summary.csv") in printed
+    assert "note: n=1 item (< 10): the intervals mean little" in printed  # --limit 1: the command says so
     rows = _rows(out / "rows.jsonl")
     assert len(rows) == 2 and all(r["new_tokens"] >= 1 and r["output"] for r in rows)
     by = {r["condition"]: r for r in rows}

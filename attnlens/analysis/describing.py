@@ -211,7 +211,7 @@ class Describing:
             samples = self._head_samples(layer, head, num_samples)
             prompts[(layer, head)] = self.build_prompt(samples, custom_prompt)
         client = self._client()
-        with tqdm(total=len(pairs), desc="describing heads", disable=not progress) as bar:
+        with tqdm(total=len(pairs), desc="describing heads", disable=not progress, delay=2) as bar:
             answers = self._ask(client, model_name, prompts, max_concurrency, bar.update)
         return self._scored(HeadDescriptions([HeadDescription(layer, head, answers[(layer, head)][0],
                                                               prompts[(layer, head)], answers[(layer, head)][1])
@@ -287,7 +287,7 @@ class Describing:
                 })
             return rows
 
-        with worker_group() as workers, tqdm(total=len(layers), desc="describing layers",
+        with worker_group() as workers, tqdm(total=len(layers), desc="describing layers", delay=2,
                                              disable=not progress) as bar:
             rows = run_sweep(list(layers), lambda layer: f"L{layer}/{settings}", compute, out / "descriptions.jsonl",
                              workers=workers, progress=bar.update)

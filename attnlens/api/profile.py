@@ -34,6 +34,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -280,6 +281,7 @@ def profile_heads(
     skip_layers: bool = True,
     progress: bool = True,
     sweep_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> HeadProfile:
     """Steer each head alone on every example and score the task; rank the heads.
 
@@ -307,6 +309,9 @@ def profile_heads(
             ``world_size``-th one) and write their own part files, merged by rank 0; every
             worker returns the whole profile. Needed (and shared by the workers) when
             ``WORLD_SIZE`` > 1.
+        threads: torch threads for the run on a CPU (restored afterwards); default
+            :func:`default_threads`: the cores left free by other work, at most torch's own
+            count (one per physical core), so a busy machine gets one thread.
 
     Returns:
         A :class:`HeadProfile`: per-head scores, the unsteered baseline, ``top(k)``, JSON export.
@@ -316,6 +321,8 @@ def profile_heads(
     scorer_name, score_fn = _resolve_scorer(scorer)
     if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
         raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if threads is not None and (not is_int(threads) or threads < 1):
+        raise AttnlensError(f"threads must be a positive integer, got {threads!r}")
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise AttnlensError("the model has no tokenizer; profiling needs one")
@@ -342,7 +349,7 @@ def profile_heads(
     if sweep_dir is None and current_workers().distributed:
         raise AttnlensError("profile_heads on several workers needs sweep_dir: a directory every worker can write")
     try:
-        with worker_group() as workers, torch.no_grad():
+        with worker_group() as workers, torch.no_grad(), _torch_threads(model, threads):
             _profile(model, prepared, todo, None if sweep_dir is None else Path(sweep_dir).expanduser(), workers,
                      per_example, baseline, score=score,
                      settings=dict(alpha=alpha, scale_position=scale_position, scorer=scorer_name),
@@ -365,6 +372,46 @@ def profile_heads(
         scorer=scorer_name,
         seconds=seconds,
     )
+
+
+def default_threads() -> int:
+    """Torch threads for profiling on a CPU: the cores that other work leaves free, at least one and at
+    most torch's own count (one per physical core).
+
+    Free cores are the CPUs this process may use less the 1-minute load average, counting one
+    runnable task as this process itself. On a busy machine a second thread mostly waits for a
+    core while the first waits for it, so one thread is faster there; on an idle one every core
+    helps. ``OMP_NUM_THREADS`` (or ``torch.set_num_threads`` before the call, when it is lower)
+    overrides the rule.
+    """
+    current = torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS"):
+        return current
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return current
+    free = int(cpus - max(0.0, load - 1.0) + 0.5)
+    return max(1, min(current, free))
+
+
+@contextmanager
+def _torch_threads(model: Model, threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch threads (default :func:`default_threads`) when the model is on a CPU."""
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    chosen = threads or default_threads()
+    logger.info("profiling with %d torch thread(s) (%s; torch had %d)", chosen,
+                "as asked" if threads else "default_threads()", before)
+    torch.set_num_threads(chosen)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _unit_key(unit: tuple[int, tuple[tuple[int, int], ...] | None, int]) -> str:

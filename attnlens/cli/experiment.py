@@ -137,7 +137,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     table = result.table()
     if args.json:
         print(json.dumps({"study": result.study, "out": str(result.out), "summary": table,
-                          "generated": result.generated, "skipped": result.skipped}, indent=2))
+                          "generated": result.generated, "skipped": result.skipped,
+                          "notes": list(getattr(result, "notes", ()))}, indent=2))
         return 0
     metrics = list(result.metrics)
     headers = ["condition", "items", "gens"] + metrics
@@ -158,6 +159,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
         widths = [max(w, *(len(line[i]) for line in diffs)) for i, w in enumerate(widths)]
         for line in diffs:
             print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    for note in getattr(result, "notes", ()):
+        print(note)
     print(f"rows:    {result.rows_path}")
     print(f"summary: {result.summary_path}")
     for path in result.plots:

@@ -40,7 +40,7 @@ def add_pasta(sub: Any) -> None:
     prof.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     add_chat_flags(prof, "string prompts")
     prof.add_argument("--threads", type=positive_int, default=None,
-                      help="torch threads (on a busy machine one thread can be much faster than several)")
+                      help="torch threads (default: the cores other work leaves free, so one on a busy machine)")
     prof.add_argument("--json", action="store_true", help="print machine-readable JSON")
     prof.add_argument("--sweep-dir", default=None, metavar="DIR",
                       help="run as a resumable sweep with its results in DIR (needed under torchrun)")
@@ -76,7 +76,7 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         raise CLIError("--layers selects no layer")
     result = profile_heads(
         model, examples, alpha=args.alpha, scale_position=args.scale_position, scorer=args.scorer,
-        heads=list(layers), chat=chat, batch_size=args.batch_size, sweep_dir=args.sweep_dir,
+        heads=list(layers), chat=chat, batch_size=args.batch_size, sweep_dir=args.sweep_dir, threads=args.threads,
     )
     from ..runtime.distributed import current_workers
 

@@ -331,3 +331,10 @@ def can_start_at_layer(model: Any) -> bool:
 def name_or_path(hf_model: Any) -> str:
     """The name or path a Hugging Face model was loaded from ('' when unknown); its config keeps it privately."""
     return getattr(hf_model, "name_or_path", None) or getattr(getattr(hf_model, "config", None), "_name_or_path", "")
+
+
+def hub_revision(hf_model: Any) -> str | None:
+    """The hub commit a Hugging Face model was downloaded at (None for a local or built model); its config
+    keeps it privately."""
+    value = getattr(getattr(hf_model, "config", None), "_commit_hash", None)
+    return value if isinstance(value, str) and value else None

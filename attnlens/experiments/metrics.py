@@ -229,14 +229,30 @@ def score_json(text: str, schema: Mapping[str, Any], expected: Mapping[str, Any]
 # ----------------------------------------------------------------------------- summaries
 
 
+#: below this many independent units (items, or clusters of items) an interval means little
+MIN_RELIABLE_N = 10
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with a bootstrap confidence interval."""
+    """A mean with a bootstrap confidence interval over ``n`` values (``clusters`` independent units
+    when the values were resampled in clusters; ``None`` when each value was its own unit)."""
 
     mean: float
     low: float
     high: float
     n: int
+    clusters: int | None = None
+
+    @property
+    def units(self) -> int:
+        """How many independent units the interval rests on."""
+        return self.n if self.clusters is None else self.clusters
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the interval rests on at least :data:`MIN_RELIABLE_N` independent units."""
+        return self.units >= MIN_RELIABLE_N
 
 
 def bootstrap_ci(
@@ -245,20 +261,41 @@ def bootstrap_ci(
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    clusters: Sequence[Any] | None = None,
 ) -> Estimate:
-    """Mean of ``values`` with a percentile bootstrap interval (NaNs are dropped)."""
+    """Mean of ``values`` with a percentile bootstrap interval (NaNs are dropped).
+
+    ``clusters`` (one label per value) makes it a cluster bootstrap: whole clusters
+    are resampled with replacement, so values that share a source (the needle
+    study's length x depth cells of one needle) count as one unit, not many.
+    """
     if not 0 < confidence < 1:
         raise AttnlensError(f"confidence must be in (0, 1), got {confidence!r}")
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    x = x[~np.isnan(x)]
+    if clusters is not None and len(clusters) != len(values):
+        raise AttnlensError(f"clusters must give one label per value: {len(clusters)} labels for {len(values)} values")
+    pairs = [(float(v), c) for v, c in zip(values, clusters if clusters is not None else [None] * len(values))
+             if v is not None and not np.isnan(float(v))]
+    x = np.asarray([v for v, _ in pairs], dtype=float)
     if x.size == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, None if clusters is None else 0)
     mean = float(x.mean())
-    if x.size == 1 or resamples < 1:
-        return Estimate(mean, mean, mean, int(x.size))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(resamples, x.size))
-    means = x[idx].mean(axis=1)
+    if clusters is None:
+        if x.size == 1 or resamples < 1:
+            return Estimate(mean, mean, mean, int(x.size))
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, x.size, size=(resamples, x.size))
+        means = x[idx].mean(axis=1)
+    else:
+        labels = list(dict.fromkeys(c for _, c in pairs))
+        index = {c: i for i, c in enumerate(labels)}
+        which = np.asarray([index[c] for _, c in pairs])
+        sums = np.bincount(which, weights=x, minlength=len(labels))
+        counts = np.bincount(which, minlength=len(labels)).astype(float)
+        if len(labels) == 1 or resamples < 1:
+            return Estimate(mean, mean, mean, int(x.size), len(labels))
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(labels), size=(resamples, len(labels)))
+        means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Estimate(mean, float(low), float(high), int(x.size))
+    return Estimate(mean, float(low), float(high), int(x.size), None if clusters is None else len(labels))

@@ -85,6 +85,8 @@ class NeedleStudy(Study):
     primary = "accuracy"
     metrics = ("accuracy",)
     group_fields = ("needle", "length", "depth")
+    #: the cells (length x depth) of one needle share it: summaries resample needles, not cells
+    cluster_field = "needle"
 
     def load_data(self, config: ExperimentConfig) -> NeedleData:
         lengths, depths = _lengths(config), _depths(config)
@@ -161,7 +163,7 @@ class NeedleStudy(Study):
         grid = needle_grid(rows, config)
         path = out / "needle_grid.csv"
         write_csv(path, grid, ["condition", "length", "depth", "items", "accuracy", "accuracy_low",
-                               "accuracy_high", "influence"])
+                               "accuracy_high", "influence", "influence_low", "influence_high"])
         files = [path]
         if config.plots and grid:
             from .plots import needle_heatmap, needle_influence
@@ -202,7 +204,8 @@ def _insertion_point(cumulative: Sequence[int], position: float) -> int:
 
 
 def needle_grid(rows: Sequence[Mapping[str, Any]], config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Accuracy (with a bootstrap interval over needles) and mean influence per condition, length and depth."""
+    """Accuracy and the needle's mean influence per condition, length and depth, each with a bootstrap
+    interval over needles (a cell holds one item per needle: they are independent)."""
     by = ("condition", "length", "depth")
     accuracy = item_means(rows, "accuracy", by)
     influence = item_means(rows, "influence", by)
@@ -210,12 +213,18 @@ def needle_grid(rows: Sequence[Mapping[str, Any]], config: ExperimentConfig) -> 
     for r in rows:
         order.setdefault(r["condition"], len(order))
     out = []
+
+    def ci(values: Sequence[float]) -> Any:
+        return bootstrap_ci(values, confidence=config.confidence, resamples=config.bootstrap, seed=config.seed)
+
     for key in sorted(accuracy, key=lambda k: (order.get(k[0], 0), k[1], k[2])):
-        est = bootstrap_ci(accuracy[key], confidence=config.confidence, resamples=config.bootstrap, seed=config.seed)
-        inf = influence.get(key)
+        est = ci(accuracy[key])
+        inf = ci(influence[key]) if influence.get(key) else None
         out.append({
             "condition": key[0], "length": key[1], "depth": key[2], "items": est.n,
             "accuracy": round(est.mean, 4), "accuracy_low": round(est.low, 4), "accuracy_high": round(est.high, 4),
-            "influence": round(sum(inf) / len(inf), 6) if inf else None,
+            "influence": round(inf.mean, 6) if inf else None,
+            "influence_low": round(inf.low, 6) if inf else None,
+            "influence_high": round(inf.high, 6) if inf else None,
         })
     return out

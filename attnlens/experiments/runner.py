@@ -48,7 +48,7 @@ from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
 from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key, run_lock
 from .study import Item, Study, build_messages
-from .summary import ExperimentResult, summarize_rows, write_summary
+from .summary import ExperimentResult, small_n_notes, summarize_rows, write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,11 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
         from ..runtime.models import load_model
 
         model = load_model(config.model, device=sweep_device())
+    if workers.is_main:
+        from .provenance import run_provenance
+        from .store import record_provenance
+
+        record_provenance(out, run_provenance(config.model, model))
     tokenizer = model.tokenizer
     resolve_layers(config.layers, model.cfg.n_layers)
     chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
@@ -275,7 +280,7 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
     declared = study.metric_names(config)
     found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
     metrics = declared + tuple(found) + ("influence",)
-    summary = summarize_rows(all_rows, conditions, metrics, config)
+    summary = summarize_rows(all_rows, conditions, metrics, config, cluster=study.cluster_field)
     summary_path = out / SUMMARY_FILE
     plots: list[Path] = []
     if workers.is_main:  # one writer for the shared files
@@ -283,12 +288,18 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
         if config.plots:
             from . import plots as plotting
 
-            plots.append(plotting.accuracy_vs_delta(summary, study.primary, out / "accuracy_vs_delta.html",
-                                                    title=f"{study.name}: {study.primary} by condition"))
+            every = (study.primary, *(m for m in metrics if m != study.primary))
+            plots.append(plotting.accuracy_vs_delta(summary, every, out / "accuracy_vs_delta.html",
+                                                    title=f"{study.name}: every metric by condition"))
         plots.extend(study.extra_outputs(all_rows, out, config))
+        if config.plots:
+            from .plots import static_paths
+
+            plots.extend(p for html in list(plots) if html.suffix == ".html" for p in static_paths(html)
+                         if p.exists())
     workers.barrier()
     return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
-                            metrics, generated, len(done))
+                            metrics, generated, len(done), small_n_notes(summary))
 
 
 def _check_unique_ids(study: str, items: Sequence[Item]) -> None:

@@ -238,6 +238,27 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
         _write_atomic(run_file, json.dumps({**identity, "data": data}, indent=1))
 
 
+def record_provenance(out: Path, provenance: Mapping[str, Any]) -> None:
+    """Record what made the run (model, attnlens, package versions) in the folder's run file; a rerun
+    with another provenance keeps the earlier ones under ``earlier_provenance``."""
+    run_file = out / RUN_FILE
+    try:
+        record = json.loads(run_file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # _check_run_file has refused a damaged one already; a missing one is not ours to make here
+    if not isinstance(record, dict):
+        return
+    provenance = json.loads(json.dumps(provenance, default=str))
+    previous = record.get("provenance")
+    if previous == provenance:
+        return
+    if isinstance(previous, dict):
+        earlier = record.get("earlier_provenance") if isinstance(record.get("earlier_provenance"), list) else []
+        record["earlier_provenance"] = [*earlier, previous]
+    record["provenance"] = provenance
+    _write_atomic(run_file, json.dumps(record, indent=1))
+
+
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields))

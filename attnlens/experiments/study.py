@@ -55,6 +55,9 @@ class Study(ABC):
     metrics: tuple[str, ...] = ()
     #: item fields the rows carry for breakdowns (needle: length, depth)
     group_fields: tuple[str, ...] = ()
+    #: the row field (one of ``group_fields``) by which items share a source; summaries then
+    #: resample sources, not items (a cluster bootstrap). None: every item is independent
+    cluster_field: str | None = None
 
     @abstractmethod
     def load_data(self, config: ExperimentConfig) -> Any:

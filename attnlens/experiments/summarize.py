@@ -114,5 +114,6 @@ class SummarizeStudy(Study):
         from .plots import influence_vs_accuracy
 
         path = influence_vs_accuracy(rows, "french", out / "influence_vs_accuracy.html",
-                                     title="summarize: instruction influence vs French output")
+                                     title="summarize: instruction influence vs French output",
+                                     confidence=config.confidence, resamples=config.bootstrap, seed=config.seed)
         return [path] if path else []

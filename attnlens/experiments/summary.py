@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.records import Showable
 from .config import Condition, ExperimentConfig
-from .metrics import bootstrap_ci
+from .metrics import MIN_RELIABLE_N, bootstrap_ci
 from .store import write_csv
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,28 @@ class ConditionSummary:
     estimates: Mapping[str, Any]  # metric -> metrics.Estimate
     #: metric -> metrics.Estimate of the mean paired difference from ``none`` over the items both ran
     differences: Mapping[str, Any] = field(default_factory=dict)
+    #: how many independent sources the items come from, when the bootstrap resampled them in
+    #: clusters (the needle study: needles, each placed in many cells); None: every item is its own
+    clusters: int | None = None
+
+    @property
+    def units(self) -> int:
+        """How many independent units the intervals rest on (items, or clusters of items)."""
+        return self.items if self.clusters is None else self.clusters
+
+    @property
+    def note(self) -> str:
+        """A word on the intervals when they rest on too few units to mean much ('' otherwise)."""
+        if self.units >= MIN_RELIABLE_N:
+            return ""
+        unit = "item" if self.clusters is None else "source"
+        return (f"n={self.units} {unit}{'s' if self.units != 1 else ''} (< {MIN_RELIABLE_N}): "
+                "the intervals mean little")
 
     def as_row(self, metrics: Sequence[str]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "condition": self.condition, "method": self.method, "delta": self.delta,
-            "items": self.items, "generations": self.generations,
+            "items": self.items, "clusters": self.clusters, "generations": self.generations,
         }
         for m in metrics:
             e = self.estimates.get(m)
@@ -46,6 +63,7 @@ class ConditionSummary:
             row[f"{m}_diff"] = _round(d.mean if d else float("nan"))
             row[f"{m}_diff_low"] = _round(d.low if d else float("nan"))
             row[f"{m}_diff_high"] = _round(d.high if d else float("nan"))
+        row["note"] = self.note
         return row
 
 
@@ -63,6 +81,8 @@ class ExperimentResult(Showable):
     metrics: tuple[str, ...]
     generated: int
     skipped: int
+    #: words on the results a reader must see (intervals that rest on too few items)
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         return [s.as_row(self.metrics) for s in self.summary]
@@ -126,41 +146,73 @@ def per_item(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, float]
     return {item: sum(v) / len(v) for item, v in values.items()}
 
 
+def item_clusters(rows: Iterable[Mapping[str, Any]], cluster: str | None) -> dict[str, Any] | None:
+    """Each item's source (the rows' ``cluster`` field), or None when items are not clustered."""
+    if cluster is None:
+        return None
+    return {row["item"]: row.get(cluster, row["item"]) for row in rows}
+
+
+def estimate(values: Mapping[str, float], config: ExperimentConfig, clusters: Mapping[str, Any] | None = None) -> Any:
+    """The mean of per-item ``values`` with a bootstrap interval; resampled by source when ``clusters`` maps
+    each item to one."""
+    items = list(values)
+    labels = None if clusters is None else [clusters.get(i, i) for i in items]
+    return bootstrap_ci([values[i] for i in items], confidence=config.confidence, resamples=config.bootstrap,
+                        seed=config.seed, clusters=labels)
+
+
 def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str,
-                      config: ExperimentConfig) -> Any:
-    """The mean of ``rows`` minus ``baseline`` over the items both have, with a paired bootstrap interval."""
+                      config: ExperimentConfig, clusters: Mapping[str, Any] | None = None) -> Any:
+    """The mean of ``rows`` minus ``baseline`` over the items both have, with a paired bootstrap interval
+    (by source when ``clusters`` maps each item to one)."""
     mine, base = per_item(rows, metric), per_item(baseline, metric)
-    diffs = [mine[i] - base[i] for i in mine if i in base]
-    return bootstrap_ci(diffs, confidence=config.confidence, resamples=config.bootstrap, seed=config.seed)
+    return estimate({i: mine[i] - base[i] for i in mine if i in base}, config, clusters)
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]], conditions: Sequence[Condition], metrics: Sequence[str],
-                   config: ExperimentConfig) -> list[ConditionSummary]:
+                   config: ExperimentConfig, *, cluster: str | None = None) -> list[ConditionSummary]:
     """Per-condition means with bootstrap intervals over items, and each steered condition's paired
-    difference from ``none`` (when ``none`` ran)."""
+    difference from ``none`` (when ``none`` ran).
+
+    ``cluster`` names a row field that items share a source by (the needle study's ``needle``):
+    the bootstrap then resamples sources, not items. A summary whose intervals rest on fewer than
+    :data:`~attnlens.experiments.metrics.MIN_RELIABLE_N` units logs a warning and carries a note.
+    """
     out = []
     baseline = [r for r in rows if r["condition"] == "none"]
+    clusters = item_clusters(rows, cluster)
     for condition in conditions:
         mine = [r for r in rows if r["condition"] == condition.name]
         estimates, differences = {}, {}
         for metric in metrics:
-            values = item_means(mine, metric).get((), [])
-            estimates[metric] = bootstrap_ci(values, confidence=config.confidence, resamples=config.bootstrap,
-                                             seed=config.seed)
+            estimates[metric] = estimate(per_item(mine, metric), config, clusters)
             if baseline and condition.name != "none":
-                differences[metric] = paired_difference(mine, baseline, metric, config)
+                differences[metric] = paired_difference(mine, baseline, metric, config, clusters)
+        items = {r["item"] for r in mine}
+        sources = None if clusters is None else len({clusters[i] for i in items})
         out.append(ConditionSummary(condition.name, condition.method, condition.delta,
-                                    len({r["item"] for r in mine}), len(mine), estimates, differences))
+                                    len(items), len(mine), estimates, differences, sources))
+    few = [s for s in out if s.note and s.items]
+    if few:
+        logger.warning("%s: %s", ", ".join(s.condition for s in few), few[0].note)
     return out
+
+
+def small_n_notes(summary: Sequence[ConditionSummary]) -> list[str]:
+    """One line per distinct note of ``summary`` (intervals that rest on too few units)."""
+    notes = dict.fromkeys(s.note for s in summary if s.note and s.items)
+    return [f"note: {n}; run more items (drop --limit) before reading them" for n in notes]
 
 
 def write_summary(path: Path, summary: Sequence[ConditionSummary], metrics: Sequence[str]) -> None:
     rows = [s.as_row(metrics) for s in summary]
-    fields = ["condition", "method", "delta", "items", "generations"]
+    fields = ["condition", "method", "delta", "items", "clusters", "generations"]
     for m in metrics:
         fields += [m, f"{m}_low", f"{m}_high"]
     for m in metrics:
         fields += [f"{m}_diff", f"{m}_diff_low", f"{m}_diff_high"]
+    fields.append("note")
     write_csv(path, rows, fields)
 
 

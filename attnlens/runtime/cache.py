@@ -285,8 +285,11 @@ def ensure_entry(directory: Path, build: Callable[[Path], None], *, verify: bool
 def load_entry(directory: Path, *, dtype: torch.dtype, attn_implementation: str, label: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` read from a cache entry; an unreadable one is a ModelLoadError saying how to clear it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
     try:
+        hf_logging.disable_progress_bar()  # reading cached weights takes seconds at most: no bar
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), dtype=dtype, attn_implementation=attn_implementation
         ).eval()
@@ -296,4 +299,7 @@ def load_entry(directory: Path, *, dtype: torch.dtype, attn_implementation: str,
             f"cannot load {label} from its cache at {str(directory)!r} ({type(exc).__name__}: {exc}); "
             + clear_hint(directory)
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer

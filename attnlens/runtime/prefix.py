@@ -110,12 +110,15 @@ class PrefixRun:
             if rows > 1:
                 cache.batch_repeat_interleave(rows)
             kwargs["past_key_values"] = cache
-        if start_layer > 0:
-            resid = self.resid[start_layer].expand(rows, -1, -1)
-            with tl.replace_forward(list(self.model.blocks)[:start_layer], _pass_through):
-                logits = self.model(resid, start_at_layer=start_layer, **kwargs)
-        else:
-            logits = self.model(self.ids[:, self.prefix :].expand(rows, -1), **kwargs)
+        from .upstream import quiet_cache_rename  # the bridge hands the cache on under its old name
+
+        with quiet_cache_rename():
+            if start_layer > 0:
+                resid = self.resid[start_layer].expand(rows, -1, -1)
+                with tl.replace_forward(list(self.model.blocks)[:start_layer], _pass_through):
+                    logits = self.model(resid, start_at_layer=start_layer, **kwargs)
+            else:
+                logits = self.model(self.ids[:, self.prefix :].expand(rows, -1), **kwargs)
         if logits.shape[1] != self.n_target:  # every position came back
             logits = logits[:, -(self.n_target + 1) : -1]
         return logits

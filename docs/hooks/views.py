@@ -9,8 +9,8 @@ from the network. The mkdocs hooks:
 
 - ``on_page_content`` puts a view's HTML in place of the marker ``<!-- view: NAME -->`` in
   a page (an unknown name fails the build), so the built page itself draws the view;
-- ``on_post_build`` writes ``site/views/experiment/accuracy_vs_delta.html`` (with the
-  ``plotly.min.js`` the experiment plots share), the plot an experiment run writes, drawn
+- ``on_post_build`` writes ``site/views/experiment/accuracy_vs_delta.html`` (plotly.js
+  inlined, with its PNG and SVG beside it), the plot an experiment run writes, drawn
   by ``attnlens.experiments.plots`` from the French study's measured summary (the table on
   the experiments page), which the experiments page embeds in an ``<iframe>``.
 

@@ -250,14 +250,16 @@ def test_cli_rank_bad_input_is_one_line(tiny, texts_file, monkeypatch, capsys):
 
 @pytest.mark.notebook
 def test_04_attention_data_notebook():
-    from test_notebooks import outputs_text, run_notebook
+    from test_notebooks import fresh, outputs_text
 
-    nb = run_notebook("04_attention_data.ipynb")
+    nb = fresh("04_attention_data.ipynb")  # executed once per session (test_notebooks runs it too)
     text = outputs_text(nb)
     assert "all multiples above 1: True" in text
     assert "rows for 'the': 5" in text
     assert "class='attnlens-multiples'" in text  # the ranked table was displayed
-    assert text.count("var CircuitsVis=") == 2  # two circuitsvis views, each with its bundle inlined once
+    assert "interactive view: " in text and "MB as a standalone file" in text  # built, and not embedded
+    assert "var CircuitsVis=" not in text  # the notebook stays small: no view's bundle in its outputs
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     before, after = map(float, re.search(r"attention on .* ([\d.]+) unsteered -> ([\d.]+) steered", text).groups())
     assert after > before
     assert "description: This head mostly attends to the article" in text

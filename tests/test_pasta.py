@@ -342,9 +342,9 @@ def test_cli_generate_with_pasta_heads(tmp_path, embedded, capsys, monkeypatch):
 
 @pytest.mark.notebook
 def test_02_pasta_notebook():
-    from test_notebooks import outputs_text, run_notebook
+    from test_notebooks import fresh, outputs_text
 
-    text = outputs_text(run_notebook("02_pasta.ipynb"))
+    text = outputs_text(fresh("02_pasta.ipynb"))  # executed once per session (test_notebooks runs it too)
     for label in ("unsteered:", "steered:", "baseline", "top heads"):
         assert label in text
     assert "steered output differs from the unsteered one: True" in text

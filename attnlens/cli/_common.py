@@ -39,29 +39,55 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
     return "\n".join(rows)
 
 
-#: the one chat rule, shared with the pipeline and PASTA
+#: the one rule for plain strings, shared with the pipeline and the experiments
 CHAT_RULE = (
-    "a plain string is sent as written (raw text, as transformers' pipelines and attnlens' pipeline and "
-    "PASTA do); --chat sends it as a user message through the chat template, and --system implies --chat"
+    "by default a plain string goes through the model's chat template as a user message when the tokenizer "
+    "has one (an instruct model), as written otherwise"
 )
 
 
 def add_chat_flags(parser: Any, what: str = "the prompt") -> None:
-    """``--chat`` (send ``what`` through the chat template) and ``--raw`` (as written: the default)."""
+    """``--raw`` (send ``what`` as written) and ``--chat`` (require the chat template); neither: the one rule."""
     group = parser.add_mutually_exclusive_group()
+    group.add_argument("--raw", action="store_true",
+                       help=f"send {what} as written, without the chat template ({CHAT_RULE})")
     group.add_argument("--chat", action="store_true",
-                       help=f"send {what} as a user message through the chat template ({CHAT_RULE})")
-    group.add_argument("--raw", action="store_true", help=f"send {what} as written (the default)")
+                       help=f"send {what} through the chat template, and fail if the model has none")
 
 
-def prompt_from(args: argparse.Namespace) -> Any:
-    """The prompt under the chat rule: the string as written, or a chat with ``--chat`` / ``--system``."""
+def chat_for(args: argparse.Namespace, tokenizer: Any) -> bool:
+    """Whether string prompts go through the chat template under ``--raw`` / ``--chat`` / the one rule."""
+    from ..prompts.prompt import resolve_chat
+
     system = getattr(args, "system", None)
-    if args.raw and system:
+    if getattr(args, "raw", False) and system:
         raise CLIError("--system needs the chat template; drop --raw")
-    if getattr(args, "chat", False) or system:
-        return messages(args.prompt, system)
+    chat = True if (getattr(args, "chat", False) or system) else None
+    return resolve_chat(tokenizer, chat, bool(getattr(args, "raw", False)))
+
+
+def prompt_from(args: argparse.Namespace, tokenizer: Any = None) -> Any:
+    """The prompt under the one rule: a chat (user message, ``--system`` first) or, with ``--raw`` or a
+    tokenizer without a chat template, the string as written."""
+    if chat_for(args, tokenizer):
+        return messages(args.prompt, getattr(args, "system", None))
     return args.prompt
+
+
+def check_tags(text: str, flag: str) -> Any:
+    """Parse ``text``'s tags before the model loads (an unbalanced tag fails at once, naming ``flag``)."""
+    from ..core.errors import TagError
+    from ..prompts.tags import parse_tags
+
+    try:
+        return parse_tags(text)
+    except TagError as exc:
+        raise CLIError(f"{flag}: {exc}") from None
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (the command line prints; the library logs)."""
+    print(f"attnlens: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def messages(prompt: str, system: str | None) -> list[dict[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import load_model_for, number, positive_int
+from ._common import add_chat_flags, load_model_for, number, positive_int
 
 
 def add_batch(sub: Any) -> None:
@@ -19,7 +19,7 @@ def add_batch(sub: Any) -> None:
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per unit of work and per generate")
-    p.add_argument("--chat", action="store_true", help="send plain-string prompts through the chat template")
+    add_chat_flags(p, "plain-string prompts")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.set_defaults(run=_run_batch)
 
@@ -31,7 +31,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.input)  # a bad file fails before the model loads
     model = load_model_for(args)
     pipe = PayAttentionPipeline(model, delta_mid=args.delta_mid, layers=args.layers, batch_size=args.batch_size,
-                                chat=args.chat)
+                                chat=True if args.chat else None, raw=args.raw)
     rows = run_prompts(pipe, prompts, args.output, max_new_tokens=args.max_new_tokens)
     workers = current_workers()
     if workers.is_main:

@@ -53,7 +53,9 @@ def add_experiment(sub: Any) -> None:
     common.add_argument("--text-field", default="text", help="the data set's text field")
     common.add_argument("--pasta-heads", default=None, help="a PASTA head config (JSON {layer: [heads]})")
     common.add_argument("--pasta-alpha", type=number, default=0.01)
-    common.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    common.add_argument("--raw", action="store_true",
+                        help="send prompts as written, without the chat template (by default a model whose tokenizer "
+                        "has a chat template gets each prompt as a user message, as in attnlens generate)")
     common.add_argument("--no-influence", action="store_true", help="do not record the focus span's influence")
     common.add_argument("--no-plots", action="store_true")
     common.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the CIs")
@@ -89,7 +91,7 @@ def _experiment_config(args: argparse.Namespace) -> Any:
         top_p=args.top_p, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, seed=args.seed,
         limit=args.limit, dataset=args.dataset, dataset_split=args.dataset_split, text_field=args.text_field,
         pasta_heads=args.pasta_heads, pasta_alpha=args.pasta_alpha, influence=not args.no_influence,
-        chat=False if args.raw else None, bootstrap=args.bootstrap, plots=not args.no_plots, fresh=args.fresh,
+        raw=args.raw, bootstrap=args.bootstrap, plots=not args.no_plots, fresh=args.fresh,
     )
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens

@@ -65,12 +65,16 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         chat = True
     else:
         examples = load_examples(args.data)
-        chat = args.chat
+        chat = True if args.chat else False if args.raw else None  # None: the one rule, once the model is known
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     model = load_model_for(args)
+    if chat is None:
+        from ..prompts.prompt import has_chat_template
+
+        chat = has_chat_template(model.tokenizer)
     layers = resolve_layers(args.layers, model.cfg.n_layers)
     if not layers:
         raise CLIError("--layers selects no layer")

@@ -224,13 +224,13 @@ def test_one_chat_rule(tiny_pair, monkeypatch, capsys):
     piped = al.pipeline("pay-attention", model=bridge)(text, max_new_tokens=4)[0]["generated_text"]
     steered = al.PASTA(bridge, {"1": [0]}).generate(text, "capital", max_new_tokens=4)
     assert cli.main(["generate", text, "--max-new-tokens", "4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["steered"] == piped  # a plain string: as written, everywhere
+    assert json.loads(capsys.readouterr().out)["steered"] == piped  # a plain string: the one rule, everywhere
     assert cli.main(["generate", text, "--max-new-tokens", "4", "--json", "--chat"]) == 0
     chat = al.pipeline("pay-attention", model=bridge, chat=True)(text, max_new_tokens=4)[0]["generated_text"]
     assert json.loads(capsys.readouterr().out)["steered"] == chat
     assert isinstance(steered, str)
-    assert cli.main(["influence", f"<?-> {text} <-?>", "--json", "--convention", "pap"]) == 0
+    assert cli.main(["influence", f"<?-> {text} <-?>", "--json", "--convention", "pap", "--raw"]) == 0
     result = json.loads(capsys.readouterr().out)
     ids = bridge.tokenizer(al.parse_tags(f"<?-> {text} <-?>").text)["input_ids"]  # as written: no template
-    assert result["convention"] == "pap"
+    assert result["convention"] == "pap" and result["prompt_format"] == "raw"
     assert result["tokens"][: len(ids)] == [bridge.tokenizer.decode([t]) for t in ids]

@@ -197,3 +197,126 @@ class LazyChoices:
 
     def __iter__(self) -> Any:
         return iter(self.compute())
+
+
+# ----------------------------------------------------------------------------- help, suggestions, shape checks
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in ``--help`` (unless its help already says it); examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS) \
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):  # noqa: SLF001
+            return help_text
+        return super()._get_help_string(action)
+
+
+def _suggest(word: str, known: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, [k for k in known if isinstance(k, str)], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that suggests the nearest command or option for a mistyped one, and reports an
+    unknown option with the usage of the command it was given to."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        import re
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+            message += _suggest(match.group(1), choices)
+        return super().error(message)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            target = self._chosen(parsed)
+            options = [s for a in target._actions for s in a.option_strings]  # noqa: SLF001
+            said = [f"{e}{_suggest(e.split('=', 1)[0], options)}" if e.startswith("-") else e for e in extras]
+            target.error(f"unrecognized arguments: {' '.join(said)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> "argparse.ArgumentParser":
+        """The deepest (sub)command ``parsed`` ran."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)  # noqa: SLF001
+            name = getattr(parsed, sub.dest, None) if sub is not None and sub.dest != argparse.SUPPRESS else None
+            if name not in getattr(sub, "choices", {}):
+                return parser
+            parser = sub.choices[name]
+
+
+def known_shape(model: str | None) -> tuple[int, int] | None:
+    """``(n_layers, n_heads)`` of the model ``--model`` names, read from its ``config.json`` without loading
+    weights (the embedded model's from attnlens' cache, a directory's, a hub name's cached config); None
+    when no config is at hand (the library then checks after loading)."""
+    import json
+    from pathlib import Path
+
+    config_path: Any = None
+    try:
+        if model is None:
+            from ..runtime.models import _CACHE_SUBDIR, cache_dir
+
+            config_path = cache_dir() / _CACHE_SUBDIR / "config.json"
+        elif Path(model).expanduser().is_dir():
+            config_path = Path(model).expanduser() / "config.json"
+        elif not Path(model).expanduser().exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model, "config.json")
+            config_path = Path(found) if isinstance(found, str) else None
+        if config_path is None or not Path(config_path).is_file():
+            return None
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
+        layers = next(config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config)
+        heads = next(config[k] for k in ("num_attention_heads", "n_head", "num_heads") if k in config)
+    except (StopIteration, OSError, ValueError, TypeError, AttributeError, ImportError):
+        return None
+    if not (isinstance(layers, int) and isinstance(heads, int) and layers > 0 and heads > 0):
+        return None
+    return layers, heads
+
+
+def check_shape(args: argparse.Namespace, *, layer: str | None = None, head: str | None = None,
+                layers: str | None = None, heads: str | None = None) -> None:
+    """Check ``--layer``/``--head``/``--layers``/``--heads`` (the attributes named) against the model's shape
+    from its config, before the model loads; nothing is checked when the config is not at hand."""
+    shape = known_shape(getattr(args, "model", None))
+    if shape is None:
+        return
+    n_layers, n_heads = shape
+    which = "the embedded model" if getattr(args, "model", None) is None else repr(args.model)
+    if layer is not None:
+        value = getattr(args, layer)
+        if not -n_layers <= value < n_layers:
+            raise CLIError(f"--layer {value} is out of range: {which} has {n_layers} layers "
+                           f"(0..{n_layers - 1}, or negative from the end)")
+    if head is not None:
+        value = getattr(args, head)
+        if not 0 <= value < n_heads:
+            raise CLIError(f"--head {value} is out of range: {which} has {n_heads} heads per layer (0..{n_heads - 1})")
+    if layers is not None:
+        from ..core.errors import AttnlensError
+        from ..core.validate import resolve_layers
+
+        spec = getattr(args, layers)
+        try:
+            resolve_layers(" ".join(spec) if isinstance(spec, list) else spec, n_layers)
+        except AttnlensError as exc:
+            raise CLIError(f"--layers: {exc}".replace("the model", which)) from None
+    if heads is not None:
+        spec = getattr(args, heads)
+        if spec != "all":
+            for part in str(spec).split(","):
+                if part.strip().lstrip("-").isdigit() and not 0 <= int(part) < n_heads:
+                    raise CLIError(f"--heads {spec}: head {int(part)} is out of range: {which} has {n_heads} "
+                                   f"heads per layer (0..{n_heads - 1})")

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import (add_chat_flags, add_later, check_tags, load_model_for, number, positive_int, prompt_from,
+from ._common import (add_chat_flags, add_later, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
                       side_by_side, warn)
 
 DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
@@ -19,7 +19,7 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--system", default=None, help="a system message (tags allowed)")
     p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 bias (level 1: half, level 3: double)")
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     add_chat_flags(p)
     p.add_argument("--compare", action="store_true", help="show unsteered and steered output side by side")
@@ -63,7 +63,8 @@ def add_method_flags(p: Any) -> None:
             default = "required" if param.required else f"default: {param.default!r}"
             group.add_argument(_flag(method, param), dest=_dest(method, param), default=None,
                                choices=param.choices, metavar=None if param.choices else param.name.upper(),
-                               help=f"{param.help} ({default})" if param.help else f"({default})")
+                               help=(param.help if "default" in param.help else f"{param.help} ({default})")
+                               if param.help else f"({default})")
 
 
 def chosen_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -150,6 +151,7 @@ def precheck(args: argparse.Namespace) -> None:
         parsed.append(check_tags(args.system, "--system"))
     if getattr(args, "raw", False) and getattr(args, "system", None):
         raise CLIError("--system needs the chat template; drop --raw")
+    check_shape(args, layers="layers")
     steering_given = getattr(args, "emphasize", None) or getattr(args, "focus", None)
     if not steering_given and not any(p.spans for p in parsed):
         warn("the prompt has no tags (<!-> ... <-!>), so nothing is steered; wrap the text to emphasise in tags")
@@ -176,9 +178,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="the embedded model, unsteered vs GUIDE-steered, side by side")
-    p.add_argument("--prompt", default=DEMO_PROMPT)
-    p.add_argument("--max-new-tokens", type=positive_int, default=60)
-    p.add_argument("--delta-mid", type=number, default=1.0)
+    p.add_argument("--prompt", default=DEMO_PROMPT, help="the tagged prompt to show")
+    p.add_argument("--max-new-tokens", type=positive_int, default=60, help="tokens to generate at most")
+    p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 bias (level 1: half, level 3: double)")
     p.set_defaults(run=_run_demo)
 
 

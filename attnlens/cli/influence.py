@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import (LazyChoices, add_chat_flags, check_tags, load_model_for, number, positive_int, prompt_from,
+from ._common import (LazyChoices, add_chat_flags, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
                       writable)
 
 def _zero_or_more(text: str) -> int:
@@ -75,6 +75,7 @@ def precheck(args: argparse.Namespace) -> None:
         parsed.append(check_tags(args.system, "--system"))
     if args.raw and args.system:
         raise CLIError("--system needs the chat template; drop --raw")
+    check_shape(args, layers="layers")
     if not any(s.kind == "influence" for p in parsed for s in p.spans):
         raise CLIError("the prompt has no influence tag: wrap the text to follow in <?-> ... <-?>")
 

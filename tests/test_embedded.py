@@ -67,10 +67,10 @@ def test_pipeline_steers_the_chat_example(embedded):
     pipe = al.pipeline("pay-attention", model=embedded, delta_mid=1.0)
     steered = pipe(CHAT, max_new_tokens=24)[0]
     (span,) = steered["spans"]
-    assert span["text"] == " Rewrite in French: " and span["delta"] == 0.5 and span["message"] == 0
+    assert span["text"] == "Rewrite in French:" and span["delta"] == 0.5 and span["message"] == 0
     assert embedded.tokenizer.decode(embedded.tokenizer(steered["prompt"], add_special_tokens=False)["input_ids"]
                                      ) == steered["prompt"]
-    plain = pipe([{"role": "user", "content": " Rewrite in French:  Paris is the most visited city in the world."}],
+    plain = pipe([{"role": "user", "content": "Rewrite in French: Paris is the most visited city in the world."}],
                  max_new_tokens=24)[0]
     assert plain["spans"] == [] and plain["prompt"] == steered["prompt"]
     assert steered["generated_text"] != plain["generated_text"]

@@ -171,3 +171,13 @@ def test_a_users_hook_is_named_when_the_run_leaves_the_direct_path(pipe, caplog)
     with caplog.at_level(logging.WARNING):
         assert pipe(TAGGED, max_new_tokens=1)[0]["backend"] == "direct"
     assert not [r for r in caplog.records if "direct path" in r.getMessage()]
+
+
+def test_the_transformers_task_takes_the_same_keywords(tiny):
+    import transformers
+
+    task = transformers.pipeline("pay-attention", model=tiny)
+    out = task("<!-> a <-!> b", max_new_tokens=2, num_return_sequences=2, do_sample=True, seed=0)
+    assert len(out) == 2 and all(r["generated_text"].startswith(" a  b") for r in out)  # raw; only the tags removed
+    ids = task("<!-> a <-!> b", max_new_tokens=2, return_tensors=True)[0]["generated_token_ids"]
+    assert ids[: len(task.prepare("<!-> a <-!> b"))] == task.prepare("<!-> a <-!> b").input_ids

@@ -80,8 +80,9 @@ def test_direct_generation_equals_the_bridge_on_embedded(embedded):
     from attnlens.runtime.generate import generate_batch
     from attnlens.steering.guide import guide_plan_for
 
-    prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=2.0),
-               al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=2.0)]
+    # delta 3: the clean chat prompt is followed unsteered too, so a weaker bias changes nothing in 12 tokens
+    prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=3.0),
+               al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=3.0)]
     plans = guide_plan_for(embedded, prompts)
     rows = [p.input_ids for p in prompts]
     direct = generate_batch(embedded, rows, [plans], max_new_tokens=12, direct=True)

@@ -71,21 +71,21 @@ def _finish(parser: argparse.ArgumentParser, path: str = "") -> None:
     parser.formatter_class = HelpFormatter
     if path in EXAMPLES and not parser.epilog:
         parser.epilog = "example:\n  " + EXAMPLES[path]
-    for action in parser._actions:  # noqa: SLF001 - argparse keeps subcommands only here
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-            if not action.help:
-                action.help = f"one of these (attnlens {path + ' ' if path else ''}{action.metavar} --help for its options)"
-            for name, child in action.choices.items():
-                _finish(child, f"{path} {name}".strip())
+    action = getattr(parser, "subcommands", None)  # Parser keeps its subcommands' action
+    if action is not None:
+        if not action.help:
+            action.help = f"one of these (attnlens {path + ' ' if path else ''}{action.metavar} --help for its options)"
+        for name, child in action.choices.items():
+            _finish(child, f"{path} {name}".strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
+    # the package above this one is imported before it, and holds the version
+    version = getattr(sys.modules[__name__.rpartition(".")[0]], "__version__", "unknown")
     parser = Parser(
         prog="attnlens", description="Steer and explain where a language model's attention goes."
     )
-    parser.add_argument("--version", action="version", version=f"attnlens {__version__}",
+    parser.add_argument("--version", action="version", version=f"attnlens {version}",
                         help="print attnlens' version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",

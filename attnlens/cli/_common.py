@@ -207,8 +207,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS) \
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):  # noqa: SLF001
+        # flags (help, version, switches) take no value: their default says nothing
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
             return help_text
         return super()._get_help_string(action)
 
@@ -222,7 +222,14 @@ def _suggest(word: str, known: Any) -> str:
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser that suggests the nearest command or option for a mistyped one, and reports an
-    unknown option with the usage of the command it was given to."""
+    unknown option with the usage of the command it was given to. ``subcommands`` is its subcommands'
+    action (``.choices``: name -> parser), or None."""
+
+    subcommands: Any = None
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self.subcommands = super().add_subparsers(**kwargs)
+        return self.subcommands
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         import re
@@ -234,10 +241,12 @@ class Parser(argparse.ArgumentParser):
         return super().error(message)
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        import re
+
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             target = self._chosen(parsed)
-            options = [s for a in target._actions for s in a.option_strings]  # noqa: SLF001
+            options = re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", target.format_help())
             said = [f"{e}{_suggest(e.split('=', 1)[0], options)}" if e.startswith("-") else e for e in extras]
             target.error(f"unrecognized arguments: {' '.join(said)}")
         return parsed
@@ -246,7 +255,7 @@ class Parser(argparse.ArgumentParser):
         """The deepest (sub)command ``parsed`` ran."""
         parser: argparse.ArgumentParser = self
         while True:
-            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)  # noqa: SLF001
+            sub = getattr(parser, "subcommands", None)
             name = getattr(parsed, sub.dest, None) if sub is not None and sub.dest != argparse.SUPPRESS else None
             if name not in getattr(sub, "choices", {}):
                 return parser

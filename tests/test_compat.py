@@ -100,10 +100,17 @@ def test_transformers_pipeline_with_a_bridge(tiny_pair):
                  convention="pap")
     assert not short[0]["generated_text"].startswith(short[0]["prompt"])
     assert short[0]["influence"][0]["convention"] == "pap"
-    # attnlens' own pipeline keeps its defaults: the new text only
+    # attnlens' own pipeline keeps its defaults: the new text only, and a plain string through the chat
+    # template; raw=True reads it as the compatible task does (raw text)
     full = pipe("Rewrite in French: Paris", max_new_tokens=3)[0]["generated_text"]
-    own = al.pipeline("pay-attention", model=bridge, delta_mid=2.0)("Rewrite in French: Paris", max_new_tokens=3)
+    own = al.pipeline("pay-attention", model=bridge, delta_mid=2.0, raw=True)("Rewrite in French: Paris",
+                                                                               max_new_tokens=3)
     assert full == "Rewrite in French: Paris" + own[0]["generated_text"]
+    assert own[0]["prompt_format"] == "raw" and pipe("x", max_new_tokens=1)[0]["prompt_format"] == "raw"
+    templated = al.pipeline("pay-attention", model=bridge)("Rewrite in French: Paris", max_new_tokens=1)[0]
+    assert templated["prompt_format"] == "chat" and "user\nRewrite in French: Paris<|im_end|>" in templated["prompt"]
+    # the compatible task reads tags as pay-attention-pipeline does: only the tags are removed
+    assert pipe("<!-> Rewrite: <-!> Paris", max_new_tokens=1)[0]["prompt"] == " Rewrite:  Paris"
 
 
 def test_transformers_pipeline_with_an_hf_model_and_a_path(tokenizer, tmp_path):
@@ -217,13 +224,13 @@ def test_one_chat_rule(tiny_pair, monkeypatch, capsys):
     piped = al.pipeline("pay-attention", model=bridge)(text, max_new_tokens=4)[0]["generated_text"]
     steered = al.PASTA(bridge, {"1": [0]}).generate(text, "capital", max_new_tokens=4)
     assert cli.main(["generate", text, "--max-new-tokens", "4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["steered"] == piped  # a plain string: as written, everywhere
+    assert json.loads(capsys.readouterr().out)["steered"] == piped  # a plain string: the one rule, everywhere
     assert cli.main(["generate", text, "--max-new-tokens", "4", "--json", "--chat"]) == 0
     chat = al.pipeline("pay-attention", model=bridge, chat=True)(text, max_new_tokens=4)[0]["generated_text"]
     assert json.loads(capsys.readouterr().out)["steered"] == chat
     assert isinstance(steered, str)
-    assert cli.main(["influence", f"<?-> {text} <-?>", "--json", "--convention", "pap"]) == 0
+    assert cli.main(["influence", f"<?-> {text} <-?>", "--json", "--convention", "pap", "--raw"]) == 0
     result = json.loads(capsys.readouterr().out)
     ids = bridge.tokenizer(al.parse_tags(f"<?-> {text} <-?>").text)["input_ids"]  # as written: no template
-    assert result["convention"] == "pap"
+    assert result["convention"] == "pap" and result["prompt_format"] == "raw"
     assert result["tokens"][: len(ids)] == [bridge.tokenizer.decode([t]) for t in ids]

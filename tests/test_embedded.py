@@ -67,10 +67,10 @@ def test_pipeline_steers_the_chat_example(embedded):
     pipe = al.pipeline("pay-attention", model=embedded, delta_mid=1.0)
     steered = pipe(CHAT, max_new_tokens=24)[0]
     (span,) = steered["spans"]
-    assert span["text"] == " Rewrite in French: " and span["delta"] == 0.5 and span["message"] == 0
+    assert span["text"] == "Rewrite in French:" and span["delta"] == 0.5 and span["message"] == 0
     assert embedded.tokenizer.decode(embedded.tokenizer(steered["prompt"], add_special_tokens=False)["input_ids"]
                                      ) == steered["prompt"]
-    plain = pipe([{"role": "user", "content": " Rewrite in French:  Paris is the most visited city in the world."}],
+    plain = pipe([{"role": "user", "content": "Rewrite in French: Paris is the most visited city in the world."}],
                  max_new_tokens=24)[0]
     assert plain["spans"] == [] and plain["prompt"] == steered["prompt"]
     assert steered["generated_text"] != plain["generated_text"]
@@ -80,8 +80,9 @@ def test_direct_generation_equals_the_bridge_on_embedded(embedded):
     from attnlens.runtime.generate import generate_batch
     from attnlens.steering.guide import guide_plan_for
 
-    prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=2.0),
-               al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=2.0)]
+    # delta 3: the clean chat prompt is followed unsteered too, so a weaker bias changes nothing in 12 tokens
+    prompts = [al.prepare(embedded.tokenizer, CHAT, delta_mid=3.0),
+               al.prepare(embedded.tokenizer, "<!-> Answer in one word: <-!> What colour is the sky?", delta_mid=3.0)]
     plans = guide_plan_for(embedded, prompts)
     rows = [p.input_ids for p in prompts]
     direct = generate_batch(embedded, rows, [plans], max_new_tokens=12, direct=True)

@@ -277,7 +277,7 @@ def test_pipeline_reports_influence_per_tagged_span(embedded):
     out = pipe(text, max_new_tokens=4)
     assert isinstance(out[0]["generated_text"], str)
     entries = out[0]["influence"]
-    assert [e["text"] for e in entries] == [" Rewrite in French ", "visited city"]
+    assert [e["text"] for e in entries] == ["Rewrite in French", "visited city"]  # padding inside tags is markup
     prompt = pipe.prepare(text)
     n = len(prompt.input_ids)
     for entry, span in zip(entries, prompt.influence_spans()):
@@ -371,7 +371,7 @@ def test_cli_influence_json_and_plot(cli_model, capsys, tmp_path):
     assert main(["influence", prompt, "--method", "both", "--raw", "--json", "--plot", str(plot)]) == 0
     result = json.loads(capsys.readouterr().out)
     (span,) = result["spans"]
-    assert span["text"] == " Summarize in French "
+    assert span["text"] == "Summarize in French" and result["prompt_format"] == "raw"
     n_layers = cli_model.cfg.n_layers
     assert len(span["influence"]) == n_layers + 1 and len(span["rollout"]) == n_layers + 1
     assert len(span["influence"][0]) == len(result["tokens"])

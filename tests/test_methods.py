@@ -159,7 +159,7 @@ def test_spa_mixes_the_logits_of_two_separate_passes(tiny):
 def test_each_new_method_through_the_pipeline_and_as_an_experiment_condition(tiny, tmp_path):
     from attnlens.experiments import SummarizeConfig, run_experiment
 
-    pipe = al.PayAttentionPipeline(tiny)
+    pipe = al.PayAttentionPipeline(tiny, raw=True, tag_whitespace="keep")  # the tokens this test was written on
     settings = {"instaboost": {"alpha": 50.0}, "spotlight": {"target": 0.9}, "spa": {"omega": 5.0}}
     prompt = pipe.prepare(TEXT)
     texts = set()

@@ -58,7 +58,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def pipe(lively):
-    return al.pipeline("pay-attention", model=lively)
+    return al.pipeline("pay-attention", model=lively, raw=True)  # completions continue raw text; chats are chats
 
 
 # the load test's requests: (endpoint, prompt or messages, attnlens settings or None, max_tokens)

@@ -28,10 +28,31 @@ def test_several_spans_mixed_levels_and_influence():
     assert got == [("one", "guide", 1), ("two", "guide", 3), ("three", "influence", 0)]
 
 
-def test_whitespace_is_kept_verbatim():
-    parsed = parse_tags("<!-> Rewrite: <-!> Paris")
+def test_whitespace_keep_is_verbatim():
+    parsed = parse_tags("<!-> Rewrite: <-!> Paris", whitespace="keep")
     assert parsed.text == " Rewrite:  Paris"
     assert parsed.substring(parsed.spans[0]) == " Rewrite: "
+
+
+@pytest.mark.parametrize("text, clean, spans", [
+    ("<!-> Rewrite in French: <-!> Paris", "Rewrite in French: Paris", ["Rewrite in French:"]),
+    ("Hello <!-> world <-!> again", "Hello world again", ["world"]),
+    ("Paris<!-> is big<-!>.", "Paris is big.", ["is big"]),
+    ("<!->a <-!><!!-> b<-!!>", "a b", ["a", "b"]),
+    ("Intro:<!->\n\nText <-!>", "Intro:\n\nText", ["Text"]),
+    ("  <!-> hi <-!>  ", "  hi  ", ["hi"]),
+    ("<!->Be brief.<-!> Hi", "Be brief. Hi", ["Be brief."]),
+    ("a<!-> b <-!> <?->  c<-?>d", "a b cd", ["b", "c"]),
+])
+def test_padding_inside_tags_is_markup(text, clean, spans):
+    parsed = parse_tags(text)
+    assert parsed.text == clean
+    assert [parsed.substring(s) for s in parsed.spans] == spans
+
+
+def test_whitespace_option_is_checked():
+    with pytest.raises(TagError, match="whitespace must be 'collapse' or 'keep'"):
+        parse_tags("a", whitespace="strip")
 
 
 @pytest.mark.parametrize(

@@ -31,11 +31,30 @@ def test_escaped_text_reads_back_unchanged(text):
 def test_escaped_text_next_to_tags_is_inert(before, inside, after, tags):
     opening, closing, kind, level = tags
     prompt = escape_tags(before) + opening + escape_tags(inside) + closing + escape_tags(after)
-    parsed = parse_tags(prompt)
+    parsed = parse_tags(prompt, whitespace="keep")
     assert parsed.text == before + inside + after
     (span,) = parsed.spans
     assert (span.start, span.end, span.kind, span.level) == (len(before), len(before) + len(inside), kind, level)
     assert has_tags(prompt)
+    # the default reading: the padding just inside the tags is markup (tags.py's stated rule)
+    core = inside.strip()
+    lead, trail = inside[: len(inside) - len(inside.lstrip())], inside[len(inside.rstrip()):]
+    left = before + (lead if lead and before and not before[-1].isspace() else "")
+    right = (trail if trail and after and not after[0].isspace() else "") + after
+    collapsed = parse_tags(prompt)
+    assert collapsed.text == left + core + right
+    (span,) = collapsed.spans
+    assert (span.start, span.end, span.kind, span.level) == (len(left), len(left) + len(core), kind, level)
+
+
+@given(any_text, any_text.filter(lambda t: t.strip() != ""), any_text.filter(lambda t: t.strip() != ""))
+def test_two_adjacent_spans_keep_one_separator(before, first, second):
+    parsed = parse_tags(escape_tags(before) + "<!->" + escape_tags(first) + " <-!><!!-> " + escape_tags(second)
+                        + "<-!!>")
+    a, b = parsed.spans
+    assert parsed.substring(a) == first.strip() and parsed.substring(b) == second.strip()
+    between = parsed.text[a.end:b.start]
+    assert between == first[len(first.rstrip()):] + " "  # the first padding of the run, never both
 
 
 @given(st.lists(any_text, min_size=1, max_size=5))
@@ -59,7 +78,7 @@ def test_parse_either_succeeds_consistently_or_names_a_position(text):
 
 @pytest.mark.parametrize("before, inside", [("a\\", "b\\"), ("a\\\\", "x"), ("\\", "\\\\\\"), ("", "\\")])
 def test_text_ending_in_backslashes_next_to_a_tag(before, inside):
-    parsed = parse_tags(escape_tags(before) + "<!->" + escape_tags(inside) + "<-!>")
+    parsed = parse_tags(escape_tags(before) + "<!->" + escape_tags(inside) + "<-!>", whitespace="keep")
     assert parsed.text == before + inside
     assert [parsed.substring(s) for s in parsed.spans] == [inside]
 

@@ -39,19 +39,33 @@ def prepare(
     item: PromptInput,
     *,
     delta_mid: float = 1.0,
-    chat: bool = False,
+    chat: bool | None = False,
     add_generation_prompt: bool = True,
+    raw: bool = False,
+    whitespace: str = "collapse",
 ) -> Prompt:
-    """Parse the tags of a string or chat, tokenize it, and give its GUIDE spans the strength ``delta_mid``."""
-    prompt = tokenize_prompt(tokenizer, item, chat=chat, add_generation_prompt=add_generation_prompt)
+    """Parse the tags of a string or chat, tokenize it, and give its GUIDE spans the strength ``delta_mid``.
+
+    A string is tokenized as written; ``chat=None`` applies the one rule for plain strings
+    (:func:`attnlens.prompts.prompt.resolve_chat`), as the pipeline and ``steered_generation`` do.
+    """
+    prompt = tokenize_prompt(tokenizer, item, chat=chat, add_generation_prompt=add_generation_prompt, raw=raw,
+                             whitespace=whitespace)
     return with_strength(prompt, delta_mid)
 
 
-def clean_text(item: PromptInput) -> PromptInput:
+def clean_text(item: PromptInput, whitespace: str = "collapse") -> PromptInput:
     """The prompt with its tags removed (a string, or a chat with clean contents)."""
     if isinstance(item, str):
-        return parse_tags(item).text
-    return [{**m, "content": parse_tags(m["content"]).text} for m in item]
+        return parse_tags(item, whitespace=whitespace).text
+    return [{**m, "content": parse_tags(m["content"], whitespace=whitespace).text} for m in item]
+
+
+def warn_unsteered(prompt: Prompt, where: str = "the prompt") -> None:
+    """A WARNING when a steering call's prompt has no span to steer (no tags, no emphasised substring)."""
+    if not prompt.spans:
+        logger.warning("%s has no tags (<!-> ... <-!>) and no emphasised substrings: nothing is steered",
+                       where, extra={"attnlens_unsteered": True})
 
 
 def with_emphasis(
@@ -61,9 +75,11 @@ def with_emphasis(
     substrings: SubstringLike | Sequence[SubstringLike],
     *,
     occurrence: int | None = 0,
-    chat: bool = False,
+    chat: bool | None = False,
 ) -> Prompt:
     """``prompt`` (from tagged ``item``) with the token spans of ``substrings`` of its clean text added."""
+    if chat is None:
+        chat = prompt.format == "chat"
     located = locate_substrings(tokenizer, clean_text(item), substrings, occurrence=occurrence, chat=chat)
     if located.input_ids != prompt.input_ids:  # pragma: no cover - both tokenize the same clean prompt
         raise SpanError("the prompt tokenizes differently with and without its tags")
@@ -163,7 +179,7 @@ def generate(
     if not rows:
         raise AttnlensError("no prompts given")
     generate_kwargs.setdefault("max_new_tokens", 64)
-    backend_kwargs = {k: generate_kwargs.pop(k) for k in ("backend", "direct") if k in generate_kwargs}
+    backend_kwargs = {k: generate_kwargs.pop(k) for k in ("backend", "direct", "on_step") if k in generate_kwargs}
     check_generation_kwargs(generate_kwargs)
     # every prompt is checked against the window before the first batch runs
     longest = max(range(len(rows)), key=lambda i: len(rows[i]))
@@ -217,9 +233,15 @@ def steered_generation(
     emphasize: Sequence[SubstringLike] = (),
     pasta: PastaSettings | None = None,
     steer: SteerLike = None,
+    chat: bool | None = None,
+    raw: bool = False,
     **generate_kwargs: Any,
 ) -> Record:
     """One prompt steered by its GUIDE tags and, with ``pasta`` (or ``steer``), methods on the ``emphasize`` substrings.
+
+    A plain string follows the one rule (:func:`attnlens.prompts.prompt.resolve_chat`: the chat
+    template when the tokenizer has one; ``raw=True`` sends it as written); ``prompt_format`` in
+    the result says which was used. A prompt with nothing to steer logs a warning.
 
     ``steer``: ``{method: settings}`` of registered steering methods (GUIDE's tags steer
     unless ``steer`` is given without ``"guide"``). Returns ``prompt``, ``spans`` (GUIDE
@@ -236,9 +258,10 @@ def steered_generation(
         raise AttnlensError(f"{' and '.join(wants_emphasis)} need(s) at least one substring to emphasise")
     tokenizer = model.tokenizer
     resolve_layers(layers, model_shape(model)[0])  # a bad layer fails with or without GUIDE tags
-    prompt = prepare(tokenizer, item, delta_mid=delta_mid)
+    prompt = prepare(tokenizer, item, delta_mid=delta_mid, chat=chat, raw=raw)
     if emphasize:
-        prompt = with_emphasis(tokenizer, prompt, item, list(emphasize))
+        prompt = with_emphasis(tokenizer, prompt, item, list(emphasize), chat=prompt.format == "chat")
+    warn_unsteered(prompt)
     plans, applied = [], []
     for method, settings in chosen:
         made = method.steering(model, [prompt], settings)
@@ -252,6 +275,7 @@ def steered_generation(
         "steered": tokenizer.decode(tokens[0], skip_special_tokens=True),
         "backend": tokens.backend,
         "methods": applied,
+        "prompt_format": prompt.format,
     })
     if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
         result["system_text"] = tokenizer.decode(prompt.input_ids[: prompt.system_tokens])

@@ -9,10 +9,22 @@ model generates::
     pipe("<!-> Answer in French. <-!> What is the capital of Italy?", max_new_tokens=30)
     # [{"generated_text": "...", "spans": [...], "prompt": "...", "backend": "direct"}]
 
-A string is continued as raw text (as in ``transformers``); pass ``chat=True``
-to send it as a user message through the model's chat template. A single
-input returns a list with one dict; a list of inputs returns one such list per
-input.
+A plain string follows the one rule (:func:`attnlens.prompts.prompt.resolve_chat`):
+it goes to the model as a user message through its chat template when the
+tokenizer has one (an instruct model), and as written otherwise; ``raw=True``
+sends it as written (``--raw`` on the command line). Each record's
+``prompt_format`` (``"chat"`` or ``"raw"``) says which was used. Whitespace just
+inside tags is markup (:mod:`attnlens.prompts.tags`), so
+``"<!-> Rewrite in French: <-!> Paris"`` reads ``"Rewrite in French: Paris"``.
+A prompt with no tags steers nothing and logs a warning. A single input
+returns a list with one dict; a list of inputs returns one such list per input.
+
+transformers' text-generation keywords work as they do there:
+``num_return_sequences`` (with ``do_sample=True``: that many records per input),
+``return_tensors=True`` (``generated_token_ids``, the prompt's and the new token ids,
+in place of ``generated_text``)
+and ``streamer`` (a ``transformers`` streamer, e.g. ``TextStreamer``, fed the
+prompt and then each new token; one input at a time).
 
 Text wrapped in influence tags (``<?-> … <-?>``) is measured instead: each
 result gets an ``"influence"`` list, one dict per tagged span with its token
@@ -47,7 +59,8 @@ from ..attribution.influence import InfluenceTrace, check_convention
 from ..core.errors import AttnlensError
 from ..core.records import Record
 from ..core.validate import LayerSpec, check_int, is_int, resolve_layers
-from ..prompts.prompt import Prompt, PromptInput, is_chat
+from ..prompts.prompt import Prompt, PromptInput, is_chat, resolve_chat
+from ..prompts.tags import check_whitespace
 from ..runtime.generate import check_generation_kwargs
 from .. import steering
 from ..steering.guide import check_delta
@@ -93,10 +106,12 @@ class PayAttentionPipeline:
         delta_mid: float = 1.0,
         layers: LayerSpec = "all",
         batch_size: int = 8,
-        chat: bool = False,
+        chat: bool | None = None,
         return_full_text: bool = False,
         convention: str = "stated",
         steer: Any = None,
+        raw: bool = False,
+        tag_whitespace: str = "collapse",
     ) -> None:
         if getattr(model, "tokenizer", None) is None:
             raise AttnlensError("the model has no tokenizer; the pipeline needs one")
@@ -108,7 +123,11 @@ class PayAttentionPipeline:
         if not is_int(batch_size) or batch_size < 1:
             raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
+        resolve_chat(self.tokenizer, chat, raw)  # validate early
         self.chat = chat
+        self.raw = raw
+        #: how whitespace just inside tags is read: "collapse" (markup) or "keep" (pay-attention-pipeline's reading)
+        self.tag_whitespace = check_whitespace(tag_whitespace)
         self.return_full_text = bool(return_full_text)
         self.convention = check_convention(convention)
         self.influence_method = "influence"  # the method a call without influence_method/metric uses
@@ -117,12 +136,17 @@ class PayAttentionPipeline:
         if steer is not None:
             steering.resolve(chain.default_steer(layers, None, None, steer))  # validate early
 
-    def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None) -> Prompt:
+    def prepare(self, item: PipelineInput, *, delta_mid: float | None = None, chat: bool | None = None,
+                raw: bool | None = None) -> Prompt:
+        """The prompt the model sees for ``item``, under this pipeline's rule for plain strings."""
+        if raw is None and chat is None:
+            chat, raw = self.chat, self.raw
         return chain.prepare(
             self.tokenizer,
             item,
             delta_mid=self.delta_mid if delta_mid is None else delta_mid,
-            chat=self.chat if chat is None else chat,
+            chat=resolve_chat(self.tokenizer, chat, bool(raw)),
+            whitespace=self.tag_whitespace,
         )
 
     def __call__(
@@ -143,6 +167,11 @@ class PayAttentionPipeline:
         as_json: bool = False,
         steer: Any = None,
         focus: str | None = None,
+        raw: bool | None = None,
+        num_return_sequences: int = 1,
+        return_tensors: bool | None = None,
+        return_text: bool | None = None,
+        streamer: Any = None,
         **generate_kwargs: Any,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """Generate for one input or a list of inputs; see the module docstring.
@@ -165,6 +194,11 @@ class PayAttentionPipeline:
         ``focus="auto"``: the model first names the sentences of each input that
         matter, which are then tagged (:func:`attnlens.api.autofocus.auto_focus`).
 
+        ``chat`` / ``raw``: the rule for plain strings for this call (default: the pipeline's).
+
+        ``num_return_sequences``, ``return_tensors`` and ``streamer``: as in transformers'
+        text-generation pipeline (see the module docstring); ``return_text=True`` is accepted as there.
+
         ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """
         if metric is not None:
@@ -174,6 +208,11 @@ class PayAttentionPipeline:
         explicit = influence_method is not None and influence_method != "influence"
         method = self.influence_method if influence_method is None else influence_method
         conv = self.convention if convention is None else check_convention(convention)
+        if return_tensors and (return_full_text is not None or return_text is not None):
+            raise AttnlensError("return_tensors=True gives the token ids of prompt and new text; it cannot be "
+                                "combined with return_full_text or return_text (transformers' rule)")
+        if return_text is not None and return_full_text is not None:
+            raise AttnlensError("return_text and return_full_text exclude each other (transformers' rule); give one")
         full_text = self.return_full_text if return_full_text is None else bool(return_full_text)
         single = isinstance(inputs, str) or is_chat(inputs)
         if not single and (isinstance(inputs, (Mapping, bytes)) or not isinstance(inputs, Sequence)):
@@ -192,13 +231,19 @@ class PayAttentionPipeline:
                     f"got {type(item).__name__} {_short(item)}"
                 )
         generate_kwargs.setdefault("max_new_tokens", 64)
+        n_return = _check_return_sequences(num_return_sequences, generate_kwargs)
         check_generation_kwargs(generate_kwargs)
+        if streamer is not None and len(items) != 1:
+            raise AttnlensError(f"streamer takes one input at a time (transformers' rule); got {len(items)} inputs")
         if check_focus(focus) == "auto":
             items = [focus_input(self.model, item) for item in items]
         delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
         layer_spec = self.layers if layers is None else layers
         resolve_layers(layer_spec, self.model.cfg.n_layers)
-        prompts = [self.prepare(item, delta_mid=delta, chat=chat) for item in items]
+        prompts = [self.prepare(item, delta_mid=delta, chat=chat, raw=raw) for item in items]
+        if steer is None and self.steer is None:
+            for i, prompt in enumerate(prompts):
+                chain.warn_unsteered(prompt, "the prompt" if single else f"input {i}")
         measure = _check_influence_request(
             prompts, influence, method,
             influence_generated or influence_use_values or explicit or convention is not None,
@@ -206,10 +251,24 @@ class PayAttentionPipeline:
         size = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
         plans = chain.plans_for(self.model, prompts, layers=layer_spec,
                                 steer=self.steer if steer is None else steer)
-        new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, **generate_kwargs)
+        if n_return > 1:  # each input repeated: its rows sample independently
+            prompts = [p for p in prompts for _ in range(n_return)]
+            plans = chain.plans_for(self.model, prompts, layers=layer_spec,
+                                    steer=self.steer if steer is None else steer)
+        if streamer is not None:
+            if len(prompts) != 1:
+                raise AttnlensError("streamer takes one sequence at a time: use num_return_sequences=1")
+            step = _streamer_step(streamer, prompts[0])
+            try:
+                new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, on_step=step,
+                                            **generate_kwargs)
+            finally:
+                streamer.end()
+        else:
+            new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, **generate_kwargs)
         results: list[list[dict[str, Any]]] = []
-        for prompt, tokens in zip(prompts, new_tokens):
-            result = self._result(prompt, tokens, full_text)
+        for row, (prompt, tokens) in enumerate(zip(prompts, new_tokens)):
+            result = self._result(prompt, tokens, full_text, return_tensors=bool(return_tensors))
             result["backend"] = new_tokens.backend
             if measure and prompt.influence_spans():
                 trace = self.measure_influence(
@@ -221,7 +280,11 @@ class PayAttentionPipeline:
                     convention=conv,
                 )
                 result["influence"] = self.influence_entries(prompt, trace, method)
-            results.append([result.to_dict() if as_json else result])
+            record = result.to_dict() if as_json else result
+            if row % n_return == 0:
+                results.append([record])
+            else:
+                results[-1].append(record)
         return results[0] if single else results
 
     # ------------------------------------------------------------------ influence
@@ -270,16 +333,47 @@ class PayAttentionPipeline:
             for i, span in enumerate(prompt.influence_spans())
         ]
 
-    def _result(self, prompt: Prompt, tokens: list[int], return_full_text: bool) -> Record:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        record = Record(
-            generated_text=prompt.text + text if return_full_text else text,
-            spans=[s.as_dict() for s in prompt.spans],
-            prompt=prompt.text,
-        )
+    def _result(self, prompt: Prompt, tokens: list[int], return_full_text: bool, *,
+                return_tensors: bool = False) -> Record:
+        record = Record()
+        if return_tensors:  # transformers: the whole sequence's token ids in place of the text
+            record["generated_token_ids"] = list(prompt.input_ids) + list(tokens)
+        else:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            record["generated_text"] = prompt.text + text if return_full_text else text
+        record.update(spans=[s.as_dict() for s in prompt.spans], prompt=prompt.text, prompt_format=prompt.format)
         if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
             record["system_text"] = self.tokenizer.decode(prompt.input_ids[: prompt.system_tokens])
         return record
+
+
+def _check_return_sequences(n: Any, generate_kwargs: dict[str, Any]) -> int:
+    """``num_return_sequences`` as transformers takes it: more than one needs sampling (or beams, unsupported)."""
+    if not is_int(n) or n < 1:
+        raise AttnlensError(f"num_return_sequences must be a positive integer, got {n!r}")
+    if n > 1 and not generate_kwargs.get("do_sample", False):
+        raise AttnlensError(
+            f"num_return_sequences={n} needs do_sample=True: greedy decoding gives the same text each time"
+        )
+    return int(n)
+
+
+def _streamer_step(streamer: Any, prompt: Prompt) -> Any:
+    """The ``on_step`` that feeds ``streamer`` (a transformers ``BaseStreamer``) as transformers' ``generate`` does:
+    the prompt's ids first (here, at once), then each new token."""
+    import torch
+
+    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise AttnlensError(
+            f"streamer must have put() and end() (a transformers streamer such as TextStreamer); "
+            f"got {type(streamer).__name__}"
+        )
+    streamer.put(torch.tensor([list(prompt.input_ids)]))
+
+    def on_step(tokens: Sequence[int]) -> None:
+        streamer.put(torch.tensor([int(tokens[0])]))
+
+    return on_step
 
 
 def _short(value: Any) -> str:
@@ -321,11 +415,13 @@ def pipeline(
     delta_mid: float = 1.0,
     layers: LayerSpec = "all",
     batch_size: int = 8,
-    chat: bool = False,
+    chat: bool | None = None,
     device: Any = None,
     return_full_text: bool = False,
     convention: str = "stated",
     steer: Any = None,
+    raw: bool = False,
+    tag_whitespace: str = "collapse",
 ) -> PayAttentionPipeline:
     """Build the tag-driven pipeline, like ``transformers.pipeline(task, model=...)``.
 
@@ -336,7 +432,11 @@ def pipeline(
         delta_mid: the level-2 bias; levels 1 and 3 use half and double.
         layers: the layers GUIDE steers (``"all"``, ``"none"``, ``"first"``, ``"last"``, indices).
         batch_size: prompts generated together (left padding, per-row spans).
-        chat: send plain strings through the chat template as user messages.
+        chat: ``None`` (the default) applies the one rule for plain strings: the chat
+            template when the tokenizer has one; ``True`` asks for the template.
+        raw: send plain strings as written (the same as ``--raw`` on the command line).
+        tag_whitespace: ``"collapse"`` (whitespace just inside tags is markup) or ``"keep"``
+            (pay-attention-pipeline's reading: only the tags are removed).
         return_full_text: put the prompt before the new text in ``generated_text``
             (``transformers.pipeline("pay-attention", ...)`` does by default).
         convention: the Influence convention, ``"stated"`` or ``"pap"``.
@@ -350,7 +450,8 @@ def pipeline(
 
         model = load_model(model, device=device)
     return PayAttentionPipeline(model, delta_mid=delta_mid, layers=layers, batch_size=batch_size, chat=chat,
-                                return_full_text=return_full_text, convention=convention, steer=steer)
+                                return_full_text=return_full_text, convention=convention, steer=steer, raw=raw,
+                                tag_whitespace=tag_whitespace)
 
 
 # the batch of prompts (attnlens batch) lives in batch.py; its names stay importable from here

@@ -40,7 +40,13 @@ logger = logging.getLogger(__name__)
 
 def available(model: Any) -> bool:
     """Whether :func:`run` can measure ``model`` (else the hook-based reference runs)."""
-    if not fused.is_enabled() or fused.softcapped(model) or direct_reason(model) is not None:
+    if not fused.is_enabled() or fused.softcapped(model):
+        return False
+    reason = direct_reason(model)
+    if reason is not None:
+        if hasattr(reason, "point"):  # a hook of the user's (runtime.direct.HookReason): said out loud
+            logger.warning("a hook on %s makes this measurement leave the fused path: it runs layer by layer "
+                           "through the bridge's hooks, which is slower", reason.point)
         return False
     for block in model.blocks:
         attn = block.attn

@@ -20,6 +20,7 @@ from ..core.errors import AttnlensError
 from . import batch, experiment, generate, heads, influence, pasta
 from . import attribute, serve
 from . import tune as tune_cli
+from ._common import HelpFormatter, Parser
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -38,10 +39,54 @@ COMMANDS: list[Callable[[Any], None]] = [
 ]
 
 
+#: an example per command (its ``--help`` ends with it)
+EXAMPLES: dict[str, str] = {
+    "": 'attnlens generate "<!-> Answer in French. <-!> What is the capital of Italy?" --compare\n'
+        "  attnlens COMMAND --help",
+    "generate": 'attnlens generate "<!-> Rewrite in French: <-!> Paris is the most visited city." --compare\n'
+                '  attnlens generate "Describe Paris." --raw --max-new-tokens 20',
+    "demo": "attnlens demo --delta-mid 2",
+    "heads": "attnlens heads rank --layer 3 --head 1 --texts texts.txt",
+    "heads rank": "attnlens heads rank --layer 3 --head 1 --texts texts.txt --num 5",
+    "heads describe": "attnlens heads describe --layer 3 --head 1 --texts texts.txt --openai-model gpt-4o-mini",
+    "heads describe-all": "attnlens heads describe-all --layers 0,1 --texts texts.txt --openai-model gpt-4o-mini "
+                          "--sweep-dir sweep/",
+    "experiment": "attnlens experiment json --out runs/json --limit 10",
+    "influence": 'attnlens influence "<?-> Rewrite in French <-?> Paris is the most visited city." --plot view.html',
+    "pasta": "attnlens pasta profile --data demos/pasta_json_examples.jsonl --top-k 20 --out heads.json",
+    "pasta profile": "attnlens pasta profile --data demos/pasta_json_examples.jsonl --top-k 20 --out heads.json",
+    "batch": "attnlens batch --input prompts.jsonl --output results.jsonl --max-new-tokens 32",
+    "tune": "attnlens tune json --method guide --out runs/tune --limit 20",
+    "attribute": 'attnlens attribute "The capital of France is" --method influence --html tokens.html',
+    "faithfulness": 'attnlens faithfulness "The capital of France is" --methods influence,rollout',
+    "serve": "attnlens serve --port 8000",
+}
+EXAMPLES.update({f"experiment {study}": f"attnlens experiment {study} --out runs/{study} --limit 10"
+                 for study in ("summarize", "needle", "json", "bios-json", "pronouns", "bios", "counterfact",
+                               "instructions")})
+
+
+def _finish(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Defaults in every ``--help`` and an example at the end of each, for the command and its subcommands."""
+    parser.formatter_class = HelpFormatter
+    if path in EXAMPLES and not parser.epilog:
+        parser.epilog = "example:\n  " + EXAMPLES[path]
+    action = getattr(parser, "subcommands", None)  # Parser keeps its subcommands' action
+    if action is not None:
+        if not action.help:
+            action.help = f"one of these (attnlens {path + ' ' if path else ''}{action.metavar} --help for its options)"
+        for name, child in action.choices.items():
+            _finish(child, f"{path} {name}".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # the package above this one is imported before it, and holds the version
+    version = getattr(sys.modules[__name__.rpartition(".")[0]], "__version__", "unknown")
+    parser = Parser(
         prog="attnlens", description="Steer and explain where a language model's attention goes."
     )
+    parser.add_argument("--version", action="version", version=f"attnlens {version}",
+                        help="print attnlens' version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (it may register steering or attribution methods); repeatable")
@@ -49,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in COMMANDS:
         add(sub)
+    _finish(parser)
     return parser
 
 

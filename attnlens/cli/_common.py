@@ -39,29 +39,55 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
     return "\n".join(rows)
 
 
-#: the one chat rule, shared with the pipeline and PASTA
+#: the one rule for plain strings, shared with the pipeline and the experiments
 CHAT_RULE = (
-    "a plain string is sent as written (raw text, as transformers' pipelines and attnlens' pipeline and "
-    "PASTA do); --chat sends it as a user message through the chat template, and --system implies --chat"
+    "by default a plain string goes through the model's chat template as a user message when the tokenizer "
+    "has one (an instruct model), as written otherwise"
 )
 
 
 def add_chat_flags(parser: Any, what: str = "the prompt") -> None:
-    """``--chat`` (send ``what`` through the chat template) and ``--raw`` (as written: the default)."""
+    """``--raw`` (send ``what`` as written) and ``--chat`` (require the chat template); neither: the one rule."""
     group = parser.add_mutually_exclusive_group()
+    group.add_argument("--raw", action="store_true",
+                       help=f"send {what} as written, without the chat template ({CHAT_RULE})")
     group.add_argument("--chat", action="store_true",
-                       help=f"send {what} as a user message through the chat template ({CHAT_RULE})")
-    group.add_argument("--raw", action="store_true", help=f"send {what} as written (the default)")
+                       help=f"send {what} through the chat template, and fail if the model has none")
 
 
-def prompt_from(args: argparse.Namespace) -> Any:
-    """The prompt under the chat rule: the string as written, or a chat with ``--chat`` / ``--system``."""
+def chat_for(args: argparse.Namespace, tokenizer: Any) -> bool:
+    """Whether string prompts go through the chat template under ``--raw`` / ``--chat`` / the one rule."""
+    from ..prompts.prompt import resolve_chat
+
     system = getattr(args, "system", None)
-    if args.raw and system:
+    if getattr(args, "raw", False) and system:
         raise CLIError("--system needs the chat template; drop --raw")
-    if getattr(args, "chat", False) or system:
-        return messages(args.prompt, system)
+    chat = True if (getattr(args, "chat", False) or system) else None
+    return resolve_chat(tokenizer, chat, bool(getattr(args, "raw", False)))
+
+
+def prompt_from(args: argparse.Namespace, tokenizer: Any = None) -> Any:
+    """The prompt under the one rule: a chat (user message, ``--system`` first) or, with ``--raw`` or a
+    tokenizer without a chat template, the string as written."""
+    if chat_for(args, tokenizer):
+        return messages(args.prompt, getattr(args, "system", None))
     return args.prompt
+
+
+def check_tags(text: str, flag: str) -> Any:
+    """Parse ``text``'s tags before the model loads (an unbalanced tag fails at once, naming ``flag``)."""
+    from ..core.errors import TagError
+    from ..prompts.tags import parse_tags
+
+    try:
+        return parse_tags(text)
+    except TagError as exc:
+        raise CLIError(f"{flag}: {exc}") from None
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (the command line prints; the library logs)."""
+    print(f"attnlens: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 def messages(prompt: str, system: str | None) -> list[dict[str, str]]:
@@ -171,3 +197,135 @@ class LazyChoices:
 
     def __iter__(self) -> Any:
         return iter(self.compute())
+
+
+# ----------------------------------------------------------------------------- help, suggestions, shape checks
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in ``--help`` (unless its help already says it); examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        # flags (help, version, switches) take no value: their default says nothing
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def _suggest(word: str, known: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, [k for k in known if isinstance(k, str)], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that suggests the nearest command or option for a mistyped one, and reports an
+    unknown option with the usage of the command it was given to. ``subcommands`` is its subcommands'
+    action (``.choices``: name -> parser), or None."""
+
+    subcommands: Any = None
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self.subcommands = super().add_subparsers(**kwargs)
+        return self.subcommands
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        import re
+
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2)) or [c.strip() for c in match.group(2).split(",")]
+            message += _suggest(match.group(1), choices)
+        return super().error(message)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        import re
+
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            target = self._chosen(parsed)
+            options = re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", target.format_help())
+            said = [f"{e}{_suggest(e.split('=', 1)[0], options)}" if e.startswith("-") else e for e in extras]
+            target.error(f"unrecognized arguments: {' '.join(said)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> "argparse.ArgumentParser":
+        """The deepest (sub)command ``parsed`` ran."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            sub = getattr(parser, "subcommands", None)
+            name = getattr(parsed, sub.dest, None) if sub is not None and sub.dest != argparse.SUPPRESS else None
+            if name not in getattr(sub, "choices", {}):
+                return parser
+            parser = sub.choices[name]
+
+
+def known_shape(model: str | None) -> tuple[int, int] | None:
+    """``(n_layers, n_heads)`` of the model ``--model`` names, read from its ``config.json`` without loading
+    weights (the embedded model's from attnlens' cache, a directory's, a hub name's cached config); None
+    when no config is at hand (the library then checks after loading)."""
+    import json
+    from pathlib import Path
+
+    config_path: Any = None
+    try:
+        if model is None:
+            from ..runtime.models import _CACHE_SUBDIR, cache_dir
+
+            config_path = cache_dir() / _CACHE_SUBDIR / "config.json"
+        elif Path(model).expanduser().is_dir():
+            config_path = Path(model).expanduser() / "config.json"
+        elif not Path(model).expanduser().exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model, "config.json")
+            config_path = Path(found) if isinstance(found, str) else None
+        if config_path is None or not Path(config_path).is_file():
+            return None
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
+        layers = next(config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config)
+        heads = next(config[k] for k in ("num_attention_heads", "n_head", "num_heads") if k in config)
+    except (StopIteration, OSError, ValueError, TypeError, AttributeError, ImportError):
+        return None
+    if not (isinstance(layers, int) and isinstance(heads, int) and layers > 0 and heads > 0):
+        return None
+    return layers, heads
+
+
+def check_shape(args: argparse.Namespace, *, layer: str | None = None, head: str | None = None,
+                layers: str | None = None, heads: str | None = None) -> None:
+    """Check ``--layer``/``--head``/``--layers``/``--heads`` (the attributes named) against the model's shape
+    from its config, before the model loads; nothing is checked when the config is not at hand."""
+    shape = known_shape(getattr(args, "model", None))
+    if shape is None:
+        return
+    n_layers, n_heads = shape
+    which = "the embedded model" if getattr(args, "model", None) is None else repr(args.model)
+    if layer is not None:
+        value = getattr(args, layer)
+        if not -n_layers <= value < n_layers:
+            raise CLIError(f"--layer {value} is out of range: {which} has {n_layers} layers "
+                           f"(0..{n_layers - 1}, or negative from the end)")
+    if head is not None:
+        value = getattr(args, head)
+        if not 0 <= value < n_heads:
+            raise CLIError(f"--head {value} is out of range: {which} has {n_heads} heads per layer (0..{n_heads - 1})")
+    if layers is not None:
+        from ..core.errors import AttnlensError
+        from ..core.validate import resolve_layers
+
+        spec = getattr(args, layers)
+        try:
+            resolve_layers(" ".join(spec) if isinstance(spec, list) else spec, n_layers)
+        except AttnlensError as exc:
+            raise CLIError(f"--layers: {exc}".replace("the model", which)) from None
+    if heads is not None:
+        spec = getattr(args, heads)
+        if spec != "all":
+            for part in str(spec).split(","):
+                if part.strip().lstrip("-").isdigit() and not 0 <= int(part) < n_heads:
+                    raise CLIError(f"--heads {spec}: head {int(part)} is out of range: {which} has {n_heads} "
+                                   f"heads per layer (0..{n_heads - 1})")

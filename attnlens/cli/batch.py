@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import load_model_for, number, positive_int
+from ._common import add_chat_flags, check_shape, load_model_for, number, positive_int
 
 
 def add_batch(sub: Any) -> None:
@@ -17,9 +17,9 @@ def add_batch(sub: Any) -> None:
     p.add_argument("--output", required=True, help="the JSONL results (rerunning continues an interrupted run)")
     p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 bias (level 1: half, level 3: double)")
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most per prompt")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per unit of work and per generate")
-    p.add_argument("--chat", action="store_true", help="send plain-string prompts through the chat template")
+    add_chat_flags(p, "plain-string prompts")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.set_defaults(run=_run_batch)
 
@@ -29,9 +29,10 @@ def _run_batch(args: argparse.Namespace) -> int:
     from ..runtime.distributed import current_workers
 
     prompts = read_prompts(args.input)  # a bad file fails before the model loads
+    check_shape(args, layers="layers")
     model = load_model_for(args)
     pipe = PayAttentionPipeline(model, delta_mid=args.delta_mid, layers=args.layers, batch_size=args.batch_size,
-                                chat=args.chat)
+                                chat=True if args.chat else None, raw=args.raw)
     rows = run_prompts(pipe, prompts, args.output, max_new_tokens=args.max_new_tokens)
     workers = current_workers()
     if workers.is_main:

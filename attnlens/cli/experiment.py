@@ -39,23 +39,26 @@ def add_experiment(sub: Any) -> None:
     common.add_argument("--batch-size", type=positive_int, default=16, help="prompts generated together")
     common.add_argument("--max-batch-tokens", type=positive_int, default=8192,
                         help="cap on rows x padded length per batch (long contexts get smaller batches)")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=int, default=0, help="the random seed (sampling, resamples, item choice)")
     sampling = common.add_mutually_exclusive_group()
     sampling.add_argument("--sample", dest="do_sample", action="store_true", default=None,
                           help="sample (the default when --num-generations > 1)")
     sampling.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy decoding")
-    common.add_argument("--temperature", type=number, default=0.7)
-    common.add_argument("--top-p", type=number, default=0.95)
+    common.add_argument("--temperature", type=number, default=0.7, help="sampling temperature (when sampling)")
+    common.add_argument("--top-p", type=number, default=0.95, help="nucleus sampling's probability mass (when sampling)")
     common.add_argument("--dataset", default=None,
                         help="a local .jsonl/.json/.txt file, or a Hugging Face data set (openwebtext, blbooks, "
                         "or a hub name; needs the network)")
-    common.add_argument("--dataset-split", default="train")
+    common.add_argument("--dataset-split", default="train", help="the Hugging Face data set's split")
     common.add_argument("--text-field", default="text", help="the data set's text field")
     common.add_argument("--pasta-heads", default=None, help="a PASTA head config (JSON {layer: [heads]})")
-    common.add_argument("--pasta-alpha", type=number, default=0.01)
-    common.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    common.add_argument("--pasta-alpha", type=number, default=0.01,
+                        help="PASTA's alpha: the attention kept outside the emphasised span (smaller is stronger)")
+    common.add_argument("--raw", action="store_true",
+                        help="send prompts as written, without the chat template (by default a model whose tokenizer "
+                        "has a chat template gets each prompt as a user message, as in attnlens generate)")
     common.add_argument("--no-influence", action="store_true", help="do not record the focus span's influence")
-    common.add_argument("--no-plots", action="store_true")
+    common.add_argument("--no-plots", action="store_true", help="write no plots")
     common.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the CIs")
     common.add_argument("--fresh", action="store_true", help="discard rows already in --out")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -80,7 +83,17 @@ def add_experiment(sub: Any) -> None:
 
 
 def _experiment_config(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
     from ..experiments import CONFIGS
+    from ._common import check_shape
+
+    check_shape(args, layers="layers")  # before any model loads
+    for flag, path in (("--pasta-heads", args.pasta_heads), ("--dataset", args.dataset)):
+        if path and Path(path).suffix in (".json", ".jsonl", ".txt", ".csv") and not Path(path).expanduser().is_file():
+            from ..core.errors import CLIError
+
+            raise CLIError(f"{flag} {path!r}: no such file")
 
     layers = " ".join(args.layers)
     kwargs: dict[str, Any] = dict(
@@ -89,7 +102,7 @@ def _experiment_config(args: argparse.Namespace) -> Any:
         top_p=args.top_p, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, seed=args.seed,
         limit=args.limit, dataset=args.dataset, dataset_split=args.dataset_split, text_field=args.text_field,
         pasta_heads=args.pasta_heads, pasta_alpha=args.pasta_alpha, influence=not args.no_influence,
-        chat=False if args.raw else None, bootstrap=args.bootstrap, plots=not args.no_plots, fresh=args.fresh,
+        raw=args.raw, bootstrap=args.bootstrap, plots=not args.no_plots, fresh=args.fresh,
     )
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens

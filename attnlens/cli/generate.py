@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import add_chat_flags, add_later, load_model_for, number, prompt_from, positive_int, side_by_side
+from ._common import (add_chat_flags, add_later, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
+                      side_by_side, warn)
 
 DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
 
@@ -17,7 +19,7 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--system", default=None, help="a system message (tags allowed)")
     p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 bias (level 1: half, level 3: double)")
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     add_chat_flags(p)
     p.add_argument("--compare", action="store_true", help="show unsteered and steered output side by side")
@@ -61,7 +63,8 @@ def add_method_flags(p: Any) -> None:
             default = "required" if param.required else f"default: {param.default!r}"
             group.add_argument(_flag(method, param), dest=_dest(method, param), default=None,
                                choices=param.choices, metavar=None if param.choices else param.name.upper(),
-                               help=f"{param.help} ({default})" if param.help else f"({default})")
+                               help=(param.help if "default" in param.help else f"{param.help} ({default})")
+                               if param.help else f"({default})")
 
 
 def chosen_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -99,15 +102,17 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     from ..api.chain import steered_generation
     from ..prompts.tags import escape_tags, parse_tags
 
-    prompt: Any = prompt_from(args)
+    prompt: Any = prompt_from(args, model.tokenizer)
+    raw = isinstance(prompt, str)  # the rule is settled here: a string left as a string is raw text
     if getattr(args, "focus", None) == "auto":
         from ..api.autofocus import focus_input
 
         prompt = focus_input(model, prompt)
     chosen = chosen_methods(args)
     steering = dict(delta_mid=args.delta_mid, layers=args.layers, max_new_tokens=args.max_new_tokens)
-    result = steered_generation(model, prompt, emphasize=getattr(args, "emphasize", None) or (), steer=chosen,
-                                **steering)
+    with _quiet_unsteered():  # the command said so before the model loaded
+        result = steered_generation(model, prompt, emphasize=getattr(args, "emphasize", None) or (), steer=chosen,
+                                    raw=raw, **steering)
     if args.compare:
         # the same clean text, tags removed (and escaped), so nothing is steered
         def plain(text: str) -> str:
@@ -116,13 +121,51 @@ def _generate_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         unsteered_prompt: Any = plain(args.prompt) if isinstance(prompt, str) else [
             {**m, "content": plain(m["content"])} for m in prompt
         ]
-        result["unsteered"] = steered_generation(model, unsteered_prompt, **steering)["steered"]
+        with _quiet_unsteered():
+            result["unsteered"] = steered_generation(model, unsteered_prompt, raw=raw, **steering)["steered"]
     return result
 
 
+class _quiet_unsteered:
+    """Drop the library's "nothing is steered" warning while the command runs (it printed its own)."""
+
+    @staticmethod
+    def _filter(record: Any) -> bool:
+        return not getattr(record, "attnlens_unsteered", False)
+
+    def __enter__(self) -> None:
+        import logging
+
+        logging.getLogger("attnlens.api.chain").addFilter(self._filter)
+
+    def __exit__(self, *exc: Any) -> None:
+        import logging
+
+        logging.getLogger("attnlens.api.chain").removeFilter(self._filter)
+
+
+def precheck(args: argparse.Namespace) -> None:
+    """What needs no model, before it loads: the tags parse, and a prompt without tags is said out loud."""
+    parsed = [check_tags(args.prompt, "the prompt")]
+    if getattr(args, "system", None):
+        parsed.append(check_tags(args.system, "--system"))
+    if getattr(args, "raw", False) and getattr(args, "system", None):
+        raise CLIError("--system needs the chat template; drop --raw")
+    check_shape(args, layers="layers")
+    steering_given = getattr(args, "emphasize", None) or getattr(args, "focus", None)
+    if not steering_given and not any(p.spans for p in parsed):
+        warn("the prompt has no tags (<!-> ... <-!>), so nothing is steered; wrap the text to emphasise in tags")
+
+
 def _run_generate(args: argparse.Namespace) -> int:
+    precheck(args)
+    if getattr(args, "steer", None) is not None:
+        chosen_methods(args)  # method options are checked before the model loads
     model = load_model_for(args)
     result = _generate_outputs(args, model)
+    if not args.json:
+        how = "the chat template (a user message)" if result["prompt_format"] == "chat" else "as written (raw text)"
+        print(f"attnlens: the prompt went to the model through {how}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     elif args.compare:
@@ -135,9 +178,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="the embedded model, unsteered vs GUIDE-steered, side by side")
-    p.add_argument("--prompt", default=DEMO_PROMPT)
-    p.add_argument("--max-new-tokens", type=positive_int, default=60)
-    p.add_argument("--delta-mid", type=number, default=1.0)
+    p.add_argument("--prompt", default=DEMO_PROMPT, help="the tagged prompt to show")
+    p.add_argument("--max-new-tokens", type=positive_int, default=60, help="tokens to generate at most")
+    p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 bias (level 1: half, level 3: double)")
     p.set_defaults(run=_run_demo)
 
 
@@ -147,5 +190,5 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"attnlens demo: {EMBEDDED_NAME} (embedded), GUIDE delta_mid={args.delta_mid}")
     print(f"prompt: {args.prompt}\n")
     args.system, args.layers, args.model, args.raw, args.compare, args.json = None, "all", None, False, True, False
-    args.chat = True  # the demo's prompt is an instruction to an instruct model: a user message
+    args.chat = False  # the one rule: the embedded instruct model gets the prompt as a user message
     return _run_generate(args)

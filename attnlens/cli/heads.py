@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, non_negative_int, number, positive_int, positive_number, read_texts, writable
+from ._common import check_shape, load_model_for, non_negative_int, number, positive_int, positive_number, read_texts, writable
 
 def head_list(text: str) -> Any:
     """``--heads``: ``all`` or head indices separated by commas or spaces (non-negative integers)."""
@@ -24,10 +24,21 @@ def head_list(text: str) -> Any:
     return [int(p) for p in parts]
 
 
+def _precheck(args: argparse.Namespace) -> list[str]:
+    """What needs no model, before it (or a chat client) is made: the heads against the model's config, the
+    files. Returns the texts."""
+    check_shape(args, layer="layer" if hasattr(args, "layer") else None, head="head" if hasattr(args, "head") else None,
+                layers="layers" if hasattr(args, "layers") else None, heads="heads" if hasattr(args, "heads") else None)
+    texts = read_texts(args.texts)
+    if getattr(args, "held_out", None):
+        read_texts(args.held_out, "--held-out")
+    return texts
+
+
 def _attention_data(args: argparse.Namespace, client: Any = None) -> Any:
     from ..api import AttentionData
 
-    texts = read_texts(args.texts)
+    texts = _precheck(args)
     model = load_model_for(args)
     return AttentionData(
         model,
@@ -145,6 +156,7 @@ def _run_heads_rank(args: argparse.Namespace) -> int:
 def _run_heads_describe(args: argparse.Namespace) -> int:
     from ..analysis.descriptions import make_client
 
+    _precheck(args)
     client = make_client(
         base_url=args.base_url, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries
     )
@@ -180,6 +192,7 @@ def _run_heads_describe_all(args: argparse.Namespace) -> int:
     from ..runtime.distributed import current_workers
 
     heads: Any = head_list(args.heads)  # before the client and the model
+    _precheck(args)
     client = make_client(
         base_url=args.base_url, api_key_env=args.api_key_env, timeout=args.timeout, max_retries=args.max_retries
     )

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import LazyChoices, add_chat_flags, load_model_for, number, positive_int, prompt_from, writable
+from ._common import (LazyChoices, add_chat_flags, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
+                      writable)
 
 def _zero_or_more(text: str) -> int:
     try:
@@ -57,11 +58,26 @@ def _influence_outputs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     from ..api.chain import influence_report
 
     methods = ("influence", "rollout") if args.method == "both" else (args.method,)
-    return influence_report(
-        model, prompt_from(args), methods=methods,
+    prompt = prompt_from(args, model.tokenizer)
+    result = influence_report(
+        model, prompt, methods=methods,
         delta_mid=args.delta_mid, layers=args.layers, max_new_tokens=args.max_new_tokens, use_values=args.use_values,
         convention=args.convention,
     )
+    result["prompt_format"] = "raw" if isinstance(prompt, str) else "chat"
+    return result
+
+
+def precheck(args: argparse.Namespace) -> None:
+    """What needs no model: the tags parse and an influence tag is there."""
+    parsed = [check_tags(args.prompt, "the prompt")]
+    if args.system:
+        parsed.append(check_tags(args.system, "--system"))
+    if args.raw and args.system:
+        raise CLIError("--system needs the chat template; drop --raw")
+    check_shape(args, layers="layers")
+    if not any(s.kind == "influence" for p in parsed for s in p.spans):
+        raise CLIError("the prompt has no influence tag: wrap the text to follow in <?-> ... <-?>")
 
 
 def _influence_plot(result: dict[str, Any], path: str) -> str:
@@ -83,6 +99,7 @@ def _influence_plot(result: dict[str, Any], path: str) -> str:
 
 
 def _run_influence(args: argparse.Namespace) -> int:
+    precheck(args)
     if args.plot:
         writable(args.plot, "--plot")
     model = load_model_for(args)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import add_chat_flags, load_model_for, number, positive_int, writable
+from ._common import add_chat_flags, check_shape, load_model_for, number, positive_int, writable
 
 #: the names of ``attnlens.api.scorers.SCORERS`` (kept here so --help imports no torch; a test checks they agree)
 SCORER_NAMES = ("first_token_logprob", "mean_logprob", "sum_logprob", "token_accuracy")
@@ -30,9 +30,12 @@ def add_pasta(sub: Any) -> None:
     prof.add_argument("--limit", type=positive_int, default=None, help="with --study: the first N items of each")
     prof.add_argument("--top-k", type=positive_int, default=20, help="heads written to --out")
     prof.add_argument("--out", required=True, help="the head config to write (pastalib's JSON format)")
-    prof.add_argument("--alpha", type=number, default=0.01)
-    prof.add_argument("--scale-position", choices=["exclude", "include"], default="exclude")
-    prof.add_argument("--scorer", choices=SCORER_NAMES, default="mean_logprob")
+    prof.add_argument("--alpha", type=number, default=0.01,
+                      help="PASTA's alpha: the attention kept outside the emphasised span (smaller is stronger)")
+    prof.add_argument("--scale-position", choices=["exclude", "include"], default="exclude",
+                      help="exclude: scale down attention outside the span; include: scale up the span")
+    prof.add_argument("--scorer", choices=SCORER_NAMES, default="mean_logprob",
+                      help="how a head's steered outputs are scored against the examples' targets")
     prof.add_argument("--layers", default="all", help="profile only these layers: all | comma-separated indices")
     prof.add_argument("--only-helpful", action="store_true", help="write only heads that beat the unsteered baseline")
     prof.add_argument("--batch-size", type=positive_int, default=None, help="heads per forward pass (default: auto)")
@@ -65,12 +68,17 @@ def _run_pasta_profile(args: argparse.Namespace) -> int:
         chat = True
     else:
         examples = load_examples(args.data)
-        chat = args.chat
+        chat = True if args.chat else False if args.raw else None  # None: the one rule, once the model is known
+    check_shape(args, layers="layers")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     model = load_model_for(args)
+    if chat is None:
+        from ..prompts.prompt import has_chat_template
+
+        chat = has_chat_template(model.tokenizer)
     layers = resolve_layers(args.layers, model.cfg.n_layers)
     if not layers:
         raise CLIError("--layers selects no layer")

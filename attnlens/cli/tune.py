@@ -17,7 +17,7 @@ def add_tune(sub: Any) -> None:
                        description="Search a method's strength on a development part of a study's items, never "
                        "choosing one whose outputs repeat themselves, and score the choice on the held-out part "
                        "with an interval, next to the unsteered model. The search is saved and resumable.")
-    p.add_argument("study", choices=STUDY_NAMES)
+    p.add_argument("study", choices=STUDY_NAMES, help="the study whose items the strength is chosen on")
     p.add_argument("--method", required=True, help="a registered steering method that has a strength")
     p.add_argument("--grid", nargs="+", default=None, help="the strengths to try (default: the method's)")
     p.add_argument("--metric", default=None, help="the study's metric to maximise (default: its first)")
@@ -26,12 +26,14 @@ def add_tune(sub: Any) -> None:
     p.add_argument("--heldout", type=number, default=0.5, help="the share of items kept for the final score")
     p.add_argument("--max-repetition", type=number, default=0.5,
                    help="the guard: a strength whose outputs repeat more word trigrams than this is never chosen")
-    p.add_argument("--max-new-tokens", type=positive_int, default=None)
-    p.add_argument("--set", dest="method_settings", action="append", default=[], metavar="METHOD.PARAM=VALUE")
-    p.add_argument("--model", default=None)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="tokens generated per output (default: the study's)")
+    p.add_argument("--set", dest="method_settings", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                   help="a steering method's other parameter (repeatable), e.g. pasta.alpha=0.05")
+    p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dataset", default=None, help="a local data file for the study (default: its shipped items)")
+    p.add_argument("--seed", type=int, default=0, help="the random seed (item split, sampling)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=_run_tune)
 
 

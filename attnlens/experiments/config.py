@@ -89,10 +89,17 @@ class ExperimentConfig:
     steering: Mapping[str, Mapping[str, Any]] | None = None
     influence: bool = True
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    raw: bool = False  # True: prompts as written, without the chat template (``--raw``; the same as chat=False)
     bootstrap: int = 1000
     confidence: float = 0.95
     plots: bool = True
     fresh: bool = False
+
+    def __post_init__(self) -> None:
+        if self.raw:  # the one rule's switch, named as in the pipeline and on the command line
+            if self.chat:
+                raise ExperimentError("raw=True and chat=True disagree: give one")
+            self.chat = False
 
     def identity(self) -> dict[str, Any]:
         """The settings that change outputs: the shared ones, then each study's own (its config's extra fields)."""

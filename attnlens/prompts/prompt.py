@@ -72,6 +72,8 @@ class Prompt:
     substrings: tuple[str, ...] = ()
     #: how many leading tokens are a system message the chat template added unasked (views leave them out)
     system_tokens: int = 0
+    #: how the model sees it: ``"chat"`` (through the tokenizer's chat template) or ``"raw"`` (as written)
+    format: str = "raw"
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -84,6 +86,44 @@ class Prompt:
 
     def emphasis_spans(self) -> list[TokenSpan]:
         return [s for s in self.spans if s.kind == "emphasis"]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` has a chat template (an instruct model's tokenizer usually has)."""
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+#: the one rule for plain strings, said the same way everywhere
+CHAT_RULE = (
+    "a plain string goes through the model's chat template as a user message when the tokenizer has one, "
+    "and as written (raw text) when it has none or when raw is asked for"
+)
+
+
+def resolve_chat(tokenizer: Any, chat: bool | None = None, raw: bool = False) -> bool:
+    """The one rule for plain strings: whether a string prompt goes through the chat template.
+
+    ``raw=True`` (``--raw`` on the command line) sends it as written; ``chat=True``
+    asks for the template (an error without one), ``chat=False`` is ``raw=True``;
+    otherwise (``chat=None``, the default everywhere) the template is used when the
+    tokenizer has one. A chat (a list of messages) always goes through the template.
+    """
+    if chat is not None and not isinstance(chat, bool):
+        raise AttnlensError(f"chat must be True, False or None, got {chat!r}")
+    if not isinstance(raw, bool):
+        raise AttnlensError(f"raw must be True or False, got {raw!r}")
+    if raw and chat:
+        raise AttnlensError("raw=True and chat=True disagree: give one (raw sends the string as written)")
+    if raw or chat is False:
+        return False
+    if chat:
+        return True
+    return has_chat_template(tokenizer)
+
+
+def prompt_format(chat: bool) -> str:
+    """``"chat"`` or ``"raw"``: the name records and the command line give the rule's outcome."""
+    return "chat" if chat else "raw"
 
 
 def is_chat(item: Any) -> bool:
@@ -128,23 +168,30 @@ def tokenize_prompt(
     tokenizer: Any,
     item: PromptInput,
     *,
-    chat: bool = False,
+    chat: bool | None = False,
     add_generation_prompt: bool = True,
+    raw: bool = False,
+    whitespace: str = "collapse",
 ) -> Prompt:
     """Parse the tags of a string or chat, tokenize it and locate the tagged spans in its tokens.
+
+    A string is tokenized as written unless ``chat=True``; ``chat=None`` applies
+    the one rule (:func:`resolve_chat`: the chat template when the tokenizer has
+    one, unless ``raw=True``). ``whitespace``: how the padding inside tags is read
+    (:mod:`attnlens.prompts.tags`). The result's ``format`` says which was used.
 
     The spans carry their tag level, not a bias: a steering strength is chosen
     later (:func:`attnlens.steering.guide.with_strength`, or the plan builder's
     ``delta_mid``).
     """
     if isinstance(item, str):
-        if chat:
+        if resolve_chat(tokenizer, chat, raw):
             item = [{"role": "user", "content": item}]
         else:
-            parsed = parse_tags(check_text(item, "the prompt"))
+            parsed = parse_tags(check_text(item, "the prompt"), whitespace=whitespace)
             encoded = encode_text(tokenizer, parsed.text)
             spans = _locate(encoded, 0, parsed.spans, parsed.text, None)
-            return Prompt(encoded.input_ids, encoded.text, tuple(spans))
+            return Prompt(encoded.input_ids, encoded.text, tuple(spans), format="raw")
     if not is_chat(item):
         raise AttnlensError(
             "each input must be a string or a chat (a non-empty list of {'role', 'content'} dicts); "
@@ -157,7 +204,7 @@ def tokenize_prompt(
             raise AttnlensError(f"message {i} has no string 'content'")
         check_text(message["content"], f"message {i} ({message['role']}) content")
         try:
-            parsed_messages.append(parse_tags(message["content"]))
+            parsed_messages.append(parse_tags(message["content"], whitespace=whitespace))
         except TagError as exc:
             raise TagError(f"in message {i} ({message.get('role', '?')}): {exc.reason}", exc.position) from None
     clean = [{**dict(m), "content": p.text} for m, p in zip(item, parsed_messages)]
@@ -165,7 +212,7 @@ def tokenize_prompt(
     spans: list[TokenSpan] = []
     for i, (p, start) in enumerate(zip(parsed_messages, encoded.message_starts)):
         spans.extend(_locate(encoded, start, p.spans, p.text, i))
-    return Prompt(encoded.input_ids, encoded.text, tuple(spans),
+    return Prompt(encoded.input_ids, encoded.text, tuple(spans), format="chat",
                   system_tokens=default_system_tokens(tokenizer, clean, encoded,
                                                       add_generation_prompt=add_generation_prompt))
 
@@ -208,10 +255,13 @@ def locate_substrings(
     substrings: SubstringLike | Sequence[SubstringLike],
     *,
     occurrence: int | None = 0,
-    chat: bool = False,
+    chat: bool | None = False,
     add_generation_prompt: bool = True,
+    raw: bool = False,
 ) -> Prompt:
     """Tokenize a prompt (text, or chat messages) and map the substrings to token spans.
+
+    ``chat`` and ``raw`` as in :func:`tokenize_prompt` (``chat=None``: the one rule).
 
     In a chat, substrings are searched in the messages' contents (never in the
     template's own text), in message order; ``occurrence`` (0-based, negative
@@ -219,7 +269,7 @@ def locate_substrings(
     given as ``(substring, occurrence)`` to override ``occurrence`` for it.
     """
     items = _substring_items(substrings, occurrence)
-    if isinstance(prompt, str) and chat:
+    if isinstance(prompt, str) and resolve_chat(tokenizer, chat, raw):
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, str):
         encoded: Encoded = encode_text(tokenizer, prompt)
@@ -240,7 +290,8 @@ def locate_substrings(
             labels.append(sub)
     subs = tuple(labels)
     located = tuple(TokenSpan(s, e, "emphasis", 0, _token_text(encoded, s, e)) for s, e in spans)
-    return Prompt(list(encoded.input_ids), encoded.text, located, subs)
+    return Prompt(list(encoded.input_ids), encoded.text, located, subs,
+                  format="raw" if isinstance(prompt, str) else "chat")
 
 
 # ----------------------------------------------------------------------------- the steerer

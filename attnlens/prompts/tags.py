@@ -9,9 +9,22 @@ Tags:
 ``<?-> … <-?>``                 influence  0
 ==============================  =========  =====
 
-The clean text is the input with the tags removed and nothing else changed
-(whitespace around a tag is kept), so ``"<!->Be brief.<-!> Hi"`` becomes
-``"Be brief. Hi"`` with the span ``[0, 9)``.
+The clean text (what the model sees) is the input with the tags removed, and
+whitespace just inside a tag pair is the markup's padding, not text
+(``whitespace="collapse"``, the default):
+
+- a span never starts or ends with whitespace: ``<!-> Rewrite in French: <-!>``
+  marks ``Rewrite in French:``;
+- padding is dropped where whitespace the user wrote already stands beside it,
+  and at the start or end of the text; elsewhere the first padding of the run
+  stays as the one separator (``Paris<!-> is big<-!>`` reads ``Paris is big``);
+- all other whitespace is kept as written.
+
+So ``"<!-> Rewrite in French: <-!> Paris"`` reads ``"Rewrite in French: Paris"``
+with the span ``[0, 18)``, and ``"<!->Be brief.<-!> Hi"`` reads ``"Be brief. Hi"``
+with the span ``[0, 9)``. ``whitespace="keep"`` removes the tags and changes
+nothing else (pay-attention-pipeline's reading: ``" Rewrite in French:  Paris"``,
+the span with its spaces).
 
 A tag preceded by an odd number of backslashes is literal text: ``\\<!->``
 reads as ``<!->``; each pair of backslashes just before a tag reads as one
@@ -25,6 +38,7 @@ escaping and :func:`has_tags` are linear in the length of the text.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,8 +111,21 @@ def _tag_name(marker: str, closing: bool) -> str:
     return f"<-{marker}>" if closing else f"<{marker}->"
 
 
-def parse_tags(text: str) -> ParsedText:
+WHITESPACE = ("collapse", "keep")
+
+
+def check_whitespace(whitespace: object) -> str:
+    """``"collapse"`` (the default) or ``"keep"``; see the module docstring."""
+    if whitespace not in WHITESPACE:
+        raise TagError(f"whitespace must be 'collapse' or 'keep', got {whitespace!r}")
+    return whitespace  # type: ignore[return-value]
+
+
+def parse_tags(text: str, *, whitespace: str = "collapse") -> ParsedText:
     """Remove tags from ``text`` and return the clean text with one span per tag pair.
+
+    ``whitespace``: ``"collapse"`` (the default) treats whitespace just inside a tag
+    pair as padding (see the module docstring); ``"keep"`` removes only the tags.
 
     Raises:
         TagError: unbalanced, nested, overlapping or empty spans, or a closing tag
@@ -106,6 +133,73 @@ def parse_tags(text: str) -> ParsedText:
             the input.
     """
     _check_str(text, "parse_tags")
+    parsed = _parse_verbatim(text)
+    return _collapse(parsed) if check_whitespace(whitespace) == "collapse" and parsed.spans else parsed
+
+
+def _collapse(parsed: ParsedText) -> ParsedText:
+    """Drop the padding just inside each span (see the module docstring); touches only the runs of
+    whitespace at the spans' edges, so it stays linear in the text."""
+    text = parsed.text
+    n = len(text)
+    pad: dict[int, int] = {}  # position -> 1 (padding after an opening tag) or 2 (before a closing tag)
+    cores = []
+    runs: dict[int, int] = {}  # whitespace runs that hold padding: start -> end
+    for span in parsed.spans:
+        start, end = span.start, span.end
+        while text[start].isspace():  # a span is never blank: both loops stop inside it
+            pad[start] = 1
+            start += 1
+        while text[end - 1].isspace():
+            end -= 1
+            pad[end] = 2
+        cores.append((start, end))
+        for edge in (span.start, span.end - 1):
+            if edge in pad:
+                lo, hi = edge, edge + 1
+                while lo > 0 and text[lo - 1].isspace():
+                    lo -= 1
+                while hi < n and text[hi].isspace():
+                    hi += 1
+                runs[lo] = hi
+    cuts: list[tuple[int, int]] = []  # removed ranges, in order
+    for i in sorted(runs):
+        j = runs[i]
+        own = [k for k in range(i, j) if k not in pad]  # whitespace the user wrote (one piece)
+        if own:
+            lo, hi = own[0], own[-1] + 1
+        elif 0 < i and j < n:  # only padding, between two words: its first piece separates them
+            lo, hi = i, i + 1
+            while hi < j and pad[hi] == pad[i]:
+                hi += 1
+        else:  # only padding, at the start or end of the text
+            lo = hi = i
+        if lo > i:
+            cuts.append((i, lo))
+        if j > hi:
+            cuts.append((max(hi, i), j))
+    pieces, cursor = [], 0
+    for c0, c1 in cuts:
+        pieces.append(text[cursor:c0])
+        cursor = c1
+    pieces.append(text[cursor:])
+    starts = [c0 for c0, _ in cuts]
+    removed = [0]
+    for c0, c1 in cuts:
+        removed.append(removed[-1] + c1 - c0)
+
+    def moved(position: int) -> int:  # a kept position's place in the new text
+        return position - removed[bisect_right(starts, position)]
+
+    spans = tuple(_span(moved(a), moved(b - 1) + 1, _marker(s)) for (a, b), s in zip(cores, parsed.spans))
+    return ParsedText("".join(pieces), spans)
+
+
+def _marker(span: TagSpan) -> str:
+    return "?" if span.kind == "influence" else "!" * span.level
+
+
+def _parse_verbatim(text: str) -> ParsedText:
     out: list[str] = []
     spans: list[TagSpan] = []
     cursor = 0  # position in the input

@@ -240,7 +240,13 @@ def open_run(stack: ExitStack, model: Model, backend: str, log: logging.Logger |
             except DirectUnavailable as exc:
                 reason = exc.reason
             else:
-                if reasons:
+                hooked = [r for r in reasons if hasattr(r, "point")]  # a hook of the user's (direct.HookReason)
+                if hooked:  # said out loud: the run leaves the direct path, and it costs time
+                    (log or logger).warning(
+                        "a hook on %s makes this run leave the direct path: it runs through the TransformerLens "
+                        "%s, which is slower (every hook point is called at every step); without the hook the "
+                        "run takes the direct path again", hooked[0].point, name)
+                elif reasons:
                     (log or logger).debug("generating through the %s: %s", name, "; ".join(reasons))
                 return run
         reasons.append(reason)

@@ -172,10 +172,21 @@ def _allowed_and_internal(model: Model, routes: dict[nn.Module, Route]) -> tuple
     return allowed, internal
 
 
+class HookReason(str):
+    """A reason that is a hook of the user's: ``point`` is its public TransformerLens name."""
+
+    point: str
+
+
 def _hooked_module(model: Model, modules: Any, allowed: set[int], internal: set[int]) -> str | None:
     for module in modules:
         if id(module) not in allowed and tl.has_hooks(module, internal):
-            return f"{_name_of(model, module)} has a hook"
+            names = sorted((k for k, v in getattr(model, "hook_dict", {}).items() if v is module),
+                           key=lambda k: (k.count("."), k))  # the alias a user writes (hook_z) first
+            reason = HookReason(f"{names[0] if names else _name_of(model, module)} has a hook"
+                                + (f" (the same hook point as {', '.join(names[1:])})" if names[1:] else ""))
+            reason.point = names[0] if names else _name_of(model, module)
+            return reason
     return None
 
 

@@ -78,6 +78,8 @@ def cli_reference() -> str:
         if help_text:
             out += [_cell(help_text[0].upper() + help_text[1:]) + ".", ""]
         out += ["```text", _usage(sub), "```", "", *_arguments(sub)]
+        if sub.epilog:
+            out += ["```text", sub.epilog.removeprefix("example:\n").replace("\n  ", "\n").strip(), "```", ""]
     return "\n".join(out) + "\n"
 
 

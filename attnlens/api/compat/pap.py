@@ -8,6 +8,11 @@ loads it), a Hugging Face model, or a ``TransformerBridge``; a Hugging Face mode
 is wrapped in a bridge (:func:`attnlens.runtime.models.wrap_hf_model`; TransformerLens
 wraps its modules in place, so save such a model before handing it over).
 
+Strings are read as pay-attention-pipeline reads them, so its users' outputs do not
+change: a plain string is raw text (``chat=True`` for the chat template; ``chat=None``
+for attnlens' rule) and only the tags are removed (``tag_whitespace="keep"``;
+``"collapse"`` for attnlens' reading, :mod:`attnlens.prompts.tags`).
+
 Records follow transformers' text-generation conventions: ``generated_text`` holds
 the prompt and the new text unless ``return_full_text=False``, and ``<?->`` tags add
 ``influence`` entries. pay-attention-pipeline's keywords (``delta_mid``,
@@ -71,6 +76,7 @@ class TransformersPayAttentionPipeline(PayAttentionPipeline):
         return_full_text: bool = True,
         metric: str = "influence",
         convention: str = "stated",
+        tag_whitespace: str = "keep",
         device: Any = None,
         dtype: Any = None,
         **kwargs: Any,
@@ -79,14 +85,15 @@ class TransformersPayAttentionPipeline(PayAttentionPipeline):
         if unknown:
             raise AttnlensError(
                 f"unknown pay-attention pipeline argument(s) {', '.join(unknown)}; accepted: delta_mid, layers, "
-                "batch_size, chat, return_full_text, metric, convention (generation arguments such as "
+                "batch_size, chat, return_full_text, metric, convention, tag_whitespace (generation arguments such as "
                 "max_new_tokens go in the call)"
             )
         if device is not None:
             logger.info("pay-attention: device=%r is ignored; the model stays where it is", device)
         method = metric_method(metric)
         super().__init__(_as_bridge(model, tokenizer), delta_mid=delta_mid, layers=layers, batch_size=batch_size,
-                         chat=chat, return_full_text=return_full_text, convention=convention)
+                         chat=chat, return_full_text=return_full_text, convention=convention,
+                         tag_whitespace=tag_whitespace)
         self.influence_method = method
 
 

@@ -121,13 +121,16 @@ def test_json_keeps_the_numbers(made):
 def test_views_take_the_librarys_records(made, tiny):
     report, record, trace = made["influence report"], made["pipeline record"], made["influence trace"]
     entry = record["influence"][0]
-    final = [round(v, 4) for v in entry["tensor"][-1].tolist()]
+    hidden = entry.get("system_tokens", 0)  # the chat template's own system prompt: left out of views
+    final = [round(v, 4) for v in entry["tensor"][-1].tolist()][hidden:]
     for given in (entry, record, record["influence"]):
         view = al.viz.influence_view(given)
         assert view.data["final"]["influence"] == pytest.approx(final, abs=1e-4)
-        assert view.data["tokens"] == entry["tokens"]
+        assert view.data["tokens"] == entry["tokens"][hidden:]
         # the default position is the last prompt token, read from the record
-        assert view.data["positions"] == [entry["prompt_length"] - 1]
+        assert view.data["positions"] == [entry["prompt_length"] - 1 - hidden]
+    shown = al.viz.influence_view(entry, system_prompt=True)
+    assert shown.data["tokens"] == entry["tokens"]
     view = al.viz.influence_view(report)
     assert set(view.data["final"]) == {"influence", "rollout"}
     assert view.data["sections"][0]["span"] == (report["spans"][0]["start"], report["spans"][0]["end"])

@@ -66,6 +66,7 @@ from .. import steering
 from ..steering.guide import check_delta
 from .autofocus import check_focus, focus_input
 from . import chain
+from .pipeline_args import _check_influence_request, _check_return_sequences, _short, _streamer_step
 
 logger = logging.getLogger(__name__)
 
@@ -345,67 +346,6 @@ class PayAttentionPipeline:
         if prompt.system_tokens:  # the chat template's own system prompt, which views leave out unless asked
             record["system_text"] = self.tokenizer.decode(prompt.input_ids[: prompt.system_tokens])
         return record
-
-
-def _check_return_sequences(n: Any, generate_kwargs: dict[str, Any]) -> int:
-    """``num_return_sequences`` as transformers takes it: more than one needs sampling (or beams, unsupported)."""
-    if not is_int(n) or n < 1:
-        raise AttnlensError(f"num_return_sequences must be a positive integer, got {n!r}")
-    if n > 1 and not generate_kwargs.get("do_sample", False):
-        raise AttnlensError(
-            f"num_return_sequences={n} needs do_sample=True: greedy decoding gives the same text each time"
-        )
-    return int(n)
-
-
-def _streamer_step(streamer: Any, prompt: Prompt) -> Any:
-    """The ``on_step`` that feeds ``streamer`` (a transformers ``BaseStreamer``) as transformers' ``generate`` does:
-    the prompt's ids first (here, at once), then each new token."""
-    import torch
-
-    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
-        raise AttnlensError(
-            f"streamer must have put() and end() (a transformers streamer such as TextStreamer); "
-            f"got {type(streamer).__name__}"
-        )
-    streamer.put(torch.tensor([list(prompt.input_ids)]))
-
-    def on_step(tokens: Sequence[int]) -> None:
-        streamer.put(torch.tensor([int(tokens[0])]))
-
-    return on_step
-
-
-def _short(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def _check_influence_request(
-    prompts: Sequence[Prompt], influence: bool | None, method: str, options_given: bool
-) -> bool:
-    """Whether to measure influence; raises for a bad method or a requested but missing tag.
-
-    ``influence=True`` needs a tag in every input; influence options given with
-    ``influence=None`` need a tag in at least one.
-    """
-    if influence is not None and not isinstance(influence, bool):
-        raise AttnlensError(f"influence must be True, False or None, got {influence!r}")
-    if influence is False:
-        return False
-    if method not in attribution.methods():
-        raise AttnlensError(
-            f"unknown influence_method {method!r}; choose from {', '.join(attribution.methods())} "
-            "(or metric='attention_rollout', pay-attention-pipeline's name)"
-        )
-    hint = "wrap the text to measure in <?-> ... <-?>"
-    if influence:
-        for i, prompt in enumerate(prompts):
-            if not prompt.influence_spans():
-                raise AttnlensError(f"influence was requested but input {i} has no influence tag: {hint}")
-    elif options_given and not any(p.influence_spans() for p in prompts):
-        raise AttnlensError(f"influence options were given but no input has an influence tag: {hint}")
-    return True
 
 
 def pipeline(

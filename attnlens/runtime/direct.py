@@ -182,7 +182,9 @@ def _hooked_module(model: Model, modules: Any, allowed: set[int], internal: set[
     for module in modules:
         if id(module) not in allowed and tl.has_hooks(module, internal):
             names = sorted((k for k, v in getattr(model, "hook_dict", {}).items() if v is module),
-                           key=lambda k: (k.count("."), k))  # the alias a user writes (hook_z) first
+                           # the alias a user writes first: the shortest, TransformerLens' own names (hook_z,
+                           # hook_resid_pre) before the bridge's generic hook_in / hook_out of the same point
+                           key=lambda k: (k.count("."), k.endswith((".hook_in", ".hook_out")), k))
             reason = HookReason(f"{names[0] if names else _name_of(model, module)} has a hook"
                                 + (f" (the same hook point as {', '.join(names[1:])})" if names[1:] else ""))
             reason.point = names[0] if names else _name_of(model, module)

@@ -300,6 +300,23 @@ class FaithfulnessComparison:
         return "\n".join(lines)
 
 
+def evaluate_prompt(model: Any, prompt: Any, methods: Sequence[str], *, target: Any = None,
+                    erase: str = "replace", seeds: int = 5, points: int = 11,
+                    fractions: Sequence[float] = FRACTIONS, seed: int = 0) -> dict[str, Any]:
+    """Every method's faithfulness on one prompt, beside the mean of ``seeds`` random orders drawn with ``seed``
+    (the same orders for every method).
+
+    Returns ``{"n_prompt", "n_erasable", "full_logprob", "target_ids", "metrics": {method or "random": metrics}}``.
+    """
+    names = [_check_method(m) for m in methods]
+    t = make_target(model, prompt, target)
+    scores = {name: scores_for(model, name, t) for name in names}
+    full, results, rand = _evaluate(model, t, scores, erase=erase, seeds=seeds, points=points,
+                                    fractions=fractions, seed=seed)
+    return {"n_prompt": t.n_prompt, "n_erasable": len(erasable_positions(model, t.prompt)), "full_logprob": full,
+            "target_ids": list(t.target), "metrics": {**results, "random": rand}}
+
+
 def compare_faithfulness(model: Any, prompts: Sequence[Any], *, methods: Sequence[str] = ("influence", "rollout"),
                          target: Any = None, erase: str = "replace", seeds: int = 5, points: int = 11,
                          fractions: Sequence[float] = FRACTIONS, n_boot: int = 1000,
@@ -318,12 +335,8 @@ def compare_faithfulness(model: Any, prompts: Sequence[Any], *, methods: Sequenc
         raise AttnlensError("no method given")
     per_prompt = []
     for i, prompt in enumerate(prompts):
-        t = make_target(model, prompt, target)
-        scores = {name: scores_for(model, name, t) for name in names}
-        full, results, rand = _evaluate(model, t, scores, erase=erase, seeds=seeds, points=points,
-                                        fractions=fractions, seed=i)
-        entry = {"prompt": i, "n_erasable": len(erasable_positions(model, t.prompt)), "full_logprob": full,
-                 "target_ids": list(t.target), "metrics": {**results, "random": rand}}
+        entry = {"prompt": i, **evaluate_prompt(model, prompt, names, target=target, erase=erase, seeds=seeds,
+                                                points=points, fractions=fractions, seed=i)}
         per_prompt.append(entry)
         if on_prompt is not None:
             on_prompt(i, entry)

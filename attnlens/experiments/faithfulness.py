@@ -135,7 +135,7 @@ class FaithfulnessStudy(Study):
         elif is_local(config.dataset):
             path = Path(config.dataset).expanduser()
             if not path.is_file():
-                raise ExperimentError(f"dataset {config.dataset!r} is not a file")
+                raise ExperimentError(f"dataset {config.dataset!r} is a folder, not a prompt file")
             if path.suffix == ".txt":
                 lines = [line.strip() for line in read_text(path).split("\n")]
                 records = [{"id": f"line{n}", "text": line} for n, line in enumerate(lines, start=1) if line]

@@ -19,7 +19,7 @@ With ``N`` erasable tokens and ``k`` of them erased:
 
 Every figure comes with the same figure for random orders (the mean over
 ``seeds`` permutations), so a method is read against chance on the same prompt.
-All edited prompts of one evaluation go through batched forward passes.
+All edited prompts of one evaluation go through batched forward passes, each distinct one once.
 """
 
 from __future__ import annotations
@@ -100,7 +100,10 @@ def evaluate_orders(score: Callable[[list[list[int]]], torch.Tensor], prompt: li
     if any(not 0 < q <= 1 for q in fractions):
         raise AttnlensError(f"fractions must lie in (0, 1], got {list(fractions)}")
     counts = curve_counts(n, points)
+    # each distinct edited prompt is scored once: every order shares the unedited and the fully erased
+    # prompt, and a curve point and an ERASER fraction that erase the same tokens share a row
     rows: list[list[int]] = [list(prompt)]
+    index: dict[tuple[int, ...], int] = {tuple(prompt): 0}
     where: dict[str, dict[str, list[int]]] = {}
     for name, order in orders.items():
         if sorted(order) != sorted(next(iter(orders.values()))):
@@ -110,8 +113,11 @@ def evaluate_orders(score: Callable[[list[list[int]]], torch.Tensor], prompt: li
             where[name][metric] = []
             for gone in sets:
                 edited = erased(list(prompt), gone, erase=erase, neutral=neutral) or [neutral]
-                where[name][metric].append(len(rows))
-                rows.append(edited)
+                key = tuple(edited)
+                if key not in index:
+                    index[key] = len(rows)
+                    rows.append(edited)
+                where[name][metric].append(index[key])
     f = score(rows).double()
     full = float(f[0])
     xs = [k / n for k in counts]

@@ -179,9 +179,12 @@ class FaithfulnessStudy(Study):
             out.mkdir(parents=True, exist_ok=True)
             with run_lock(out):
                 return self._run(config, data, out, model)
-        except OSError as exc:
-            raise ExperimentError(f"cannot write the results to {str(out)!r}: {exc.strerror or exc}; "
-                                  "choose a writable output directory with free space") from None
+        except OSError as exc:  # a read-only or full file system under the output directory
+            where = Path(exc.filename) if exc.filename else None
+            if where is None or where == out or out in where.parents or where in out.parents:
+                raise ExperimentError(f"cannot write the results to {str(out)!r}: {exc.strerror or exc}; "
+                                      "choose a writable output directory with free space") from None
+            raise
 
     def _run(self, config: FaithfulnessConfig, data: list[dict[str, Any]], out: Path,
              model: Any) -> ExperimentResult:

@@ -170,7 +170,7 @@ class FaithfulnessStudy(Study):
 
     # ------------------------------------------------------------------------- the run
 
-    def run(self, config: ExperimentConfig, *, model: Any = None) -> ExperimentResult:
+    def run_study(self, config: ExperimentConfig, *, model: Any = None) -> ExperimentResult:
         """Run (or continue) the experiment in ``config.out``; see the module docstring."""
         config = _check(config)  # type: ignore[arg-type]
         data = self.load_data(config)

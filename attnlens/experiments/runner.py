@@ -160,7 +160,7 @@ def run_experiment(
         from . import get_study
 
         study = get_study(study)
-    own_run = getattr(study, "run", None)
+    own_run = getattr(study, "run_study", None)
     if callable(own_run):  # a study that runs itself (no generation: faithfulness)
         return own_run(config, model=model)
     conditions = validate_config(config)

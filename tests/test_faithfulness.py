@@ -23,8 +23,17 @@ def additive(rows):
 def test_metrics_on_a_hand_built_curve(erase):
     prompt = [10, 11, 12, 13]
     orders = {"right": [0, 1, 2, 3], "reversed": [3, 2, 1, 0]}
-    full, out = fm.evaluate_orders(additive, prompt, orders, erase=erase, neutral=0, points=5,
+    scored = []
+
+    def scorer(rows):
+        scored.extend(map(tuple, rows))
+        return additive(rows)
+
+    full, out = fm.evaluate_orders(scorer, prompt, orders, erase=erase, neutral=0, points=5,
                                    fractions=(0.25, 0.5))
+    # each distinct edited prompt is scored once: of the 29 (the prompt, 2 orders x (5 + 5 + 2 + 2) points)
+    # 8 differ, since the two orders' prefixes and suffixes coincide
+    assert len(scored) == len(set(scored)) == 8
     assert full == 10.0
     right, rev = out["right"], out["reversed"]
     assert right["deletion_curve"] == [10.0, 6.0, 3.0, 1.0, 0.0]

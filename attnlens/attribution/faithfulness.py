@@ -19,7 +19,7 @@ With ``N`` erasable tokens and ``k`` of them erased:
 
 Every figure comes with the same figure for random orders (the mean over
 ``seeds`` permutations), so a method is read against chance on the same prompt.
-All edited prompts of one evaluation go through batched forward passes.
+All edited prompts of one evaluation go through batched forward passes, each distinct one once.
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ def evaluate_orders(score: Callable[[list[list[int]]], torch.Tensor], prompt: li
     if any(not 0 < q <= 1 for q in fractions):
         raise AttnlensError(f"fractions must lie in (0, 1], got {list(fractions)}")
     counts = curve_counts(n, points)
+    # each distinct edited prompt is scored once: every order shares the unedited and the fully erased
+    # prompt, and a curve point and an ERASER fraction that erase the same tokens share a row
     rows: list[list[int]] = [list(prompt)]
+    index: dict[tuple[int, ...], int] = {tuple(prompt): 0}
     where: dict[str, dict[str, list[int]]] = {}
     for name, order in orders.items():
         if sorted(order) != sorted(next(iter(orders.values()))):
@@ -111,8 +114,11 @@ def evaluate_orders(score: Callable[[list[list[int]]], torch.Tensor], prompt: li
             where[name][metric] = []
             for gone in sets:
                 edited = erased(list(prompt), gone, erase=erase, neutral=neutral) or [neutral]
-                where[name][metric].append(len(rows))
-                rows.append(edited)
+                key = tuple(edited)
+                if key not in index:
+                    index[key] = len(rows)
+                    rows.append(edited)
+                where[name][metric].append(index[key])
     f = score(rows).double()
     full = float(f[0])
     xs = [k / n for k in counts]
@@ -301,6 +307,23 @@ class FaithfulnessComparison(Showable):
         return "\n".join(lines)
 
 
+def evaluate_prompt(model: Any, prompt: Any, methods: Sequence[str], *, target: Any = None,
+                    erase: str = "replace", seeds: int = 5, points: int = 11,
+                    fractions: Sequence[float] = FRACTIONS, seed: int = 0) -> dict[str, Any]:
+    """Every method's faithfulness on one prompt, beside the mean of ``seeds`` random orders drawn with ``seed``
+    (the same orders for every method).
+
+    Returns ``{"n_prompt", "n_erasable", "full_logprob", "target_ids", "metrics": {method or "random": metrics}}``.
+    """
+    names = [_check_method(m) for m in methods]
+    t = make_target(model, prompt, target)
+    scores = {name: scores_for(model, name, t) for name in names}
+    full, results, rand = _evaluate(model, t, scores, erase=erase, seeds=seeds, points=points,
+                                    fractions=fractions, seed=seed)
+    return {"n_prompt": t.n_prompt, "n_erasable": len(erasable_positions(model, t.prompt)), "full_logprob": full,
+            "target_ids": list(t.target), "metrics": {**results, "random": rand}}
+
+
 def compare_faithfulness(model: Any, prompts: Sequence[Any], *, methods: Sequence[str] = ("influence", "rollout"),
                          target: Any = None, erase: str = "replace", seeds: int = 5, points: int = 11,
                          fractions: Sequence[float] = FRACTIONS, n_boot: int = 1000,
@@ -319,12 +342,8 @@ def compare_faithfulness(model: Any, prompts: Sequence[Any], *, methods: Sequenc
         raise AttnlensError("no method given")
     per_prompt = []
     for i, prompt in enumerate(prompts):
-        t = make_target(model, prompt, target)
-        scores = {name: scores_for(model, name, t) for name in names}
-        full, results, rand = _evaluate(model, t, scores, erase=erase, seeds=seeds, points=points,
-                                        fractions=fractions, seed=i)
-        entry = {"prompt": i, "n_erasable": len(erasable_positions(model, t.prompt)), "full_logprob": full,
-                 "target_ids": list(t.target), "metrics": {**results, "random": rand}}
+        entry = {"prompt": i, **evaluate_prompt(model, prompt, names, target=target, erase=erase, seeds=seeds,
+                                                points=points, fractions=fractions, seed=i)}
         per_prompt.append(entry)
         if on_prompt is not None:
             on_prompt(i, entry)

@@ -78,6 +78,14 @@ def add_experiment(sub: Any) -> None:
     studies.add_parser("bios", parents=[common], help="the occupation from a biography (Bias in Bios)")
     studies.add_parser("counterfact", parents=[common], help="a new fact in the context against the model's (CounterFact)")
     studies.add_parser("instructions", parents=[common], help="rules, then a request; each rule checked by a program")
+    f = studies.add_parser("faithfulness", parents=[common],
+                           help="token attribution methods scored by erasing tokens in their order, over prompts")
+    f.add_argument("--methods", default=None, help="comma-separated attribution methods (default: every registered one)")
+    f.add_argument("--erase", choices=["replace", "drop"], default="replace",
+                   help="replace an erased token by a neutral one (default) or drop it")
+    f.add_argument("--seeds", type=positive_int, default=5, help="random orders in the baseline (default 5)")
+    f.add_argument("--points", type=positive_int, default=11, help="points of the deletion and insertion curves")
+    f.add_argument("--target", default=None, help="a continuation to score toward (default: each prompt's next token)")
     for name in STUDY_NAMES:
         studies.choices[name].set_defaults(run=_run_experiment)
 
@@ -114,6 +122,10 @@ def _experiment_config(args: argparse.Namespace) -> Any:
             kwargs["instruction"] = args.instruction
     elif args.study == "needle":
         kwargs.update(context_lengths=args.context_lengths, depths=args.depths)
+    elif args.study == "faithfulness":
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        kwargs.update(methods=methods, erase=args.erase, seeds=args.seeds, points=args.points, target=args.target,
+                      influence=False, plots=False)
     return CONFIGS[args.study](**kwargs)
 
 
@@ -158,7 +170,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     lines = [[r["condition"], str(r["items"]), str(r["generations"])] + [_format_estimate(r, m) for m in metrics]
              for r in table]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
-    print(f"{result.study}: {result.generated} new generation(s), {result.skipped} already done "
+    unit = "prompt(s)" if result.study == "faithfulness" else "generation(s)"
+    print(f"{result.study}: {result.generated} new {unit}, {result.skipped} already done "
           f"(means with {int(config.confidence * 100)}% bootstrap intervals over items)")
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for line in lines:
@@ -166,7 +179,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     paired = [r for r in table if r["condition"] != "none" and any(r.get(f"{m}_diff") == r.get(f"{m}_diff")
                                                                    for m in metrics)]
     if paired:
-        print("paired difference from none (mean over the same items, bootstrap interval):")
+        baseline = "random orders" if result.study == "faithfulness" else "none"
+        print(f"paired difference from {baseline} (mean over the same items, bootstrap interval):")
         diffs = [[r["condition"], str(r["items"]), ""] + [_format_estimate(r, f"{m}_diff") for m in metrics]
                  for r in paired]
         widths = [max(w, *(len(line[i]) for line in diffs)) for i, w in enumerate(widths)]

@@ -32,6 +32,7 @@ _EXPORTS = {
     "SummarizeConfig": ".summarize", "SummarizeStudy": ".summarize",
     "BiosConfig": ".bios", "PronounsConfig": ".bios", "CounterFactConfig": ".counterfact",
     "InstructionsConfig": ".instructions",
+    "FaithfulnessConfig": ".faithfulness",
 }
 #: the studies by name, as ``(module, study class, config class)``
 _STUDIES = {"summarize": (".summarize", "SummarizeStudy", "SummarizeConfig"),
@@ -41,7 +42,8 @@ _STUDIES = {"summarize": (".summarize", "SummarizeStudy", "SummarizeConfig"),
             "pronouns": (".bios", "PronounsStudy", "PronounsConfig"),
             "bios": (".bios", "BiasInBiosStudy", "BiosConfig"),
             "counterfact": (".counterfact", "CounterFactStudy", "CounterFactConfig"),
-            "instructions": (".instructions", "InstructionsStudy", "InstructionsConfig")}
+            "instructions": (".instructions", "InstructionsStudy", "InstructionsConfig"),
+            "faithfulness": (".faithfulness", "FaithfulnessStudy", "FaithfulnessConfig")}
 STUDY_NAMES = tuple(_STUDIES)
 
 

@@ -160,6 +160,9 @@ def run_experiment(
         from . import get_study
 
         study = get_study(study)
+    own_run = getattr(study, "run_study", None)
+    if callable(own_run):  # a study that runs itself (no generation: faithfulness)
+        return own_run(config, model=model)
     conditions = validate_config(config)
     data = study.load_data(config)
     method_settings = _method_settings(config, conditions)

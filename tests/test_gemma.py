@@ -137,7 +137,7 @@ def test_pipeline_attention_data_and_profiling(gemma):
     pipe = al.pipeline("pay-attention", model=gemma, delta_mid=4.0)
     steered = pipe(TEXT, max_new_tokens=6)[0]
     (span,) = steered["spans"]
-    assert span["text"] == " Answer in French. "
+    assert span["text"] == "Answer in French."
     plain = pipe(TEXT.replace("<!->", "").replace("<-!>", ""), max_new_tokens=6)[0]
     assert plain["spans"] == [] and steered["generated_text"] != plain["generated_text"]
 

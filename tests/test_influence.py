@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -398,21 +397,11 @@ def test_cli_influence_text_and_errors(cli_model, capsys):
 
 @pytest.mark.notebook
 def test_influence_notebook():
-    import nbformat
-    from nbclient import NotebookClient
+    from test_notebooks import fresh, outputs_text
 
-    demos = Path(__file__).resolve().parent.parent / "demos"
-    nb = nbformat.read(demos / "03_influence.ipynb", as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(demos)}}).execute()
-    text = "\n".join(
-        str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
-        for cell in nb.cells
-        for out in cell.get("outputs", [])
-    )
+    nb = fresh("03_influence.ipynb")  # executed once per session (test_notebooks runs it too)
+    text = outputs_text(nb)
     assert "influence at the last token" in text
     assert "GUIDE raises the instruction's influence at the last token: True" in text
-    assert any(
-        "application/vnd.plotly.v1+json" in out.get("data", {}) or "text/html" in out.get("data", {})
-        for cell in nb.cells
-        for out in cell.get("outputs", [])
-    )
+    # the notebook shows its curves as pictures (its interactive views are saved, not embedded)
+    assert any("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))

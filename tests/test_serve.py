@@ -120,7 +120,7 @@ def test_concurrent_steered_and_unsteered_requests_equal_the_pipeline_alone(serv
 def test_the_extra_field_reports_spans(client):
     _, reply = _ask(client, *REQUESTS[0])
     extra = reply.model_extra["attnlens"]
-    assert [s["text"] for s in extra["spans"]] == [" Answer in French. "]
+    assert [s["text"] for s in extra["spans"]] == ["Answer in French."]
     assert extra["spans"][0]["delta"] == 3.0
 
 

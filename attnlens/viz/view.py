@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.records import in_notebook
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,6 @@ class HTMLView:
         return f"HTMLView(title={self.title!r}, {len(self.body)} characters)"
 
 
-def in_notebook() -> bool:
-    """Whether the code runs in a Jupyter-like kernel (where HTML output is shown)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def show(view: Any, text: str | None = None) -> None:

@@ -61,16 +61,26 @@ EXAMPLES: dict[str, str] = {
     "faithfulness": 'attnlens faithfulness "The capital of France is" --methods influence,rollout',
     "serve": "attnlens serve --port 8000",
 }
-EXAMPLES.update({f"experiment {study}": f"attnlens experiment {study} --out runs/{study} --limit 10"
-                 for study in ("summarize", "needle", "json", "bios-json", "pronouns", "bios", "counterfact",
-                               "instructions")})
+EXAMPLES["experiment faithfulness"] = ("attnlens experiment faithfulness --out runs/faithfulness "
+                                      "--methods influence,rollout,attention --limit 10")
+
+
+def _example(path: str) -> str | None:
+    """A command's example: its own, else (a registered study) a small run of it."""
+    if path in EXAMPLES:
+        return EXAMPLES[path]
+    if path.startswith("experiment "):
+        study = path.split(" ", 1)[1]
+        return f"attnlens experiment {study} --out runs/{study} --limit 10"
+    return None
 
 
 def _finish(parser: argparse.ArgumentParser, path: str = "") -> None:
     """Defaults in every ``--help`` and an example at the end of each, for the command and its subcommands."""
     parser.formatter_class = HelpFormatter
-    if path in EXAMPLES and not parser.epilog:
-        parser.epilog = "example:\n  " + EXAMPLES[path]
+    example = _example(path)
+    if example is not None and not parser.epilog:
+        parser.epilog = "example:\n  " + example
     action = getattr(parser, "subcommands", None)  # Parser keeps its subcommands' action
     if action is not None:
         if not action.help:

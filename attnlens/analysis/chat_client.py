@@ -168,21 +168,16 @@ def complete(
         remaining = deadline - (time.monotonic() - start)
         # each attempt waits for the server at most what is left of the deadline
         attempt_client, cut = _bounded(single, remaining)
-        past_deadline = DescribeError(
-            f"{where} gave no answer within the deadline of {deadline:g} s ({attempt + 1} attempt(s)); "
-            "raise it with deadline=... (--deadline)",
-            fatal=False,
-        )
         try:
             response = _within(remaining, lambda cancel, opened: _create(
                 attempt_client, cancel=cancel, opened=opened, model=model, messages=messages, **extra))
         except _DeadlineExceeded:
-            raise past_deadline from None
+            raise _past_deadline(where, deadline, attempt) from None
         except openai.APIError as exc:
             if cut and isinstance(exc, openai.APITimeoutError):
                 # the attempt's timeout was cut to what was left of the deadline and
                 # fired before the watchdog: the deadline ran out, not the client's timeout
-                raise past_deadline from None
+                raise _past_deadline(where, deadline, attempt) from None
             wait = _retry_wait(exc, attempt)
             remaining = deadline - (time.monotonic() - start)
             if wait is not None and attempt < retries and wait < remaining:
@@ -198,6 +193,14 @@ def complete(
 
 class _DeadlineExceeded(Exception):
     pass
+
+
+def _past_deadline(where: str, deadline: float, attempt: int) -> DescribeError:
+    return DescribeError(
+        f"{where} gave no answer within the deadline of {deadline:g} s ({attempt + 1} attempt(s)); "
+        "raise it with deadline=... (--deadline)",
+        fatal=False,
+    )
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,6 @@ def span_edit_attention(
     device = query.device
     indicator = torch.zeros(batch, 1, kv_len, 1, device=device)
     starts = []
-    lengths = []
     for r, row in enumerate(ctx.spans):
         for s, e in row:
             indicator[r, 0, s : min(e, kv_len), 0] = 1.0

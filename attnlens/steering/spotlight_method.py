@@ -77,14 +77,18 @@ def _query_mask(pattern: torch.Tensor, starts: Sequence[int | None]) -> torch.Te
 
 
 def _shares(pattern: torch.Tensor, key_mask: torch.Tensor, starts: Sequence[int | None]):
-    import torch
-
     per_query = (pattern * key_mask).sum(-1) / pattern.sum(-1).clamp_min(1e-30)  # [rows, heads, query]
     seen = _query_mask(pattern, starts)[:, None, :].expand_as(per_query)
+    return _pooled(per_query, seen), (per_query, seen)
+
+
+def _pooled(per_query: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Each row's span share pooled over the heads and queries that see the span (NaN: none does)."""
+    import torch
+
     count = seen.sum((1, 2))
     pooled = torch.where(seen, per_query, 0.0).sum((1, 2)) / count.clamp_min(1)
-    pooled = torch.where(count > 0, pooled, torch.nan)
-    return pooled, (per_query, seen)
+    return torch.where(count > 0, pooled, torch.nan)
 
 
 def _pooled_after(bias: torch.Tensor, per_query: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
@@ -112,9 +116,7 @@ def bias_from_shares(per_query: torch.Tensor, seen: torch.Tensor, target: float)
 
     if seen.dim() == 2:
         seen = seen[:, None, :].expand_as(per_query)
-    count = seen.sum((1, 2))
-    pooled = torch.where(seen, per_query, 0.0).sum((1, 2)) / count.clamp_min(1)
-    pooled = torch.where(count > 0, pooled, torch.nan)
+    pooled = _pooled(per_query, seen)
     below = torch.nan_to_num(pooled, nan=1.0) < target
     if not bool(below.any()):
         return torch.zeros_like(pooled)

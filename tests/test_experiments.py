@@ -28,7 +28,7 @@ from attnlens.experiments import (
     run_experiment,
 )
 from attnlens.experiments import metrics, sources
-from attnlens.experiments.runner import _batches, _Job, _prepare
+from attnlens.experiments.runner import _batches, _Job, prepare_item as _prepare
 
 # ----------------------------------------------------------------------------- metrics
 

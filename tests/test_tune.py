@@ -42,6 +42,16 @@ class Push(steering.SteeringMethod):
                                             name=self.name)
 
 
+class NoStrength(steering.SteeringMethod):
+    """A method with nothing to search."""
+
+    name = "no_strength"
+    spans = "guide"
+
+    def steering(self, model, prompts, settings):
+        return None
+
+
 @pytest.fixture
 def push():
     method = Push()
@@ -64,7 +74,7 @@ def test_repetition_rate():
 def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny, push, tmp_path, monkeypatch):
     from attnlens.experiments import tune
 
-    def outputs(model, prompts, steer, *, max_new_tokens, chat):  # what the forced words decode to, without a model
+    def outputs(model, prompts, steer, *, max_new_tokens, chat, cache=None):  # the forced words, without a model
         if not steer:
             return ["plain text here" for _ in prompts]
         (name, settings), = steer.items()
@@ -90,24 +100,40 @@ def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny,
     assert sorted(result.dev + result.test) == [0, 1, 2, 3]
     saved = json.loads(out.read_text())
     assert saved["result"]["chosen"] == 3 and set(saved["trials"]) == {"1", "2", "3", "4"}
-    # resumed: the development trials are read back, only the held-out part runs again
+    assert saved["heldout_scores"]["3"] == [3.0, 3.0] and saved["heldout_scores"]["none"] == [0.0, 0.0]
+    # resumed: the development trials and the held-out scores are read back, nothing runs again
     Push.calls.clear()
     again = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
-    assert again.chosen == 3 and Push.calls == [3]
+    assert again.chosen == 3 and Push.calls == [] and again.heldout == result.heldout
+    # a strength to compare is scored on the same held-out examples, paired with the unsteered ones
+    compared = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out, compare=[1])
+    assert Push.calls == [1]
+    (other,) = compared.compared
+    assert other["strength"] == 1 and other["heldout"]["mean"] == 1.0 and other["difference"]["mean"] == 1.0
+    assert other["heldout"]["n"] == len(compared.test) == 2
     with pytest.raises(AttnlensError, match="breaks the text"):
         tune_strength(tiny, examples, "push_words", _score, grid=[4], max_new_tokens=6)
+    steering.register(NoStrength())
     with pytest.raises(AttnlensError, match="has no strength"):
-        tune_strength(tiny, examples, "pasta", _score)
+        tune_strength(tiny, examples, "no_strength", _score)
     with pytest.raises(AttnlensError, match="at least two"):
         tune_strength(tiny, examples[:1], "push_words", _score)
 
 
-def test_every_new_method_has_a_strength_to_search():
-    for name in ("guide", "instaboost", "spotlight", "spa"):
+def test_every_method_has_a_strength_to_search_and_a_default_to_compare():
+    for name in ("guide", "instaboost", "spotlight", "spa", "pasta"):
         method = steering.get(name)
         assert method.strength in {p.name for p in method.params}
-        for value in method.strength_grid:
-            method.settings({method.strength: value})
+        base = {"head_config": {0: [0]}} if name == "pasta" else {}
+        for value in (*method.strength_grid, method.reference_strength()):
+            assert method.settings({**base, method.strength: value})[method.strength] == value
+        assert method.paper_source
+    assert steering.get("instaboost").reference_strength() == steering.get("instaboost").param("alpha").default
+    assert steering.get("pasta").reference_strength() == 0.01 and steering.get("spa").reference_strength() == 1.4
+    # from the command line a strength is text
+    assert steering.get("guide").settings({"delta_mid": "2"})["delta_mid"] == 2.0
+    with pytest.raises(AttnlensError, match="delta_mid must be a number"):
+        steering.get("guide").settings({"delta_mid": "two"})
 
 
 def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
@@ -123,5 +149,6 @@ def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
     assert [t["strength"] for t in result["trials"]] == [2.0, 8.0]
     assert result["chosen"] in (2.0, 8.0) and result["heldout"]["n"] == 1
     assert (tmp_path / "t" / "tune-instaboost.json").is_file()
-    assert cli.main(["tune", "summarize", "--method", "pasta", "--out", str(tmp_path / "p")]) != 0
+    steering.register(NoStrength())
+    assert cli.main(["tune", "summarize", "--method", "no_strength", "--out", str(tmp_path / "p")]) != 0
     assert "has no strength" in capsys.readouterr().err

@@ -34,7 +34,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 COMMANDS: list[Callable[[Any], None]] = [
     generate.add_generate, generate.add_demo, heads.add_heads, experiment.add_experiment,
-    influence.add_influence, pasta.add_pasta, batch.add_batch, tune_cli.add_tune,
+    influence.add_influence, pasta.add_pasta, batch.add_batch, tune_cli.add_tune, tune_cli.add_compare,
     attribute.add_attribute, attribute.add_faithfulness, serve.add_serve,
 ]
 
@@ -57,6 +57,7 @@ EXAMPLES: dict[str, str] = {
     "pasta profile": "attnlens pasta profile --data demos/pasta_json_examples.jsonl --top-k 20 --out heads.json",
     "batch": "attnlens batch --input prompts.jsonl --output results.jsonl --max-new-tokens 32",
     "tune": "attnlens tune json --method guide --out runs/tune --limit 20",
+    "compare": "attnlens compare counterfact --methods guide instaboost spa --out runs/compare --limit 20",
     "attribute": 'attnlens attribute "The capital of France is" --method influence --html tokens.html',
     "faithfulness": 'attnlens faithfulness "The capital of France is" --methods influence,rollout',
     "serve": "attnlens serve --port 8000",

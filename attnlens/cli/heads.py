@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import check_shape, load_model_for, non_negative_int, number, positive_int, positive_number, read_texts, writable
+from ._common import check_shape, load_model_for, non_negative_int, positive_int, positive_number, read_texts, writable
 
 def head_list(text: str) -> Any:
     """``--heads``: ``all`` or head indices separated by commas or spaces (non-negative integers)."""

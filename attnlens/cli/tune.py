@@ -10,18 +10,13 @@ from ..core.errors import CLIError
 from ._common import load_model_for, number, positive_int
 
 
-def add_tune(sub: Any) -> None:
+def _study_options(p: Any, what: str) -> None:
+    """The options ``tune`` and ``compare`` share: the study, its items and split, the guard, the model."""
     from ..experiments import STUDY_NAMES
 
-    p = sub.add_parser("tune", help="choose a steering method's strength on a study's items (held-out score)",
-                       description="Search a method's strength on a development part of a study's items, never "
-                       "choosing one whose outputs repeat themselves, and score the choice on the held-out part "
-                       "with an interval, next to the unsteered model. The search is saved and resumable.")
-    p.add_argument("study", choices=STUDY_NAMES, help="the study whose items the strength is chosen on")
-    p.add_argument("--method", required=True, help="a registered steering method that has a strength")
-    p.add_argument("--grid", nargs="+", default=None, help="the strengths to try (default: the method's)")
+    p.add_argument("study", choices=[s for s in STUDY_NAMES if s != "faithfulness"],
+                   help=f"the study whose items {what}")
     p.add_argument("--metric", default=None, help="the study's metric to maximise (default: its first)")
-    p.add_argument("--out", required=True, help="a directory for the search (tune-METHOD.json)")
     p.add_argument("--limit", type=positive_int, default=20, help="use the first N items")
     p.add_argument("--heldout", type=number, default=0.5, help="the share of items kept for the final score")
     p.add_argument("--max-repetition", type=number, default=0.5,
@@ -34,25 +29,60 @@ def add_tune(sub: Any) -> None:
     p.add_argument("--dataset", default=None, help="a local data file for the study (default: its shipped items)")
     p.add_argument("--seed", type=int, default=0, help="the random seed (item split, sampling)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(run=_run_tune)
 
 
-def _run_tune(args: argparse.Namespace) -> int:
-    from .. import steering
+def _config(args: argparse.Namespace, **more: Any) -> Any:
     from ..experiments import CONFIGS
-    from ..experiments.tuning import tune_study
     from .experiment import method_settings
 
-    method = steering.get(args.method)
-    if method.strength is None:
-        raise CLIError(f"steering method {method.name!r} has no strength to tune")
     kwargs: dict[str, Any] = dict(out=args.out, limit=args.limit, model=args.model, seed=args.seed,
-                                  dataset=args.dataset, plots=False, influence=False)
+                                  dataset=args.dataset, plots=False, influence=False, **more)
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
     if args.method_settings:
         kwargs["steering"] = method_settings(args.method_settings)
-    config = CONFIGS[args.study](**kwargs)
+    return CONFIGS[args.study](**kwargs)
+
+
+def add_tune(sub: Any) -> None:
+    p = sub.add_parser("tune", help="choose a steering method's strength on a study's items (held-out score)",
+                       description="Search a method's strength on a development part of a study's items, never "
+                       "choosing one whose outputs repeat themselves, and score the choice on the held-out part "
+                       "with an interval, next to the unsteered model. The search is saved and resumable.")
+    _study_options(p, "the strength is chosen on")
+    p.add_argument("--method", required=True, help="a registered steering method that has a strength")
+    p.add_argument("--grid", nargs="+", default=None, help="the strengths to try (default: the method's)")
+    p.add_argument("--out", required=True, help="a directory for the search (tune-METHOD.json)")
+    p.set_defaults(run=_run_tune)
+
+
+def add_compare(sub: Any) -> None:
+    from ..experiments.compare import DEFAULT_METHODS
+
+    p = sub.add_parser("compare", help="steering methods side by side on a study: tuned and default strengths",
+                       description="For each method, choose its strength on a development part of the study's "
+                       "items (as `attnlens tune` does), then score the chosen strength, the method's paper "
+                       "default and the unsteered model on the held-out part, with intervals and the paired "
+                       "difference from the unsteered model. Writes compare.md, compare.csv and compare.json; "
+                       "every search is saved and resumable.")
+    _study_options(p, "the methods are compared on")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="the steering methods to compare")
+    p.add_argument("--grid", dest="grids", action="append", default=[], metavar="METHOD=V1,V2,...",
+                   help="the strengths to try for one method (repeatable; default: each method's own)")
+    p.add_argument("--pasta-heads", default=None,
+                   help="PASTA's head config (JSON {layer: [heads]}; default: the shipped heads of the embedded model)")
+    p.add_argument("--out", required=True, help="a directory for the searches and the table")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from .. import steering
+    from ..experiments.tuning import tune_study
+
+    method = steering.get(args.method)
+    if method.strength is None:
+        raise CLIError(f"steering method {method.name!r} has no strength to tune")
+    config = _config(args)
     model = load_model_for(args)
     result = tune_study(args.study, config, method.name, model=model, grid=args.grid, metric=args.metric,
                         heldout=args.heldout, max_repetition=args.max_repetition)
@@ -65,4 +95,42 @@ def _run_tune(args: argparse.Namespace) -> int:
     h, u, d = result.heldout, result.unsteered, result.difference
     print(f"chosen {method.strength}={result.chosen}: held-out {h['mean']:.4f} [{h['low']:.4f}, {h['high']:.4f}] "
           f"(n={h['n']}); unsteered {u['mean']:.4f}; difference {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
+    return 0
+
+
+def _grids(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        strengths = [v for v in values.split(",") if v.strip()]
+        if not sep or not name.strip() or not strengths:
+            raise CLIError(f"--grid {item!r}: write METHOD=V1,V2,... (e.g. spa=1.25,1.5,2)")
+        out[name.strip()] = strengths
+    return out
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..experiments.compare import compare_methods
+
+    grids = _grids(args.grids)
+    heads = args.pasta_heads
+    if heads is None and args.model is None and "pasta" in args.methods:
+        heads = str(Path(__file__).resolve().parent.parent / "experiments" / "data" / "pasta_heads_smollm2.json")
+    if heads is not None and not Path(heads).expanduser().is_file():
+        raise CLIError(f"--pasta-heads {heads!r} is not a file")
+    config = _config(args, pasta_heads=heads)
+    model = load_model_for(args)
+    result = compare_methods(args.study, config, args.methods, model=model, metric=args.metric, grids=grids,
+                             heldout=args.heldout, max_repetition=args.max_repetition, out=args.out)
+    if args.json:
+        print(result.to_json())
+        return 0
+    print(f"{result.study}: {result.metric} on n = {result.n_heldout} held-out items; strengths chosen on "
+          f"{result.n_dev} others")
+    print(result.markdown(), end="")
+    for name, source in result.sources.items():
+        print(f"  default of {name}: {source}")
+    print(f"written: {Path(args.out) / 'compare.md'}")
     return 0

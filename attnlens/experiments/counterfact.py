@@ -96,6 +96,7 @@ class CounterFactStudy(Study):
     name = "counterfact"
     primary = "efficacy"
     metrics = ("efficacy", "paraphrase", "generation")
+    model_metrics = ("efficacy", "paraphrase")
     group_fields = ("relation",)
 
     def load_data(self, config: ExperimentConfig) -> list[dict[str, Any]]:

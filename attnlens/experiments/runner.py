@@ -67,7 +67,7 @@ class _Job:
         return row_key(self.condition.name, self.item.id, self.generation)
 
 
-def _prepare(study: Study, item: Item, condition: Condition, tokenizer: Any, chat: bool,
+def prepare_item(study: Study, item: Item, condition: Condition, tokenizer: Any, chat: bool,
              config: ExperimentConfig) -> Prompt:
     """The item's prompt under ``condition``: one focus span (its method's tag, or an emphasis) with its strength."""
     messages = build_messages(study, item, condition, config)
@@ -236,7 +236,7 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
                     continue
                 key = (condition.name, item.id)
                 if key not in prompts:
-                    prompts[key] = _prepare(study, item, condition, tokenizer, chat, config)
+                    prompts[key] = prepare_item(study, item, condition, tokenizer, chat, config)
                 pending.append(_Job(condition, item, g, prompts[key]))
         jobs_by_condition[condition] = pending
     n_ctx = context_window(model)
@@ -325,7 +325,7 @@ def _continuation_scorer(model: Any, study: Study, condition: Condition, config:
     chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
 
     def scorer(item: Item, texts: Sequence[str]) -> list[float]:
-        prompt = _prepare(study, item, condition, tokenizer, chat, config)
+        prompt = prepare_item(study, item, condition, tokenizer, chat, config)
         plans = _condition_plans(model, condition, [prompt], config, method_settings)
         return continuation_logprobs(model, prompt.input_ids, plans, texts, leading_space=not chat)
 

@@ -53,6 +53,9 @@ class Study(ABC):
     primary: str = ""
     #: every numeric metric :meth:`score` returns, in the order the summary lists them
     metrics: tuple[str, ...] = ()
+    #: the metrics :meth:`model_scores` reads from the model's probabilities, not from the generated
+    #: text; a strength search (which scores generated text) cannot use them
+    model_metrics: tuple[str, ...] = ()
     #: item fields the rows carry for breakdowns (needle: length, depth)
     group_fields: tuple[str, ...] = ()
     #: the row field (one of ``group_fields``) by which items share a source; summaries then

@@ -11,9 +11,15 @@ Ties go to the stronger strength. The chosen strength is then scored on the
 held-out part, with a bootstrap interval, next to the unsteered model on the
 same examples (the paired difference, with its interval).
 
-With ``out`` (a JSON file) every strength's development result is saved as it
-is measured and read back by a later call with the same examples and settings,
-so an interrupted search resumes where it stopped.
+``compare`` names more strengths (a paper's default, say) that are scored on
+the same held-out part, each with its interval and paired difference from the
+unsteered model, so a chosen strength can be read beside a fixed one.
+
+With ``out`` (a JSON file) every strength's development result, and every
+held-out score, is saved as it is measured and read back by a later call with
+the same examples and settings, so an interrupted search resumes where it
+stopped. ``cache`` (a dict the caller keeps) shares generated outputs between
+searches: a prompt whose tokens and steering are the same is generated once.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError
 from ..core.records import Showable
+from ..prompts.prompt import Prompt
 from ..steering.registry import get
 
 logger = logging.getLogger(__name__)
@@ -70,6 +77,8 @@ class Tuning(Showable):
     difference: dict[str, float] = field(default_factory=dict)  # chosen - unsteered, paired by example
     dev: list[int] = field(default_factory=list)
     test: list[int] = field(default_factory=list)
+    #: the ``compare`` strengths on the held-out part: ``{"strength", "heldout", "difference"}`` each
+    compared: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,22 +89,45 @@ class Tuning(Showable):
         trials = table_view([asdict(t) for t in self.trials], f"{self.method}: {self.parameter} search",
                             caption=f"mean score on n = {len(self.dev)} development examples; chosen: "
                                     f"{self.chosen!r} (valid: repetition within the limit)")
-        rows = [{"": name, **values} for name, values in (("chosen", self.heldout), ("unsteered", self.unsteered),
-                                                          ("chosen - unsteered", self.difference)) if values]
+        named = [("chosen", self.heldout), ("unsteered", self.unsteered), ("chosen - unsteered", self.difference)]
+        for other in self.compared:
+            named += [(f"{self.parameter}={other['strength']}", other["heldout"]),
+                      (f"{self.parameter}={other['strength']} - unsteered", other["difference"])]
+        rows = [{"": name, **values} for name, values in named if values]
         held = table_view(rows, "", caption=f"held out: n = {len(self.test)} examples; mean with its interval "
                                              "(low, high); the difference is paired by example")
         return HTMLView(trials.body + "\n" + held.body, title=trials.title, data={"trials": trials.data["rows"],
                                                                                     "heldout": rows})
 
 
-def _outputs(model: Any, prompts: Sequence[str], steer: Mapping[str, Any], *, max_new_tokens: int,
-             chat: bool) -> list[str]:
+def _outputs(model: Any, prompts: Sequence[Any], steer: Mapping[str, Any], *, max_new_tokens: int,
+             chat: bool, cache: MutableMapping[str, str] | None = None) -> list[str]:
+    """Greedy outputs of ``prompts`` under ``steer``; with ``cache``, a prompt already generated under the
+    same steering (same token ids, spans and settings) is read back instead of generated again."""
     from ..api import chain
 
-    prepared = [chain.prepare(model.tokenizer, p, chat=chat) for p in prompts]
-    plans = chain.plans_for(model, prepared, steer=dict(steer))
-    tokens = chain.generate(model, prepared, plans, max_new_tokens=max_new_tokens, progress=False)
-    return [model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+    prepared = [p if isinstance(p, Prompt) else chain.prepare(model.tokenizer, p, chat=chat) for p in prompts]
+    # without steering the spans change nothing: prompts that differ only in their tags share an entry
+    keys = [json.dumps([list(map(int, p.input_ids)), [(s.kind, s.start, s.end, s.level, s.delta) for s in p.spans]
+                        if steer else [], dict(steer), max_new_tokens], default=str) for p in prepared]
+    todo = [i for i, k in enumerate(keys) if cache is None or k not in cache]
+    if todo:
+        rows = [prepared[i] for i in todo]
+        plans = chain.plans_for(model, rows, steer=dict(steer))
+        tokens = chain.generate(model, rows, plans, max_new_tokens=max_new_tokens, progress=False)
+        texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+        if cache is None:
+            return texts
+        for i, text in zip(todo, texts):
+            cache[keys[i]] = text
+    return [cache[k] for k in keys]  # type: ignore[index]
+
+
+def _identity(prompt: Any) -> Any:
+    """What identifies a prompt in the saved search: a prepared one by its tokens and spans."""
+    if isinstance(prompt, Prompt):
+        return [list(map(int, prompt.input_ids)), [(s.kind, s.start, s.end, s.level) for s in prompt.spans]]
+    return prompt
 
 
 def _scores(examples: Sequence[Mapping[str, Any]], outputs: Sequence[str], score: Score) -> list[float]:
@@ -124,15 +156,21 @@ def tune_strength(
     seed: int = 0,
     confidence: float = 0.95,
     out: str | Path | None = None,
+    compare: Sequence[Any] = (),
+    cache: MutableMapping[str, str] | None = None,
 ) -> Tuning:
     """Search ``method``'s strength on ``examples`` (dicts with a ``"prompt"``, tags choosing the spans;
-    a prompt may be a chat, a list of messages, with ``chat=True``).
+    a prompt may be a chat, a list of messages, with ``chat=True``, or a prepared
+    :class:`~attnlens.prompts.prompt.Prompt`, used as it is).
 
     ``score(example, output) -> float`` (higher is better); ``grid``: the
     strengths to try (default: the method's); ``settings``: its other
     parameters; ``heldout``: the share of examples kept for the final estimate;
     ``max_repetition``: the guard's bound on :func:`repetition_rate`; ``out``: a
-    JSON file the search saves to and resumes from.
+    JSON file the search saves to and resumes from; ``compare``: more strengths
+    scored on the held-out part beside the chosen one (e.g. the method's
+    :attr:`~attnlens.steering.SteeringMethod.paper_strength`); ``cache``: a dict
+    of generated outputs shared between calls.
     """
     from .metrics import bootstrap_ci
 
@@ -145,11 +183,13 @@ def tune_strength(
     base = dict(settings or {})
     # every strength checked (and converted: "2" from the command line is 2.0) before anything runs
     values = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values]
+    others = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in compare]
     if not callable(score):
         raise AttnlensError("score must be a function score(example, output) -> number")
     examples = list(examples)
-    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list)) for e in examples):
-        raise AttnlensError("every example must be a mapping with a 'prompt' (a string, or a chat of messages)")
+    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list, Prompt)) for e in examples):
+        raise AttnlensError("every example must be a mapping with a 'prompt' (a string, a chat of messages, or a "
+                            "prepared Prompt)")
     if not 0.0 < heldout < 1.0:
         raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
     order = list(range(len(examples)))
@@ -160,9 +200,10 @@ def tune_strength(
         raise AttnlensError(f"{len(examples)} example(s) cannot be split into a development and a held-out part; "
                             "give at least two")
 
-    key = hashlib.sha256(json.dumps([steerer.name, base, [examples[i]["prompt"] for i in order], seed,
+    key = hashlib.sha256(json.dumps([steerer.name, base, [_identity(examples[i]["prompt"]) for i in order], seed,
                                      max_new_tokens, chat, max_repetition], default=str).encode()).hexdigest()[:16]
     saved: dict[str, Any] = {}
+    held: dict[str, list[float]] = {}  # held-out scores per steering, by example
     path = Path(out).expanduser() if out is not None else None
     if path is not None and path.is_file():
         try:
@@ -171,6 +212,7 @@ def tune_strength(
             raise AttnlensError(f"cannot read the saved search {str(path)!r}: {exc}") from None
         if stored.get("key") == key:
             saved = stored.get("trials", {})
+            held = stored.get("heldout_scores", {})
             logger.info("resuming the strength search from %s (%d strengths done)", path, len(saved))
         else:
             logger.info("%s holds another search; starting again", path)
@@ -178,7 +220,8 @@ def tune_strength(
     def save() -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "method": steerer.name, "trials": saved}, indent=1))
+            path.write_text(json.dumps({"key": key, "method": steerer.name, "trials": saved,
+                                        "heldout_scores": held}, indent=1))
 
     dev_examples = [examples[i] for i in dev]
     trials = []
@@ -187,7 +230,7 @@ def tune_strength(
         if name not in saved:
             steer = {steerer.name: {**base, steerer.strength: v}}
             outputs = _outputs(model, [e["prompt"] for e in dev_examples], steer, max_new_tokens=max_new_tokens,
-                               chat=chat)
+                               chat=chat, cache=cache)
             scores = _scores(dev_examples, outputs, score)
             rep = sum(repetition_rate(o) for o in outputs) / len(outputs)
             saved[name] = {"score": sum(scores) / len(scores), "repetition": rep}
@@ -205,15 +248,30 @@ def tune_strength(
 
     test_examples = [examples[i] for i in test]
     prompts = [e["prompt"] for e in test_examples]
-    steered = _scores(test_examples, _outputs(model, prompts, {steerer.name: {**base, steerer.strength: chosen}},
-                                              max_new_tokens=max_new_tokens, chat=chat), score)
-    plain = _scores(test_examples, _outputs(model, prompts, {}, max_new_tokens=max_new_tokens, chat=chat), score)
-    estimate = bootstrap_ci(steered, confidence=confidence, seed=seed)
-    baseline = bootstrap_ci(plain, confidence=confidence, seed=seed)
-    diff = bootstrap_ci([a - b for a, b in zip(steered, plain)], confidence=confidence, seed=seed)
-    result = Tuning(steerer.name, steerer.strength, chosen, trials, asdict(estimate), asdict(baseline), asdict(diff),
-                    dev, test)
+
+    def heldout_scores(strength: Any) -> list[float]:
+        name = "none" if strength is None else json.dumps(strength)
+        if name not in held:
+            steer = {} if strength is None else {steerer.name: {**base, steerer.strength: strength}}
+            held[name] = _scores(test_examples, _outputs(model, prompts, steer, max_new_tokens=max_new_tokens,
+                                                         chat=chat, cache=cache), score)
+            save()
+        return held[name]
+
+    plain = heldout_scores(None)
+
+    def estimates(strength: Any) -> tuple[dict[str, float], dict[str, float]]:
+        steered = heldout_scores(strength)
+        diff = [a - b for a, b in zip(steered, plain)]
+        return (asdict(bootstrap_ci(steered, confidence=confidence, seed=seed)),
+                asdict(bootstrap_ci(diff, confidence=confidence, seed=seed)))
+
+    estimate, difference = estimates(chosen)
+    compared = [dict(zip(("strength", "heldout", "difference"), (v, *estimates(v)))) for v in others]
+    result = Tuning(steerer.name, steerer.strength, chosen, trials, estimate,
+                    asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, dev, test, compared)
     if path is not None:
-        stored = {"key": key, "method": steerer.name, "trials": saved, "result": result.as_dict()}
+        stored = {"key": key, "method": steerer.name, "trials": saved, "heldout_scores": held,
+                  "result": result.as_dict()}
         path.write_text(json.dumps(stored, indent=1, default=str))
     return result

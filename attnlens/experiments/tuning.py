@@ -8,13 +8,28 @@ held-out split, repetition guard, saved and resumable).
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ExperimentError
 from .tune import Tuning, tune_strength
 from .config import Condition, ExperimentConfig
-from .study import Study, build_messages
+from .runner import prepare_item
+from .study import Study
+
+
+def text_metric(study: Study, config: ExperimentConfig, metric: str | None) -> str:
+    """``metric`` checked against the study's metrics scored on generated text (None: the first of them)."""
+    names = [n for n in study.metric_names(config) if n not in study.model_metrics]
+    if metric in study.model_metrics:
+        raise ExperimentError(f"the {study.name} study's {metric!r} is read from the model's probabilities, not "
+                              f"from the generated text a strength search scores; use one of: {', '.join(names)}")
+    if metric is not None and metric not in names:
+        raise ExperimentError(f"the {study.name} study has no metric {metric!r}; its metrics: {', '.join(names)}")
+    if not names:
+        raise ExperimentError(f"the {study.name} study has no metric scored on generated text to search on")
+    return names[0] if metric is None else metric
 
 
 def tune_study(
@@ -28,11 +43,14 @@ def tune_study(
     heldout: float = 0.5,
     max_repetition: float = 0.5,
     out: str | Path | None = None,
+    compare: Sequence[Any] = (),
+    cache: MutableMapping[str, str] | None = None,
 ) -> Tuning:
     """Search ``method``'s strength on ``study``'s items (``config.limit`` of them) and score the held-out part.
 
     ``metric``: one of the study's metrics (default: its first); ``out``: the
-    search's JSON file (default: ``{config.out}/tune-{method}.json``).
+    search's JSON file (default: ``{config.out}/tune-{method}.json``); ``compare``
+    and ``cache``: as :func:`~attnlens.experiments.tune.tune_strength`'s.
     """
     from .. import steering
 
@@ -41,10 +59,7 @@ def tune_study(
 
         study = get_study(study)
     steerer = steering.get(method)
-    names = study.metric_names(config)
-    metric = names[0] if metric is None else metric
-    if metric not in names:
-        raise ExperimentError(f"the {study.name} study has no metric {metric!r}; its metrics: {', '.join(names)}")
+    metric = text_metric(study, config, metric)
     data = study.load_data(config)
     if model is None:
         from ..runtime.models import load_model
@@ -55,12 +70,10 @@ def tune_study(
     if config.limit is not None:
         items = items[: config.limit]
     chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
-    condition = Condition(method)
-    examples = []
-    for item in items:
-        messages = build_messages(study, item, condition, config)
-        prompt: Any = messages if chat else "\n\n".join(m["content"] for m in messages)
-        examples.append({"prompt": prompt, "item": item})
+    condition = Condition(steerer.name)
+    # prepared as the experiment runner prepares the method's condition (its focus is the kind of span it steers)
+    examples = [{"prompt": prepare_item(study, item, condition, tokenizer, chat, config), "item": item}
+                for item in items]
 
     def score(example: Any, output: str) -> float:
         return float(study.score([example["item"]], [output], config)[0].metrics[metric])
@@ -71,4 +84,5 @@ def tune_study(
     path = out if out is not None else Path(config.out).expanduser() / f"tune-{method}.json"
     return tune_strength(model, examples, method, score, grid=grid, settings=settings, heldout=heldout,
                          max_repetition=max_repetition, max_new_tokens=config.max_new_tokens, chat=chat,
-                         seed=config.seed, confidence=getattr(config, "confidence", 0.95), out=path)
+                         seed=config.seed, confidence=getattr(config, "confidence", 0.95), out=path,
+                         compare=compare, cache=cache)

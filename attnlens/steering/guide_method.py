@@ -9,16 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .registry import Param, SteeringMethod, register
-
-
-def _layers(value: Any) -> Any:
-    return value  # checked against the model when the plan is built (resolve_layers)
+from ..core.errors import AttnlensError
+from .registry import Param, SteeringMethod, layers_param, register
 
 
 def _delta_mid(value: Any) -> float:
     from .guide import check_delta
 
+    if isinstance(value, str):  # from the command line (--set guide.delta_mid=2, --grid 1 2)
+        try:
+            value = float(value)
+        except ValueError:
+            raise AttnlensError(f"guide: delta_mid must be a number, got {value!r}") from None
     return check_delta(value)
 
 
@@ -31,7 +33,7 @@ class GuideMethod(SteeringMethod):
         Param("delta_mid", _delta_mid, None,
               "the level-2 bias (level 1: half, level 3: double); None: the strength the prompt was prepared with",
               flag="--delta-mid"),
-        Param("layers", _layers, "all", "all | none | first | last | layer indices", flag="--layers"),
+        layers_param(flag="--layers"),
     )
     spans = "guide"
     edits = "bias"
@@ -41,6 +43,8 @@ class GuideMethod(SteeringMethod):
     condition_order = 10
     strength = "delta_mid"
     strength_grid = (0.5, 1.0, 1.5, 2.0, 3.0)
+    paper_strength = 1.0
+    paper_source = "pay-attention-pipeline's default delta_mid (the GUIDE authors' package)"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .guide import guide_plan_for

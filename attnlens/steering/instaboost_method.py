@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.errors import AttnlensError
-from .registry import Param, SteeringMethod, register
+from .registry import Param, SteeringMethod, layers_param, register
 
 
 def _alpha(value: Any) -> float:
@@ -53,7 +53,7 @@ class InstaBoostMethod(SteeringMethod):
     params = (
         Param("alpha", _alpha, 5.0, "the factor on the instruction's attention weights before renormalising "
               "(>= 1; the score bias is ln(alpha))"),
-        Param("layers", lambda v: v, "all", "all | none | first | last | layer indices (the paper: all)"),
+        layers_param("the paper: all"),
     )
     spans = "guide"
     edits = "bias"
@@ -64,6 +64,7 @@ class InstaBoostMethod(SteeringMethod):
     #: the strength :func:`attnlens.experiments.tune.tune_strength` searches, and its candidates
     strength = "alpha"
     strength_grid = (1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
+    paper_source = "the paper tunes alpha per task and names no default; this package's 5.0"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .bias import BiasPlan

@@ -50,6 +50,11 @@ class PastaMethod(SteeringMethod):
     edits = "bias"
     condition_order = 30
     experiment_hint = "pass pasta_heads (--pasta-heads FILE)"
+    #: smaller is stronger (the rest of the prompt is scaled by alpha), so the grid runs from weak to strong
+    strength = "alpha"
+    strength_grid = (0.5, 0.2, 0.1, 0.05, 0.01, 0.001)
+    paper_strength = 0.01
+    paper_source = "the PASTA paper's alpha (Zhang et al., 2023)"
 
     def check(self, settings: dict[str, Any]) -> dict[str, Any]:
         from .pasta import check_alpha, check_scale_position

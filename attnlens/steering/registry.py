@@ -84,6 +84,13 @@ class Param:
         return out
 
 
+def layers_param(note: str = "", flag: str | None = None) -> Param:
+    """The ``layers`` parameter the attention methods share (checked against the model when the plan is
+    built); ``note`` ends its help, e.g. what the method's paper uses."""
+    return Param("layers", lambda value: value, "all",
+                 "all | none | first | last | layer indices" + (f" ({note})" if note else ""), flag=flag)
+
+
 class SteeringMethod:
     """The base of a steering method; subclass it, set the class attributes, implement :meth:`steering`.
 
@@ -124,6 +131,10 @@ class SteeringMethod:
     #: the parameter that sets its strength (None: none), and the strengths a search tries by default
     strength: str | None = None
     strength_grid: tuple[Any, ...] = ()
+    #: the strength its paper (or its authors' public code) uses by default (None: the parameter's
+    #: default), and where that value comes from, for :func:`attnlens.experiments.compare.compare_methods`
+    paper_strength: Any = None
+    paper_source: str = ""
     #: how an experiment gives the required parameters (for the error when it does not)
     experiment_hint: str = ""
 
@@ -159,6 +170,13 @@ class SteeringMethod:
             else:
                 out[p.name] = p.default
         return self.check(out)
+
+    def reference_strength(self) -> Any:
+        """The strength a comparison reads as the method's default: :attr:`paper_strength`, else the
+        strength parameter's default (None when the method has no strength)."""
+        if self.strength is None:
+            return None
+        return self.paper_strength if self.paper_strength is not None else self.param(self.strength).default
 
     def check(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Checks across parameters; returns the settings (override to add some)."""

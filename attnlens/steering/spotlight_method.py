@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import AttnlensError
-from .registry import Param, SteeringMethod, register
+from .registry import Param, SteeringMethod, layers_param, register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -169,7 +169,7 @@ class SpotLightMethod(SteeringMethod):
             "and sample, only where it falls below (a run-time edit)")
     params = (
         Param("target", _target, 0.2, "the share of attention (0..1) the span is raised to where it gets less"),
-        Param("layers", lambda v: v, "all", "all | none | first | last | layer indices"),
+        layers_param(),
     )
     spans = "guide"
     edits = "pattern"
@@ -179,6 +179,8 @@ class SpotLightMethod(SteeringMethod):
     replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
     strength = "target"
     strength_grid = (0.05, 0.1, 0.2, 0.3, 0.5)
+    paper_strength = 0.2
+    paper_source = "the target proportion of IBM's agent lifecycle toolkit"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .edits import RunEdit

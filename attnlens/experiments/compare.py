@@ -1,0 +1,201 @@
+"""Steering methods side by side on a study: each at its tuned strength and at its paper's default.
+
+:func:`compare_methods` runs, for every method named, the strength search of
+:func:`~attnlens.experiments.tuning.tune_study` on the development part of the
+study's items, then scores on the held-out part (the same items for every
+method: one seeded split) the chosen strength, the method's
+:meth:`~attnlens.steering.SteeringMethod.reference_strength` (its paper's
+default, where the paper names one) and the unsteered model. Each row gives the
+mean with its bootstrap interval and the difference from the unsteered model,
+paired by item, with its interval. Outputs are shared between the methods'
+searches (a prompt whose tokens and steering match is generated once), and every
+search is saved under ``out`` and resumes where it stopped.
+
+``attnlens compare STUDY --methods guide instaboost spotlight spa pasta --out DIR``
+does the same from the command line and writes ``compare.md``, ``compare.csv``
+and ``compare.json`` to ``DIR``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ExperimentError
+from ..core.records import Showable
+from .config import ExperimentConfig
+from .study import Study
+
+logger = logging.getLogger(__name__)
+
+#: the methods compared when none are named
+DEFAULT_METHODS = ("guide", "instaboost", "spotlight", "spa", "pasta")
+
+
+@dataclass
+class MethodRow:
+    """One method at one strength on the held-out items: its score and its paired difference from ``none``."""
+
+    method: str
+    setting: str  # "tuned" or "default"
+    parameter: str
+    strength: Any
+    mean: float
+    low: float
+    high: float
+    difference: float
+    difference_low: float
+    difference_high: float
+    n: int
+
+
+@dataclass
+class Comparison(Showable):
+    """Every method's tuned and default strength on one study's held-out items, beside the unsteered model.
+
+    ``markdown()`` is the table the docs print; ``show()`` / ``view()``, ``to_json()``."""
+
+    study: str
+    metric: str
+    n_dev: int
+    n_heldout: int
+    unsteered: dict[str, float]
+    rows: list[MethodRow] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # method: where its default comes from
+    confidence: float = 0.95
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        return [asdict(r) for r in self.rows]
+
+    def markdown(self) -> str:
+        """A Markdown table: the unsteered row first, then each method's tuned and default rows."""
+        pct = f"{self.confidence:.0%}"
+        u = self.unsteered
+        head = (f"| method | strength | {self.metric} (mean [{pct} CI]) | difference from none [{pct} CI] |\n"
+                "|---|---|---|---|\n"
+                f"| none | | {u['mean']:.3f} [{u['low']:.3f}, {u['high']:.3f}] | |\n")
+        lines = [f"| {r.method} ({r.setting}) | {r.parameter}={r.strength:g} | {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] "
+                 f"| {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}] |" for r in self.rows]
+        return head + "\n".join(lines) + "\n"
+
+    def view(self, **options: Any) -> Any:
+        from ..viz import table_view
+
+        caption = (f"{self.study}: {self.metric} on n = {self.n_heldout} held-out items (strengths chosen on "
+                   f"{self.n_dev} others); intervals: {self.confidence:.0%} bootstrap; differences paired by item")
+        rows = [{"method": "none", "setting": "", "strength": "", **{k: self.unsteered[k] for k in ("mean", "low", "high")}}]
+        rows += [{k: v for k, v in asdict(r).items() if k not in ("parameter", "n")} for r in self.rows]
+        return table_view(rows, f"methods on {self.study}", caption=caption)
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``compare.json``, ``compare.csv`` and ``compare.md`` to the directory ``out``; returns it."""
+        path = Path(out).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "compare.json").write_text(self.to_json(indent=1))
+        with (path / "compare.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(MethodRow.__dataclass_fields__))
+            writer.writeheader()
+            writer.writerow({"method": "none", "setting": "", "parameter": "", "strength": "",
+                             **{k: self.unsteered[k] for k in ("mean", "low", "high", "n")}})
+            writer.writerows(self.as_rows())
+        (path / "compare.md").write_text(self.markdown())
+        return path
+
+
+def _row(method: str, setting: str, parameter: str, strength: Any, estimate: dict[str, float],
+         difference: dict[str, float]) -> MethodRow:
+    return MethodRow(method, setting, parameter, strength, estimate["mean"], estimate["low"], estimate["high"],
+                     difference["mean"], difference["low"], difference["high"], int(estimate["n"]))
+
+
+def compare_methods(
+    study: Study | str,
+    config: ExperimentConfig,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    model: Any = None,
+    metric: str | None = None,
+    grids: dict[str, Sequence[Any]] | None = None,
+    heldout: float = 0.5,
+    max_repetition: float = 0.5,
+    out: str | Path | None = None,
+) -> Comparison:
+    """Every method in ``methods`` on ``study`` (``config.limit`` items), tuned and at its default.
+
+    ``metric``: the study's metric (default: its first); ``grids``: a method's
+    strengths to search (default: its :attr:`~attnlens.steering.SteeringMethod.strength_grid`);
+    ``out``: the directory the searches are saved to (default: ``config.out``).
+    A method without a strength, or one the config cannot run (PASTA without
+    heads), is an error naming it, before anything runs.
+    """
+    from .. import steering
+    from .tuning import text_metric, tune_study
+
+    if isinstance(study, str):
+        from . import get_study
+
+        study = get_study(study)
+    if isinstance(methods, str) or not methods:
+        raise ExperimentError("methods must be a list of steering method names, e.g. ['guide', 'spa']")
+    steerers = [steering.get(m) for m in methods]
+    if len({s.name for s in steerers}) != len(steerers):
+        raise ExperimentError(f"a method is named twice in {list(methods)}")
+    for s in steerers:
+        if s.strength is None:
+            raise ExperimentError(f"steering method {s.name!r} has no strength to tune")
+        if not s.ready(config):
+            raise ExperimentError(f"steering method {s.name!r} needs more settings to run on a study: "
+                                  f"{s.experiment_hint or 'give its required parameters in config.steering'}")
+    unknown = sorted(set(grids or {}) - {s.name for s in steerers})
+    if unknown:
+        raise ExperimentError(f"grids names method(s) not compared: {', '.join(unknown)}")
+    metric = text_metric(study, config, metric)
+    if model is None:
+        from ..runtime.models import load_model
+
+        model = load_model(config.model) if config.model else load_model()
+    directory = Path(out if out is not None else config.out).expanduser()
+    cache: dict[str, str] = {}
+    rows: list[MethodRow] = []
+    unsteered: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    n_dev = 0
+    for s in steerers:
+        reference = s.reference_strength()
+        logger.info("comparing %s on %s (default %s=%s)", s.name, study.name, s.strength, reference)
+        result = tune_study(study, config, s.name, model=model, grid=(grids or {}).get(s.name), metric=metric,
+                            heldout=heldout, max_repetition=max_repetition,
+                            out=directory / f"tune-{s.name}.json", compare=[reference], cache=cache)
+        other = result.compared[0]
+        rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference))
+        rows.append(_row(s.name, "default", s.strength, other["strength"], other["heldout"], other["difference"]))
+        sources[s.name] = s.paper_source or f"the {s.strength} parameter's default"
+        if unsteered and abs(unsteered["mean"] - result.unsteered["mean"]) > 1e-9:
+            # the methods tag the same text; their untagged prompts tokenise alike unless a tag splits a word
+            logger.warning("the unsteered score differs between methods' prompts (%s: %.4f, before: %.4f)",
+                           s.name, result.unsteered["mean"], unsteered["mean"])
+        unsteered = unsteered or result.unsteered
+        n_dev = len(result.dev)
+    comparison = Comparison(study.name, metric, n_dev, int(unsteered["n"]), unsteered, rows, sources,
+                            getattr(config, "confidence", 0.95))
+    if out is not None:
+        comparison.save(directory)
+    return comparison
+
+
+def load_comparison(path: str | Path) -> Comparison:
+    """A :class:`Comparison` read back from its ``compare.json`` (or the directory holding it)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "compare.json"
+    try:
+        data = json.loads(path.read_text())
+        data["rows"] = [MethodRow(**r) for r in data["rows"]]
+        return Comparison(**data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExperimentError(f"cannot read the comparison {str(path)!r}: {exc}") from None

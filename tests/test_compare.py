@@ -1,0 +1,130 @@
+"""Methods side by side on a study: tuned and default strengths on one held-out split, paired with ``none``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from attnlens import steering
+from attnlens.api import chain
+from attnlens.core.errors import ExperimentError
+from attnlens.experiments import CounterFactConfig, SummarizeConfig, get_study
+from attnlens.experiments.compare import compare_methods, load_comparison
+from attnlens.experiments.tuning import text_metric
+
+
+def _config(tmp_path, **more):
+    return SummarizeConfig(out=str(tmp_path / "runs"), limit=4, max_new_tokens=2, plots=False, influence=False,
+                           steering={"pasta": {"head_config": {0: [0, 1]}}}, **more)
+
+
+@pytest.fixture
+def generations(monkeypatch):
+    """Every call to chain.generate: (rows, steered)."""
+    calls = []
+    real = chain.generate
+
+    def counting(model, prompts, plans=(), **kwargs):
+        calls.append((len(prompts), bool(plans)))
+        return real(model, prompts, plans, **kwargs)
+
+    monkeypatch.setattr(chain, "generate", counting)
+    return calls
+
+
+def test_methods_are_compared_tuned_and_at_their_defaults_on_one_heldout_split(tiny, tmp_path, generations):
+    grids = {"instaboost": [2.0, 8.0], "spa": [1.25, 2.0], "pasta": [0.1, 0.01]}
+    result = compare_methods("summarize", _config(tmp_path), ["instaboost", "spa", "pasta"], model=tiny,
+                             grids=grids, max_repetition=1.0, out=tmp_path / "cmp")
+    assert result.study == "summarize" and result.metric == "french"
+    assert result.n_dev == 2 and result.n_heldout == 2
+    assert [(r.method, r.setting) for r in result.rows] == [
+        ("instaboost", "tuned"), ("instaboost", "default"), ("spa", "tuned"), ("spa", "default"),
+        ("pasta", "tuned"), ("pasta", "default")]
+    for r in result.rows:
+        method = steering.get(r.method)
+        assert r.parameter == method.strength and r.n == 2
+        if r.setting == "default":
+            assert r.strength == method.reference_strength()
+        else:
+            assert r.strength in grids[r.method]
+        # the difference is paired on the same items: its mean is the difference of the means
+        assert r.difference == pytest.approx(r.mean - result.unsteered["mean"])
+        assert r.low <= r.mean <= r.high and r.difference_low <= r.difference <= r.difference_high
+    assert set(result.sources) == {"instaboost", "spa", "pasta"}
+    # the untagged prompts of the three methods are the same tokens: the unsteered model ran once, on the
+    # held-out rows only
+    assert [rows for rows, steered in generations if not steered] == [2]
+
+    # written, and read back
+    saved = load_comparison(tmp_path / "cmp")
+    assert saved.rows == result.rows and saved.unsteered == result.unsteered
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert md.count("\n") == 2 + 1 + 6 and "| none |" in md and "| spa (default) | omega=1.4 |" in md
+    with (tmp_path / "cmp" / "compare.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["none", "instaboost", "instaboost", "spa", "spa", "pasta", "pasta"]
+    assert "french" in result.view().to_html() and "n = 2 held-out items" in result.view().to_html()
+
+    # every search was saved: a second call generates nothing
+    generations.clear()
+    again = compare_methods("summarize", _config(tmp_path), ["instaboost", "spa", "pasta"], model=tiny,
+                            grids=grids, max_repetition=1.0, out=tmp_path / "cmp")
+    assert generations == [] and again.rows == result.rows
+
+
+def test_a_comparison_refuses_what_it_cannot_run_before_running(tiny, tmp_path, generations):
+    class NoStrength(steering.SteeringMethod):
+        name = "no_strength"
+        spans = "guide"
+
+        def steering(self, model, prompts, settings):
+            return None
+
+    steering.register(NoStrength())
+    config = SummarizeConfig(out=str(tmp_path), limit=4, max_new_tokens=2)
+    cases = [(["pasta"], {}, "pasta_heads"), (["spa", "spa"], {}, "named twice"),
+             (["no_strength"], {}, "no strength"), (["spa"], {"guide": [1.0]}, "not compared"), ("spa", {}, "a list")]
+    for methods, grids, message in cases:
+        with pytest.raises(ExperimentError, match=message):
+            compare_methods("summarize", config, methods, model=tiny, grids=grids)
+    with pytest.raises(ExperimentError, match="no metric 'nope'"):
+        compare_methods("summarize", config, ["spa"], model=tiny, metric="nope")
+    assert generations == []
+
+
+def test_a_search_scores_generated_text_only():
+    study, config = get_study("counterfact"), CounterFactConfig(out="unused")
+    assert text_metric(study, config, None) == "generation"
+    with pytest.raises(ExperimentError, match="probabilities"):
+        text_metric(study, config, "efficacy")
+    assert text_metric(get_study("json"), config, "exact_format") == "exact_format"
+
+
+def test_the_cli_compares_methods(tiny, tmp_path, capsys, monkeypatch):
+    from attnlens import cli
+    from attnlens.cli import tune as tune_cli
+
+    monkeypatch.setattr(tune_cli, "load_model_for", lambda args: tiny)
+    out = tmp_path / "c"
+    argv = ["compare", "summarize", "--methods", "instaboost", "spa", "--grid", "instaboost=2,8", "--grid", "spa=1.5",
+            "--limit", "4", "--max-new-tokens", "2", "--max-repetition", "1", "--out", str(out)]
+    assert cli.main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["setting"]) for r in result["rows"]] == [
+        ("instaboost", "tuned"), ("instaboost", "default"), ("spa", "tuned"), ("spa", "default")]
+    assert result["rows"][2]["strength"] == 1.5 and result["rows"][3]["strength"] == 1.4
+    assert cli.main(argv) == 0  # read back from the saved searches, printed as the table
+    printed = capsys.readouterr().out
+    assert "| instaboost (tuned) | alpha=" in printed and "default of spa:" in printed
+    assert (out / "compare.md").is_file()
+    assert cli.main(argv[:-2] + ["--grid", "spa", "--out", str(tmp_path / "d")]) == 2
+    assert "METHOD=V1,V2" in capsys.readouterr().err
+    assert cli.main(["compare", "summarize", "--methods", "pasta", "--pasta-heads", str(tmp_path / "none.json"),
+                     "--out", str(tmp_path / "e")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert cli.main(["compare", "counterfact", "--metric", "efficacy", "--methods", "spa", "--limit", "2",
+                     "--out", str(tmp_path / "f")]) == 2
+    assert "probabilities" in capsys.readouterr().err

@@ -16,6 +16,8 @@ import torch
 import attnlens as al
 from attnlens.analysis.capture import steering_patterns
 from attnlens.analysis.descriptions import HeadDescription, HeadDescriptions
+from attnlens.api.autofocus import Focus
+from attnlens.experiments.compare import Comparison, MethodRow
 from attnlens.api.profile import HeadProfile
 from attnlens.core.errors import AttnlensError, SpanError
 from attnlens.experiments.metrics import Estimate
@@ -53,6 +55,11 @@ def made(tiny):
         "steering patterns": steering_patterns(tiny, prompt, 1, al.guide_plan(tiny, prompt.guide_spans(), delta=2.0)),
         "head descriptions": HeadDescriptions([HeadDescription(0, 1, "attends to <b>names</b>", "p"),
                                                HeadDescription(1, 0, None, "p", error="timed out")]),
+        "head description": HeadDescription(2, 3, "copies the previous token", "p", score=0.5, control_score=0.1),
+        "automatic focus": Focus("<!-> Tickets cost ten euros. <-!> When?", ("Tickets cost ten euros.",), "Sentence 2."),
+        "method comparison": Comparison("json", "exact_format", 4, 6, {"mean": 0.4, "low": 0.1, "high": 0.7, "n": 6},
+                                        [MethodRow("spa", "tuned", "omega", 2.0, 0.6, 0.3, 0.9, 0.2, -0.1, 0.5, 6)],
+                                        {"spa": "its package"}),
         "head profile": HeadProfile(scores, np.stack([scores, scores], -1), 0.5, np.array([0.5, 0.5]), 0.01,
                                     "exclude", "exact"),
         "experiment result": ExperimentResult("needle", Path("out"), Path("out/rows.jsonl"), Path("out/summary.csv"),
@@ -77,6 +84,9 @@ EXPECT = {
     "pattern samples": ["attention weight", "L1H2"],
     "steering patterns": ["Steered keys", "red: steering raised", "Answer in French"],
     "head descriptions": ["attends to &lt;b&gt;names&lt;/b&gt;", "error: timed out"],
+    "head description": ["copies the previous token", "0.1"],
+    "automatic focus": ["sentence 1", "Tickets cost ten euros.", "Sentence 2.", "1 sentence(s) named"],
+    "method comparison": ["n = 6 held-out items", "exact_format", "spa", "tuned"],
     "head profile": ["+0.250", "n = 2 examples", "not profiled"],
     "experiment result": ["0.500 [0.250, 0.750]", "n items", "0.100 [-0.200, 0.400]"],
     "strength search": ["n = 2 development", "n = 4 examples", "chosen: 2.0", "0.75"],

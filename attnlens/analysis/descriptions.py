@@ -53,8 +53,10 @@ PROMPT_SUFFIX = (
 
 
 @dataclass(frozen=True)
-class HeadDescription:
-    """One row of :meth:`AttentionData.describe_heads`' table (``error`` is set when it failed)."""
+class HeadDescription(Showable):
+    """One row of :meth:`AttentionData.describe_heads`' table (``error`` is set when it failed).
+
+    ``show()`` / ``view()``: the row as a one-row table (that of :class:`HeadDescriptions`); ``to_json()``."""
 
     layer: int
     head: int

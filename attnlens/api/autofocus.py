@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import AttnlensError
+from ..core.records import Showable
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,22 @@ def parse_answer(answer: str, numbered: Sequence[str]) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Focus:
-    """What the model named: the sentences (text), the context with them tagged, and its answer."""
+class Focus(Showable):
+    """What the model named: the sentences (text), the context with them tagged, and its answer.
+
+    ``show()`` / ``view()``: the named sentences and the model's own answer as a table; ``to_json()``."""
 
     text: str
     sentences: tuple[str, ...]
     answer: str
+
+    def view(self, **options: Any) -> Any:
+        from ..viz import table_view
+
+        rows = [{"": f"sentence {i + 1}", "text": sentence} for i, sentence in enumerate(self.sentences)]
+        rows.append({"": "the model's answer", "text": self.answer})
+        return table_view(rows, "Automatic focus", caption=f"{len(self.sentences)} sentence(s) named, tagged in "
+                                                           "the context that is then steered")
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "sentences": list(self.sentences), "answer": self.answer}

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..analysis.capture import PatternSamples, SteeringPatterns
-from ..analysis.descriptions import HeadDescriptions
+from ..analysis.descriptions import HeadDescription, HeadDescriptions
 from ..analysis.multiples import RankedMultiples
 from ..attribution.faithfulness import Faithfulness, FaithfulnessComparison
 from ..attribution.influence import InfluenceTrace
@@ -195,5 +195,6 @@ def _multiples_view(rows: RankedMultiples, title: str = "") -> HTMLView:
 for _cls, _view in ((Record, record_view), (InfluenceTrace, _trace_view), (TokenAttribution, _attribution_view),
                     (Faithfulness, _faithfulness_view), (FaithfulnessComparison, _comparison_view),
                     (HeadDescriptions, _descriptions_view), (RankedMultiples, _multiples_view),
+                    (HeadDescription, lambda r: _descriptions_view(HeadDescriptions([r]))),
                     (SteeringPatterns, steering_view), (PatternSamples, lambda r: head_patterns(r))):
     register_view(_cls, _view)

@@ -50,6 +50,8 @@ def test_methods_are_compared_tuned_and_at_their_defaults_on_one_heldout_split(t
             assert r.strength == method.reference_strength()
         else:
             assert r.strength in grids[r.method]
+        assert r.at_strongest == (r.setting == "tuned" and r.strength == grids[r.method][-1])
+        assert ("(strongest tried)" in result.markdown().splitlines()[3 + result.rows.index(r)]) == r.at_strongest
         # the difference is paired on the same items: its mean is the difference of the means
         assert r.difference == pytest.approx(r.mean - result.unsteered["mean"])
         assert r.low <= r.mean <= r.high and r.difference_low <= r.difference <= r.difference_high

@@ -93,7 +93,7 @@ def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny,
     result = tune_strength(tiny, examples, "push_words", _score, max_new_tokens=6, out=out)
     assert [t.valid for t in result.trials] == [True, True, True, False]  # level 4 loops: never chosen
     assert [t.score for t in result.trials] == [1.0, 2.0, 3.0, 4.0]
-    assert result.chosen == 3
+    assert result.chosen == 3 and not result.at_strongest  # 4 was tried (and refused)
     assert result.heldout["mean"] == 3.0 and result.heldout["n"] == 2
     assert result.heldout["low"] <= 3.0 <= result.heldout["high"]
     assert result.unsteered["mean"] == 0.0 and result.difference["mean"] == 3.0
@@ -149,6 +149,9 @@ def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
     assert [t["strength"] for t in result["trials"]] == [2.0, 8.0]
     assert result["chosen"] in (2.0, 8.0) and result["heldout"]["n"] == 1
     assert (tmp_path / "t" / "tune-instaboost.json").is_file()
+    assert cli.main(argv[:-1]) == 0  # read back, printed; the strongest strength tried gets a note
+    printed = capsys.readouterr().out
+    assert ("is the strongest strength tried" in printed) == (result["chosen"] == 8.0)
     steering.register(NoStrength())
     assert cli.main(["tune", "summarize", "--method", "no_strength", "--out", str(tmp_path / "p")]) != 0
     assert "has no strength" in capsys.readouterr().err

@@ -52,6 +52,8 @@ class MethodRow:
     difference_low: float
     difference_high: float
     n: int
+    #: a tuned strength that is the strongest one tried (a stronger one might score higher)
+    at_strongest: bool = False
 
 
 @dataclass
@@ -79,7 +81,8 @@ class Comparison(Showable):
         head = (f"| method | strength | {self.metric} (mean [{pct} CI]) | difference from none [{pct} CI] |\n"
                 "|---|---|---|---|\n"
                 f"| none | | {u['mean']:.3f} [{u['low']:.3f}, {u['high']:.3f}] | |\n")
-        lines = [f"| {r.method} ({r.setting}) | {r.parameter}={r.strength:g} | {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] "
+        lines = [f"| {r.method} ({r.setting}) | {r.parameter}={r.strength:g}{' (strongest tried)' * r.at_strongest} "
+                 f"| {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] "
                  f"| {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}] |" for r in self.rows]
         return head + "\n".join(lines) + "\n"
 
@@ -108,9 +111,9 @@ class Comparison(Showable):
 
 
 def _row(method: str, setting: str, parameter: str, strength: Any, estimate: dict[str, float],
-         difference: dict[str, float]) -> MethodRow:
+         difference: dict[str, float], at_strongest: bool = False) -> MethodRow:
     return MethodRow(method, setting, parameter, strength, estimate["mean"], estimate["low"], estimate["high"],
-                     difference["mean"], difference["low"], difference["high"], int(estimate["n"]))
+                     difference["mean"], difference["low"], difference["high"], int(estimate["n"]), at_strongest)
 
 
 def compare_methods(
@@ -172,7 +175,8 @@ def compare_methods(
                             heldout=heldout, max_repetition=max_repetition,
                             out=directory / f"tune-{s.name}.json", compare=[reference], cache=cache)
         other = result.compared[0]
-        rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference))
+        rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference,
+                         result.at_strongest))
         rows.append(_row(s.name, "default", s.strength, other["strength"], other["heldout"], other["difference"]))
         sources[s.name] = s.paper_source or f"the {s.strength} parameter's default"
         if unsteered and abs(unsteered["mean"] - result.unsteered["mean"]) > 1e-9:

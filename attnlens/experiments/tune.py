@@ -83,6 +83,12 @@ class Tuning(Showable):
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def at_strongest(self) -> bool:
+        """Whether the chosen strength is the strongest one tried (the grid's last): a stronger one
+        might score higher still, so the search may not have gone far enough."""
+        return bool(self.trials) and self.chosen == self.trials[-1].strength and len(self.trials) > 1
+
     def view(self, **options: Any) -> Any:
         from ..viz import HTMLView, table_view
 

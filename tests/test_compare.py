@@ -94,6 +94,11 @@ def test_a_comparison_refuses_what_it_cannot_run_before_running(tiny, tmp_path, 
             compare_methods("summarize", config, methods, model=tiny, grids=grids)
     with pytest.raises(ExperimentError, match="no metric 'nope'"):
         compare_methods("summarize", config, ["spa"], model=tiny, metric="nope")
+    from attnlens.experiments.store import run_lock
+
+    with run_lock(tmp_path):  # another comparison writing to the same folder
+        with pytest.raises(ExperimentError, match="another run is writing"):
+            compare_methods("summarize", config, ["spa"], model=tiny, out=tmp_path)
     assert generations == []
 
 

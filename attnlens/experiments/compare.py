@@ -19,6 +19,7 @@ and ``compare.json`` to ``DIR``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -97,16 +98,19 @@ class Comparison(Showable):
 
     def save(self, out: str | Path) -> Path:
         """Write ``compare.json``, ``compare.csv`` and ``compare.md`` to the directory ``out``; returns it."""
+        from .store import write_atomic
+
         path = Path(out).expanduser()
         path.mkdir(parents=True, exist_ok=True)
-        (path / "compare.json").write_text(self.to_json(indent=1))
-        with (path / "compare.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(MethodRow.__dataclass_fields__))
-            writer.writeheader()
-            writer.writerow({"method": "none", "setting": "", "parameter": "", "strength": "",
-                             **{k: self.unsteered[k] for k in ("mean", "low", "high", "n")}})
-            writer.writerows(self.as_rows())
-        (path / "compare.md").write_text(self.markdown())
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(MethodRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerow({"method": "none", "setting": "", "parameter": "", "strength": "",
+                         **{k: self.unsteered[k] for k in ("mean", "low", "high", "n")}})
+        writer.writerows(self.as_rows())
+        for name, text in (("compare.json", self.to_json(indent=1)), ("compare.csv", table.getvalue()),
+                           ("compare.md", self.markdown())):
+            write_atomic(path / name, text)
         return path
 
 
@@ -137,7 +141,8 @@ def compare_methods(
     heads), is an error naming it, before anything runs.
     """
     from .. import steering
-    from .tuning import text_metric, tune_study
+    from .store import run_lock
+    from .tuning import text_metric
 
     if isinstance(study, str):
         from . import get_study
@@ -163,6 +168,19 @@ def compare_methods(
 
         model = load_model(config.model) if config.model else load_model()
     directory = Path(out if out is not None else config.out).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    with run_lock(directory):  # a second comparison on the same folder fails at once
+        comparison = _compare(study, config, steerers, model, metric, grids, heldout, max_repetition, directory)
+    if out is not None:
+        comparison.save(directory)
+    return comparison
+
+
+def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], model: Any, metric: str,
+             grids: dict[str, Sequence[Any]] | None, heldout: float, max_repetition: float,
+             directory: Path) -> Comparison:
+    from .tuning import tune_study
+
     cache: dict[str, str] = {}
     rows: list[MethodRow] = []
     unsteered: dict[str, float] = {}
@@ -185,11 +203,8 @@ def compare_methods(
                            s.name, result.unsteered["mean"], unsteered["mean"])
         unsteered = unsteered or result.unsteered
         n_dev = len(result.dev)
-    comparison = Comparison(study.name, metric, n_dev, int(unsteered["n"]), unsteered, rows, sources,
-                            getattr(config, "confidence", 0.95))
-    if out is not None:
-        comparison.save(directory)
-    return comparison
+    return Comparison(study.name, metric, n_dev, int(unsteered["n"]), unsteered, rows, sources,
+                      getattr(config, "confidence", 0.95))
 
 
 def load_comparison(path: str | Path) -> Comparison:

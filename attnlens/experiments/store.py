@@ -141,7 +141,8 @@ def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
@@ -232,10 +233,10 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
             )
         merged = {**recorded, **data}
         if write and (merged != recorded or any(k not in previous for k in identity)):
-            _write_atomic(run_file, json.dumps({**previous, **identity, "data": merged}, indent=1))
+            write_atomic(run_file, json.dumps({**previous, **identity, "data": merged}, indent=1))
         return
     if write:
-        _write_atomic(run_file, json.dumps({**identity, "data": data}, indent=1))
+        write_atomic(run_file, json.dumps({**identity, "data": data}, indent=1))
 
 
 def record_provenance(out: Path, provenance: Mapping[str, Any]) -> None:
@@ -256,7 +257,7 @@ def record_provenance(out: Path, provenance: Mapping[str, Any]) -> None:
         earlier = record.get("earlier_provenance") if isinstance(record.get("earlier_provenance"), list) else []
         record["earlier_provenance"] = [*earlier, previous]
     record["provenance"] = provenance
-    _write_atomic(run_file, json.dumps(record, indent=1))
+    write_atomic(run_file, json.dumps(record, indent=1))
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

@@ -179,6 +179,7 @@ def tune_strength(
     of generated outputs shared between calls.
     """
     from .metrics import bootstrap_ci
+    from .store import write_atomic
 
     steerer = get(method)
     if steerer.strength is None:
@@ -226,8 +227,8 @@ def tune_strength(
     def save() -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "method": steerer.name, "trials": saved,
-                                        "heldout_scores": held}, indent=1))
+            write_atomic(path, json.dumps({"key": key, "method": steerer.name, "trials": saved,
+                                           "heldout_scores": held}, indent=1))
 
     dev_examples = [examples[i] for i in dev]
     trials = []
@@ -279,5 +280,5 @@ def tune_strength(
     if path is not None:
         stored = {"key": key, "method": steerer.name, "trials": saved, "heldout_scores": held,
                   "result": result.as_dict()}
-        path.write_text(json.dumps(stored, indent=1, default=str))
+        write_atomic(path, json.dumps(stored, indent=1, default=str))
     return result

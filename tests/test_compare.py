@@ -56,9 +56,9 @@ def test_methods_are_compared_tuned_and_at_their_defaults_on_one_heldout_split(t
         assert r.difference == pytest.approx(r.mean - result.unsteered["mean"])
         assert r.low <= r.mean <= r.high and r.difference_low <= r.difference <= r.difference_high
     assert set(result.sources) == {"instaboost", "spa", "pasta"}
-    # the untagged prompts of the three methods are the same tokens: the unsteered model ran once, on the
-    # held-out rows only
-    assert [rows for rows, steered in generations if not steered] == [2]
+    # the untagged prompts of the three methods are the same tokens: the unsteered model ran once on the
+    # development rows (the guard's reference) and once on the held-out rows, for all three
+    assert [rows for rows, steered in generations if not steered] == [2, 2]
 
     # written, and read back
     saved = load_comparison(tmp_path / "cmp")

@@ -99,7 +99,7 @@ def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny,
     assert result.unsteered["mean"] == 0.0 and result.difference["mean"] == 3.0
     assert sorted(result.dev + result.test) == [0, 1, 2, 3]
     saved = json.loads(out.read_text())
-    assert saved["result"]["chosen"] == 3 and set(saved["trials"]) == {"1", "2", "3", "4"}
+    assert saved["result"]["chosen"] == 3 and set(saved["trials"]) == {"none", "1", "2", "3", "4"}
     assert saved["heldout_scores"]["3"] == [3.0, 3.0] and saved["heldout_scores"]["none"] == [0.0, 0.0]
     # resumed: the development trials and the held-out scores are read back, nothing runs again
     Push.calls.clear()
@@ -155,3 +155,44 @@ def test_the_cli_tunes_a_method_on_a_study(tiny, tmp_path, capsys, monkeypatch):
     steering.register(NoStrength())
     assert cli.main(["tune", "summarize", "--method", "no_strength", "--out", str(tmp_path / "p")]) != 0
     assert "has no strength" in capsys.readouterr().err
+
+
+def test_the_guard_is_relative_to_the_unsteered_model_and_a_comparison_reports_no_valid_strength(
+        tiny, push, tmp_path, monkeypatch):
+    from attnlens.experiments import SummarizeConfig, tune
+    from attnlens.experiments.compare import compare_methods
+    from attnlens.experiments.tune import NoValidStrength
+
+    real = tune._outputs
+    examples = [{"prompt": f"<!-> item {i} <-!> go"} for i in range(4)]
+
+    def unsteered(text):
+        def outputs(model, prompts, steer, *, max_new_tokens, chat, cache=None):
+            if not steer:
+                return [text for _ in prompts]
+            return real(model, prompts, steer, max_new_tokens=max_new_tokens, chat=chat, cache=cache)
+        return outputs
+
+    looping = unsteered(WORDS[4].strip())  # the model loops on its own
+
+    monkeypatch.setattr(tune, "_outputs", looping)
+    result = tune_strength(tiny, examples, "push_words", _score, grid=[1, 4], max_new_tokens=6)
+    # level 4 repeats as much as the unsteered model: it does not break the text, it is allowed
+    assert result.unsteered_repetition == pytest.approx(0.75) and result.bound == pytest.approx(0.75)
+    assert [t.valid for t in result.trials] == [True, True] and result.chosen == 4 and result.at_strongest
+    monkeypatch.setattr(tune, "_outputs", unsteered("plain text here"))
+
+    # a model that does not loop: level 4 breaks the text; without require_valid nothing is chosen, the
+    # compared strengths are still scored
+    with pytest.raises(NoValidStrength, match="breaks the text"):
+        tune_strength(tiny, examples, "push_words", _score, grid=[4], max_new_tokens=6)
+    none = tune_strength(tiny, examples, "push_words", _score, grid=[4], max_new_tokens=6, compare=[2],
+                         require_valid=False)
+    assert none.chosen is None and none.heldout == {} and none.compared[0]["heldout"]["mean"] == 2.0
+
+    config = SummarizeConfig(out=str(tmp_path), limit=4, max_new_tokens=6, plots=False, influence=False)
+    table = compare_methods("summarize", config, ["push_words"], model=tiny, grids={"push_words": [4]},
+                            out=tmp_path / "cmp")
+    tuned, default = table.rows
+    assert tuned.strength is None and tuned.n == 0 and default.strength == 1 and default.n == 2
+    assert "| push_words (tuned) | none: every strength tried breaks the text |" in table.markdown()

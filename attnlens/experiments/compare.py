@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,7 @@ class MethodRow:
     method: str
     setting: str  # "tuned" or "default"
     parameter: str
-    strength: Any
+    strength: Any  # None: no strength tried passed the guard (the numbers are then NaN)
     mean: float
     low: float
     high: float
@@ -82,7 +83,8 @@ class Comparison(Showable):
         head = (f"| method | strength | {self.metric} (mean [{pct} CI]) | difference from none [{pct} CI] |\n"
                 "|---|---|---|---|\n"
                 f"| none | | {u['mean']:.3f} [{u['low']:.3f}, {u['high']:.3f}] | |\n")
-        lines = [f"| {r.method} ({r.setting}) | {r.parameter}={r.strength:g}{' (strongest tried)' * r.at_strongest} "
+        lines = [f"| {r.method} ({r.setting}) | none: every strength tried breaks the text | | |" if r.strength is None
+                 else f"| {r.method} ({r.setting}) | {r.parameter}={r.strength:g}{' (strongest tried)' * r.at_strongest} "
                  f"| {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] "
                  f"| {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}] |" for r in self.rows]
         return head + "\n".join(lines) + "\n"
@@ -191,10 +193,15 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
         logger.info("comparing %s on %s (default %s=%s)", s.name, study.name, s.strength, reference)
         result = tune_study(study, config, s.name, model=model, grid=(grids or {}).get(s.name), metric=metric,
                             heldout=heldout, max_repetition=max_repetition,
-                            out=directory / f"tune-{s.name}.json", compare=[reference], cache=cache)
+                            out=directory / f"tune-{s.name}.json", compare=[reference], cache=cache,
+                            require_valid=False)
         other = result.compared[0]
-        rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference,
-                         result.at_strongest))
+        if result.chosen is None:  # every strength tried loops past the guard: a finding, not a failure
+            nan = {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+            rows.append(_row(s.name, "tuned", s.strength, None, nan, nan))
+        else:
+            rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference,
+                             result.at_strongest))
         rows.append(_row(s.name, "default", s.strength, other["strength"], other["heldout"], other["difference"]))
         sources[s.name] = s.paper_source or f"the {s.strength} parameter's default"
         if unsteered and abs(unsteered["mean"] - result.unsteered["mean"]) > 1e-9:

@@ -5,8 +5,10 @@ held-out part (a seeded shuffle), generates the development part at every
 strength of a grid (the method's :attr:`~attnlens.steering.SteeringMethod.strength_grid`
 by default), and keeps the strength with the best mean score among those that
 pass a guard: a strength whose outputs repeat themselves (the mean share of
-repeated word trigrams, :func:`repetition_rate`, above ``max_repetition``) is
-never chosen, so a strength that breaks the text cannot win on a lucky score.
+repeated word trigrams, :func:`repetition_rate`, above ``max_repetition`` and
+above the unsteered model's own on the same examples) is never chosen, so a
+strength that breaks the text cannot win on a lucky score, while a model that
+loops without steering does not rule out every strength.
 Ties go to the stronger strength. The chosen strength is then scored on the
 held-out part, with a bootstrap interval, next to the unsteered model on the
 same examples (the paired difference, with its interval).
@@ -52,6 +54,10 @@ def repetition_rate(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+class NoValidStrength(AttnlensError):
+    """Every strength searched breaks the text (its outputs repeat past the guard's bound)."""
+
+
 @dataclass
 class Trial:
     """One strength on the development examples."""
@@ -79,6 +85,10 @@ class Tuning(Showable):
     test: list[int] = field(default_factory=list)
     #: the ``compare`` strengths on the held-out part: ``{"strength", "heldout", "difference"}`` each
     compared: list[dict[str, Any]] = field(default_factory=list)
+    #: the guard's bound on the development outputs' repetition (the larger of ``max_repetition`` and the
+    #: unsteered model's own), and the unsteered model's repetition there
+    bound: float = 0.5
+    unsteered_repetition: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +104,8 @@ class Tuning(Showable):
 
         trials = table_view([asdict(t) for t in self.trials], f"{self.method}: {self.parameter} search",
                             caption=f"mean score on n = {len(self.dev)} development examples; chosen: "
-                                    f"{self.chosen!r} (valid: repetition within the limit)")
+                                    f"{self.chosen!r} (valid: repetition at most {self.bound:.3f}, the larger of "
+                                    f"the limit and the unsteered model's {self.unsteered_repetition:.3f})")
         named = [("chosen", self.heldout), ("unsteered", self.unsteered), ("chosen - unsteered", self.difference)]
         for other in self.compared:
             named += [(f"{self.parameter}={other['strength']}", other["heldout"]),
@@ -164,6 +175,7 @@ def tune_strength(
     out: str | Path | None = None,
     compare: Sequence[Any] = (),
     cache: MutableMapping[str, str] | None = None,
+    require_valid: bool = True,
 ) -> Tuning:
     """Search ``method``'s strength on ``examples`` (dicts with a ``"prompt"``, tags choosing the spans;
     a prompt may be a chat, a list of messages, with ``chat=True``, or a prepared
@@ -176,7 +188,9 @@ def tune_strength(
     JSON file the search saves to and resumes from; ``compare``: more strengths
     scored on the held-out part beside the chosen one (e.g. the method's
     :attr:`~attnlens.steering.SteeringMethod.paper_strength`); ``cache``: a dict
-    of generated outputs shared between calls.
+    of generated outputs shared between calls; ``require_valid=False``: when
+    every strength breaks the text, return a result with ``chosen=None`` (the
+    ``compare`` strengths still scored) instead of raising :class:`NoValidStrength`.
     """
     from .metrics import bootstrap_ci
     from .store import write_atomic
@@ -231,27 +245,37 @@ def tune_strength(
                                            "heldout_scores": held}, indent=1))
 
     dev_examples = [examples[i] for i in dev]
+    dev_prompts = [e["prompt"] for e in dev_examples]
+    if "none" not in saved:  # the unsteered model's own repetition on the same items
+        outputs = _outputs(model, dev_prompts, {}, max_new_tokens=max_new_tokens, chat=chat, cache=cache)
+        saved["none"] = {"score": sum(_scores(dev_examples, outputs, score)) / len(outputs),
+                         "repetition": sum(repetition_rate(o) for o in outputs) / len(outputs)}
+        save()
+    # a strength breaks the text when it repeats more than the bound and more than the unsteered model does
+    bound = max(max_repetition, saved["none"]["repetition"])
     trials = []
     for v in values:
         name = json.dumps(v)
         if name not in saved:
             steer = {steerer.name: {**base, steerer.strength: v}}
-            outputs = _outputs(model, [e["prompt"] for e in dev_examples], steer, max_new_tokens=max_new_tokens,
-                               chat=chat, cache=cache)
+            outputs = _outputs(model, dev_prompts, steer, max_new_tokens=max_new_tokens, chat=chat, cache=cache)
             scores = _scores(dev_examples, outputs, score)
             rep = sum(repetition_rate(o) for o in outputs) / len(outputs)
             saved[name] = {"score": sum(scores) / len(scores), "repetition": rep}
             save()
         result = saved[name]
-        trials.append(Trial(v, result["score"], result["repetition"], result["repetition"] <= max_repetition))
+        trials.append(Trial(v, result["score"], result["repetition"], result["repetition"] <= bound))
         logger.info("%s %s=%s: score %.4f, repetition %.3f", steerer.name, steerer.strength, v,
                     result["score"], result["repetition"])
     valid = [t for t in trials if t.valid]
-    if not valid:
-        raise AttnlensError(f"every strength of {steerer.name} breaks the text (repetition above {max_repetition}); "
-                            "try weaker strengths or a higher max_repetition")
-    best = max(t.score for t in valid)
-    chosen = [t for t in valid if t.score == best][-1].strength  # ties: the stronger (later in the grid)
+    if not valid and require_valid:
+        raise NoValidStrength(f"every strength of {steerer.name} breaks the text (repetition above {bound:.3f}: "
+                              f"max_repetition, or the unsteered model's own {saved['none']['repetition']:.3f} if "
+                              "higher); try weaker strengths or a higher max_repetition")
+    chosen = None
+    if valid:
+        best = max(t.score for t in valid)
+        chosen = [t for t in valid if t.score == best][-1].strength  # ties: the stronger (later in the grid)
 
     test_examples = [examples[i] for i in test]
     prompts = [e["prompt"] for e in test_examples]
@@ -273,10 +297,11 @@ def tune_strength(
         return (asdict(bootstrap_ci(steered, confidence=confidence, seed=seed)),
                 asdict(bootstrap_ci(diff, confidence=confidence, seed=seed)))
 
-    estimate, difference = estimates(chosen)
+    estimate, difference = estimates(chosen) if chosen is not None else ({}, {})
     compared = [dict(zip(("strength", "heldout", "difference"), (v, *estimates(v)))) for v in others]
     result = Tuning(steerer.name, steerer.strength, chosen, trials, estimate,
-                    asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, dev, test, compared)
+                    asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, dev, test, compared,
+                    bound, saved["none"]["repetition"])
     if path is not None:
         stored = {"key": key, "method": steerer.name, "trials": saved, "heldout_scores": held,
                   "result": result.as_dict()}

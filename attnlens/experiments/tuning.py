@@ -45,12 +45,13 @@ def tune_study(
     out: str | Path | None = None,
     compare: Sequence[Any] = (),
     cache: MutableMapping[str, str] | None = None,
+    require_valid: bool = True,
 ) -> Tuning:
     """Search ``method``'s strength on ``study``'s items (``config.limit`` of them) and score the held-out part.
 
     ``metric``: one of the study's metrics (default: its first); ``out``: the
-    search's JSON file (default: ``{config.out}/tune-{method}.json``); ``compare``
-    and ``cache``: as :func:`~attnlens.experiments.tune.tune_strength`'s.
+    search's JSON file (default: ``{config.out}/tune-{method}.json``); ``compare``,
+    ``cache`` and ``require_valid``: as :func:`~attnlens.experiments.tune.tune_strength`'s.
     """
     from .. import steering
 
@@ -85,4 +86,4 @@ def tune_study(
     return tune_strength(model, examples, method, score, grid=grid, settings=settings, heldout=heldout,
                          max_repetition=max_repetition, max_new_tokens=config.max_new_tokens, chat=chat,
                          seed=config.seed, confidence=getattr(config, "confidence", 0.95), out=path,
-                         compare=compare, cache=cache)
+                         compare=compare, cache=cache, require_valid=require_valid)

@@ -51,7 +51,8 @@ def test_methods_are_compared_tuned_and_at_their_defaults_on_one_heldout_split(t
         else:
             assert r.strength in grids[r.method]
         assert r.at_strongest == (r.setting == "tuned" and r.strength == grids[r.method][-1])
-        assert ("(strongest tried)" in result.markdown().splitlines()[3 + result.rows.index(r)]) == r.at_strongest
+        line = result.markdown().splitlines()[3 + result.rows.index(r)]
+        assert ("strongest tried" in line) == r.at_strongest and ("tied on development" in line) == (r.tied > 1)
         # the difference is paired on the same items: its mean is the difference of the means
         assert r.difference == pytest.approx(r.mean - result.unsteered["mean"])
         assert r.low <= r.mean <= r.high and r.difference_low <= r.difference <= r.difference_high

@@ -196,3 +196,12 @@ def test_the_guard_is_relative_to_the_unsteered_model_and_a_comparison_reports_n
     tuned, default = table.rows
     assert tuned.strength is None and tuned.n == 0 and default.strength == 1 and default.n == 2
     assert "| push_words (tuned) | none: every strength tried breaks the text |" in table.markdown()
+
+
+def test_a_search_says_when_it_could_not_tell_strengths_apart():
+    from attnlens.experiments.tune import Trial, Tuning
+
+    tie = Tuning("m", "p", 2, [Trial(1, 0.5, 0.0, True), Trial(2, 0.5, 0.0, True), Trial(3, 0.9, 0.9, False)])
+    assert tie.tied == 2 and not tie.at_strongest  # the looping 3 scored higher but was never a candidate
+    top = Tuning("m", "p", 3, [Trial(1, 0.5, 0.0, True), Trial(3, 0.7, 0.0, True)])
+    assert top.tied == 1 and top.at_strongest

@@ -56,6 +56,16 @@ class MethodRow:
     n: int
     #: a tuned strength that is the strongest one tried (a stronger one might score higher)
     at_strongest: bool = False
+    #: how many strengths tied for the best development score (a tuned one is the strongest of them)
+    tied: int = 1
+
+    def label(self) -> str:
+        """The strength as the table shows it, with what the search could not tell."""
+        if self.strength is None:
+            return "none: every strength tried breaks the text"
+        notes = ([f"{self.tied} tied on development"] if self.tied > 1 else []) + (
+            ["strongest tried"] if self.at_strongest else [])
+        return f"{self.parameter}={self.strength:g}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 @dataclass
@@ -83,9 +93,8 @@ class Comparison(Showable):
         head = (f"| method | strength | {self.metric} (mean [{pct} CI]) | difference from none [{pct} CI] |\n"
                 "|---|---|---|---|\n"
                 f"| none | | {u['mean']:.3f} [{u['low']:.3f}, {u['high']:.3f}] | |\n")
-        lines = [f"| {r.method} ({r.setting}) | none: every strength tried breaks the text | | |" if r.strength is None
-                 else f"| {r.method} ({r.setting}) | {r.parameter}={r.strength:g}{' (strongest tried)' * r.at_strongest} "
-                 f"| {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] "
+        lines = [f"| {r.method} ({r.setting}) | {r.label()} | | |" if r.strength is None
+                 else f"| {r.method} ({r.setting}) | {r.label()} | {r.mean:.3f} [{r.low:.3f}, {r.high:.3f}] "
                  f"| {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}] |" for r in self.rows]
         return head + "\n".join(lines) + "\n"
 
@@ -117,9 +126,10 @@ class Comparison(Showable):
 
 
 def _row(method: str, setting: str, parameter: str, strength: Any, estimate: dict[str, float],
-         difference: dict[str, float], at_strongest: bool = False) -> MethodRow:
+         difference: dict[str, float], at_strongest: bool = False, tied: int = 1) -> MethodRow:
     return MethodRow(method, setting, parameter, strength, estimate["mean"], estimate["low"], estimate["high"],
-                     difference["mean"], difference["low"], difference["high"], int(estimate["n"]), at_strongest)
+                     difference["mean"], difference["low"], difference["high"], int(estimate["n"]), at_strongest,
+                     tied)
 
 
 def compare_methods(
@@ -201,7 +211,7 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
             rows.append(_row(s.name, "tuned", s.strength, None, nan, nan))
         else:
             rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference,
-                             result.at_strongest))
+                             result.at_strongest, result.tied))
         rows.append(_row(s.name, "default", s.strength, other["strength"], other["heldout"], other["difference"]))
         sources[s.name] = s.paper_source or f"the {s.strength} parameter's default"
         if unsteered and abs(unsteered["mean"] - result.unsteered["mean"]) > 1e-9:

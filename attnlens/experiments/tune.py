@@ -94,6 +94,13 @@ class Tuning(Showable):
         return asdict(self)
 
     @property
+    def tied(self) -> int:
+        """How many valid strengths share the best development score (the chosen one is the strongest of
+        them); above 1 the search did not tell them apart."""
+        valid = [t.score for t in self.trials if t.valid]
+        return sum(score == max(valid) for score in valid) if valid else 0
+
+    @property
     def at_strongest(self) -> bool:
         """Whether the chosen strength is the strongest one tried (the grid's last): a stronger one
         might score higher still, so the search may not have gone far enough."""

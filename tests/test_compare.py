@@ -53,6 +53,7 @@ def test_methods_are_compared_tuned_and_at_their_defaults_on_one_heldout_split(t
         assert r.at_strongest == (r.setting == "tuned" and r.strength == grids[r.method][-1])
         line = result.markdown().splitlines()[3 + result.rows.index(r)]
         assert ("strongest tried" in line) == r.at_strongest and ("tied on development" in line) == (r.tied > 1)
+        assert ("below none on development" in line) == r.below_unsteered
         # the difference is paired on the same items: its mean is the difference of the means
         assert r.difference == pytest.approx(r.mean - result.unsteered["mean"])
         assert r.low <= r.mean <= r.high and r.difference_low <= r.difference <= r.difference_high

@@ -94,6 +94,7 @@ def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny,
     assert [t.valid for t in result.trials] == [True, True, True, False]  # level 4 loops: never chosen
     assert [t.score for t in result.trials] == [1.0, 2.0, 3.0, 4.0]
     assert result.chosen == 3 and not result.at_strongest  # 4 was tried (and refused)
+    assert result.unsteered_score == 0.0 and not result.below_unsteered and result.tied == 1
     assert result.heldout["mean"] == 3.0 and result.heldout["n"] == 2
     assert result.heldout["low"] <= 3.0 <= result.heldout["high"]
     assert result.unsteered["mean"] == 0.0 and result.difference["mean"] == 3.0
@@ -205,3 +206,6 @@ def test_a_search_says_when_it_could_not_tell_strengths_apart():
     assert tie.tied == 2 and not tie.at_strongest  # the looping 3 scored higher but was never a candidate
     top = Tuning("m", "p", 3, [Trial(1, 0.5, 0.0, True), Trial(3, 0.7, 0.0, True)])
     assert top.tied == 1 and top.at_strongest
+    assert not top.below_unsteered  # the unsteered score unknown (NaN)
+    worse = Tuning("m", "p", 3, [Trial(1, 0.5, 0.9, False), Trial(3, 0.2, 0.0, True)], unsteered_score=0.4)
+    assert worse.below_unsteered and not Tuning("m", "p", 3, [Trial(3, 0.5, 0.0, True)], unsteered_score=0.4).below_unsteered

@@ -95,6 +95,9 @@ def _run_tune(args: argparse.Namespace) -> int:
     h, u, d = result.heldout, result.unsteered, result.difference
     print(f"chosen {method.strength}={result.chosen}: held-out {h['mean']:.4f} [{h['low']:.4f}, {h['high']:.4f}] "
           f"(n={h['n']}); unsteered {u['mean']:.4f}; difference {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
+    if result.below_unsteered:
+        print(f"note: no strength tried beat the unsteered model on the development items "
+              f"({result.unsteered_score:.4f}); steering with {method.name} did not help there")
     if result.tied > 1:
         print(f"note: {result.tied} strengths tied for the best development score; the strongest of them was chosen")
     if result.at_strongest:

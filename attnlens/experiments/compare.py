@@ -58,13 +58,16 @@ class MethodRow:
     at_strongest: bool = False
     #: how many strengths tied for the best development score (a tuned one is the strongest of them)
     tied: int = 1
+    #: a tuned strength that scored below the unsteered model on the development items
+    below_unsteered: bool = False
 
     def label(self) -> str:
         """The strength as the table shows it, with what the search could not tell."""
         if self.strength is None:
             return "none: every strength tried breaks the text"
         notes = ([f"{self.tied} tied on development"] if self.tied > 1 else []) + (
-            ["strongest tried"] if self.at_strongest else [])
+            ["strongest tried"] if self.at_strongest else []) + (
+            ["below none on development"] if self.below_unsteered else [])
         return f"{self.parameter}={self.strength:g}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -126,10 +129,11 @@ class Comparison(Showable):
 
 
 def _row(method: str, setting: str, parameter: str, strength: Any, estimate: dict[str, float],
-         difference: dict[str, float], at_strongest: bool = False, tied: int = 1) -> MethodRow:
+         difference: dict[str, float], at_strongest: bool = False, tied: int = 1,
+         below_unsteered: bool = False) -> MethodRow:
     return MethodRow(method, setting, parameter, strength, estimate["mean"], estimate["low"], estimate["high"],
                      difference["mean"], difference["low"], difference["high"], int(estimate["n"]), at_strongest,
-                     tied)
+                     tied, below_unsteered)
 
 
 def compare_methods(
@@ -211,7 +215,7 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
             rows.append(_row(s.name, "tuned", s.strength, None, nan, nan))
         else:
             rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference,
-                             result.at_strongest, result.tied))
+                             result.at_strongest, result.tied, result.below_unsteered))
         rows.append(_row(s.name, "default", s.strength, other["strength"], other["heldout"], other["difference"]))
         sources[s.name] = s.paper_source or f"the {s.strength} parameter's default"
         if unsteered and abs(unsteered["mean"] - result.unsteered["mean"]) > 1e-9:

@@ -89,9 +89,18 @@ class Tuning(Showable):
     #: unsteered model's own), and the unsteered model's repetition there
     bound: float = 0.5
     unsteered_repetition: float = 0.0
+    #: the unsteered model's mean score on the development examples
+    unsteered_score: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def below_unsteered(self) -> bool:
+        """Whether the chosen strength scored below the unsteered model on the development examples: no
+        strength tried (that passes the guard) helped there."""
+        best = [t.score for t in self.trials if t.valid and t.strength == self.chosen]
+        return bool(best) and best[0] < self.unsteered_score
 
     @property
     def tied(self) -> int:
@@ -308,7 +317,7 @@ def tune_strength(
     compared = [dict(zip(("strength", "heldout", "difference"), (v, *estimates(v)))) for v in others]
     result = Tuning(steerer.name, steerer.strength, chosen, trials, estimate,
                     asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, dev, test, compared,
-                    bound, saved["none"]["repetition"])
+                    bound, saved["none"]["repetition"], saved["none"]["score"])
     if path is not None:
         stored = {"key": key, "method": steerer.name, "trials": saved, "heldout_scores": held,
                   "result": result.as_dict()}

@@ -166,6 +166,46 @@ def check_clean(model, before):
     assert generate_batch(model, ROWS[:1], max_new_tokens=1).backend == "direct"  # alone: the direct run again
 
 
+def test_a_capture_pass_does_not_stop_another_threads_forward(model):
+    """A user's plain forward is running; a capture of layer 0 (which stops its own pass early) starts and
+    stays mid-pass while the user's forward goes on through the later layers: that forward still returns
+    its logits, not the residual stream where the capture stopped."""
+    from attnlens.analysis.capture import layer_pattern as capture
+
+    expected = forward(model)
+    paused, finished = threading.Event(), threading.Event()
+    results: dict = {}
+    capture_thread: list = []
+
+    def user_hook(pattern, hook=None):  # on every forward of the model, the capture's included
+        if threading.current_thread() is user and not capture_thread:
+            capture_thread.append(threading.Thread(target=lambda: results.__setitem__("pattern", capture(model, TOKENS[0], 0))))
+            capture_thread[0].start()
+            assert paused.wait(30), "the capture did not start while the user's forward ran"
+        elif capture_thread and threading.current_thread() is capture_thread[0]:
+            paused.set()
+            finished.wait(30)  # mid-pass until the user's forward is done
+
+    def users_forward():
+        try:
+            results["logits"] = forward(model)
+        finally:
+            finished.set()
+
+    model.blocks[0].attn.hook_pattern.add_hook(user_hook)
+    try:
+        user = threading.Thread(target=users_forward)
+        user.start()
+        user.join(60)
+        capture_thread[0].join(60)
+    finally:
+        model.blocks[0].attn.hook_pattern.remove_hooks()
+    assert not user.is_alive() and not capture_thread[0].is_alive()
+    assert results["pattern"].shape[0] == model.cfg.n_heads
+    assert results["logits"].shape == expected.shape and torch.allclose(results["logits"], expected, atol=1e-5)
+    assert hooks_left(model) == 0
+
+
 def test_racing_threads_give_each_calls_own_result(model):
     calls = jobs(model)
     before = implementations(model)

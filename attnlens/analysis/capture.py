@@ -92,10 +92,9 @@ def capture_patterns(model: Model, rows: Sequence[Sequence[int]], wanted: dict[i
 
         return hook
 
-    hooks = [(hooks_.name(hooks_.PATTERN, layer), make_hook(layer, heads)) for layer, heads in wanted.items()]
-    stop = max(wanted) + 1
+    # in layer order: the pass stops after the last
+    hooks = [(hooks_.name(hooks_.PATTERN, layer), make_hook(layer, heads)) for layer, heads in sorted(wanted.items())]
     device, pad = model_device(model), pad_id(model.tokenizer)
-    n_layers = model_shape(model)[0]
     starts = range(0, len(rows), batch_size)
     names = ", ".join(f"L{layer}H{h}" for layer, heads in wanted.items() for h in heads)
     logger.info("computing attention patterns of %s over %d texts", names, len(rows))
@@ -106,21 +105,38 @@ def capture_patterns(model: Model, rows: Sequence[Sequence[int]], wanted: dict[i
         mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in chunk], device=device)
         where["start"] = start
         with torch.no_grad():
-            _run(model, n_layers, tokens, mask, hooks, stop)
+            _capture_pass(model, tokens, hooks, attention_mask=mask)
     return out
 
-def _run(model: Model, n_layers: int, tokens: torch.Tensor, mask: torch.Tensor, hooks: list, stop: int) -> None:
-    kwargs: dict[str, Any] = {"attention_mask": mask, "return_type": None}
-    if stop < n_layers:
-        kwargs["stop_at_layer"] = stop
-    # the model is held for the pass; the hooks act only in this call's context
+class _Captured(Exception):
+    """Raised by a pass's last capture hook: what was wanted is kept, the rest of the pass is skipped."""
+
+
+def _last(hooks: list) -> list:
+    """``hooks`` with the last one raising :class:`_Captured` once it has run (the pass stops there).
+
+    TransformerLens' ``stop_at_layer`` is not used: the bridge marks the stopping block on the shared
+    module for the pass, so a forward another thread runs meanwhile would stop there too and return the
+    residual stream. A hook added in this call's scope stops this call only."""
+    *rest, (name, fn) = hooks
+
+    def stop(tensor: torch.Tensor, hook: Any = None) -> None:
+        fn(tensor, hook)
+        raise _Captured
+
+    return [*rest, (name, stop)]
+
+
+def _capture_pass(model: Model, tokens: torch.Tensor, hooks: list, **kwargs: Any) -> None:
+    """One forward pass of ``model`` with ``hooks`` (their layers in order), stopped after the last; the model
+    is held for the pass, and the hooks act only in this call's context."""
     with exclusive(model), call_scope() as scope:
-        hooks = scoped(hooks, scope)
         try:
-            model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
-        except NotImplementedError:  # a model without a blocks stack cannot stop early
-            kwargs.pop("stop_at_layer", None)
-            model.run_with_hooks(tokens, fwd_hooks=hooks, **kwargs)
+            model.run_with_hooks(tokens, fwd_hooks=scoped(_last(hooks), scope), return_type=None, **kwargs)
+        except _Captured:
+            pass
+
+
 
 
 def as_tokens(model: Model, tokens: Any) -> torch.Tensor:
@@ -158,21 +174,13 @@ def steering_context(model: Model, plan_or_context: Any) -> Any:
 
 def layer_pattern(model: Model, tokens: Int[torch.Tensor, "pos"], layer: int) -> Float[torch.Tensor, "head query key"]:  # noqa: F821
     """The attention pattern of every head of ``layer`` for one token row: ``[head, query, key]``."""
-    n_layers, _ = model_shape(model)
     captured: dict[str, torch.Tensor] = {}
 
     def hook(pattern: torch.Tensor, hook: Any = None) -> None:
         captured["pattern"] = pattern.detach()[0].float().cpu()
 
-    kwargs: dict[str, Any] = {"return_type": None}
-    if layer + 1 < n_layers:
-        kwargs["stop_at_layer"] = layer + 1
-    with torch.no_grad(), exclusive(model), call_scope() as scope:
-        model.run_with_hooks(
-            tokens[None].to(model_device(model)),
-            fwd_hooks=scoped([(hooks_.name(hooks_.PATTERN, layer), hook)], scope),
-            **kwargs,
-        )
+    with torch.no_grad():
+        _capture_pass(model, tokens[None].to(model_device(model)), [(hooks_.name(hooks_.PATTERN, layer), hook)])
     return captured["pattern"]
 
 

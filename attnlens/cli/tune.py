@@ -121,11 +121,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..experiments.compare import compare_methods
+    from ..experiments.sources import data_file
 
     grids = _grids(args.grids)
     heads = args.pasta_heads
     if heads is None and args.model is None and "pasta" in args.methods:
-        heads = str(Path(__file__).resolve().parent.parent / "experiments" / "data" / "pasta_heads_smollm2.json")
+        heads = str(data_file("pasta_heads_smollm2.json"))
     if heads is not None and not Path(heads).expanduser().is_file():
         raise CLIError(f"--pasta-heads {heads!r} is not a file")
     config = _config(args, pasta_heads=heads)

@@ -105,10 +105,11 @@ def test_instruction_scores_of_a_prompt():
     rules = [{"kind": "lowercase"}, {"kind": "no_commas"}, {"kind": "forbidden_words", "words": ["blue"]}]
     score = score_instructions("the sky is blue today", rules)
     assert score.metrics["prompt_strict"] == 0.0
-    assert score.metrics["instruction_strict"] == pytest.approx(2 / 3)
+    assert score.metrics["instruction_level_strict"] == score.metrics["prompt_share_strict"] == pytest.approx(2 / 3)
     assert score.details["strict"] == [True, True, False]
     assert score_instructions("the sky is clear", rules).metrics == {
-        "prompt_strict": 1.0, "instruction_strict": 1.0, "prompt_loose": 1.0, "instruction_loose": 1.0}
+        "prompt_strict": 1.0, "instruction_level_strict": 1.0, "prompt_loose": 1.0, "instruction_level_loose": 1.0,
+        "prompt_share_strict": 1.0, "prompt_share_loose": 1.0}
     with pytest.raises(ExperimentError, match="unknown instruction kind 'shout'"):
         checks.check("x", {"kind": "shout"})
     with pytest.raises(ExperimentError, match="needs n"):

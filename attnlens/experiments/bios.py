@@ -9,16 +9,22 @@ others describe the work without naming it, and the person is referred to as
   generate the answer as json format ..."; the instruction is the focus.
   Metrics: ``format_accuracy`` (a JSON object with the key ``occupation`` can
   be read from the output) and ``occupation_accuracy`` (the occupation is named
-  in the output).
+  in the output); as pastalib scores them, ``pastalib_format_accuracy`` (any
+  ``{...}`` substring parses) and ``pastalib_prediction_accuracy`` (a parsed
+  object has the occupation among its values).
 - ``pronouns``: the biography, then "Substitute 'she' and 'he' with 'they' and
   generate the occupation of NAME after changing pronouns"; the instruction is
   the focus. Metrics: ``pronouns_changed_all`` (of the output's third-person
   pronouns, the share that are neutral), ``pronouns_changed_he_she`` (the same
   over subject pronouns only: "they" against "he" and "she") and
-  ``occupation_accuracy``.
+  ``occupation_accuracy``; as pastalib scores them, pass or fail per output,
+  ``pastalib_pronoun_accuracy`` (no "he" or "she" left) and
+  ``pastalib_all_changed_accuracy`` (none of the eight gendered forms left).
 - ``bios``: the biography, then "NAME has the occupation of"; the first
-  sentence is the focus. Metric: ``accuracy`` (the occupation is named in the
-  output).
+  sentence is the focus. Metrics: ``accuracy`` (the occupation is named in the
+  output) and, as pastalib scores it from the model's probabilities,
+  ``pastalib_accuracy`` (of every occupation in the data, the one whose first
+  token is the most probable first answer token is the right one).
 
 ``--dataset`` takes a ``.jsonl`` or ``.json`` file of records with ``name``,
 ``occupation`` and ``text`` (``bio`` and ``title`` are read as ``text`` and
@@ -30,14 +36,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ExperimentError
 from .config import ExperimentConfig
-from .metrics import extract_json_object, normalize
+from .metrics import (extract_json_object, normalize, pastalib_json_format, pastalib_json_prediction,
+                      pastalib_pronouns, pastalib_top1)
 from .sources import check_unique_ids, data_file, is_local, read_records, sentences
 from .study import Item, Score, Segments, Study
 
@@ -172,7 +179,7 @@ def pronouns_instruction(name: str) -> str:
 class BiosJSONStudy(_BiosStudy):
     name = "bios-json"
     primary = "format_accuracy"
-    metrics = ("format_accuracy", "occupation_accuracy")
+    metrics = ("format_accuracy", "occupation_accuracy", "pastalib_format_accuracy", "pastalib_prediction_accuracy")
 
     def segments(self, item: Item, config: ExperimentConfig) -> Segments:
         return Segments(before=item.data["text"] + "\n\n", focus=json_instruction(item.data["name"]), after="")
@@ -190,7 +197,10 @@ class BiosJSONStudy(_BiosStudy):
         for item, text in zip(items, outputs):
             ok, value = json_format(text)
             occupation = occupation_named(text, item.data["occupation"])
-            out.append(Score({"format_accuracy": float(ok), "occupation_accuracy": float(occupation)},
+            out.append(Score({"format_accuracy": float(ok), "occupation_accuracy": float(occupation),
+                              "pastalib_format_accuracy": float(pastalib_json_format(text)),
+                              "pastalib_prediction_accuracy": float(
+                                  pastalib_json_prediction(text, item.data["occupation"]))},
                              {"occupation_value": value} if ok else {}))
         return out
 
@@ -218,7 +228,8 @@ def neutral_pronouns(text: str) -> str:
 class PronounsStudy(_BiosStudy):
     name = "pronouns"
     primary = "pronouns_changed_all"
-    metrics = ("pronouns_changed_all", "pronouns_changed_he_she", "occupation_accuracy")
+    metrics = ("pronouns_changed_all", "pronouns_changed_he_she", "occupation_accuracy",
+               "pastalib_pronoun_accuracy", "pastalib_all_changed_accuracy")
 
     def segments(self, item: Item, config: ExperimentConfig) -> Segments:
         return Segments(before=item.data["text"] + "\n\n", focus=pronouns_instruction(item.data["name"]), after="")
@@ -230,15 +241,24 @@ class PronounsStudy(_BiosStudy):
         out = []
         for item, text in zip(items, outputs):
             share_all, share_subject = pronoun_shares(text)
+            subject_ok, all_ok = pastalib_pronouns(text)
             out.append(Score({"pronouns_changed_all": share_all, "pronouns_changed_he_she": share_subject,
-                              "occupation_accuracy": float(occupation_named(text, item.data["occupation"]))}))
+                              "occupation_accuracy": float(occupation_named(text, item.data["occupation"])),
+                              "pastalib_pronoun_accuracy": float(subject_ok),
+                              "pastalib_all_changed_accuracy": float(all_ok)}))
         return out
 
 
 class BiasInBiosStudy(_BiosStudy):
     name = "bios"
     primary = "accuracy"
-    metrics = ("accuracy",)
+    metrics = ("accuracy", "pastalib_accuracy")
+    model_metrics = ("pastalib_accuracy",)
+
+    def items(self, data: Any, config: ExperimentConfig, tokenizer: Any) -> list[Item]:
+        # pastalib's candidates: every occupation of the evaluated data
+        candidates = sorted({r["occupation"] for r in data})
+        return [Item(r["id"], {**r, "candidates": candidates}, {"occupation": r["occupation"]}) for r in data]
 
     def segments(self, item: Item, config: ExperimentConfig) -> Segments:
         parts = sentences(item.data["text"])
@@ -252,6 +272,19 @@ class BiasInBiosStudy(_BiosStudy):
     def score(self, items: Sequence[Item], outputs: Sequence[str], config: ExperimentConfig) -> list[Score]:
         return [Score({"accuracy": float(occupation_named(text, item.data["occupation"]))})
                 for item, text in zip(items, outputs)]
+
+    def model_scores(self, items: Sequence[Item], config: ExperimentConfig,
+                     scorer: Callable[[Item, Sequence[str]], list[float]]) -> list[dict[str, float]]:
+        """``pastalib_accuracy``: each candidate occupation's first token, scored as the answer's first token."""
+        from .counterfact import first_token_logprob
+
+        out = []
+        for item in items:
+            candidates = item.data["candidates"]
+            read = scorer(item, candidates)
+            logprobs = {c: first_token_logprob(v) for c, v in zip(candidates, read)}
+            out.append({"pastalib_accuracy": float(pastalib_top1(logprobs, item.data["occupation"]))})
+        return out
 
     def extra_outputs(self, rows: Sequence[Mapping[str, Any]], out: Path, config: ExperimentConfig) -> list[Path]:
         from .summary import group_table

@@ -8,7 +8,15 @@ answer is the fact's object; the new fact is the focus. Metrics per item:
   model under the condition's steering);
 - ``paraphrase``: the same for a paraphrased question (with the same context);
 - ``generation``: 1 when the generated answer names the new object and not the
-  old one.
+  old one;
+- ``pastalib_efficacy``: as pastalib scores it, 1 when the new object's first
+  token is more probable than the old object's as the answer's first token;
+- ``pastalib_paraphrase``: the same averaged over all of the fact's paraphrased
+  questions (CounterFact records have two; the shipped facts one).
+
+pastalib's CounterFact generation scores (fluency: the n-gram entropy of nltk
+tokens; consistency: TF-IDF similarity to ROME's reference texts about the new
+object) need nltk and those reference files, and are not computed.
 
 The shipped facts (``data/counterfact.jsonl``) were written for attnlens: 127
 true facts (capitals, official languages, landmarks, continents, musicians'
@@ -31,7 +39,7 @@ from typing import Any
 
 from ..core.errors import ExperimentError
 from .config import ExperimentConfig
-from .metrics import contains_answer
+from .metrics import contains_answer, pastalib_efficacy
 from .sources import check_unique_ids, data_file, is_local, read_records
 from .study import Item, Score, Segments, Study
 
@@ -62,10 +70,10 @@ def from_counterfact(record: dict[str, Any], n: int) -> dict[str, Any]:
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise ExperimentError(f"fact {n}: 'requested_rewrite' lacks {exc} (needs prompt, subject, "
                               "target_true.str, target_new.str)") from None
-    paraphrases = record.get("paraphrase_prompts") or [prompt]
+    paraphrases = list(dict.fromkeys(record.get("paraphrase_prompts") or [prompt]))
     return {"id": str(record.get("case_id", record.get("id", f"cf{n + 1:03d}"))), "old": old, "new": new,
             "old_fact": f"{prompt} {old}", "new_fact": f"{prompt} {new}", "question": prompt,
-            "paraphrase": paraphrases[0], "relation": rewrite.get("relation_id", "")}
+            "paraphrase": paraphrases[0], "paraphrases": paraphrases, "relation": rewrite.get("relation_id", "")}
 
 
 def load_facts(config: ExperimentConfig) -> list[dict[str, Any]]:
@@ -87,6 +95,10 @@ def load_facts(config: ExperimentConfig) -> list[dict[str, Any]]:
             raise ExperimentError(f"fact {n} has no {', '.join(repr(m) for m in missing)}")
         if r["old"].strip().lower() == r["new"].strip().lower():
             raise ExperimentError(f"fact {n}: the old and new objects are the same ({r['old']!r})")
+        paraphrases = r.get("paraphrases")
+        if paraphrases is not None and not (isinstance(paraphrases, list) and paraphrases
+                                            and all(isinstance(p, str) and p.strip() for p in paraphrases)):
+            raise ExperimentError(f"fact {n}: 'paraphrases' must be a non-empty list of questions")
         out.append({**r, "id": str(r.get("id", f"cf{n + 1:03d}")), "paraphrase": r.get("paraphrase") or r["question"]})
     check_unique_ids(out, f"the counterfact study's data ({config.dataset or 'shipped'})")
     return out[: config.limit] if config.limit else out
@@ -95,8 +107,8 @@ def load_facts(config: ExperimentConfig) -> list[dict[str, Any]]:
 class CounterFactStudy(Study):
     name = "counterfact"
     primary = "efficacy"
-    metrics = ("efficacy", "paraphrase", "generation")
-    model_metrics = ("efficacy", "paraphrase")
+    metrics = ("efficacy", "paraphrase", "generation", "pastalib_efficacy", "pastalib_paraphrase")
+    model_metrics = ("efficacy", "paraphrase", "pastalib_efficacy", "pastalib_paraphrase")
     group_fields = ("relation",)
 
     def load_data(self, config: ExperimentConfig) -> list[dict[str, Any]]:
@@ -128,18 +140,48 @@ class CounterFactStudy(Study):
         out = []
         for item in items:
             d = item.data
-            metrics = {}
-            for metric, question in (("efficacy", d["question"]), ("paraphrase", d["paraphrase"])):
-                asked = dataclasses.replace(item, data={**d, "_ask": question})
-                new, old = scorer(asked, [d["new"], d["old"]])
-                metrics[metric] = float(new > old)
+            read: dict[str, tuple[float, float]] = {}
+
+            def ask(question: str) -> tuple[float, float]:
+                if question not in read:
+                    asked = dataclasses.replace(item, data={**d, "_ask": question})
+                    new, old = scorer(asked, [d["new"], d["old"]])
+                    read[question] = (new, old)
+                return read[question]
+
+            new, old = ask(d["question"])
+            metrics = {"efficacy": float(new > old),
+                       "pastalib_efficacy": pastalib_efficacy([first_token_logprob(new)], [first_token_logprob(old)])}
+            new, old = ask(d["paraphrase"])
+            metrics["paraphrase"] = float(new > old)
+            pairs = [ask(q) for q in d.get("paraphrases") or [d["paraphrase"]]]
+            metrics["pastalib_paraphrase"] = pastalib_efficacy([first_token_logprob(n) for n, _ in pairs],
+                                                               [first_token_logprob(o) for _, o in pairs])
             out.append(metrics)
         return out
 
 
+class ContinuationLogprob(float):
+    """A continuation's mean log-probability per token (the float), with its first token's (``first``)."""
+
+    first: float
+
+    def __new__(cls, mean: float, first: float) -> ContinuationLogprob:
+        value = super().__new__(cls, mean)
+        value.first = float(first)
+        return value
+
+
+def first_token_logprob(value: float) -> float:
+    """The first token's log-probability of a scorer's value (:class:`ContinuationLogprob`); a plain number
+    (a scorer of one-token texts) is its own first token's."""
+    return float(getattr(value, "first", value))
+
+
 def continuation_logprobs(model: Any, prompt_ids: Sequence[int], plans: Sequence[Any], texts: Sequence[str],
                           *, leading_space: bool) -> list[float]:
-    """The mean log-probability per token of each text as the continuation of ``prompt_ids``, under ``plans``.
+    """The mean log-probability per token of each text as the continuation of ``prompt_ids``, under ``plans``
+    (each a :class:`ContinuationLogprob`, whose ``first`` is its first token's log-probability).
 
     The plans bias prompt positions only; the continuation's keys are left as they are.
     """
@@ -161,5 +203,6 @@ def continuation_logprobs(model: Any, prompt_ids: Sequence[int], plans: Sequence
             logits = model(full)
         logprobs = logits[0, len(prompt_ids) - 1 : -1].float().log_softmax(-1)
         target = torch.tensor(ids, device=logprobs.device).unsqueeze(-1)
-        out.append(float(logprobs.gather(-1, target).mean()))
+        per_token = logprobs.gather(-1, target)
+        out.append(ContinuationLogprob(float(per_token.mean()), float(per_token[0])))
     return out

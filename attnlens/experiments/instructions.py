@@ -6,11 +6,16 @@ then a request; some requests tempt breaking a rule ("Do not use the word
 it). The checks are :mod:`attnlens.experiments.instruction_checks` (25 kinds).
 Metrics per prompt:
 
-- ``prompt_strict``: 1 when every rule is followed;
-- ``instruction_strict``: the share of its rules followed;
-- ``prompt_loose`` and ``instruction_loose``: the same when a rule also counts
-  as followed by the output without markdown asterisks or without its first or
-  last line.
+- ``prompt_strict``: 1 when every rule is followed (IFEval's prompt-level
+  accuracy);
+- ``instruction_level_strict``: the share of its rules followed, weighted in
+  every summary by the prompt's number of rules, so the mean is the share of all
+  rules followed (IFEval's instruction-level accuracy);
+- ``prompt_share_strict``: the same share, each prompt counting once (the mean
+  of per-prompt shares; this package's own, not IFEval's);
+- ``prompt_loose``, ``instruction_level_loose`` and ``prompt_share_loose``: the
+  same when a rule also counts as followed by the output without markdown
+  asterisks or without its first or last line.
 
 ``per_kind.csv`` breaks the strict and loose rates down by kind of rule.
 ``--dataset`` takes records with ``request``, ``instructions`` (a list of
@@ -51,14 +56,19 @@ def rules_text(instructions: Sequence[Mapping[str, Any]]) -> str:
 
 
 def score_instructions(output: str, instructions: Sequence[Mapping[str, Any]]) -> Score:
-    """The four accuracies of one output, and which rules it followed."""
+    """The accuracies of one output, which rules it followed, and the weight (its number of rules) of the
+    instruction-level metrics, which summaries use to average over rules rather than prompts."""
     strict = [checks.check(output, i) for i in instructions]
     loose = [checks.check_loose(output, i) for i in instructions]
+    share_strict, share_loose = sum(strict) / len(strict), sum(loose) / len(loose)
     metrics = {
-        "prompt_strict": float(all(strict)), "instruction_strict": sum(strict) / len(strict),
-        "prompt_loose": float(all(loose)), "instruction_loose": sum(loose) / len(loose),
+        "prompt_strict": float(all(strict)), "instruction_level_strict": share_strict,
+        "prompt_loose": float(all(loose)), "instruction_level_loose": share_loose,
+        "prompt_share_strict": share_strict, "prompt_share_loose": share_loose,
     }
-    return Score(metrics, {"kinds": [i["kind"] for i in instructions], "strict": strict, "loose": loose})
+    weights = {"instruction_level_strict": len(instructions), "instruction_level_loose": len(instructions)}
+    return Score(metrics, {"kinds": [i["kind"] for i in instructions], "strict": strict, "loose": loose,
+                           "weights": weights})
 
 
 def load_prompts(config: ExperimentConfig) -> list[dict[str, Any]]:
@@ -98,7 +108,8 @@ def load_prompts(config: ExperimentConfig) -> list[dict[str, Any]]:
 class InstructionsStudy(Study):
     name = "instructions"
     primary = "prompt_strict"
-    metrics = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+    metrics = ("prompt_strict", "instruction_level_strict", "prompt_loose", "instruction_level_loose",
+               "prompt_share_strict", "prompt_share_loose")
     group_fields = ("tempting", "passage")
 
     def load_data(self, config: ExperimentConfig) -> list[dict[str, Any]]:

@@ -226,6 +226,123 @@ def score_json(text: str, schema: Mapping[str, Any], expected: Mapping[str, Any]
     return JSONScore(True, whole and conforms, key_jaccard(obj.keys(), schema_keys), values, obj)
 
 
+# ----------------------------------------------------------------------------- the PASTA paper's metrics
+#
+# pastalib (github.com/QingruZhang/PASTA, evaluation/) scores its four tasks differently from this
+# package's own metrics; these functions score an output exactly as it does, so a study can report
+# both (as ``pastalib_*``). Where pastalib reads the model's first answer token, the study gives the
+# log-probabilities and these functions compare them as pastalib does.
+
+
+def _braced_substrings(text: str) -> Iterable[str]:
+    """Every substring that starts at a ``{`` and ends at a ``}`` (starts in order, then ends in order)."""
+    starts = [i for i, ch in enumerate(text) if ch == "{"]
+    ends = [i for i, ch in enumerate(text) if ch == "}"]
+    for s in starts:
+        for e in ends:
+            yield text[s : e + 1]
+
+
+def _loads(text: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(text)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def pastalib_json_format(output: str) -> bool:
+    """pastalib's JSON format accuracy (``json_EM``): some substring of the output from a ``{`` to a ``}`` is
+    read by ``json.loads``; any keys, any values (ours, ``format_accuracy``, needs an ``occupation`` key)."""
+    text = output.strip()
+    if "{" not in text and "}" not in text:
+        return False
+    return any(_loads(sub)[0] for sub in _braced_substrings(text))
+
+
+def pastalib_json_prediction(output: str, target: str) -> bool:
+    """pastalib's JSON prediction accuracy (``json_pred_acc``): some ``{``..``}`` substring parses and one of its
+    top-level values is the target, or a string value contains it (case ignored)."""
+    text = output.strip()
+    want = target.lower()
+    if "{" not in text and "}" not in text:
+        return False
+    for sub in _braced_substrings(text):
+        ok, obj = _loads(sub)
+        if not ok or not isinstance(obj, dict):
+            continue
+        values = [v.lower() if isinstance(v, str) else v for v in obj.values()]
+        if want in values or any(isinstance(v, str) and want in v for v in values):
+            return True
+    return False
+
+
+#: pastalib's pronoun lists: "accuracy" checks the subject pronouns, "all-changed accuracy" all eight
+PASTALIB_SUBJECT_PRONOUNS = ("she", "he")
+PASTALIB_ALL_PRONOUNS = ("she", "he", "her", "him", "hers", "his", "herself", "himself")
+
+# spaCy's English tokenizer, for what decides a pronoun token: whitespace, then punctuation stripped
+# from both ends, splits inside a word at a comma between letters, at hyphens after a letter or digit
+# before a letter, at : < > = / after a letter or digit before a letter and at ellipses, and its
+# contraction exceptions ("he's", "he'll", "he'd", "he'd've", "he'll've", and the forms written
+# without an apostrophe: "hes", "hed", "hedve", "hellve"; "hell", "shell" and "shed" are words)
+_SPACY_INFIX = re.compile(r"(?<=[^\W\d_]),(?=[^\W\d_])|(?<=[^\W_])(?:-{1,3}|–|—)(?=[^\W\d_])"
+                          r"|(?<=[^\W_])[:<>=/](?=[^\W\d_])|\.{2,}|…")
+_SPACY_CONTRACTION = re.compile(r"^(he|she)(?:['’](?:s|ll|d|ll've|d've|ll’ve|d’ve)|s|d|dve|llve)$")
+_SPACY_WORDS = {"hell", "shell", "shed"}
+_SPACY_EDGE = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+def _pastalib_tokens(text: str) -> list[str]:
+    tokens = []
+    for chunk in text.split():
+        for part in _SPACY_INFIX.split(chunk):
+            part = _SPACY_EDGE.sub("", part)
+            if not part:
+                continue
+            m = None if part in _SPACY_WORDS else _SPACY_CONTRACTION.match(part)
+            tokens.append(m.group(1) if m else part)
+    return tokens
+
+
+def pastalib_pronouns(output: str) -> tuple[bool, bool]:
+    """pastalib's pronoun-changing scores of one output, pass or fail: ``(accuracy, all_changed)``. Accuracy: no
+    token "she" or "he" is left; all-changed: none of the eight gendered forms. An output with no pronoun passes
+    both (ours, ``pronouns_changed_*``, are shares of neutral pronouns, 0 without any). The output is lower-cased
+    and split into tokens as spaCy's English tokenizer splits it (the rules that decide a pronoun token)."""
+    tokens = set(_pastalib_tokens(output.lower()))
+    return (not tokens & set(PASTALIB_SUBJECT_PRONOUNS), not tokens & set(PASTALIB_ALL_PRONOUNS))
+
+
+def pastalib_efficacy(new_logprobs: Sequence[float], old_logprobs: Sequence[float]) -> float:
+    """pastalib's CounterFact efficacy of one fact over its prompts: the share of prompts where the new object's
+    first answer token is more probable than the old object's (log-probabilities given, compared as probabilities;
+    a tie, as when both objects start with the same token, fails). One prompt: efficacy; all of a fact's
+    paraphrases: the paraphrase score."""
+    if len(new_logprobs) != len(old_logprobs) or not new_logprobs:
+        raise AttnlensError(f"efficacy needs one old log-probability per new one, got {len(new_logprobs)} "
+                            f"and {len(old_logprobs)}")
+    return float(np.mean(np.exp(np.asarray(new_logprobs, float)) > np.exp(np.asarray(old_logprobs, float))))
+
+
+def pastalib_top1(label_logprobs: Mapping[str, float], target: str) -> bool:
+    """pastalib's Bias in Bios accuracy of one output: among the candidate occupations (every occupation in the
+    evaluated data), the one whose first token is most probable as the answer's first token is the target."""
+    if target not in label_logprobs:
+        raise AttnlensError(f"the target occupation {target!r} is not among the candidates")
+    labels = sorted(label_logprobs)
+    best = max(labels, key=lambda label: label_logprobs[label])  # the first of equal maxima, in sorted order
+    return best == target
+
+
+def ifeval_instruction_level(followed: Sequence[Sequence[bool]]) -> float:
+    """IFEval's instruction-level accuracy: followed instructions over all instructions of all prompts (a prompt
+    with three rules counts three times; not the mean of per-prompt shares)."""
+    total = sum(len(f) for f in followed)
+    if not total:
+        raise AttnlensError("instruction-level accuracy needs at least one instruction")
+    return sum(sum(bool(x) for x in f) for f in followed) / total
+
+
 # ----------------------------------------------------------------------------- summaries
 
 
@@ -262,35 +379,49 @@ def bootstrap_ci(
     resamples: int = 1000,
     seed: int = 0,
     clusters: Sequence[Any] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Estimate:
     """Mean of ``values`` with a percentile bootstrap interval (NaNs are dropped).
 
     ``clusters`` (one label per value) makes it a cluster bootstrap: whole clusters
     are resampled with replacement, so values that share a source (the needle
     study's length x depth cells of one needle) count as one unit, not many.
+    ``weights`` (one positive number per value) makes the mean, and each resample's,
+    a weighted mean: per-prompt shares of rules followed, weighted by the prompts'
+    rule counts, give the share of all rules followed (IFEval's instruction level).
     """
     if not 0 < confidence < 1:
         raise AttnlensError(f"confidence must be in (0, 1), got {confidence!r}")
     if clusters is not None and len(clusters) != len(values):
         raise AttnlensError(f"clusters must give one label per value: {len(clusters)} labels for {len(values)} values")
-    pairs = [(float(v), c) for v, c in zip(values, clusters if clusters is not None else [None] * len(values))
-             if v is not None and not np.isnan(float(v))]
-    x = np.asarray([v for v, _ in pairs], dtype=float)
+    if weights is not None:
+        if len(weights) != len(values):
+            raise AttnlensError(f"weights must give one weight per value: {len(weights)} weights for "
+                                f"{len(values)} values")
+        if any(not np.isfinite(float(w)) or float(w) <= 0 for w in weights):
+            raise AttnlensError("weights must be positive numbers")
+    labels_in = clusters if clusters is not None else [None] * len(values)
+    weights_in = weights if weights is not None else [1.0] * len(values)
+    triples = [(float(v), c, float(w)) for v, c, w in zip(values, labels_in, weights_in)
+               if v is not None and not np.isnan(float(v))]
+    x = np.asarray([v for v, _, _ in triples], dtype=float)
+    w = np.asarray([w for _, _, w in triples], dtype=float)
     if x.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0, None if clusters is None else 0)
-    mean = float(x.mean())
+    mean = float(x.mean()) if weights is None else float((w * x).sum() / w.sum())
     if clusters is None:
         if x.size == 1 or resamples < 1:
             return Estimate(mean, mean, mean, int(x.size))
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, x.size, size=(resamples, x.size))
-        means = x[idx].mean(axis=1)
+        means = x[idx].mean(axis=1) if weights is None else (w * x)[idx].sum(axis=1) / w[idx].sum(axis=1)
     else:
+        pairs = [(v, c) for v, c, _ in triples]
         labels = list(dict.fromkeys(c for _, c in pairs))
         index = {c: i for i, c in enumerate(labels)}
         which = np.asarray([index[c] for _, c in pairs])
-        sums = np.bincount(which, weights=x, minlength=len(labels))
-        counts = np.bincount(which, minlength=len(labels)).astype(float)
+        sums = np.bincount(which, weights=w * x, minlength=len(labels))
+        counts = np.bincount(which, weights=w, minlength=len(labels)).astype(float)
         if len(labels) == 1 or resamples < 1:
             return Estimate(mean, mean, mean, int(x.size), len(labels))
         rng = np.random.default_rng(seed)

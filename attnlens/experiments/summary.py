@@ -146,6 +146,20 @@ def per_item(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, float]
     return {item: sum(v) / len(v) for item, v in values.items()}
 
 
+def item_weights(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, float] | None:
+    """Each item's weight for ``metric`` when its rows give one (``details["weights"][metric]``), else None.
+
+    A metric that is a share of smaller units (the rules of a prompt) gives each item the number of
+    units it holds: the weighted mean over items is then the share over all units (IFEval's
+    instruction-level accuracy), not the mean of per-item shares."""
+    weights: dict[str, float] = {}
+    for row in rows:
+        weight = ((row.get("details") or {}).get("weights") or {}).get(metric)
+        if weight is not None:
+            weights[row["item"]] = float(weight)
+    return weights or None
+
+
 def item_clusters(rows: Iterable[Mapping[str, Any]], cluster: str | None) -> dict[str, Any] | None:
     """Each item's source (the rows' ``cluster`` field), or None when items are not clustered."""
     if cluster is None:
@@ -153,21 +167,24 @@ def item_clusters(rows: Iterable[Mapping[str, Any]], cluster: str | None) -> dic
     return {row["item"]: row.get(cluster, row["item"]) for row in rows}
 
 
-def estimate(values: Mapping[str, float], config: ExperimentConfig, clusters: Mapping[str, Any] | None = None) -> Any:
+def estimate(values: Mapping[str, float], config: ExperimentConfig, clusters: Mapping[str, Any] | None = None,
+             weights: Mapping[str, float] | None = None) -> Any:
     """The mean of per-item ``values`` with a bootstrap interval; resampled by source when ``clusters`` maps
-    each item to one."""
+    each item to one; weighted by ``weights`` (per item) when given."""
     items = list(values)
     labels = None if clusters is None else [clusters.get(i, i) for i in items]
+    w = None if weights is None else [weights.get(i, 1.0) for i in items]
     return bootstrap_ci([values[i] for i in items], confidence=config.confidence, resamples=config.bootstrap,
-                        seed=config.seed, clusters=labels)
+                        seed=config.seed, clusters=labels, weights=w)
 
 
 def paired_difference(rows: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], metric: str,
                       config: ExperimentConfig, clusters: Mapping[str, Any] | None = None) -> Any:
     """The mean of ``rows`` minus ``baseline`` over the items both have, with a paired bootstrap interval
-    (by source when ``clusters`` maps each item to one)."""
+    (by source when ``clusters`` maps each item to one; weighted when the rows weight the metric)."""
     mine, base = per_item(rows, metric), per_item(baseline, metric)
-    return estimate({i: mine[i] - base[i] for i in mine if i in base}, config, clusters)
+    return estimate({i: mine[i] - base[i] for i in mine if i in base}, config, clusters,
+                    item_weights(rows, metric))
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]], conditions: Sequence[Condition], metrics: Sequence[str],
@@ -186,7 +203,7 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], conditions: Sequence[Condi
         mine = [r for r in rows if r["condition"] == condition.name]
         estimates, differences = {}, {}
         for metric in metrics:
-            estimates[metric] = estimate(per_item(mine, metric), config, clusters)
+            estimates[metric] = estimate(per_item(mine, metric), config, clusters, item_weights(mine, metric))
             if baseline and condition.name != "none":
                 differences[metric] = paired_difference(mine, baseline, metric, config, clusters)
         items = {r["item"] for r in mine}

@@ -11,7 +11,19 @@ from ..core.errors import CLIError
 from ._common import (add_chat_flags, add_later, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
                       side_by_side, warn)
 
-DEMO_PROMPT = "<!!-> Rewrite in French: <-!!> Paris is the most visited city in the world."
+#: the demo's case, CounterFact-style: the context states an old fact and a new one that contradicts what
+#: the model knows, and GUIDE emphasises the new one. On the embedded model (greedy decoding) the unsteered
+#: answer keeps the old object and the steered answer names the new one; tests/test_demo.py checks it still does.
+DEMO_CASE = {
+    "old_fact": "The capital of Germany is Berlin.",
+    "new_fact": "The capital of Germany is Brussels.",
+    "question": "What is the capital of Germany?",
+    "old": "Berlin",
+    "new": "Brussels",
+}
+DEMO_PROMPT = (f"Previously, {DEMO_CASE['old_fact']} Currently, <!!-> {DEMO_CASE['new_fact']} <-!!>\n"
+               f"{DEMO_CASE['question']}")
+DEMO_DELTA_MID = 1.0
 
 def add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate with GUIDE tags (and PASTA heads)")
@@ -177,18 +189,48 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def add_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="the embedded model, unsteered vs GUIDE-steered, side by side")
-    p.add_argument("--prompt", default=DEMO_PROMPT, help="the tagged prompt to show")
+    p = sub.add_parser("demo", help="the embedded model, unsteered vs GUIDE-steered, side by side: a new fact in "
+                                    "the context, emphasised, changes the answer")
+    p.add_argument("--prompt", default=None,
+                   help="the tagged prompt to show (default: a CounterFact-style case where steering changes the "
+                        "answer)")
     p.add_argument("--max-new-tokens", type=positive_int, default=60, help="tokens to generate at most")
-    p.add_argument("--delta-mid", type=number, default=1.0, help="level-2 bias (level 1: half, level 3: double)")
+    p.add_argument("--delta-mid", type=number, default=DEMO_DELTA_MID,
+                   help="level-2 bias (level 1: half, level 3: double)")
     p.set_defaults(run=_run_demo)
+
+
+def demo_outputs(model: Any, prompt: str = DEMO_PROMPT, *, delta_mid: float = DEMO_DELTA_MID,
+                 max_new_tokens: int = 60) -> dict[str, Any]:
+    """The demo's two answers (``unsteered``, ``steered``) to ``prompt``, greedy, as ``attnlens demo`` prints them."""
+    args = argparse.Namespace(prompt=prompt, delta_mid=delta_mid, max_new_tokens=max_new_tokens, system=None,
+                              layers="all", model=None, raw=False, compare=True, json=False, chat=False, steer=[],
+                              emphasize=[], focus=None)
+    return _generate_outputs(args, model)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from ..runtime.models import EMBEDDED_NAME
 
-    print(f"attnlens demo: {EMBEDDED_NAME} (embedded), GUIDE delta_mid={args.delta_mid}")
-    print(f"prompt: {args.prompt}\n")
-    args.system, args.layers, args.model, args.raw, args.compare, args.json = None, "all", None, False, True, False
-    args.chat = False  # the one rule: the embedded instruct model gets the prompt as a user message
-    return _run_generate(args)
+    case = args.prompt is None
+    prompt = DEMO_PROMPT if case else args.prompt
+    check_tags(prompt, "--prompt")
+    print(f"attnlens demo: {EMBEDDED_NAME} (embedded), greedy decoding, GUIDE delta_mid={args.delta_mid} "
+          "on the tagged text")
+    if case:
+        print("The context states an old fact and a new one that contradicts what the model knows; GUIDE "
+              "emphasises the new one.")
+    print(f"prompt: {prompt}\n")
+    model = load_model_for(argparse.Namespace(model=None))
+    result = demo_outputs(model, prompt, delta_mid=args.delta_mid, max_new_tokens=args.max_new_tokens)
+    print(side_by_side("unsteered", result["unsteered"], f"steered (GUIDE, delta_mid={args.delta_mid})",
+                       result["steered"]))
+    if case:
+        from ..experiments.metrics import contains_answer
+
+        names = {which: [o for o in (DEMO_CASE["new"], DEMO_CASE["old"]) if contains_answer(result[which], [o])]
+                 for which in ("unsteered", "steered")}
+        print(f"\nthe emphasised fact says {DEMO_CASE['new']}; the unsteered answer names "
+              f"{' and '.join(names['unsteered']) or 'neither'}, the steered answer (delta_mid={args.delta_mid}) "
+              f"names {' and '.join(names['steered']) or 'neither'}")
+    return 0

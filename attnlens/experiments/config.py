@@ -41,6 +41,8 @@ IDENTITY_FIELDS = (
     "model", "max_new_tokens", "layers", "seed", "do_sample", "temperature", "top_p",
     "dataset", "pasta_heads", "pasta_alpha", "chat",
 )
+#: the prefix of a content digest in a run's identity (``pasta_heads``)
+DIGEST_PREFIX = "sha256:"
 #: a study's own settings that only choose which items run (a rerun with more of them adds items)
 SELECTION_FIELDS = ("context_lengths", "depths")
 
@@ -110,6 +112,7 @@ class ExperimentConfig:
                 value = getattr(self, f.name)
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         out["layers"] = _layers_key(self.layers)
+        out["pasta_heads"] = content_digest(self.pasta_heads)
         out["do_sample"] = self.sampling
         if not self.sampling:
             out["temperature"] = out["top_p"] = None
@@ -120,6 +123,28 @@ class ExperimentConfig:
     @property
     def sampling(self) -> bool:
         return self.num_generations > 1 if self.do_sample is None else bool(self.do_sample)
+
+
+def content_digest(path: str | os.PathLike | None) -> str | None:
+    """What a settings file holds, as ``sha256:<hex>``: the SHA-256 of its JSON in a canonical form (keys
+    sorted, no spaces), or of its bytes when it is not JSON. A file is part of a run's identity by its
+    content, not its path: the same heads under another name resume, an edited file does not.
+    A file that cannot be read stays its path (the step that reads it refuses it)."""
+    import hashlib
+    import json
+
+    if path is None:
+        return None
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except (OSError, ValueError, TypeError):
+        return str(path)
+    try:
+        canonical = json.dumps(json.loads(data.decode("utf-8-sig")), sort_keys=True, ensure_ascii=False,
+                               separators=(",", ":")).encode("utf-8", "surrogatepass")
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        canonical = data
+    return DIGEST_PREFIX + hashlib.sha256(canonical).hexdigest()
 
 
 def _layers_key(layers: LayerSpec) -> Any:

@@ -210,6 +210,11 @@ class FaithfulnessStudy(Study):
             from ..runtime.distributed import sweep_device
 
             model = load_model(config.model, device=sweep_device())
+        if model is not None:  # the model by its content: another one is refused
+            from .provenance import model_identity
+            from .store import check_model
+
+            check_model(out, model_identity(model))
         for item in tqdm(pending, desc=self.name, unit="prompt", disable=not pending):
             seed = zlib.crc32(f"{config.seed}|{item.id}".encode()) & 0x7FFFFFFF
             try:

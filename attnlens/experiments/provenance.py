@@ -118,3 +118,67 @@ def _is_embedded(model: Any) -> bool:
 def run_provenance(name: str | None, model: Any = None) -> dict[str, Any]:
     """Everything :mod:`~attnlens.experiments.provenance` records for one run."""
     return {"model": model_record(name, model), "attnlens": attnlens_source(), "packages": package_versions()}
+
+
+#: the elements of each tensor a sampled weight digest reads (models over :data:`HASH_LIMIT_BYTES`)
+SAMPLE_ELEMENTS = 1 << 16
+#: Hugging Face config entries that do not change what a model computes
+_CONFIG_NOISE = ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype",
+                 "_attn_implementation", "attn_implementation", "_attn_implementation_autoset")
+
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """What a model is, read from the model itself: ``sha256``, a digest of its Hugging Face config and
+    of every weight (name, dtype, shape and values), with its name, layers and dtype for messages.
+
+    The same weights give the same digest however they were loaded (by name, as an object, on another
+    device); another model, other weights, another dtype or a config with another layer count give
+    another. Models whose weights exceed :data:`HASH_LIMIT_BYTES` are digested from
+    :data:`SAMPLE_ELEMENTS` evenly spaced values of each tensor (``"weights": "sampled"``); weights
+    offloaded to ``meta`` are digested by name and shape only (``"weights": "partial"``).
+    """
+    import hashlib
+    import json
+
+    import torch
+
+    hf = getattr(model, "original_model", None) or model
+    cfg = getattr(model, "cfg", None)
+    digest = hashlib.sha256()
+    config = getattr(hf, "config", None)
+    settings = config.to_dict() if callable(getattr(config, "to_dict", None)) else {}
+    settings = {k: v for k, v in settings.items() if k not in _CONFIG_NOISE}
+    digest.update(json.dumps(settings, sort_keys=True, default=repr).encode("utf-8", "surrogatepass"))
+    state = hf.state_dict(keep_vars=True) if callable(getattr(hf, "state_dict", None)) else {}
+    tensors = {name: t for name, t in state.items() if isinstance(t, torch.Tensor)}
+    total = sum(t.numel() * t.element_size() for t in tensors.values() if t.device.type != "meta")
+    mode = "sampled" if total > HASH_LIMIT_BYTES else "all"
+    seen: dict[tuple[Any, ...], str] = {}
+    dtypes: set[str] = set()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(f"\0{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.device.type == "meta":
+            mode = "partial"
+            continue
+        dtypes.add(str(tensor.dtype).replace("torch.", ""))
+        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if key in seen:  # a tied weight: the same tensor under another name
+            digest.update(f"={seen[key]}".encode())
+            continue
+        seen[key] = name
+        flat = tensor.reshape(-1)
+        if mode == "sampled" and flat.numel() > SAMPLE_ELEMENTS:
+            step = flat.numel() // SAMPLE_ELEMENTS
+            flat = flat[::step][:SAMPLE_ELEMENTS]
+        data = flat.contiguous().cpu()
+        if data.dtype == torch.bool:
+            data = data.to(torch.uint8)
+        digest.update(data.view(torch.uint8).numpy())
+    return {
+        "sha256": digest.hexdigest(),
+        "name": getattr(cfg, "model_name", None) or getattr(config, "_name_or_path", None) or type(hf).__name__,
+        "n_layers": getattr(cfg, "n_layers", None) or getattr(config, "num_hidden_layers", None),
+        "dtype": ",".join(sorted(dtypes)) or None,
+        "weights": mode,
+    }

@@ -213,9 +213,10 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
 
         model = load_model(config.model, device=sweep_device())
     if workers.is_main:
-        from .provenance import run_provenance
-        from .store import record_provenance
+        from .provenance import model_identity, run_provenance
+        from .store import check_model, record_provenance
 
+        check_model(out, model_identity(model))  # the model by its content: another one is refused
         record_provenance(out, run_provenance(config.model, model))
     tokenizer = model.tokenizer
     resolve_layers(config.layers, model.cfg.n_layers)

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 
 from ..core.errors import ExperimentError
 from ..core.records import damaged_lines
-from .config import ExperimentConfig
+from .config import DIGEST_PREFIX, IDENTITY_FIELDS, ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,12 @@ def _defaults(config: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, str) and value.startswith(DIGEST_PREFIX):
+        return f"a file whose content has {value[:len(DIGEST_PREFIX) + 12]}..."
+    return repr(value)
+
+
 def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: bool = True,
                     data: Mapping[str, str] | None = None) -> None:
     """Refuse a folder whose rows were made with other settings or other data; record them for a new one.
@@ -194,8 +200,11 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
     ``data`` maps each part of the study's data (an item, the haystack) to its
     :func:`fingerprint`; a part in both the folder's run file and this run must have
     the same fingerprint (a data file edited in place is refused), while parts in only
-    one of them are fine (a larger ``limit`` adds items). A setting the run file lacks
-    (written by an older attnlens) is taken as its default.
+    one of them are fine (a larger ``limit`` adds items). A study's own setting the run file
+    lacks (written by an older attnlens) is taken as its default; a shared one (``seed``,
+    ``model``, ...: every attnlens has written them) is refused, as nothing says what the rows
+    were made with. ``pasta_heads`` is compared by content (:func:`~.config.content_digest`);
+    a run file that recorded its path is taken to match the same path.
     """
     run_file = out / RUN_FILE
     identity = {"study": study, **config.identity()}
@@ -213,11 +222,22 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
                 f"{str(run_file)!r} is not a run file (a JSON {type(previous).__name__}); "
                 "restore it, or start afresh (--fresh)"
             )
+        missing = [k for k in ("study", *IDENTITY_FIELDS) if k in identity and k not in previous]
+        if missing:
+            raise ExperimentError(
+                f"{str(run_file)!r} lacks {', '.join(missing)}, which every attnlens writes: it cannot say "
+                f"what the rows in {str(out)!r} were made with (a hand edit or another program's file?); "
+                "restore it, or start afresh (--fresh)"
+            )
         defaults = _defaults(config)
         before = {k: previous.get(k, defaults.get(k)) for k in identity}
+        heads = before.get("pasta_heads")
+        if (isinstance(heads, str) and not heads.startswith(DIGEST_PREFIX) and config.pasta_heads is not None
+                and heads == str(config.pasta_heads)):
+            before["pasta_heads"] = identity["pasta_heads"]  # an older run file named the same file by path
         diff = [k for k in identity if before[k] != identity[k]]
         if diff:
-            detail = ", ".join(f"{k}={before[k]!r} (now {identity[k]!r})" for k in diff)
+            detail = ", ".join(f"{k}={_shown(before[k])} (now {_shown(identity[k])})" for k in diff)
             raise ExperimentError(
                 f"{str(out)!r} holds results made with other settings: {detail}; "
                 "choose another output directory or start afresh (--fresh)"
@@ -232,11 +252,61 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
                 "choose another output directory or start afresh (--fresh)"
             )
         merged = {**recorded, **data}
-        if write and (merged != recorded or any(k not in previous for k in identity)):
+        if write and (merged != recorded or any(previous.get(k, object()) != identity[k] for k in identity)):
             write_atomic(run_file, json.dumps({**previous, **identity, "data": merged}, indent=1))
         return
     if write:
         write_atomic(run_file, json.dumps({**identity, "data": data}, indent=1))
+
+
+#: the key of a run file that holds the model's identity (:func:`~.provenance.model_identity`)
+MODEL_KEY = "model_content"
+
+
+def _model_shown(identity: Mapping[str, Any]) -> str:
+    parts = [str(identity.get("name"))]
+    if identity.get("n_layers") is not None:
+        parts.append(f"{identity['n_layers']} layers")
+    if identity.get("dtype"):
+        parts.append(str(identity["dtype"]))
+    return f"{', '.join(parts)}, weights {str(identity.get('sha256'))[:12]}..."
+
+
+def check_model(out: Path, identity: Mapping[str, Any], *, write: bool = True) -> None:
+    """Refuse a folder whose rows were made with another model (other weights or config, whatever its
+    name: a model passed as an object counts by its content); record the model for a new folder.
+
+    ``identity`` is :func:`~.provenance.model_identity` of the model about to run. A run file from an
+    attnlens that did not record it gets it now (a WARNING says the rows already there are not checked).
+    """
+    run_file = Path(out) / RUN_FILE
+    try:
+        record = json.loads(run_file.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        record = {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExperimentError(f"{str(run_file)!r} is damaged ({exc}); restore it, or start afresh (--fresh)") from None
+    if not isinstance(record, dict):
+        raise ExperimentError(f"{str(run_file)!r} is not a run file (a JSON {type(record).__name__}); "
+                              "restore it, or start afresh (--fresh)")
+    previous = record.get(MODEL_KEY)
+    if previous is not None:
+        if not isinstance(previous, dict) or not isinstance(previous.get("sha256"), str):
+            raise ExperimentError(f"{str(run_file)!r} has a damaged {MODEL_KEY!r} entry ({previous!r}); "
+                                  "restore it, or start afresh (--fresh)")
+        if previous["sha256"] != identity["sha256"]:
+            raise ExperimentError(
+                f"{str(out)!r} holds results made with another model: {_model_shown(previous)} "
+                f"(now {_model_shown(identity)}); its weights or config differ, whatever its name. "
+                "Pass the model the rows were made with, choose another output directory or start afresh (--fresh)"
+            )
+        return
+    rows = Path(out) / ROWS_FILE
+    if rows.exists() and rows.stat().st_size:
+        logger.warning("%s: its rows were made before attnlens recorded the model's content, so they cannot be "
+                       "checked against this model (%s); it is recorded from now on", out, _model_shown(identity))
+    if write:
+        write_atomic(run_file, json.dumps({**record, MODEL_KEY: dict(identity)}, indent=1))
 
 
 def record_provenance(out: Path, provenance: Mapping[str, Any]) -> None:

@@ -1,0 +1,117 @@
+"""Hostile input, round three: what a resumed experiment is (the model and the PASTA heads by content, a run
+file that lacks a setting), the model cache's config and tokenizer files, and keys in base URLs never logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from attnlens.core.errors import ExperimentError, ModelLoadError
+from attnlens.experiments import JSONConfig, run_experiment
+from attnlens.experiments.provenance import model_identity
+from attnlens.experiments.store import _check_run_file
+
+from conftest import make_tiny_bridge, make_tiny_hf
+
+
+def _small(out, **kwargs):
+    base = dict(deltas=[0], conditions=["none"], limit=1, max_new_tokens=2, influence=False, plots=False)
+    return JSONConfig(out=out, **{**base, **kwargs})
+
+
+# ----------------------------------------------------------------------------- resume identity
+
+
+def test_a_different_model_object_is_refused_and_the_rows_are_kept(tiny, tokenizer, tmp_path):
+    out = tmp_path / "o"
+    first = run_experiment("json", _small(out), model=tiny)
+    assert first.generated == 1
+    rows = (out / "rows.jsonl").read_bytes()
+    other = make_tiny_bridge(tokenizer, seed=1)  # the same architecture and name, other weights
+    with pytest.raises(ExperimentError, match="another model: tiny-llama, 3 layers, float32, weights"):
+        run_experiment("json", _small(out, limit=2), model=other)
+    assert (out / "rows.jsonl").read_bytes() == rows
+    again = run_experiment("json", _small(out, limit=2), model=make_tiny_bridge(tokenizer))  # the same weights
+    assert (again.generated, again.skipped) == (1, 1)
+
+
+def test_model_identity_follows_the_content(tiny, tokenizer):
+    same = model_identity(make_tiny_bridge(tokenizer))
+    assert model_identity(tiny) == same and same["weights"] == "all"
+    assert model_identity(make_tiny_bridge(tokenizer, n_layers=2))["sha256"] != same["sha256"]
+    edited = make_tiny_bridge(tokenizer)
+    with torch.no_grad():
+        edited.original_model.model.layers[1].self_attn.o_proj.weight[:, :8].zero_()  # one head ablated in place
+    assert model_identity(edited)["sha256"] != same["sha256"]
+    half = make_tiny_bridge(tokenizer)
+    half.original_model.to(torch.float16)
+    assert model_identity(half)["sha256"] != same["sha256"]
+
+
+def test_a_folder_from_before_model_identities_is_completed_with_a_warning(tiny, tmp_path, caplog):
+    out = tmp_path / "o"
+    run_experiment("json", _small(out), model=tiny)
+    record = json.loads((out / "run.json").read_text())
+    del record["model_content"]
+    (out / "run.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="attnlens.experiments.store"):
+        run_experiment("json", _small(out), model=tiny)
+    assert "cannot be checked" in caplog.text
+    assert json.loads((out / "run.json").read_text())["model_content"] == model_identity(tiny)
+
+
+def test_pasta_heads_are_identified_by_content(tmp_path):
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"1": [0, 1]}))
+    out = tmp_path / "o"
+    out.mkdir()
+    _check_run_file(out, JSONConfig(out=out, pasta_heads=str(heads)), "json")
+    moved = tmp_path / "elsewhere.json"
+    moved.write_text('{ "1": [0, 1] }\n')  # the same heads, written another way, under another name
+    _check_run_file(out, JSONConfig(out=out, pasta_heads=str(moved)), "json")
+    heads.write_text(json.dumps({"1": [2, 3]}))  # edited in place
+    with pytest.raises(ExperimentError, match="other settings: pasta_heads=a file whose content has sha256:"):
+        _check_run_file(out, JSONConfig(out=out, pasta_heads=str(heads)), "json")
+
+
+def test_a_run_file_that_named_the_heads_by_path_resumes_with_the_same_path_only(tmp_path):
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"1": [0, 1]}))
+    out = tmp_path / "o"
+    out.mkdir()
+    config = JSONConfig(out=out, pasta_heads=str(heads))
+    (out / "run.json").write_text(json.dumps({"study": "json", **config.identity(), "pasta_heads": str(heads)}))
+    _check_run_file(out, config, "json")  # an older attnlens recorded the path: the same path resumes
+    assert json.loads((out / "run.json").read_text())["pasta_heads"].startswith("sha256:")
+    (out / "run.json").write_text(json.dumps({"study": "json", **config.identity(), "pasta_heads": "other.json"}))
+    with pytest.raises(ExperimentError, match="pasta_heads='other.json'"):
+        _check_run_file(out, config, "json")
+
+
+@pytest.mark.parametrize("field", ["seed", "model", "max_new_tokens", "study"])
+def test_a_run_file_without_a_shared_setting_is_refused(tmp_path, field):
+    out = tmp_path / "o"
+    out.mkdir()
+    config = JSONConfig(out=out, seed=0)
+    record = {"study": "json", **config.identity()}
+    del record[field]
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ExperimentError, match=f"lacks {field}, which every attnlens writes"):
+        _check_run_file(out, config, "json")
+    assert json.loads((out / "run.json").read_text()) == record  # left as it was
+
+
+def test_a_run_file_without_seed_never_resumes_a_sampled_run(tiny, tmp_path):
+    out = tmp_path / "o"
+    config = _small(out, num_generations=2, seed=5)
+    run_experiment("json", config, model=tiny)
+    record = json.loads((out / "run.json").read_text())
+    del record["seed"]
+    (out / "run.json").write_text(json.dumps(record))
+    rows = (out / "rows.jsonl").read_bytes()
+    with pytest.raises(ExperimentError, match="lacks seed"):
+        run_experiment("json", _small(out, num_generations=2, seed=0, limit=2), model=tiny)
+    assert (out / "rows.jsonl").read_bytes() == rows

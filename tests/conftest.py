@@ -71,6 +71,22 @@ def tiny(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def lively(tokenizer):
+    """A tiny random LLaMA whose greedy text varies (untied embeddings, a wider initialisation)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.1)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(config).eval()
+    return TransformerBridge.boot_transformers("tiny-llama", hf_model=hf, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2-135M-Instruct bridge, loaded once per test session."""
     import attnlens

@@ -28,23 +28,6 @@ NAME = "tiny"
 
 
 @pytest.fixture(scope="module")
-def lively(tokenizer):
-    """A tiny random LLaMA whose greedy text varies (untied embeddings, a wider initialisation)."""
-    import torch
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.1)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(config).eval()
-    return TransformerBridge.boot_transformers("tiny-llama", hf_model=hf, tokenizer=tokenizer)
-
-
-@pytest.fixture(scope="module")
 def server(lively):
     # a long batch wait, so requests sent together surely share a batch
     with start_server(lively, model_name=NAME, batch_wait=0.3, max_batch_size=8) as running:

@@ -338,3 +338,47 @@ def hub_revision(hf_model: Any) -> str | None:
     keeps it privately."""
     value = getattr(getattr(hf_model, "config", None), "_commit_hash", None)
     return value if isinstance(value, str) and value else None
+
+
+# ----------------------------------------------------------------------------- the key-value cache
+# Continuous batching (attnlens.runtime.continuous) joins and drops rows of a running generation's
+# cache. Checked on transformers 5.24.0: DynamicCache holds one DynamicLayer per layer (``keys`` and
+# ``values``: [batch, kv_head, position, d_head]), built lazily by ``update``; sliding-window layers
+# (DynamicSlidingWindowLayer) keep only the last window and are not joined here.
+
+
+def new_kv_cache() -> Any:
+    """An empty Hugging Face DynamicCache (its layers are made by the first forward)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def kv_cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's ``(keys, values)``; None when a layer is not a plain growing layer (sliding windows)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def set_kv_cache_layers(cache: Any, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Replace each layer's keys and values (same layer count)."""
+    if len(cache.layers) != len(tensors):
+        raise ValueError(f"the cache has {len(cache.layers)} layers; {len(tensors)} given")
+    for layer, (keys, values) in zip(cache.layers, tensors):
+        layer.keys, layer.values = keys, values
+
+
+def kv_cache_argument(hf_model: Any) -> str:
+    """The name under which the model's forward takes its key-value cache: ``cache`` (transformers 5.24
+    renamed it) or ``past_key_values`` (earlier releases, and 5.24's deprecated spelling)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(hf_model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"

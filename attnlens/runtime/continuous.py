@@ -1,0 +1,271 @@
+"""Continuous batching: rows join and leave a running generation between decoding steps.
+
+A :class:`ContinuousBatch` holds a direct run of the model (:mod:`attnlens.runtime.direct`)
+and the key-value cache of every row it is generating. Between two decoding steps,
+
+- :meth:`ContinuousBatch.admit` prefills new rows (left-padded among themselves, each
+  with its own bias plans) and joins their cache to the running one, left-padding
+  whichever is shorter;
+- :meth:`ContinuousBatch.choose` picks each row's next token (greedy, or sampled from
+  the row's own random generator with its own temperature and top-p);
+- :meth:`ContinuousBatch.advance` drops the rows that are finished and runs one
+  decoding step for the others.
+
+No row waits for the slowest one, and a row that arrives while others run joins at
+the next step. Each row's steering is a list of static per-key bias plans
+(:class:`~attnlens.steering.bias.BiasPlan`, built in the row's unpadded positions);
+the plans of all rows are stacked into one per-row plan, shifted by each row's
+padding, and installed again whenever the batch changes. A steering that edits the
+run while it goes (a :class:`~attnlens.steering.edits.RunEdit`) or runs its own
+decoding steps (SPA) cannot join: :func:`joinable` says so, and such a request runs
+in its own generation (:func:`attnlens.runtime.generate.generate_batch`).
+
+Greedy rows make the tokens a batch of their own makes (up to the padding's
+rounding, which the tests check does not change the tokens on the embedded model).
+The model is held (:func:`attnlens.core.concurrency.exclusive`) while the batch is
+open: close it (leave its ``with`` block) when no row is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core import _internals as tl
+from ..core.errors import AttnlensError
+from ..core.model import model_device
+from ..steering.bias import BiasPlan
+from ..steering.edits import install
+from . import backends
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    """One prompt to generate from, and how.
+
+    ``plans``: its steering as static bias plans in its own (unpadded) positions, each for all rows
+    (as a method's ``steering`` builds them for one prompt). ``temperature`` 0 is greedy.
+    ``key``: the caller's handle for the row (given back by :attr:`ContinuousBatch.keys`).
+    """
+
+    tokens: Sequence[int]
+    plans: Sequence[BiasPlan] = ()
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    key: Any = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+def joinable(steerings: Sequence[Any]) -> bool:
+    """Whether a row with these steerings can join a continuous batch (static bias plans only)."""
+    return all(isinstance(s, BiasPlan) and s.rows in (None, 1) for s in steerings)
+
+
+def for_all_rows(plan: BiasPlan) -> BiasPlan:
+    """A one-row plan with its terms for every row (what :meth:`BiasPlan.stack` takes)."""
+    if plan.rows is None:
+        return plan
+    return BiasPlan(plan.n_layers, plan.n_heads, [replace(t, row=None) for t in plan.terms])
+
+
+def continuous_reason(model: Any) -> str | None:
+    """Why ``model`` cannot generate in a continuous batch (None when it can)."""
+    reason = backends.get("direct").reason(model)
+    if reason is not None:
+        return f"the direct run cannot run it: {reason}"
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if getattr(config, "sliding_window", None) is not None or any(
+            kind != "full_attention" for kind in (getattr(config, "layer_types", None) or ())):
+        return "it has sliding-window layers, whose cache keeps only the last window"
+    return None
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int, value: float = 0) -> torch.Tensor:
+    """``tensor`` left-padded along ``dim`` (a dimension counted from the end) by ``width``."""
+    if width == 0:
+        return tensor
+    pad = [0, 0] * (-dim - 1) + [width, 0]
+    return F.pad(tensor, pad, value=value)
+
+
+class ContinuousBatch:
+    """The rows of a running generation, their cache and their steering; see the module docstring.
+
+    Open it in a ``with`` block's ExitStack: ``ContinuousBatch(model, stack)`` holds the model
+    (through the direct run) until the stack closes, and its bias hooks are removed then too.
+    """
+
+    def __init__(self, model: Any, stack: ExitStack, *, pad: int) -> None:
+        reason = continuous_reason(model)
+        if reason is not None:
+            raise AttnlensError(f"this model cannot generate in a continuous batch: {reason}")
+        self.model = model
+        self.pad = int(pad)
+        self.device = model_device(model)
+        self.run = backends.open_run(stack, model, "direct", logger)
+        self.hf = self.run.hf
+        self._cache_argument = tl.kv_cache_argument(self.hf)
+        self._hooks = ExitStack()
+        stack.callback(self._hooks.close)
+        self.rows: list[Row] = []
+        self.offsets: list[int] = []
+        self.mask: torch.Tensor | None = None  # [rows, width]: 1 on a row's tokens, 0 on its padding
+        self.cache: Any = None
+        self.logits: torch.Tensor | None = None  # [rows, vocab]: each row's next-token logits
+
+    # ------------------------------------------------------------------ the rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def keys(self) -> list[Any]:
+        return [row.key for row in self.rows]
+
+    @property
+    def width(self) -> int:
+        return 0 if self.mask is None else int(self.mask.shape[1])
+
+    def _install(self, rows: Sequence[Row], offsets: Sequence[int]) -> None:
+        """Install the stacked plans of ``rows`` (in a batch padded by ``offsets``) in place of the last ones."""
+        self._hooks.close()
+        self._hooks = ExitStack()
+        slots = max((len(row.plans) for row in rows), default=0)
+        if not slots:
+            return
+        empty = BiasPlan.for_model(self.model)
+        for k in range(slots):
+            plans = [row.plans[k] if k < len(row.plans) else empty for row in rows]
+            if any(plan.terms for plan in plans):
+                self._hooks.enter_context(install(self.model, BiasPlan.stack(plans).shifted(offsets)))
+
+    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
+        out = self.hf(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                      logits_to_keep=1, **{self._cache_argument: cache})
+        return out.logits[:, -1, :]
+
+    def admit(self, rows: Sequence[Row]) -> None:
+        """Prefill ``rows`` and join them to the running batch (their first token is then chosen)."""
+        rows = list(rows)
+        if not rows:
+            return
+        for row in rows:
+            if not row.tokens:
+                raise AttnlensError("a row has no tokens")
+            if not joinable(row.plans):
+                raise AttnlensError("a row's steering must be static bias plans for its one prompt")
+            row.plans = [for_all_rows(plan) for plan in row.plans]
+            if row.temperature > 0:
+                row.generator = torch.Generator(device=self.device)
+                if row.seed is None:
+                    row.generator.seed()
+                else:
+                    row.generator.manual_seed(int(row.seed))
+        width = max(len(row.tokens) for row in rows)
+        offsets = [width - len(row.tokens) for row in rows]
+        tokens = torch.tensor([[self.pad] * o + list(row.tokens) for o, row in zip(offsets, rows)],
+                              dtype=torch.long, device=self.device)
+        mask = torch.tensor([[0] * o + [1] * len(row.tokens) for o, row in zip(offsets, rows)],
+                            dtype=torch.long, device=self.device)
+        cache = tl.new_kv_cache()
+        self._install(rows, offsets)
+        try:
+            logits = self._forward(tokens, mask, cache)
+        finally:
+            self._hooks.close()
+        layers = tl.kv_cache_layers(cache)
+        if layers is None:
+            raise AttnlensError("the model's cache cannot be joined row by row (a sliding-window layer)")
+        if not self.rows:
+            self.rows, self.offsets, self.mask, self.cache, self.logits = rows, offsets, mask, cache, logits
+        else:
+            self._join(rows, offsets, mask, cache, layers, logits)
+        self._install(self.rows, self.offsets)
+
+    def _join(self, rows: list[Row], offsets: list[int], mask: torch.Tensor, cache: Any,
+              layers: list[tuple[torch.Tensor, torch.Tensor]], logits: torch.Tensor) -> None:
+        old = tl.kv_cache_layers(self.cache)
+        if old is None:  # pragma: no cover - the running cache was joinable when it was made
+            raise AttnlensError("the running cache cannot be joined row by row")
+        width = max(self.width, mask.shape[1])
+        grow_old, grow_new = width - self.width, width - int(mask.shape[1])
+        joined = [
+            (torch.cat([_pad_left(k0, grow_old, -2), _pad_left(k1, grow_new, -2)]),
+             torch.cat([_pad_left(v0, grow_old, -2), _pad_left(v1, grow_new, -2)]))
+            for (k0, v0), (k1, v1) in zip(old, layers)
+        ]
+        tl.set_kv_cache_layers(self.cache, joined)
+        self.mask = torch.cat([_pad_left(self.mask, grow_old, -1), _pad_left(mask, grow_new, -1)])
+        self.offsets = [o + grow_old for o in self.offsets] + [o + grow_new for o in offsets]
+        self.rows = self.rows + rows
+        self.logits = torch.cat([self.logits, logits])
+
+    # ------------------------------------------------------------------ the steps
+
+    def choose(self) -> list[int]:
+        """Each row's next token from its logits: greedy, or sampled from the row's own generator."""
+        if self.logits is None or not self.rows:
+            return []
+        chosen = self.logits.argmax(-1).tolist()
+        for i, row in enumerate(self.rows):
+            if row.temperature > 0:
+                chosen[i] = _sample(self.logits[i].float(), row)
+        return chosen
+
+    def advance(self, tokens: Sequence[int], keep: Sequence[bool]) -> None:
+        """Drop the rows not kept; run one decoding step for the others with their ``tokens``."""
+        if len(tokens) != len(self.rows) or len(keep) != len(self.rows):
+            raise AttnlensError(f"advance needs one token and one flag per row ({len(self.rows)} rows)")
+        kept = [i for i, k in enumerate(keep) if k]
+        if len(kept) < len(self.rows):
+            self._select(kept)
+        if not self.rows:
+            return
+        step = torch.tensor([[int(tokens[i])] for i in kept], dtype=torch.long, device=self.device)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.logits = self._forward(step, self.mask, self.cache)
+
+    def _select(self, kept: list[int]) -> None:
+        """Keep only rows ``kept``; columns that are padding in every remaining row are dropped."""
+        self.rows = [self.rows[i] for i in kept]
+        if not kept:
+            self.offsets, self.mask, self.cache, self.logits = [], None, None, None
+            self._hooks.close()
+            return
+        index = torch.tensor(kept, dtype=torch.long, device=self.device)
+        offsets = [self.offsets[i] for i in kept]
+        trim = min(offsets)
+        layers = tl.kv_cache_layers(self.cache)
+        tl.set_kv_cache_layers(self.cache, [(k.index_select(0, index)[..., trim:, :],
+                                             v.index_select(0, index)[..., trim:, :]) for k, v in layers])
+        self.mask = self.mask.index_select(0, index)[:, trim:]
+        self.offsets = [o - trim for o in offsets]
+        self.logits = self.logits.index_select(0, index)
+        self._install(self.rows, self.offsets)
+
+
+def _sample(logits: torch.Tensor, row: Row) -> int:
+    """One token drawn from ``logits`` at the row's temperature, top-k and top-p."""
+    logits = logits / row.temperature
+    if row.top_k:
+        kth = torch.topk(logits, min(int(row.top_k), logits.shape[-1])).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    if row.top_p is not None and row.top_p < 1:
+        ordered, order = torch.sort(probs, descending=True)
+        before = ordered.cumsum(-1) - ordered  # the mass of the tokens ranked above each one
+        ordered = ordered.masked_fill(before >= row.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, ordered)
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=row.generator).item())

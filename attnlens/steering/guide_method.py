@@ -28,6 +28,7 @@ class GuideMethod(SteeringMethod):
     """GUIDE: raise the attention every head of chosen layers pays to tagged spans (a static key bias)."""
 
     name = "guide"
+    default_condition = True  # every experiment that names no conditions runs it (when ready)
     help = "GUIDE: raise the attention every head of chosen layers pays to <!-> tagged <-!> spans"
     params = (
         Param("delta_mid", _delta_mid, None,

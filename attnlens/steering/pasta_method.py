@@ -36,6 +36,7 @@ class PastaMethod(SteeringMethod):
     """PASTA: ``log(alpha)`` on the other prompt keys (or ``log(1/alpha)`` on the spans) in chosen heads."""
 
     name = "pasta"
+    default_condition = True  # every experiment that names no conditions runs it (when ready)
     help = "PASTA: steer chosen heads towards --emphasize substrings (adds up with GUIDE tags)"
     params = (
         Param("head_config", _head_config, help="a head configuration: JSON {\"layer\": [heads]} "

@@ -112,7 +112,7 @@ class SteeringMethod:
         condition_order: where its conditions run among the others (``none``
             is 0, ``emphatic`` 20).
         default_condition: whether an experiment that names no conditions
-            runs it (when :meth:`ready`); False: only when named.
+            runs it (when :meth:`ready`); False (the default): only when named.
     """
 
     name: str = ""
@@ -124,8 +124,9 @@ class SteeringMethod:
     sweeps_strength: bool = False
     focus_tag: tuple[str, str] = ("<?->", "<-?>")
     condition_order: int = 100
-    #: an experiment without ``conditions`` runs it when it is ready (False: only when named)
-    default_condition: bool = True
+    #: an experiment without ``conditions`` runs it when it is ready (False, the default: only when named;
+    #: a plugin joins every default experiment only when it sets this)
+    default_condition: bool = False
     #: methods on by default that it replaces on the command line when asked for (they steer the same spans)
     replaces: tuple[str, ...] = ()
     #: the parameter that sets its strength (None: none), and the strengths a search tries by default
@@ -250,6 +251,26 @@ def methods() -> tuple[str, ...]:
 def get(method: str | SteeringMethod) -> SteeringMethod:
     """A registered method by name (a method object is returned as it is)."""
     return _REGISTRY.get(method)
+
+
+def check_tags_steered(prompts: Sequence["Prompt"], methods: Sequence[SteeringMethod]) -> None:
+    """With the default steering (no ``steer`` given), a prompt's GUIDE tags ask for the registered methods
+    that are on by default: the method registered as ``"guide"`` (the built-in GUIDE, or one registered in its
+    place with ``replace=True``) steers them. When none of ``methods`` steers tags (``unregister("guide")``, or a
+    ``"guide"`` that is not on by default), a tagged prompt is an AttnlensError saying so, rather than a
+    generation that silently ignores its tags."""
+    tagged = [i for i, p in enumerate(prompts) if p.guide_spans()]
+    if not tagged or any(m.spans == "guide" for m in methods):
+        return
+    where = "the prompt has" if len(prompts) == 1 else f"prompt {tagged[0]} has"
+    if "guide" not in _REGISTRY:
+        why = ("no steering method is registered as 'guide' (unregister('guide') removed it); register one "
+               "again (attnlens.steering.register(GuideMethod()) or a method of your own named 'guide')")
+    else:
+        why = (f"the method registered as 'guide' ({type(get('guide')).__name__}) is not on by default "
+               "or does not steer tags (set on_by_default = True and spans = 'guide')")
+    raise AttnlensError(f"{where} GUIDE tags (<!-> ... <-!>) but no steering method steers them: {why}; "
+                        "or remove the tags, or choose the methods with steer=")
 
 
 def resolve(steer: Mapping[Any, Any] | Sequence[Any] | None) -> list[tuple[SteeringMethod, dict[str, Any]]]:

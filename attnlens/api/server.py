@@ -6,9 +6,10 @@ travel in an extra body field, ``"attnlens": {"method": "guide", "delta_mid": 1.
 answer equals ``attnlens.pipeline("pay-attention", model=m)(messages,
 max_new_tokens=...)``'s.
 
-One worker thread owns the model: every request is parsed, tokenized and
-checked on arrival (a bad one is answered with an OpenAI-style error at once),
-then queued. The worker takes what is waiting (after a short wait for more),
+One worker thread owns the model: every request is read (at most
+``max_body_bytes``), then parsed, tokenized and checked on arrival, on a thread
+of its own so the event loop stays free (a bad one is answered with an
+OpenAI-style error at once), then queued. The worker takes what is waiting (after a short wait for more),
 groups requests that can share a generation (the same sampling settings;
 seeded samples run alone), and generates each group as one left-padded batch
 with one bias plan per row (:func:`~attnlens.runtime.generate.generate_batch`).
@@ -38,34 +39,44 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..core.errors import AttnlensError
 from ..core.model import Model
+from ..core.validate import is_int
 from .engine import Engine, EngineStats
 from .openai_requests import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_SETTINGS,
+    MAX_JSON_DEPTH,
     METHODS,
+    MIN_TEMPERATURE,
     Job,
     RequestError,
     _error,
     chat_messages,
     check_fields,
     completion_prompt,
+    parse_body,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CHAT_FIELDS", "COMPLETION_FIELDS", "DEFAULT_MAX_TOKENS", "DEFAULT_SETTINGS", "METHODS", "Engine", "EngineStats",
-    "RequestError", "RunningServer", "bind", "create_app", "serve", "socket_url", "start_server",
+    "CHAT_FIELDS", "COMPLETION_FIELDS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TOKENS", "DEFAULT_SETTINGS",
+    "MAX_JSON_DEPTH", "METHODS", "MIN_TEMPERATURE", "Engine", "EngineStats", "RequestError", "RunningServer", "bind",
+    "create_app", "serve", "socket_url", "start_server",
 ]
+
+#: the largest request body read, in bytes (``--max-body-bytes``): 4 MiB, about a million tokens of text
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -77,7 +88,7 @@ def _usage(job: Job) -> dict[str, int]:
 
 
 def _extras(job: Job) -> dict[str, Any]:
-    return {"spans": [s.as_dict() for s in job.prompt.spans]}
+    return {"spans": [s.as_dict() for s in job.prompt.spans], "methods": list(job.methods)}
 
 
 def create_app(
@@ -87,14 +98,19 @@ def create_app(
     max_batch_size: int = 8,
     batch_wait: float = 0.01,
     max_queue: int = 256,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Any:
     """The FastAPI application serving ``model`` (its worker starts and stops with the app).
 
     ``model_name``: the id clients send as ``model`` (default: the model's own name).
     ``max_batch_size``: requests generated together; ``batch_wait``: seconds the worker
     waits after the first waiting request for others to join its batch;
-    ``max_queue``: waiting requests beyond which a request is refused (429).
+    ``max_queue``: waiting requests beyond which a request is refused (429);
+    ``max_body_bytes``: the largest request body read (a larger one is refused with 413).
     """
+    if not is_int(max_body_bytes) or max_body_bytes < 1:
+        raise AttnlensError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+    max_body_bytes = int(max_body_bytes)
     name = model_name or str(getattr(model.cfg, "model_name", None) or "attnlens-model")
     engine = Engine(model, model_name=name, max_batch_size=max_batch_size, batch_wait=batch_wait,
                     max_queue=max_queue)
@@ -124,20 +140,46 @@ def create_app(
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(_error(str(exc)).body(), status_code=400)
 
-    async def read_body(request: Request, accepted: frozenset[str]) -> dict[str, Any]:
-        raw = await request.body()
+    def too_large() -> RequestError:
+        return RequestError(f"the request body is larger than the server's limit of {max_body_bytes} bytes",
+                            status=413, code="request_too_large")
+
+    async def read_raw(request: Request) -> bytes:
+        """The body's bytes. Past ``max_body_bytes`` it is refused (413): the rest is read and dropped (up to
+        eight times the limit, so the client gets its answer rather than a reset connection), and a
+        Content-Length beyond that is refused before any is read. A client that goes away before sending all
+        of it gets one INFO line."""
+        declared = request.headers.get("content-length", "")
+        drain = 8 * max_body_bytes
+        if declared.isdigit() and int(declared) > drain:
+            raise too_large()
+        chunks, size = [], 0
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _error(f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
-        if not isinstance(body, dict):
-            raise _error("the request body must be a JSON object", None, "invalid_json")
-        check_fields(body, accepted)
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= max_body_bytes:
+                    chunks.append(chunk)
+                elif size > drain:
+                    break
+        except ClientDisconnect:
+            logger.info("a client went away after sending %d of %s bytes of its request; it is dropped", size,
+                        declared or "its")
+            raise RequestError("the client went away before sending the whole request body",
+                               code="incomplete_body") from None  # answered to nobody
+        if size > max_body_bytes:
+            raise too_large()
+        return b"".join(chunks)
+
+    def prepare(raw: bytes, chat: bool, loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Any], Job]:
+        """Parse, tokenize and check one request (on a worker thread: a long prompt never holds up the loop)."""
+        body = parse_body(raw)
+        check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
         model_id = body.get("model")
         if model_id != engine.model_name:
             raise RequestError(f"the model {model_id!r} does not exist; this server serves {engine.model_name!r}",
                                status=404, param="model", code="model_not_found")
-        return body
+        item = chat_messages(body) if chat else completion_prompt(body)
+        return body, engine.job(item, body, chat=chat, loop=loop)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -150,8 +192,9 @@ def create_app(
                                status=404, param="model", code="model_not_found")
         return _model_card(engine.model_name)
 
-    async def complete(request: Request, body: dict[str, Any], item: Any, chat: bool) -> Any:
-        job = engine.job(item, body, chat=chat, loop=asyncio.get_running_loop())
+    async def complete(request: Request, chat: bool) -> Any:
+        raw = await read_raw(request)
+        body, job = await anyio.to_thread.run_sync(prepare, raw, chat, asyncio.get_running_loop())
         engine.submit(job)
         kind = "chat.completion" if chat else "text_completion"
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -186,13 +229,11 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body = await read_body(request, CHAT_FIELDS)
-        return await complete(request, body, chat_messages(body), True)
+        return await complete(request, True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        body = await read_body(request, COMPLETION_FIELDS)
-        return await complete(request, body, completion_prompt(body), False)
+        return await complete(request, False)
 
     return app
 
@@ -313,7 +354,8 @@ class RunningServer:
 def start_server(model: Model, *, host: str = "127.0.0.1", port: int = 0, **app_kwargs: Any) -> RunningServer:
     """Serve ``model`` from a background thread (port 0: a free one); ``server.url`` is the client's base URL.
 
-    ``app_kwargs`` go to :func:`create_app` (``model_name``, ``max_batch_size``, ``batch_wait``, ``max_queue``).
+    ``app_kwargs`` go to :func:`create_app` (``model_name``, ``max_batch_size``, ``batch_wait``, ``max_queue``,
+    ``max_body_bytes``).
     """
     return RunningServer(create_app(model, **app_kwargs), bind(host, port))
 

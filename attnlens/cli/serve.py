@@ -10,8 +10,11 @@ from ._common import load_model_for, number, positive_int
 
 
 def add_serve(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API with GUIDE steering")
+    p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API, steered by any registered method")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the weights' dtype (default: float32; bfloat16 is faster on CPUs with AMX or AVX-512 BF16 "
+                        "and on GPUs, and changes the numbers slightly)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="the port (default: 8000; 0 picks a free one)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="requests generated together (default: 8)")
@@ -19,11 +22,13 @@ def add_serve(sub: Any) -> None:
                    help="how long the first waiting request waits for others to join its batch (default: 10)")
     p.add_argument("--max-queue", type=positive_int, default=256,
                    help="waiting requests beyond which new ones are refused with 429 (default: 256)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=None,
+                   help="the largest request body read; a larger one is refused with 413 (default: 4194304, 4 MiB)")
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from ..api.server import bind, serve, socket_url
+    from ..api.server import DEFAULT_MAX_BODY_BYTES, bind, serve, socket_url
     from ..runtime.models import EMBEDDED_NAME
 
     if not 0 <= args.port <= 65535:
@@ -36,7 +41,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         name = args.model or EMBEDDED_NAME
         print(f"attnlens: serving {name} at {socket_url(sock)} (Ctrl-C stops)", flush=True)
         serve(model, sock, model_name=name, max_batch_size=args.batch_size,
-              batch_wait=args.batch_wait_ms / 1000, max_queue=args.max_queue)
+              batch_wait=args.batch_wait_ms / 1000, max_queue=args.max_queue,
+              max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
     finally:
         sock.close()
     return 0

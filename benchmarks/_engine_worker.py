@@ -26,7 +26,22 @@ import sys
 import time
 
 
+def _load_backend(path: str):
+    """attnlens/runtime/vllm_backend.py loaded by path: its vLLM half imports nothing from attnlens."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attnlens_vllm_backend", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_vllm(job: dict) -> dict:
+    """Plain vLLM, or with ``"backend"`` (the path of vllm_backend.py) its key-bias model.
+
+    With the backend, ``prompts`` are already encoded (token + profile * vocab) and
+    ``profiles`` lists the table's rows after the zero row, ``shape`` its [layers, heads].
+    """
     threads = int(job["threads"])
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -42,10 +57,21 @@ def run_vllm(job: dict) -> dict:
     prompts = job["prompts"]
     n = int(job["new_tokens"])
     longest = max(len(p) for p in prompts) + n
+    kwargs = {}
+    if job.get("backend"):
+        backend = _load_backend(job["backend"])
+        backend.register()
+        profiles = backend.table()
+        profiles.reset(*job["shape"])
+        for i, matrix in enumerate(job["profiles"], start=1):
+            if profiles.add(torch.tensor(matrix)) != i:
+                raise SystemExit("_engine_worker.py: the bias profiles are not distinct")
+        kwargs = dict(skip_tokenizer_init=True, hf_overrides={"architectures": [backend.ARCHITECTURE]})
     llm = LLM(model=job["model"], dtype=job.get("dtype", "float32"), max_model_len=max(256, longest),
               max_num_seqs=max(job["batch_sizes"]), enforce_eager=True, seed=0,
-              enable_prefix_caching=False, disable_log_stats=True)
-    params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True)
+              enable_prefix_caching=False, disable_log_stats=True, **kwargs)
+    params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True,
+                            detokenize=not job.get("backend"))
 
     def generate(group: list[list[int]]) -> list[list[int]]:
         outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in group], params, use_tqdm=False)

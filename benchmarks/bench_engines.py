@@ -65,24 +65,18 @@ def groups(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def hf_model_dir(scratch: Path) -> Path:
-    """An HF-format directory of the embedded model (config, safetensors, tokenizer) for vLLM.
+def hf_model_dir(scratch: Path, hf, tokenizer) -> Path:
+    """An HF-format directory of the model (config, safetensors, tokenizer) for vLLM, in ``scratch``.
 
-    The files of attnlens' verified cache entry, linked (copied where links fail) into ``scratch``.
+    Written with ``save_pretrained``, which stores a tied embedding under its embedding's
+    name: attnlens' cache entry keeps only ``lm_head.weight`` (safetensors' ``save_model``
+    drops the tied copy), which vLLM's Llama loader, tying ``lm_head`` to the embedding,
+    does not read as the embedding (it warns and generates from a zero embedding).
     """
-    from attnlens.runtime.models import embedded_cache
-
-    source = embedded_cache(verify=True)
     target = scratch / "hf-model"
-    target.mkdir(parents=True, exist_ok=True)
-    for path in source.iterdir():
-        if path.is_file() and not path.name.startswith("."):
-            dest = target / path.name
-            if not dest.exists():
-                try:
-                    os.link(path, dest)
-                except OSError:
-                    shutil.copy2(path, dest)
+    if not (target / "config.json").exists():
+        hf.save_pretrained(str(target), safe_serialization=True)
+        tokenizer.save_pretrained(str(target))
     return target
 
 
@@ -212,7 +206,7 @@ def main() -> None:
             model = None
             if python and args.shape == "embedded":
                 if engine == "vllm":
-                    model = hf_model_dir(scratch)
+                    model = hf_model_dir(scratch, hf, tokenizer)
                 else:
                     from attnlens.runtime.models import embedded_gguf_path
 

@@ -85,3 +85,37 @@ def test_the_cli_focus_auto(tiny, capsys, monkeypatch):
     monkeypatch.setattr(autofocus, "_default_ask", lambda model, n: (lambda q: "no idea"))
     assert cli.main(["generate", CONTEXT, "--focus", "auto", "--max-new-tokens", "2"]) != 0
     assert "names no sentence" in capsys.readouterr().err
+
+
+@pytest.mark.embedded
+def test_auto_focus_with_the_embedded_model_answering(embedded):
+    """No answer is given: the embedded model is asked (greedy, through its chat template), its own answer is
+    parsed, those sentences are tagged, and the pipeline's focus="auto" steers exactly them."""
+    from attnlens.api import chain
+    from attnlens.api.autofocus import question
+    from attnlens.prompts.prompt import tokenize_prompt
+    from attnlens.runtime.generate import generate_batch
+
+    request = "What time does the museum open?"
+    focus = auto_focus(embedded, CONTEXT, request)
+    numbered = [CONTEXT[s:e] for s, e in sentences(CONTEXT)]
+    # the answer is the model's own: the question generated greedily through the chat template
+    asked = tokenize_prompt(embedded.tokenizer, [{"role": "user", "content": question(numbered, request)}], chat=True)
+    tokens = generate_batch(embedded, [list(asked.input_ids)], max_new_tokens=24)[0]
+    assert focus.answer == embedded.tokenizer.decode(tokens, skip_special_tokens=True) and focus.answer.strip()
+    chosen = parse_answer(focus.answer, numbered)
+    assert chosen and focus.sentences == tuple(numbered[i] for i in sorted(chosen))
+    parsed = parse_tags(focus.text)
+    assert parsed.text.split() == CONTEXT.split()
+    assert [parsed.text[s.start:s.end].strip() for s in parsed.spans] == list(focus.sentences)
+
+    # the pipeline asks the same question (no request: the context alone) and steers what the model named
+    pipe = al.PayAttentionPipeline(embedded)
+    steer = {"instaboost": {"alpha": 5.0}}
+    out = pipe(CONTEXT, max_new_tokens=6, focus="auto", steer=steer)[0]
+    named = auto_focus(embedded, CONTEXT)
+    assert [s["text"].strip() for s in out["spans"]] == list(named.sentences)
+    prompt = pipe.prepare(named.text)
+    expected = generate_batch(embedded, [list(prompt.input_ids)], chain.plans_for(embedded, [prompt], steer=steer),
+                              max_new_tokens=6)[0]
+    assert out["generated_text"].endswith(embedded.tokenizer.decode(expected, skip_special_tokens=True))

@@ -6,12 +6,14 @@ import csv
 import json
 
 import pytest
+import torch
 
 from attnlens import steering
 from attnlens.api import chain
 from attnlens.core.errors import ExperimentError
-from attnlens.experiments import CounterFactConfig, SummarizeConfig, get_study
+from attnlens.experiments import CounterFactConfig, ExperimentConfig, SummarizeConfig, get_study
 from attnlens.experiments.compare import compare_methods, load_comparison
+from attnlens.experiments.study import Item, Score, Segments, Study
 from attnlens.experiments.tuning import text_metric
 
 
@@ -137,3 +139,111 @@ def test_the_cli_compares_methods(tiny, tmp_path, capsys, monkeypatch):
     assert cli.main(["compare", "counterfact", "--metric", "efficacy", "--methods", "spa", "--limit", "2",
                      "--out", str(tmp_path / "f")]) == 2
     assert "probabilities" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a controlled method
+
+
+class _Dial(steering.SteeringMethod):
+    """A controlled method: its strength ``level`` (a digit) is what the model writes, every token.
+
+    A logits edit puts all the probability on the digit's token, so the output is known without the model's
+    weights mattering: level 5 writes "55", level 9 "99"."""
+
+    name = "dial"
+    spans = "guide"
+    edits = "logits"
+    focus_tag = ("<!!->", "<-!!>")
+    default_condition = False
+    params = (steering.Param("level", int, 1, "the digit written"),)
+    strength = "level"
+    strength_grid = (2, 5, 9)
+    paper_strength = 2
+
+    def steering(self, model, prompts, settings):
+        from attnlens.steering.edits import RunEdit
+
+        token = model.tokenizer.encode(str(settings["level"]), add_special_tokens=False)
+        assert len(token) == 1
+
+        def force(logits, context):
+            out = torch.full_like(logits, -1e4)
+            out[..., token[0]] = 1e4
+            return out
+
+        return RunEdit.for_prompts(model, "logits", force, [self.prompt_spans(p) for p in prompts], name=self.name)
+
+
+#: each item's weight: the score of an output is weight x closeness of its first digit to 5 (no digit: 0.1)
+WEIGHTS = (1.0, 0.5, 0.8, 0.3, 0.9, 0.6)
+
+
+def _closeness(output: str) -> float:
+    first = output.strip()[:1]
+    return 1.0 - abs(int(first) - 5) / 10 if first.isdigit() else 0.1
+
+
+class _DialStudy(Study):
+    """Items whose score depends on the digit the output starts with (best: 5), weighted per item."""
+
+    name = "dial-study"
+    primary = "closeness"
+    metrics = ("closeness",)
+
+    def load_data(self, config):
+        return [{"id": f"d{i}", "weight": w} for i, w in enumerate(WEIGHTS)]
+
+    def items(self, data, config, tokenizer):
+        return [Item(r["id"], r) for r in data][: config.limit]
+
+    def segments(self, item, config):
+        return Segments(before="Write a digit. ", focus="The digit matters.", after=" Go.")
+
+    def score(self, items, outputs, config):
+        return [Score({"closeness": item.data["weight"] * _closeness(text)}) for item, text in zip(items, outputs)]
+
+
+@pytest.fixture
+def dial():
+    steering.register(_Dial())
+    yield
+    steering.unregister("dial")
+
+
+def test_a_comparison_on_a_method_whose_score_depends_on_its_strength(tiny, tmp_path, dial):
+    import random
+
+    study = _DialStudy()
+    config = ExperimentConfig(out=str(tmp_path / "runs"), limit=len(WEIGHTS), max_new_tokens=2, plots=False,
+                              influence=False, seed=0)
+    result = compare_methods(study, config, ["dial"], model=tiny, max_repetition=1.0, out=tmp_path / "cmp")
+    tuned, default = result.rows
+    # the split the search makes (a seeded shuffle, half held out), by hand
+    order = list(range(len(WEIGHTS)))
+    random.Random(0).shuffle(order)
+    dev, test = sorted(order[:3]), sorted(order[3:])
+    assert result.n_dev == 3 and result.n_heldout == 3
+    held = [WEIGHTS[i] for i in test]
+
+    # on the development items the levels score 0.7, 1.0 and 0.6 times the weights: no ties, 5 is the best
+    saved = json.loads((tmp_path / "cmp" / "tune-dial.json").read_text())
+    trials = {t["strength"]: t["score"] for t in saved["result"]["trials"]}
+    dev_mean = sum(WEIGHTS[i] for i in dev) / 3
+    assert trials == pytest.approx({2: 0.7 * dev_mean, 5: 1.0 * dev_mean, 9: 0.6 * dev_mean})
+    assert tuned.setting == "tuned" and tuned.strength == 5 and tuned.tied == 1 and not tuned.at_strongest
+    assert default.setting == "default" and default.strength == 2
+
+    # held out: the unsteered outputs start with no digit (0.1 each), the tuned one writes 5s, the default 2s
+    assert result.unsteered["mean"] == pytest.approx(sum(0.1 * w for w in held) / 3)
+    assert tuned.mean == pytest.approx(sum(held) / 3) and tuned.mean > 0
+    assert default.mean == pytest.approx(sum(0.7 * w for w in held) / 3)
+    # paired differences, item by item, by hand
+    assert tuned.difference == pytest.approx(sum((1.0 - 0.1) * w for w in held) / 3)
+    assert default.difference == pytest.approx(sum((0.7 - 0.1) * w for w in held) / 3)
+    assert tuned.mean > default.mean > result.unsteered["mean"]
+    # the held-out scores saved per item are the weights times the closeness of what was written
+    assert saved["heldout_scores"]["5"] == pytest.approx(held)
+    assert saved["heldout_scores"]["2"] == pytest.approx([0.7 * w for w in held])
+    assert saved["heldout_scores"]["none"] == pytest.approx([0.1 * w for w in held])
+    # the interval of a difference that is positive on every item stays above 0
+    assert 0 < tuned.difference_low <= tuned.difference <= tuned.difference_high

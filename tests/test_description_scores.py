@@ -119,3 +119,71 @@ def test_cli_describe_with_held_out(tiny, tmp_path, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert 0.0 <= out["score"] <= 1.0 and out["score"] == out["control_score"]  # the same description twice
     assert len(server.requests) == 2  # the head and the control head (fixed patterns need no more calls)
+
+
+# ----------------------------------------------------------------------------- tests that can fail
+
+
+def _describer_requests(server):
+    """The text of every request the stub chat model received (the describer's prompts)."""
+    return [" ".join(str(m.get("content", "")) for m in r.body["messages"]) for r in server.requests]
+
+
+def test_the_describer_never_sees_the_held_out_texts(tiny):
+    """What the describer received comes from the texts it describes from, never from the held-out texts the
+    descriptions are then scored on."""
+    with ChatStubServer("It attends to the previous token.", api_key=KEY) as server:
+        ad = AttentionData(tiny, openai_model="stub", text_batch=TEXTS, min_length=4, max_length=14,
+                           client=OpenAI(base_url=server.url, api_key=KEY), seed=0)
+        rows = ad.describe_heads(layers=[1], heads=[0, 1], max_concurrency=1, progress=False, held_out=HELD_OUT)
+    sent = _describer_requests(server)
+    assert len(sent) == 2 and all(r.score is not None for r in rows)  # fixed patterns: no scoring calls
+    seen = " ".join(sent)
+    # words only the describer's texts have are there (so the check below looks at the right thing) ...
+    assert any(word in seen for word in ("cat", "mat", "Paris", "Rome"))
+    # ... and no word only the held-out texts have
+    held_only = {w.strip(".").lower() for t in HELD_OUT for w in t.split()} - {
+        w.strip(".").lower() for t in TEXTS for w in t.split()}
+    assert held_only >= {"river", "floods", "spring", "students", "books"}
+    # the prompt's own instructions (the same for every head) are not text the describer was shown
+    instructions = {w.lower() for w in re.findall(r"[A-Za-z]+", ad.build_prompt([], None))}
+    tokens = {w.lower() for w in re.findall(r"[A-Za-z]+", seen)} - instructions
+    assert not held_only & tokens, held_only & tokens
+
+
+def test_cli_scores_a_wrong_description_below_the_right_one(embedded, tmp_path, monkeypatch, capsys):
+    """On a previous-token head of the embedded model, "the previous token" scores higher on held-out texts than
+    "the first token" (the control head's description), and both are read from the head's real attention."""
+    from attnlens.analysis.capture import capture_patterns
+
+    rows = [embedded.tokenizer(t)["input_ids"][:30] for t in HELD_OUT]
+    n_layers, n_heads = embedded.cfg.n_layers, embedded.cfg.n_heads
+    pats = capture_patterns(embedded, rows, {layer: tuple(range(n_heads)) for layer in range(n_layers)})
+
+    def previous_share(key):
+        p = pats[key]
+        return sum(float(p[i, q, q - 1]) for i, r in enumerate(rows) for q in range(2, len(r)))
+
+    layer, head = max(pats, key=previous_share)
+    right = score_description(embedded, layer, head, "The previous token.", HELD_OUT, first_query=2)
+    wrong = score_description(embedded, layer, head, "The first token of the text.", HELD_OUT, first_query=2)
+    assert right.how == "pattern:previous" and wrong.how == "pattern:first"
+    assert right.score > 0.5 and right.score > wrong.score + 0.3
+
+    texts, held = tmp_path / "texts.txt", tmp_path / "held.txt"
+    texts.write_text("\n".join(TEXTS), encoding="utf-8")
+    held.write_text("\n".join(HELD_OUT), encoding="utf-8")
+    monkeypatch.setattr(cli, "_load", lambda args: embedded)
+    monkeypatch.setenv("MY_KEY", KEY)
+    answers = iter(["It attends to the previous token.", "It attends to the first token."])
+    with ChatStubServer(lambda body: next(answers), api_key=KEY) as server:
+        assert cli.main(["heads", "describe", "--layer", str(layer), "--head", str(head), "--texts", str(texts),
+                         "--min-length", "4", "--max-length", "14", "--base-url", server.url, "--num-samples", "2",
+                         "--seed", "3", "--openai-model", "stub", "--api-key-env", "MY_KEY", "--held-out", str(held),
+                         "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["description"] == "It attends to the previous token."
+    assert out["score"] > out["control_score"] + 0.3
+    assert len(server.requests) == 2
+    seen = " ".join(_describer_requests(server))
+    assert "river" not in seen and "students" not in seen

@@ -209,3 +209,95 @@ def test_an_entry_from_before_file_digests_is_checked_against_its_weights(cache)
     assert models.verify_cache_entry(directory) is None  # sound: it gets its file digests
     assert "config.json" in json.loads((directory / "attnlens.json").read_text())["files"]
     assert len(builds) == 1
+
+
+# ----------------------------------------------------------------------------- keys in base URLs
+
+
+KEY_IN_URL = "sk-query-key-0123456789"
+API_KEY = "sk-header-key-abcdef9876"
+
+
+@pytest.fixture
+def chat_server():
+    """An OpenAI-compatible endpoint on 127.0.0.1 that answers any chat request and records its path."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            paths.append(self.path)
+            ok = self.path.split("?")[0] == "/v1/chat/completions"
+            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "stub",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": "A head."}}]}
+                              if ok else {"error": {"message": f"unknown path {self.path}"}}).encode()
+            self.send_response(200 if ok else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _no_secret_logged(caplog, *secrets):
+    lines = [record.getMessage() for record in caplog.records]
+    lines += [record.exc_text or "" for record in caplog.records]
+    assert lines and not [line for line in lines for s in secrets if s in line]
+    assert not [s for s in secrets if s in caplog.text]
+
+
+def test_a_key_in_the_base_url_reaches_the_server_and_no_log_line(chat_server, caplog):
+    from attnlens.analysis.chat_client import complete, make_client
+
+    url, paths = chat_server
+    client = make_client(API_KEY, base_url=f"{url}?api-key={KEY_IN_URL}")
+    with caplog.at_level(logging.DEBUG):
+        answer = complete(client, "stub", "Describe the head.")
+    assert answer.text == "A head."
+    assert paths == [f"/v1/chat/completions?api-key={KEY_IN_URL}"]  # sent as the query, to the right path
+    assert any(r.name.startswith("httpx") and "HTTP Request: POST" in r.getMessage() for r in caplog.records)
+    assert any("api-key=***" in r.getMessage() for r in caplog.records if r.name.startswith("httpx"))
+    _no_secret_logged(caplog, KEY_IN_URL, API_KEY)
+
+
+def test_a_callers_client_with_a_key_in_its_query_logs_no_key(chat_server, caplog):
+    import openai
+
+    from attnlens.analysis.chat_client import complete
+
+    url, paths = chat_server
+    client = openai.OpenAI(base_url=url, api_key=API_KEY, default_query={"api-key": KEY_IN_URL}, max_retries=0)
+    with caplog.at_level(logging.DEBUG):
+        complete(client, "stub", "Describe the head.")
+    assert paths and KEY_IN_URL in paths[0]
+    _no_secret_logged(caplog, KEY_IN_URL, API_KEY)
+
+
+def test_a_failed_request_logs_no_key_either(chat_server, caplog):
+    import openai
+
+    from attnlens.analysis.chat_client import complete
+    from attnlens.core.errors import DescribeError
+
+    url, _ = chat_server
+    client = openai.OpenAI(base_url=f"{url}/missing?token={KEY_IN_URL}", api_key=API_KEY, max_retries=0)
+    with caplog.at_level(logging.DEBUG), pytest.raises(DescribeError) as info:
+        complete(client, "stub", "Describe the head.")
+    assert KEY_IN_URL not in str(info.value)
+    _no_secret_logged(caplog, KEY_IN_URL, API_KEY)

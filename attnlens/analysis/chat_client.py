@@ -16,7 +16,9 @@ command line sets them with ``--timeout``, ``--max-retries`` and ``--deadline``.
 What is left after the retries, and what no retry can fix (no key, 401, 403, an
 unknown model, a body that is not a chat completion: HTML, a JSON list,
 malformed JSON), becomes a :class:`DescribeError` whose message says what came
-back or what to change. The API key is never logged nor put in a message.
+back or what to change. The API key is never logged nor put in a message: a base URL's
+query (``?api-key=KEY``) is sent as the client's default query, and a filter on the
+HTTP stack's loggers (:func:`guard_logs`) rewrites their lines that would show it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -90,7 +93,95 @@ def make_client(
             )
         key = NO_KEY_PLACEHOLDER
         logger.debug("no API key for %s; sending a placeholder", redact_url(base_url))
-    return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+    base, query = _split_query(base_url)
+    client = openai.OpenAI(api_key=key, base_url=base, default_query=query or None, timeout=timeout,
+                           max_retries=max_retries)
+    guard_logs(*_client_secrets(client))
+    return client
+
+
+def _split_query(base_url: Any) -> tuple[Any, dict[str, str]]:
+    """``base_url`` without its query, and the query's parameters: the client sends them with every
+    request (a base URL such as ``.../v1?api-key=KEY``, which openai would otherwise join into a
+    wrong path)."""
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    if base_url is None:
+        return None, {}
+    try:
+        parts = urlsplit(str(base_url))
+    except ValueError:
+        return base_url, {}
+    if not parts.query:
+        return base_url, {}
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), query
+
+
+#: the loggers of the HTTP stack under openai's client, which log request URLs at INFO and DEBUG; every
+#: other logger of these packages (and of their renamed forks: openai builds on ``httpx2`` and
+#: ``httpcore2`` in some releases) that exists when :func:`guard_logs` runs gets the filter too
+HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
+                "httpcore.socks", "openai", "openai._base_client", "openai._response", "openai._legacy_response")
+_HTTP_LOGGER_NAME = re.compile(r"(httpx|httpcore)\w*(\.|$)|openai(\.|$)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+#: the secrets of the clients in use (keys, key-like query values), kept out of the HTTP stack's log lines
+_KNOWN_SECRETS: set[str] = set()
+
+
+class _RedactSecrets(logging.Filter):
+    """Rewrites a log record whose text carries a secret: a URL's user info and key-like query values
+    become ``***`` (as :func:`~attnlens.core.validate.redact_url` shows them), and so does any secret
+    :func:`guard_logs` was given; a traceback attached to the record is cleaned the same way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is left to logging
+            return True
+        cleaned = _clean(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _clean(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = _clean(record.exc_text)
+        return True
+
+
+def _clean(text: str) -> str:
+    def url(match: re.Match[str]) -> str:
+        found = match.group(0)
+        return redact_url(found) if url_secrets(found) else found
+
+    return redact(_URL_IN_TEXT.sub(url, text), *tuple(_KNOWN_SECRETS))
+
+
+_GUARD = _RedactSecrets()
+
+
+def _client_secrets(client: Any) -> list[str]:
+    """The secrets a client carries: its key, and those of its base URL and default query."""
+    base = getattr(client, "base_url", None)
+    query = getattr(client, "default_query", None)
+    hidden = [str(v) for k, v in query.items() if v and url_secrets(f"x://h/?{k}=xxxx")] \
+        if isinstance(query, dict) else []
+    key = getattr(client, "api_key", None)
+    return [*([key] if isinstance(key, str) and key != NO_KEY_PLACEHOLDER else []), *hidden,
+            *url_secrets(base if base is not None else "")]
+
+
+def guard_logs(*secrets: str) -> None:
+    """Keep secrets out of the HTTP stack's log lines: httpx logs every request's URL at INFO (with a
+    ``?api-key=`` query, the key), httpcore and openai more at DEBUG. A filter on each of
+    :data:`HTTP_LOGGERS` rewrites such a record before any handler sees it: key-like values in any
+    URL, and each of ``secrets`` anywhere (idempotent)."""
+    _KNOWN_SECRETS.update(s for s in secrets if isinstance(s, str) and len(s) >= 4)
+    present = [name for name in list(logging.Logger.manager.loggerDict) if _HTTP_LOGGER_NAME.match(name)]
+    for name in dict.fromkeys((*HTTP_LOGGERS, *present)):
+        log = logging.getLogger(name)
+        if _GUARD not in log.filters:
+            log.addFilter(_GUARD)
 
 
 def check_seconds(value: Any, what: str) -> float:
@@ -107,12 +198,12 @@ def endpoint(client: Any) -> str:
 
 
 def _scrub(text: str, client: Any) -> str:
-    """``text`` without the client's key and without the secrets its base URL carries."""
+    """``text`` without the client's key and without the secrets its base URL and default query carry."""
     base = getattr(client, "base_url", None)
     if base is not None:
         raw = str(base)
         text = text.replace(raw, redact_url(raw)).replace(raw.rstrip("/"), redact_url(raw).rstrip("/"))
-    return redact(text, getattr(client, "api_key", None), *url_secrets(base if base is not None else ""))
+    return _clean(redact(text, *_client_secrets(client)))
 
 
 def _server_message(exc: Any, client: Any) -> str:
@@ -146,6 +237,7 @@ def complete(
     """
     import openai
 
+    guard_logs(*_client_secrets(client))  # also for a client the caller built, whose base URL may carry a key
     if not isinstance(model, str) or not model:
         raise DescribeError(f"openai_model must name a chat model, got {model!r}")
     messages = [{"role": "system", "content": system}] if system else []

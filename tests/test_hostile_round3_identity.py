@@ -301,3 +301,17 @@ def test_a_failed_request_logs_no_key_either(chat_server, caplog):
         complete(client, "stub", "Describe the head.")
     assert KEY_IN_URL not in str(info.value)
     _no_secret_logged(caplog, KEY_IN_URL, API_KEY)
+
+
+def test_a_traceback_on_an_http_log_line_is_cleaned_too(caplog):
+    from attnlens.analysis.chat_client import guard_logs
+
+    guard_logs()
+    url = f"http://127.0.0.1:1/v1?api-key={KEY_IN_URL}"
+    with caplog.at_level(logging.DEBUG):
+        try:
+            raise ConnectionError(f"cannot reach {url}")
+        except ConnectionError:
+            logging.getLogger("httpcore.connection").debug("request to %s failed", url, exc_info=True)
+    assert "api-key=***" in caplog.text and "ConnectionError" in caplog.text
+    _no_secret_logged(caplog, KEY_IN_URL)

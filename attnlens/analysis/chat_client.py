@@ -143,7 +143,9 @@ class _RedactSecrets(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
-            record.exc_text = _clean(logging.Formatter().formatException(record.exc_info))
+            text = logging.Formatter().formatException(record.exc_info)
+            if _clean(text) != text:  # set only then: a handler's own formatter formats the others
+                record.exc_text = _clean(text)
         elif record.exc_text:
             record.exc_text = _clean(record.exc_text)
         return True

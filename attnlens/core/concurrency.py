@@ -7,9 +7,11 @@ Three tools, used by every attnlens entry point that runs a model:
   pass another thread runs on the same model at the same time is left as it is;
 - **a per-model lock** (:func:`exclusive`): attnlens' runs of one model take turns
   (runs of different models go on in parallel). While a run holds it, a forward of
-  the model that another thread starts waits for it (a pair of hooks on the model,
-  installed only while some run holds the lock), so nobody sees the modules a direct
-  run swaps (:mod:`attnlens.runtime.direct`);
+  the model that another thread starts waits for it (a guard in front of the model's
+  ``forward``, installed only while some run holds the lock or a guarded forward runs),
+  so nobody sees the modules a direct run swaps (:mod:`attnlens.runtime.direct`). The
+  lock and the guard are given up on every way out of a run and of a forward, a
+  KeyboardInterrupt included;
 - **seeded sampling** (:func:`seeded`): torch's samplers draw from the process-wide
   generator, so sampling holds one process-wide lock, and a seeded call runs in a
   forked random state (:func:`torch.random.fork_rng`), which it leaves as it was.
@@ -92,12 +94,15 @@ class _ModelState:
         self.lock = threading.RLock()
         self.depth = 0  # nesting of exclusive() in the owning thread
         self.mutex = threading.Lock()  # guards the fields below
-        self.inflight = 0  # forwards between the guard's pre-hook and its hook
-        self.handles: list[Any] = []  # the guard's hook handles while installed
+        self.inflight = 0  # forwards inside the guard
+        self.guard: Any = None  # the guarded forward while installed
+        self.replaced: Any = None  # the instance's own ``forward`` the guard stands in front of, if it had one
 
 
-#: ids of the guard hooks' handles (hooks that change nothing a model computes)
-_guard_ids: set[int] = set()
+def guard_hook_ids() -> set[int]:
+    """Handle ids of hooks :func:`exclusive` puts on a model: none (it guards the model's ``forward`` itself,
+    which computes nothing else). Kept for callers that exclude these ids from a check of a model's hooks."""
+    return set()
 
 
 class PerModel:
@@ -119,43 +124,59 @@ class PerModel:
 _state = PerModel(_ModelState)
 
 
-def guard_hook_ids() -> set[int]:
-    """Handle ids of the hooks :func:`exclusive` puts on a model (they only wait; nothing is computed)."""
-    return set(_guard_ids)
-
-
 def _install_guard(model: Any, state: _ModelState) -> None:
-    if state.handles or not hasattr(model, "register_forward_pre_hook"):
-        return
+    """Put a guarded ``forward`` in front of the model's own (caller holds ``state.mutex``).
 
-    def enter(module: Any, args: Any) -> None:
+    The guard is a ``try``/``finally`` around the forward, not a pair of forward hooks: torch runs a
+    module's ``always_call`` forward hooks only when the forward raises an ``Exception``, so a
+    KeyboardInterrupt (or any other ``BaseException``) inside a forward would skip the releasing hook and
+    leave the lock held for good; a ``finally`` releases it on every way out.
+    """
+    if state.guard is not None or not isinstance(model, torch.nn.Module):
+        return
+    attributes = vars(model)
+    replaced = attributes.get("forward")  # an instance-level forward of someone else's (accelerate's)
+    inner = model.forward  # what a call runs now: that one, or the class's forward bound to the model
+
+    def guarded_forward(*args: Any, **kwargs: Any) -> Any:
         with state.mutex:
             state.inflight += 1
         try:
             state.lock.acquire()
-        except BaseException:
-            with state.mutex:
-                state.inflight -= 1
+        except BaseException:  # interrupted while waiting: nothing taken
+            _leave(model, state)
             raise
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            state.lock.release()
+            _leave(model, state)
 
-    def leave(module: Any, args: Any, output: Any) -> None:
-        state.lock.release()
-        with state.mutex:
-            state.inflight -= 1
-            if state.depth == 0 and state.inflight == 0:
-                _remove_guard(state)
-
-    pre = model.register_forward_pre_hook(enter)
-    post = model.register_forward_hook(leave, always_call=True)
-    state.handles = [pre, post]
-    _guard_ids.update(h.id for h in state.handles)
+    guarded_forward.__wrapped__ = inner  # type: ignore[attr-defined]  # inspect.signature sees the model's
+    guarded_forward.__doc__ = getattr(inner, "__doc__", None)
+    attributes["forward"] = guarded_forward  # past any __setattr__ of the model's class
+    state.guard, state.replaced = guarded_forward, replaced
 
 
-def _remove_guard(state: _ModelState) -> None:
-    for handle in state.handles:
-        handle.remove()
-        _guard_ids.discard(handle.id)
-    state.handles = []
+def _leave(model: Any, state: _ModelState) -> None:
+    with state.mutex:
+        state.inflight -= 1
+        if state.depth == 0 and state.inflight == 0:
+            _remove_guard(model, state)
+
+
+def _remove_guard(model: Any, state: _ModelState) -> None:
+    """Take the guarded forward away (caller holds ``state.mutex``). A ``forward`` someone put on the
+    instance after the guard stays (it may call the guard, which then only takes its turn)."""
+    if state.guard is None:
+        return
+    attributes = vars(model)
+    if attributes.get("forward") is state.guard:
+        if state.replaced is None:
+            del attributes["forward"]
+        else:
+            attributes["forward"] = state.replaced
+    state.guard = state.replaced = None
 
 
 @contextmanager
@@ -178,7 +199,7 @@ def exclusive(model: Any) -> Iterator[None]:
         with state.mutex:
             state.depth -= 1
             if state.depth == 0 and state.inflight == 0:
-                _remove_guard(state)
+                _remove_guard(model, state)
         state.lock.release()
 
 

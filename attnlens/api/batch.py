@@ -107,6 +107,9 @@ def batch_identity(pipe: Any, call_kwargs: Mapping[str, Any]) -> dict[str, Any]:
         "return_full_text": pipe.return_full_text,
         "convention": pipe.convention,
     }
+    steer = call.pop("steer", None) or getattr(pipe, "steer", None)
+    if steer is not None:  # a run without one keeps the identity it always had
+        settings["steer"] = steer
     for name in list(settings):  # the call's value wins, as in the pipeline
         if name in call and call[name] is not None:
             settings[name] = call.pop(name)

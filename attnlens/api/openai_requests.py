@@ -173,31 +173,6 @@ def __getattr__(name: str) -> Any:  # METHODS follows the registry (PEP 562)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _steer_entries(value: Any) -> list[tuple[str, Any]]:
-    """``attnlens.steer`` as ``(name, settings)`` pairs: an object ``{method: settings}``, one name, or a list
-    of names, ``{method: settings}`` objects and ``[name, settings]`` pairs."""
-    where = "attnlens.steer"
-    if isinstance(value, str):
-        return [(value, {})]
-    if isinstance(value, dict):
-        return list(value.items())
-    if not isinstance(value, list):
-        raise _error("attnlens.steer must be an object {method: settings} or a list of them",
-                     where, "invalid_type")
-    out: list[tuple[str, Any]] = []
-    for i, entry in enumerate(value):
-        if isinstance(entry, str):
-            out.append((entry, {}))
-        elif isinstance(entry, dict):
-            out.extend(entry.items())
-        elif isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
-            out.append((entry[0], entry[1]))
-        else:
-            raise _error(f"attnlens.steer[{i}] must be a method name, an object {{method: settings}} or a "
-                         f"[method, settings] pair, got {entry!r}", f"{where}[{i}]", "invalid_type")
-    return out
-
-
 def parse_steering(body: dict[str, Any], n_layers: int) -> Steering:
     """The ``attnlens`` body field, with the pipeline's defaults for what it leaves out.
 
@@ -209,6 +184,7 @@ def parse_steering(body: dict[str, Any], n_layers: int) -> Steering:
     emphasised text (PASTA, SpotLight) act on.
     """
     from .. import steering as registry
+    from ..steering import description
 
     given = body.get("attnlens")
     if given is None:
@@ -242,30 +218,19 @@ def parse_steering(body: dict[str, Any], n_layers: int) -> Steering:
         if "method" in given:
             raise _error("give either attnlens.method or attnlens.steer, not both", "attnlens.method",
                          "invalid_value")
-        entries = _steer_entries(given["steer"])
+        try:
+            entries = description.entries(given["steer"], "attnlens.steer")
+        except description.DescriptionError as exc:
+            raise _error(str(exc), exc.where, "invalid_value") from None
     else:
         method = settings["method"]
         if not isinstance(method, str) or method not in offered:
             raise _error(f"unknown steering method {method!r}; the server offers {', '.join(offered)}",
                          "attnlens.method", "invalid_value")
-        entries = [] if method == "none" else [(method, {})]
+        entries = [] if method == "none" else [(method, {}, "attnlens.method")]
     steer: dict[str, dict[str, Any]] = {}
-    for name, values in entries:
-        where = f"attnlens.steer.{name}" if "steer" in given else "attnlens.method"
-        if not isinstance(name, str) or name not in offered:
-            raise _error(f"unknown steering method {name!r}; the server offers {', '.join(offered)}",
-                         where, "invalid_value")
-        if name == "none":
-            continue
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise _error(f"the settings of {name} must be an object {{parameter: value}}, got {values!r}",
-                         where, "invalid_type")
-        if name in steer:
-            raise _error(f"steering method {name!r} is given twice", where, "invalid_value")
+    for name, values, where in entries:
         method = registry.get(name)
-        values = dict(values)
         for key, value in (("delta_mid", delta), ("layers", layers)):
             if key not in values and any(p.name == key for p in method.params):
                 values[key] = value

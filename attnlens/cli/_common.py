@@ -20,6 +20,28 @@ def load_model_for(args: argparse.Namespace) -> Any:
     return _load(args)
 
 
+STEERING_HELP = ('the steering, as the server and the pipeline take it: JSON {"METHOD": {"PARAM": VALUE}} '
+                 '(several methods add up), or @FILE of that JSON; e.g. \'{"instaboost": {"alpha": 8}}\'')
+
+
+def add_steering_flag(parser: Any, help: str = STEERING_HELP) -> None:
+    """``--steering JSON``: a steering description (:mod:`attnlens.steering.description`)."""
+    parser.add_argument("--steering", default=None, metavar="JSON", help=help)
+
+
+def steering_from(args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
+    """``--steering`` as ``{method: settings}`` checked by each method (None when not given)."""
+    from ..steering import description
+
+    text = getattr(args, "steering", None)
+    if text is None:
+        return None
+    try:
+        return description.parse(text, "--steering")
+    except description.DescriptionError as exc:
+        raise CLIError(str(exc)) from None
+
+
 def side_by_side(left_title: str, left: str, right_title: str, right: str) -> str:
     width = max(40, min(shutil.get_terminal_size((120, 20)).columns, 160))
     col = (width - 3) // 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_chat_flags, check_shape, load_model_for, number, positive_int
+from ._common import add_chat_flags, add_steering_flag, check_shape, load_model_for, number, positive_int, steering_from
 
 
 def add_batch(sub: Any) -> None:
@@ -19,6 +19,7 @@ def add_batch(sub: Any) -> None:
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most per prompt")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per unit of work and per generate")
+    add_steering_flag(p)
     add_chat_flags(p, "plain-string prompts")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.set_defaults(run=_run_batch)
@@ -29,10 +30,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     from ..runtime.distributed import current_workers
 
     prompts = read_prompts(args.input)  # a bad file fails before the model loads
+    steer = steering_from(args)
     check_shape(args, layers="layers")
     model = load_model_for(args)
     pipe = PayAttentionPipeline(model, delta_mid=args.delta_mid, layers=args.layers, batch_size=args.batch_size,
-                                chat=True if args.chat else None, raw=args.raw)
+                                chat=True if args.chat else None, raw=args.raw, steer=steer)
     rows = run_prompts(pipe, prompts, args.output, max_new_tokens=args.max_new_tokens)
     workers = current_workers()
     if workers.is_main:

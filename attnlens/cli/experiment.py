@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ._common import LazyChoices, non_negative_int, number, positive_int
+from ._common import STEERING_HELP, LazyChoices, add_steering_flag, non_negative_int, number, positive_int, steering_from
 
 def add_experiment(sub: Any) -> None:
     from ..experiments import STUDY_NAMES
@@ -27,6 +27,8 @@ def add_experiment(sub: Any) -> None:
                         "guide, emphatic, and pasta with --pasta-heads)")
     common.add_argument("--set", dest="method_settings", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                         help="a steering method's parameter for its condition (repeatable), e.g. pasta.alpha=0.05")
+    add_steering_flag(common, STEERING_HELP + "; its methods are the conditions, next to none, unless "
+                      "--conditions names them")
     common.add_argument("--layers", nargs="+", default=["all"],
                         help="layers GUIDE steers: all | none | first | last | indices")
     common.add_argument("--model", "--model_name", dest="model", default=None,
@@ -114,8 +116,14 @@ def _experiment_config(args: argparse.Namespace) -> Any:
     )
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    if getattr(args, "method_settings", None):
-        kwargs["steering"] = method_settings(args.method_settings)
+    described = steering_from(args)  # --steering JSON: the methods' settings, and their conditions
+    if described is not None or getattr(args, "method_settings", None):
+        steering = {name: dict(values) for name, values in (described or {}).items()}
+        for name, values in method_settings(getattr(args, "method_settings", None) or []).items():
+            steering.setdefault(name, {}).update(values)
+        kwargs["steering"] = steering
+    if described is not None and args.conditions is None:
+        kwargs["conditions"] = ["none", *described]
     if args.study == "summarize":
         kwargs.update(passage_words=args.passage_words, bertscore=args.bertscore)
         if args.instruction:
@@ -123,7 +131,14 @@ def _experiment_config(args: argparse.Namespace) -> Any:
     elif args.study == "needle":
         kwargs.update(context_lengths=args.context_lengths, depths=args.depths)
     elif args.study == "faithfulness":
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        methods = None  # every registered method
+        if args.methods is not None:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            if not methods:
+                from ..core.errors import CLIError
+
+                raise CLIError(f"--methods {args.methods!r} names no method; give comma-separated attribution "
+                               "methods, or leave --methods out to run every registered one")
         kwargs.update(methods=methods, erase=args.erase, seeds=args.seeds, points=args.points, target=args.target,
                       influence=False, plots=False)
     return CONFIGS[args.study](**kwargs)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import (add_chat_flags, add_later, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
+from ._common import (add_chat_flags, add_later, add_steering_flag, steering_from, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
                       side_by_side, warn)
 
 #: the demo's case, CounterFact-style: the context states an old fact and a new one that contradicts what
@@ -62,6 +62,7 @@ def add_method_flags(p: Any) -> None:
     from .. import steering
 
     names = steering.methods()
+    add_steering_flag(p)
     p.add_argument("--steer", action="append", default=[], choices=names, metavar="METHOD",
                    help=f"apply a registered steering method ({', '.join(names)}); a method is also applied "
                         "when one of its options is given")
@@ -83,14 +84,16 @@ def chosen_methods(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """``{method: settings}`` the options ask for (those on by default always; their values as given)."""
     from .. import steering
 
+    described = steering_from(args) or {}  # --steering JSON; a method's own options add to it
     out: dict[str, dict[str, Any]] = {}
     for name in steering.methods():
         method = steering.get(name)
         given = {param.name: getattr(args, _dest(method, param)) for param in method.params
                  if getattr(args, _dest(method, param), None) is not None}
-        if method.on_by_default or given or name in (getattr(args, "steer", None) or ()):
+        given = {**described.get(name, {}), **given}
+        if method.on_by_default or given or name in (getattr(args, "steer", None) or ()) or name in described:
             out[name] = given
-    asked = set(getattr(args, "steer", None) or ()) | {n for n, g in out.items() if g}
+    asked = set(getattr(args, "steer", None) or ()) | set(described) | {n for n, g in out.items() if g}
     for name in [n for n in out if steering.get(n).on_by_default and n not in asked]:
         if any(name in steering.get(o).replaces for o in asked):  # e.g. instaboost instead of GUIDE on the tags
             del out[name]

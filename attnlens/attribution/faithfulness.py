@@ -36,6 +36,7 @@ import torch
 
 from ..core.errors import AttnlensError
 from ..core.records import Showable
+from ..core.validate import is_int
 from . import registry
 from .token_methods import ERASE_MODES, erased, neutral_token
 from .tokens import Target, make_target, scores_for, target_logprob
@@ -46,6 +47,50 @@ FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
 #: the scalar metrics, and which direction is better
 METRICS = {"deletion_area": "lower", "insertion_area": "higher", "comprehensiveness_aopc": "higher",
            "sufficiency_aopc": "lower"}
+
+
+def check_settings(*, erase: Any = "replace", seeds: Any = 5, points: Any = 11,
+                   fractions: Any = FRACTIONS) -> tuple[float, ...]:
+    """Every setting of an evaluation checked before the model runs; returns ``fractions`` as floats.
+
+    ``erase`` one of :data:`~attnlens.attribution.token_methods.ERASE_MODES`; ``seeds`` a positive
+    integer; ``points`` an integer of at least 2; ``fractions`` a non-empty list of numbers in (0, 1].
+    """
+    if not isinstance(erase, str) or erase not in ERASE_MODES:
+        raise AttnlensError(f"erase must be one of {', '.join(ERASE_MODES)}, got {erase!r}")
+    if not is_int(seeds) or seeds < 1:
+        raise AttnlensError(f"seeds must be a positive integer, got {seeds!r}")
+    if not is_int(points) or points < 2:
+        raise AttnlensError(f"points must be an integer of at least 2, got {points!r}")
+    listed = list(fractions) if isinstance(fractions, Sequence) and not isinstance(fractions, (str, bytes)) else None
+    if not listed:
+        raise AttnlensError(f"fractions must be a non-empty list of numbers in (0, 1] (the shares of tokens "
+                            f"comprehensiveness and sufficiency erase), got {fractions!r}")
+    for q in listed:
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+            raise AttnlensError(f"fractions must be numbers in (0, 1], got {q!r} in {fractions!r}")
+    return tuple(float(q) for q in listed)
+
+
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_scores(scores: Any, n_prompt: int, what: str = "scores") -> torch.Tensor:
+    """``scores`` as a float64 tensor of ``n_prompt`` finite numbers, else an error naming ``what``."""
+    try:
+        values = torch.as_tensor(scores.detach().cpu() if isinstance(scores, torch.Tensor) else list(scores))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise AttnlensError(f"{what} must be numbers, one per prompt token ({exc})") from None
+    if not (values.is_floating_point() or values.dtype in _INTEGERS):
+        raise AttnlensError(f"{what} must be real numbers, got a tensor of {values.dtype}")
+    values = values.double().reshape(-1)
+    if values.numel() != n_prompt:
+        raise AttnlensError(f"{what} has {values.numel()} values for {n_prompt} prompt tokens")
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise AttnlensError(f"{what}: {float(values[i])} at token {i} is not a finite number")
+    return values
 
 
 def erasable_positions(model: Any, prompt: Sequence[int]) -> list[int]:
@@ -98,8 +143,7 @@ def evaluate_orders(score: Callable[[list[list[int]]], torch.Tensor], prompt: li
     n = len(next(iter(orders.values())))
     if n == 0:
         raise AttnlensError("the prompt has no erasable tokens (only a BOS token)")
-    if any(not 0 < q <= 1 for q in fractions):
-        raise AttnlensError(f"fractions must lie in (0, 1], got {list(fractions)}")
+    fractions = check_settings(erase=erase, points=points, fractions=fractions)
     counts = curve_counts(n, points)
     # each distinct edited prompt is scored once: every order shares the unedited and the fully erased
     # prompt, and a curve point and an ERASER fraction that erase the same tokens share a row
@@ -233,13 +277,14 @@ def faithfulness(model: Any, text_or_tokens: Any, *, method: str = "influence", 
         scores: one score per prompt token to evaluate instead of the method's.
     """
     name = _check_method(method) if scores is None else str(method)
+    fractions = check_settings(erase=erase, seeds=seeds, points=points, fractions=fractions)
+    if scores is not None and (isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__")):
+        raise AttnlensError(f"scores must be one number per prompt token, got {type(scores).__name__}")
     t = make_target(model, text_or_tokens, target)
     if scores is None:
         s = scores_for(model, name, t)
     else:
-        s = torch.as_tensor(list(scores), dtype=torch.float64)
-        if s.numel() != t.n_prompt:
-            raise AttnlensError(f"scores has {s.numel()} values for {t.n_prompt} prompt tokens")
+        s = check_scores(scores, t.n_prompt)
     full, results, rand = _evaluate(model, t, {name: s}, erase=erase, seeds=seeds, points=points, fractions=fractions)
     return Faithfulness(name, results[name], rand, full, len(erasable_positions(model, t.prompt)), erase, seeds,
                         list(t.target))
@@ -248,12 +293,24 @@ def faithfulness(model: Any, text_or_tokens: Any, *, method: str = "influence", 
 # ----------------------------------------------------------------------------- comparison over prompts
 
 
+def check_n_boot(n_boot: Any) -> int:
+    """``n_boot`` (bootstrap resamples) as a positive integer, else an error naming it."""
+    if not is_int(n_boot) or n_boot < 1:
+        raise AttnlensError(f"n_boot must be a positive integer (bootstrap resamples), got {n_boot!r}")
+    return int(n_boot)
+
+
 def bootstrap_interval(values: Sequence[float], *, n_boot: int = 1000, level: float = 0.95,
                        seed: int = 0) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean and its percentile-bootstrap interval."""
+    check_n_boot(n_boot)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise AttnlensError(f"level must be a number in (0, 1), got {level!r}")
     x = torch.as_tensor(list(values), dtype=torch.float64)
     if x.numel() == 0:
         raise AttnlensError("no values to summarise")
+    if not bool(torch.isfinite(x).all()):
+        raise AttnlensError(f"the values to summarise must be finite numbers; got {float(x[~torch.isfinite(x)][0])}")
     mean = float(x.mean())
     if x.numel() == 1:
         return mean, mean, mean
@@ -315,7 +372,12 @@ def evaluate_prompt(model: Any, prompt: Any, methods: Sequence[str], *, target: 
 
     Returns ``{"n_prompt", "n_erasable", "full_logprob", "target_ids", "metrics": {method or "random": metrics}}``.
     """
+    if isinstance(methods, (str, registry.AttributionMethod)):
+        methods = [methods]
     names = [_check_method(m) for m in methods]
+    if not names:
+        raise AttnlensError("no method given")
+    fractions = check_settings(erase=erase, seeds=seeds, points=points, fractions=fractions)
     t = make_target(model, prompt, target)
     scores = {name: scores_for(model, name, t) for name in names}
     full, results, rand = _evaluate(model, t, scores, erase=erase, seeds=seeds, points=points,
@@ -340,6 +402,8 @@ def compare_faithfulness(model: Any, prompts: Sequence[Any], *, methods: Sequenc
     names = [_check_method(m) for m in methods]
     if not names:
         raise AttnlensError("no method given")
+    fractions = check_settings(erase=erase, seeds=seeds, points=points, fractions=fractions)
+    n_boot = check_n_boot(n_boot)
     per_prompt = []
     for i, prompt in enumerate(prompts):
         entry = {"prompt": i, **evaluate_prompt(model, prompt, names, target=target, erase=erase, seeds=seeds,

@@ -159,7 +159,9 @@ def read_tokens(model: Model, tokens: Any) -> torch.Tensor:
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise AttnlensError("tokens is a string but the model has no tokenizer; pass token ids")
-        tokens = tokenizer(tokens)["input_ids"]
+        from ..prompts.spans import text_ids
+
+        tokens = text_ids(tokenizer, tokens, "tokens")
     elif isinstance(tokens, Mapping):
         if "input_ids" not in tokens:
             raise AttnlensError("tokens is a mapping without 'input_ids'; pass a tokenizer's output or token ids")
@@ -269,6 +271,8 @@ def _mask_row(attention_mask: Any, seq_len: int, device: torch.device) -> torch.
 
 # ----------------------------------------------------------------------------- the drivers
 
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
 #: the recursion's state under its former name
 _Stream = Recursion
 
@@ -336,8 +340,15 @@ def trace_influence(
     own = {m: steps[m] for m in methods if m not in recursive}
     results = {}
     for m, method in own.items():
-        out = torch.as_tensor(method.run(model, row, checked, mask=mask, use_values=use_values, per_head=per_head,
-                                         convention=convention))
+        returned = method.run(model, row, checked, mask=mask, use_values=use_values, per_head=per_head,
+                              convention=convention)
+        try:
+            out = torch.as_tensor(returned)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise AttnlensError(f"attribution method {m!r}: run() must return a tensor of numbers, got "
+                                f"{type(returned).__name__} ({exc})") from None
+        if not (out.is_floating_point() or out.dtype in _INTEGERS):
+            raise AttnlensError(f"attribution method {m!r}: run() must return real numbers, got {out.dtype}")
         expected = (len(checked), n_layers + 1) + ((n_heads,) if per_head else ()) + (seq,)
         if tuple(out.shape) != expected:
             raise AttnlensError(f"attribution method {m!r} returned shape {tuple(out.shape)}, expected {expected}")

@@ -83,7 +83,9 @@ def _ids(model: Any, value: Any, what: str, *, special: bool) -> list[int]:
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise AttnlensError(f"{what} is text but the model has no tokenizer; give token ids")
-        ids = list(tokenizer(value, add_special_tokens=special)["input_ids"])
+        from ..prompts.spans import text_ids
+
+        ids = text_ids(tokenizer, value, what, add_special_tokens=special)
     elif isinstance(value, torch.Tensor):
         if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() > 2 or (
                 value.dim() == 2 and value.shape[0] != 1):
@@ -105,20 +107,35 @@ def _ids(model: Any, value: Any, what: str, *, special: bool) -> list[int]:
     return ids
 
 
-def make_target(model: Any, text_or_tokens: Any, target: Any = None) -> Target:
-    """The :class:`Target` of a prompt: ``target`` None (the next token), text or token ids (a continuation)."""
+def _prompt_and_target(model: Any, text_or_tokens: Any, target: Any, what: str) -> tuple[list[int], list[int] | None]:
+    """The prompt's ids and the target's (None: the next token, not known yet), checked against the window."""
     if getattr(model, "cfg", None) is None:
         raise AttnlensError(f"expected a TransformerLens model (with .cfg), got {type(model).__name__}")
-    prompt = _ids(model, text_or_tokens, "the prompt", special=True)
-    if target is None:
+    from ..core.model import check_window
+
+    prompt = _ids(model, text_or_tokens, what, special=True)
+    ids = None if target is None else _ids(model, target, "target", special=False)
+    # the window before any forward pass: a prompt longer than the window fails here, not after a full pass
+    check_window(model, len(prompt) + (len(ids) - 1 if ids else 0),
+                 what=what if ids is None else f"{what} and its target")
+    return prompt, ids
+
+
+def check_fits(model: Any, text_or_tokens: Any, target: Any = None, *, what: str = "the prompt") -> int:
+    """Tokenize a prompt (and a target) and check it against the model's window, without running the model;
+    returns the prompt's token count. A prompt that does not fit is a ContextWindowError naming ``what``."""
+    return len(_prompt_and_target(model, text_or_tokens, target, what)[0])
+
+
+def make_target(model: Any, text_or_tokens: Any, target: Any = None) -> Target:
+    """The :class:`Target` of a prompt: ``target`` None (the next token), text or token ids (a continuation).
+
+    The prompt (and target) are checked against the model's window before the model runs."""
+    prompt, ids = _prompt_and_target(model, text_or_tokens, target, "the prompt")
+    if ids is None:
         with torch.no_grad():
             logits = model(torch.tensor([prompt], device=model_device(model)), return_type="logits")
         ids = [int(logits[0, -1].argmax())]
-    else:
-        ids = _ids(model, target, "target", special=False)
-    from ..core.model import check_window
-
-    check_window(model, len(prompt) + len(ids) - 1, what="the prompt and its target")
     return Target(prompt, ids)
 
 
@@ -272,13 +289,9 @@ def scores_for(model: Any, method: str | registry.AttributionMethod, target: Tar
         if not m.spans:
             raise AttnlensError(f"attribution method {m.name!r} gives no token scores")
         scores = span_token_scores(model, m, target)
-    scores = torch.as_tensor(scores).detach().double().cpu().reshape(-1)
-    if scores.numel() != target.n_prompt:
-        raise AttnlensError(f"attribution method {m.name!r} returned {scores.numel()} scores for "
-                            f"{target.n_prompt} prompt tokens")
-    if not torch.isfinite(scores).all():
-        raise AttnlensError(f"attribution method {m.name!r} returned a non-finite score")
-    return scores
+    from .faithfulness import check_scores
+
+    return check_scores(scores, target.n_prompt, what=f"attribution method {m.name!r}'s token_scores()")
 
 
 def attribute(model: Any, text_or_tokens: Any, *, method: str = "influence", target: Any = None) -> TokenAttribution:

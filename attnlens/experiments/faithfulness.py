@@ -215,6 +215,7 @@ class FaithfulnessStudy(Study):
             from .store import check_model
 
             check_model(out, model_identity(model))
+        _check_windows(model, pending, config.target)
         for item in tqdm(pending, desc=self.name, unit="prompt", disable=not pending):
             seed = zlib.crc32(f"{config.seed}|{item.id}".encode()) & 0x7FFFFFFF
             try:
@@ -234,6 +235,19 @@ class FaithfulnessStudy(Study):
         write_pairs(out / PAIRS_FILE, rows, config.methods, self.metrics, config)
         return ExperimentResult(self.name, out, rows_path, summary_path, [out / PAIRS_FILE], summary,
                                 self.metrics, len(pending), len(items) - len(pending))
+
+
+def _check_windows(model: Any, items: Sequence[Item], target: str | None) -> None:
+    """Every pending prompt tokenized and checked against the model's window before the first one runs: a
+    prompt past the window is an ExperimentError naming it, not a full forward pass (minutes, gigabytes)
+    that fails afterwards."""
+    from ..attribution.tokens import check_fits
+
+    for item in items:
+        try:
+            check_fits(model, item.data["text"], target, what=f"prompt {item.id}")
+        except AttnlensError as exc:
+            raise ExperimentError(str(exc)) from None
 
 
 def _row(study: str, name: str, item: Item, entry: dict[str, Any], seed: int) -> dict[str, Any]:

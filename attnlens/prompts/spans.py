@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ..core.errors import SpanError
+from ..core.errors import AttnlensError, SpanError
 from ..core.validate import check_text
 
 Message = Mapping[str, str]
@@ -97,6 +97,26 @@ def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool) -> Encoded:
 def encode_text(tokenizer: Any, text: str, *, add_special_tokens: bool = True) -> Encoded:
     """Tokenize plain text with offsets (special tokens as the tokenizer adds them)."""
     return _tokenize(tokenizer, check_text(text), add_special_tokens)
+
+
+def text_ids(tokenizer: Any, text: Any, what: str = "the text", *, add_special_tokens: bool = True) -> list[int]:
+    """The token ids of plain text without offsets (special tokens as the tokenizer adds them).
+
+    Text that attnlens tokenizes for a measurement (``attribute``, ``influence``, faithfulness) goes
+    through here, checked first: a ``str``, valid Unicode (no lone surrogate such as ``"\\ud800"``,
+    which a tokenizer refuses with a bare TypeError) and not empty (``""`` would leave only the
+    tokens the tokenizer adds, a BOS). Each is an :class:`~attnlens.core.errors.AttnlensError`
+    naming ``what``.
+    """
+    check_text(text, what)
+    if not text:
+        raise AttnlensError(f"{what} is empty: give some text (an empty text leaves only the tokens the "
+                            "tokenizer adds, such as BOS)")
+    try:
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+    except (TypeError, ValueError) as exc:
+        raise AttnlensError(f"{what} cannot be tokenized: {type(exc).__name__}: {exc}") from None
+    return [int(t) for t in encoded]
 
 
 #: the roles a chat message may have

@@ -27,7 +27,8 @@ from ..prompts.tags import parse_tags
 from ..runtime.generate import Generation, check_generation_kwargs, generate_batch
 from .. import steering as registry
 from ..steering.edits import install, rows_of
-from ..steering.edits import select_rows as _select_rows
+from ..steering.edits import check_rows, select_rows as _select_rows
+from ..steering.registry import check_tags_steered
 from ..steering.guide import with_strength
 from ..steering.pasta import HeadConfigLike, check_alpha, check_scale_position
 
@@ -146,7 +147,10 @@ def plans_for(
     GUIDE steers the prompts' tags. ``pasta`` adds PASTA on the prompts' emphasis spans.
     """
     out = []
-    for method, settings in registry.resolve(default_steer(layers, delta_mid, pasta, steer)):
+    chosen = registry.resolve(default_steer(layers, delta_mid, pasta, steer))
+    if steer is None:  # the tags ask for the registered "guide"
+        check_tags_steered(list(prompts), [m for m, _ in chosen])
+    for method, settings in chosen:
         made = method.steering(model, list(prompts), settings)
         if made is not None:
             out.append(made)
@@ -185,6 +189,8 @@ def generate(
     longest = max(range(len(rows)), key=lambda i: len(rows[i]))
     check_window(model, len(rows[longest]), new_tokens=generate_kwargs["max_new_tokens"],
                  what=f"prompt {longest}" if len(rows) > 1 else "the prompt")
+    for i, plan in enumerate(plans):  # a part for a row past the prompts would be dropped by select_rows
+        check_rows(plan, len(rows), what=f"steering {i}")
     out = Generation(backend="bridge")
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2):
@@ -262,6 +268,8 @@ def steered_generation(
     if emphasize:
         prompt = with_emphasis(tokenizer, prompt, item, list(emphasize), chat=prompt.format == "chat")
     warn_unsteered(prompt)
+    if steer is None:  # the tags ask for the registered "guide"
+        check_tags_steered([prompt], [m for m, _ in chosen])
     plans, applied = [], []
     for method, settings in chosen:
         made = method.steering(model, [prompt], settings)

@@ -172,9 +172,10 @@ class Recursion:
             if step.head_outputs and self.att_combined is None:
                 raise AttnlensError(f"{m}: layer {layer} fired no hook_z")
             att = step.attention(self, rows)
-            new_chain[rows] = step.mix(prev, att, x_share)
+            new_chain[rows] = _mixed(step, layer, prev, att, x_share)
             if self.per_head:
-                self.out[m][:, layer + 1] = step.mix(prev[:, None], self.att_heads[rows], x_share)  # type: ignore[index]
+                heads = self.att_heads[rows]  # type: ignore[index]
+                self.out[m][:, layer + 1] = _mixed(step, layer, prev[:, None], heads, x_share)
             else:
                 self.out[m][:, layer + 1] = new_chain[rows]
         self.chain = new_chain
@@ -213,6 +214,33 @@ class Recursion:
                 out.append((HEAD_OUT.format(layer=layer), partial(self.head_out, layer=layer)))
             out.append((ATTN_OUT.format(layer=layer), partial(self.attn_out, layer=layer)))
         return out
+
+
+def _mixed(step: RecursionMethod, layer: int, prev: torch.Tensor, att: Any, x_share: torch.Tensor) -> torch.Tensor:
+    """``step.mix(prev, att, x_share)`` checked at the boundary, the same on both drivers: a float tensor of the
+    chain's shape, and no NaN where its inputs are finite (a NaN there is the mix's, and the fused driver's repair
+    of masked positions would hide it as 0.0 while the hook driver kept it). Each is an AttnlensError naming the
+    method and the layer."""
+    if not isinstance(att, torch.Tensor):
+        raise AttnlensError(f"recursion method {step.name!r}: attention() must return a tensor, got "
+                            f"{type(att).__name__} at layer {layer}")
+    try:
+        out = step.mix(prev, att, x_share)
+    except (TypeError, RuntimeError) as exc:
+        raise AttnlensError(f"recursion method {step.name!r}: mix() failed at layer {layer}: "
+                            f"{type(exc).__name__}: {exc}") from None
+    expected = torch.broadcast_shapes(prev.shape, att.shape)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(expected) or not out.is_floating_point():
+        got = (f"a {out.dtype} tensor shaped {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else type(out).__name__)
+        raise AttnlensError(f"recursion method {step.name!r}: mix() must return a float tensor shaped "
+                            f"{tuple(expected)} at layer {layer}, got {got}")
+    if bool(torch.isnan(out).any()):
+        finite = torch.isfinite(prev) & torch.isfinite(att) & torch.isfinite(x_share)
+        if bool((torch.isnan(out) & finite).any()):
+            raise AttnlensError(f"recursion method {step.name!r}: mix() returned NaN at layer {layer} where its "
+                                "inputs are finite numbers")
+    return out
 
 
 def per_head_product(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

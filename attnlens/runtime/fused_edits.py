@@ -85,8 +85,7 @@ def span_edit_attention(
     share = got["share"][..., 0].float()  # [batch, heads, query]
     positions = torch.arange(kv_len - q_len, kv_len, device=device)  # the queries' absolute positions
     seen = positions[None, :] >= torch.tensor(starts, device=device)[:, None]  # [batch, query]
-    factor = edit_hook.edit.span_factor(share, seen)
-    factor = torch.as_tensor(factor, dtype=torch.float32, device=device).expand(batch, heads, q_len)
+    factor = edit_hook.factor(share, seen)  # checked: finite real numbers of [batch, heads, query]
     if not bool((factor != 1).any()):
         return out, None
     # the span's part of the output: the attention restricted to the span keys, times the share

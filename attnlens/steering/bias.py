@@ -138,6 +138,9 @@ class BiasPlan:
         value = check_bias(value)
         if row is not None and (not is_int(row) or row < 0):
             raise AttnlensError(f"row {row!r} is not a non-negative integer")
+        if row is not None and self.n_rows is not None and row >= self.n_rows:
+            raise AttnlensError(f"row {row} is past the plan's batch of {self.n_rows} row"
+                                f"{'s' if self.n_rows != 1 else ''} (rows count from 0)")
         resolved = resolve_layers(layers, self.n_layers)
         head_sel = resolve_heads(heads, self.n_heads)
         if resolved and value != 0.0:

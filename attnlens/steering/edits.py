@@ -228,16 +228,56 @@ class _EditHook:
 
     def __call__(self, tensor: torch.Tensor, hook: Any = None) -> torch.Tensor:
         edit = self.edit
-        out = edit.fn(tensor, self.context(tensor.shape[0]))
-        if not isinstance(out, torch.Tensor) or out.shape != tensor.shape:
-            raise AttnlensError(
-                f"the {edit.name} edit of {edit.point} must return a tensor shaped {tuple(tensor.shape)}, got "
-                + (f"{tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__)
-            )
-        return out
+        return checked_output(edit, tensor, edit.fn(tensor, self.context(tensor.shape[0])), self.layer)
+
+    def factor(self, share: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """The edit's ``span_factor(share, seen)`` checked at the boundary: real finite numbers that broadcast
+        to ``share``'s ``[rows, heads, query]``, as float32 of that shape."""
+        edit = self.edit
+        where = f"the {edit.name} edit's span_factor" + (f" at layer {self.layer}" if self.layer is not None else "")
+        got = edit.span_factor(share, seen)  # type: ignore[misc]
+        try:
+            factor = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise AttnlensError(f"{where} must return numbers (a tensor or a float), got {type(got).__name__} "
+                                f"({exc})") from None
+        if not (factor.is_floating_point() or factor.dtype in _INTEGERS):
+            raise AttnlensError(f"{where} must return real numbers, got a tensor of {factor.dtype}")
+        try:
+            factor = factor.to(device=share.device, dtype=torch.float32).expand(share.shape)
+        except RuntimeError:
+            raise AttnlensError(f"{where} returned shape {tuple(factor.shape)}, which does not broadcast to "
+                                f"[rows, heads, query] = {tuple(share.shape)}") from None
+        if not bool(torch.isfinite(factor).all()):
+            raise AttnlensError(f"{where} returned a factor that is not a finite number (NaN or infinite)")
+        return factor
 
     def __repr__(self) -> str:
         return f"attnlens.edit({self.edit.name}, {self.edit.point}, layer={self.layer})"
+
+
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def checked_output(edit: RunEdit, tensor: torch.Tensor, out: Any, layer: int | None = None) -> torch.Tensor:
+    """What an edit's ``fn`` returned for ``tensor``, checked at the boundary (else an AttnlensError naming the
+    edit): a tensor of the same shape on the same device, of floating point (cast to ``tensor``'s dtype), and
+    without NaN where ``tensor`` had none (a NaN pattern or score decodes as nothing and says nothing)."""
+    where = f"the {edit.name} edit of {edit.point}" + (f" at layer {layer}" if layer is not None else "")
+    if not isinstance(out, torch.Tensor) or out.shape != tensor.shape:
+        raise AttnlensError(
+            f"{where} must return a tensor shaped {tuple(tensor.shape)}, got "
+            + (f"{tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__)
+        )
+    if not out.is_floating_point():
+        raise AttnlensError(f"{where} must return floating-point numbers ({tensor.dtype}), got {out.dtype}")
+    if out.device != tensor.device:
+        raise AttnlensError(f"{where} returned a tensor on {out.device}; the {edit.point} are on {tensor.device}")
+    if out.dtype != tensor.dtype:
+        out = out.to(tensor.dtype)
+    if bool(torch.isnan(out).any()) and bool((torch.isnan(out) & ~torch.isnan(tensor)).any()):
+        raise AttnlensError(f"{where} returned NaN where the {edit.point} it was given had numbers")
+    return out
 
 
 Steering = Union[BiasPlan, RunEdit]
@@ -264,6 +304,21 @@ def shifted(steering: Any, offsets: Sequence[int]) -> Any:
 def rows_of(steering: Any) -> int | None:
     """How many rows ``steering`` is for (None: every row alike)."""
     return getattr(steering, "rows", None)
+
+
+def check_rows(steering: Any, batch: int, what: str = "the steering") -> None:
+    """A steering with parts for rows past a batch of ``batch`` rows is an AttnlensError naming the row (split
+    into chunks by :func:`select_rows`, those parts would be dropped without a word)."""
+    if isinstance(steering, BiasPlan):
+        beyond = [t.row for t in steering.terms if t.row is not None and t.row >= batch]
+        if beyond:
+            raise AttnlensError(f"{what} has a bias term for row {max(beyond)}; the batch has {batch} "
+                                f"row{'s' if batch != 1 else ''} (rows count from 0)")
+        return
+    rows = rows_of(steering)
+    if rows is not None and rows > batch:
+        raise AttnlensError(f"{what} ({getattr(steering, 'name', type(steering).__name__)}) has spans for {rows} "
+                            f"rows; the batch has {batch}")
 
 
 def select_rows(steering: Any, start: int, count: int) -> Any:

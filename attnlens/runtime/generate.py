@@ -22,6 +22,10 @@ from ..steering.edits import decoder_of, install, shifted
 
 logger = logging.getLogger(__name__)
 
+#: the smallest sampling temperature (below it the scaled logits overflow; the server reads such a
+#: temperature as greedy, as OpenAI-compatible servers do)
+MIN_TEMPERATURE = 0.01
+
 #: generation keywords accepted by :func:`generate_batch` (and the pipeline)
 GENERATION_KWARGS = frozenset(
     {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_at_eos"}
@@ -71,6 +75,10 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
             check_bool(kwargs[name], name)
     if "temperature" in kwargs:
         check_number(kwargs["temperature"], "temperature", positive=True)
+        if kwargs.get("do_sample") and kwargs["temperature"] < MIN_TEMPERATURE:
+            raise AttnlensError(f"temperature {kwargs['temperature']!r} is too small to sample with (at least "
+                                f"{MIN_TEMPERATURE:g}); for the most likely tokens, generate greedily "
+                                "(do_sample=False)")
     if "repetition_penalty" in kwargs:
         check_number(kwargs["repetition_penalty"], "repetition_penalty", positive=True)
     p = kwargs.get("top_p")

@@ -142,6 +142,8 @@ def model_identity(model: Any) -> dict[str, Any]:
 
     import torch
 
+    from ..core._internals import name_or_path
+
     hf = getattr(model, "original_model", None) or model
     cfg = getattr(model, "cfg", None)
     digest = hashlib.sha256()
@@ -177,7 +179,7 @@ def model_identity(model: Any) -> dict[str, Any]:
         digest.update(data.view(torch.uint8).numpy())
     return {
         "sha256": digest.hexdigest(),
-        "name": getattr(cfg, "model_name", None) or getattr(config, "_name_or_path", None) or type(hf).__name__,
+        "name": getattr(cfg, "model_name", None) or name_or_path(hf) or type(hf).__name__,
         "n_layers": getattr(cfg, "n_layers", None) or getattr(config, "num_hidden_layers", None),
         "dtype": ",".join(sorted(dtypes)) or None,
         "weights": mode,

@@ -39,7 +39,7 @@ from ..core.records import Showable
 from ..core.validate import is_int
 from . import registry
 from .token_methods import ERASE_MODES, erased, neutral_token
-from .tokens import Target, make_target, scores_for, target_logprob
+from .tokens import Target, check_scores, make_target, scores_for, target_logprob
 
 logger = logging.getLogger(__name__)
 
@@ -70,27 +70,6 @@ def check_settings(*, erase: Any = "replace", seeds: Any = 5, points: Any = 11,
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
             raise AttnlensError(f"fractions must be numbers in (0, 1], got {q!r} in {fractions!r}")
     return tuple(float(q) for q in listed)
-
-
-_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def check_scores(scores: Any, n_prompt: int, what: str = "scores") -> torch.Tensor:
-    """``scores`` as a float64 tensor of ``n_prompt`` finite numbers, else an error naming ``what``."""
-    try:
-        values = torch.as_tensor(scores.detach().cpu() if isinstance(scores, torch.Tensor) else list(scores))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise AttnlensError(f"{what} must be numbers, one per prompt token ({exc})") from None
-    if not (values.is_floating_point() or values.dtype in _INTEGERS):
-        raise AttnlensError(f"{what} must be real numbers, got a tensor of {values.dtype}")
-    values = values.double().reshape(-1)
-    if values.numel() != n_prompt:
-        raise AttnlensError(f"{what} has {values.numel()} values for {n_prompt} prompt tokens")
-    bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise AttnlensError(f"{what}: {float(values[i])} at token {i} is not a finite number")
-    return values
 
 
 def erasable_positions(model: Any, prompt: Sequence[int]) -> list[int]:

@@ -281,6 +281,27 @@ def _token_text(model: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([i]) for i in ids]
 
 
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_scores(scores: Any, n_prompt: int, what: str = "scores") -> torch.Tensor:
+    """``scores`` as a float64 tensor of ``n_prompt`` finite numbers, else an error naming ``what``."""
+    try:
+        values = torch.as_tensor(scores.detach().cpu() if isinstance(scores, torch.Tensor) else list(scores))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise AttnlensError(f"{what} must be numbers, one per prompt token ({exc})") from None
+    if not (values.is_floating_point() or values.dtype in _INTEGERS):
+        raise AttnlensError(f"{what} must be real numbers, got a tensor of {values.dtype}")
+    values = values.double().reshape(-1)
+    if values.numel() != n_prompt:
+        raise AttnlensError(f"{what} has {values.numel()} values for {n_prompt} prompt tokens")
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise AttnlensError(f"{what}: {float(values[i])} at token {i} is not a finite number")
+    return values
+
+
 def scores_for(model: Any, method: str | registry.AttributionMethod, target: Target) -> torch.Tensor:
     """``[n_prompt]`` float64 scores of one method toward a prepared :class:`Target`."""
     m = registry.get(method)
@@ -289,8 +310,6 @@ def scores_for(model: Any, method: str | registry.AttributionMethod, target: Tar
         if not m.spans:
             raise AttnlensError(f"attribution method {m.name!r} gives no token scores")
         scores = span_token_scores(model, m, target)
-    from .faithfulness import check_scores
-
     return check_scores(scores, target.n_prompt, what=f"attribution method {m.name!r}'s token_scores()")
 
 

@@ -49,7 +49,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = ["ARCHITECTURE", "HEAD_SIZES", "ProfileTable", "SteeredVLLM", "encode_biases", "encode_rows", "model_class",
-           "padded_head_size", "plan_key_bias", "register", "table"]
+           "padded_head_size", "plan_key_bias", "register", "table", "write_model_dir"]
 
 #: the architecture name the widened Llama is registered under
 ARCHITECTURE = "AttnlensKeyBiasLlamaForCausalLM"
@@ -301,6 +301,29 @@ def encode_biases(rows: Sequence[Sequence[int]], biases: Sequence[Any], vocab_si
             raise ValueError(f"a bias of shape {tuple(bias.shape)} for a row of {len(row)} tokens")
         out.append([t + profiles.add(bias[:, :, i]) * vocab_size for i, t in enumerate(row)])
     return out
+
+
+def write_model_dir(directory: str | os.PathLike, hf: Any = None, tokenizer: Any = None) -> str:
+    """Write an HF-format model directory vLLM loads (config, safetensors, tokenizer); returns its path.
+
+    ``hf``/``tokenizer``: a plain Hugging Face model and its tokenizer (default: the embedded
+    model, from attnlens' cache). Written with ``save_pretrained``, which stores a tied embedding
+    under the embedding's own name: attnlens' cache entry keeps only ``lm_head.weight``, which
+    vLLM's Llama loader does not read as the embedding. Pass the plain model, not a bridge's
+    ``original_model`` (whose wrapped modules share every weight under several names).
+    """
+    from pathlib import Path
+
+    if hf is None:
+        from .models import load_embedded_hf
+
+        hf, own = load_embedded_hf()
+        tokenizer = tokenizer or own
+    target = Path(directory)
+    hf.save_pretrained(str(target), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(target))
+    return str(target)
 
 
 class SteeredVLLM:

@@ -66,9 +66,10 @@ def file_digest(path: Path) -> str:
 
 
 def _small_files(directory: Path) -> dict[str, Path]:
-    """The entry's files other than its weights and marker (config, tokenizer, chat template), by name."""
+    """The entry's files other than its weights and marker (config, tokenizer, chat template), by name;
+    hidden files (a desktop's ``.DS_Store``) are not the model's and are left out."""
     return {p.name: p for p in sorted(Path(directory).iterdir())
-            if p.name not in (_MARKER, _WEIGHTS) and not p.name.startswith(_MARKER + ".tmp")}
+            if p.name not in (_MARKER, _WEIGHTS) and not p.name.startswith((_MARKER + ".tmp", "."))}
 
 
 def _file_digests(directory: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ def _study_options(p: Any, what: str) -> None:
     p.add_argument("--metric", default=None, help="the study's metric to maximise (default: its first)")
     p.add_argument("--limit", type=positive_int, default=20, help="use the first N items")
     p.add_argument("--heldout", type=number, default=0.5, help="the share of items kept for the final score")
-    p.add_argument("--max-repetition", type=number, default=0.5,
+    p.add_argument("--max-repetition", type=share, default=0.5,
                    help="the guard: a strength whose outputs repeat more word trigrams than this is never chosen")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="tokens generated per output (default: the study's)")
@@ -31,8 +31,18 @@ def _study_options(p: Any, what: str) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def share(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    value = number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    return value
+
+
 def _config(args: argparse.Namespace, **more: Any) -> Any:
+    from ..core.errors import AttnlensError
     from ..experiments import CONFIGS
+    from ..experiments.tuning import check_method_settings
     from .experiment import method_settings
 
     kwargs: dict[str, Any] = dict(out=args.out, limit=args.limit, model=args.model, seed=args.seed,
@@ -41,7 +51,12 @@ def _config(args: argparse.Namespace, **more: Any) -> Any:
         kwargs["max_new_tokens"] = args.max_new_tokens
     if args.method_settings:
         kwargs["steering"] = method_settings(args.method_settings)
-    return CONFIGS[args.study](**kwargs)
+    config = CONFIGS[args.study](**kwargs)
+    try:  # a misspelt --set fails before the model loads
+        check_method_settings(config)
+    except AttnlensError as exc:
+        raise CLIError(f"--set: {exc}") from None
+    return config
 
 
 def add_tune(sub: Any) -> None:

@@ -147,18 +147,26 @@ def compare_methods(
     heldout: float = 0.5,
     max_repetition: float = 0.5,
     out: str | Path | None = None,
+    stream: bool = True,
+    batch_size: int | None = None,
 ) -> Comparison:
     """Every method in ``methods`` on ``study`` (``config.limit`` items), tuned and at its default.
 
     ``metric``: the study's metric (default: its first); ``grids``: a method's
     strengths to search (default: its :attr:`~attnlens.steering.SteeringMethod.strength_grid`);
     ``out``: the directory the searches are saved to (default: ``config.out``).
+    ``stream`` (default): every output the searches need is generated first as one stream of
+    rows (:mod:`attnlens.experiments.schedule`: the strengths of a static bias share batches, the
+    unsteered rows are shared by every method, batches are sorted by length), up to
+    ``batch_size`` rows a batch (default: :data:`STREAM_BATCH`, within ``config.max_batch_tokens``
+    of prompt and new tokens); ``stream=False`` runs each search's generations in turn, as
+    :func:`~attnlens.experiments.tuning.tune_study` does. Greedy outputs are the same either way.
     A method without a strength, or one the config cannot run (PASTA without
     heads), is an error naming it, before anything runs.
     """
     from .. import steering
     from .store import run_lock
-    from .tuning import text_metric
+    from .tuning import check_method_settings, text_metric
 
     if isinstance(study, str):
         from . import get_study
@@ -178,7 +186,16 @@ def compare_methods(
     unknown = sorted(set(grids or {}) - {s.name for s in steerers})
     if unknown:
         raise ExperimentError(f"grids names method(s) not compared: {', '.join(unknown)}")
+    check_method_settings(config)
     metric = text_metric(study, config, metric)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ExperimentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(max_repetition, bool) or not isinstance(max_repetition, (int, float)) \
+            or not 0.0 <= max_repetition <= 1.0:
+        raise ExperimentError(f"max_repetition must be a share of repeated word trigrams in [0, 1], got "
+                              f"{max_repetition!r}")
+    data = study.load_data(config)  # a bad data file fails before the model loads
     if model is None:
         from ..runtime.models import load_model
 
@@ -186,7 +203,8 @@ def compare_methods(
     directory = Path(out if out is not None else config.out).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     with run_lock(directory):  # a second comparison on the same folder fails at once
-        comparison = _compare(study, config, steerers, model, metric, grids, heldout, max_repetition, directory)
+        comparison = _compare(study, config, steerers, model, metric, grids, heldout, max_repetition, directory,
+                              data, stream, batch_size or STREAM_BATCH)
     if out is not None:
         comparison.save(directory)
     return comparison
@@ -194,21 +212,32 @@ def compare_methods(
 
 def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], model: Any, metric: str,
              grids: dict[str, Sequence[Any]] | None, heldout: float, max_repetition: float,
-             directory: Path) -> Comparison:
-    from .tuning import tune_study
+             directory: Path, data: Any = None, stream: bool = True, batch_size: int = 64) -> Comparison:
+    from .tuning import study_search
 
     cache: dict[str, str] = {}
+    searches = [study_search(study, config, s.name, model=model, metric=metric, grid=(grids or {}).get(s.name),
+                             heldout=heldout, max_repetition=max_repetition, out=directory / f"tune-{s.name}.json",
+                             compare=[s.reference_strength()], cache=cache, require_valid=False, data=data)
+                for s in steerers]
+    if stream:
+        outputs = _Outputs(directory, model, cache)
+        # the development part at every strength, the held-out part unsteered and at each default: one stream;
+        # then the held-out part at each chosen strength: a second one
+        outputs.fill(searches, config, batch_size)
+        for search in searches:
+            search.develop()
+        outputs.fill(searches, config, batch_size, chosen=True)
     rows: list[MethodRow] = []
     unsteered: dict[str, float] = {}
     sources: dict[str, str] = {}
     n_dev = 0
-    for s in steerers:
+    for s, search in zip(steerers, searches):
         reference = s.reference_strength()
         logger.info("comparing %s on %s (default %s=%s)", s.name, study.name, s.strength, reference)
-        result = tune_study(study, config, s.name, model=model, grid=(grids or {}).get(s.name), metric=metric,
-                            heldout=heldout, max_repetition=max_repetition,
-                            out=directory / f"tune-{s.name}.json", compare=[reference], cache=cache,
-                            require_valid=False)
+        if not stream:
+            search.develop()
+        result = search.finish()
         other = result.compared[0]
         if result.chosen is None:  # every strength tried loops past the guard: a finding, not a failure
             nan = {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
@@ -226,6 +255,86 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
         n_dev = len(result.dev)
     return Comparison(study.name, metric, n_dev, int(unsteered["n"]), unsteered, rows, sources,
                       getattr(config, "confidence", 0.95))
+
+
+#: the most rows a batch of a comparison's stream holds (within ``config.max_batch_tokens``)
+STREAM_BATCH = 64
+#: the file of a comparison's generated outputs (one JSON line each), read back when it resumes
+OUTPUTS_FILE = "outputs.jsonl"
+
+
+def _model_digest(model: Any) -> str:
+    """A short digest of the model: its shape and a sample of its weights (outputs of one model are not
+    read back for another)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    cfg = getattr(model, "cfg", None)
+    digest.update(repr([getattr(cfg, k, None) for k in ("model_name", "n_layers", "d_model", "n_heads",
+                                                         "d_vocab")]).encode())
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    with torch.no_grad():
+        for p in params[:: max(1, len(params) // 8)]:
+            digest.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _Outputs:
+    """A comparison's generated outputs: the shared cache, filled as one stream and appended to
+    ``outputs.jsonl`` batch by batch, so an interrupted comparison resumes without generating again."""
+
+    def __init__(self, directory: Path, model: Any, cache: dict[str, str]) -> None:
+        self.path = directory / OUTPUTS_FILE
+        self.model, self.cache = model, cache
+        self.digest = _model_digest(model)
+        if not self.path.is_file():
+            return
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExperimentError(f"cannot read the saved outputs {str(self.path)!r}: {exc}") from None
+        lines = text.split("\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if number == len(lines):  # the last write, cut off by a crash: generated again
+                    logger.warning("%s: line %d was cut off; its output is generated again", self.path, number)
+                    continue
+                raise ExperimentError(f"the saved outputs {str(self.path)!r} have a damaged line {number}; "
+                                      "delete the file to generate them again") from None
+            if isinstance(row, dict) and row.get("model") == self.digest and isinstance(row.get("key"), str) \
+                    and isinstance(row.get("text"), str):
+                cache.setdefault(row["key"], row["text"])
+        if text and not text.endswith("\n"):
+            self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+
+    def fill(self, searches: Sequence[Any], config: ExperimentConfig, batch_size: int,
+             chosen: bool = False) -> None:
+        from .schedule import Request, generate_stream, output_key
+
+        requests = []
+        for search in searches:
+            for part, prompts, steer in search.requests(chosen=chosen):
+                for prompt in prompts:
+                    key = output_key(prompt, steer, config.max_new_tokens)
+                    if key not in self.cache:
+                        requests.append(Request(prompt, steer, group=part if not steer else None, key=key))
+        if not requests:
+            return
+
+        def save(pairs: list[tuple[str, str]]) -> None:
+            with self.path.open("a", encoding="utf-8") as fh:
+                for key, text in pairs:
+                    fh.write(json.dumps({"model": self.digest, "key": key, "text": text}) + "\n")
+            self.cache.update(pairs)
+
+        generate_stream(self.model, requests, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
+                        max_batch_tokens=config.max_batch_tokens, on_batch=save)
 
 
 def load_comparison(path: str | Path) -> Comparison:

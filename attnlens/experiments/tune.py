@@ -139,10 +139,10 @@ def _outputs(model: Any, prompts: Sequence[Any], steer: Mapping[str, Any], *, ma
     same steering (same token ids, spans and settings) is read back instead of generated again."""
     from ..api import chain
 
+    from .schedule import output_key
+
     prepared = [p if isinstance(p, Prompt) else chain.prepare(model.tokenizer, p, chat=chat) for p in prompts]
-    # without steering the spans change nothing: prompts that differ only in their tags share an entry
-    keys = [json.dumps([list(map(int, p.input_ids)), [(s.kind, s.start, s.end, s.level, s.delta) for s in p.spans]
-                        if steer else [], dict(steer), max_new_tokens], default=str) for p in prepared]
+    keys = [output_key(p, steer, max_new_tokens) for p in prepared]
     todo = [i for i, k in enumerate(keys) if cache is None or k not in cache]
     if todo:
         rows = [prepared[i] for i in todo]
@@ -174,6 +174,195 @@ def _scores(examples: Sequence[Mapping[str, Any]], outputs: Sequence[str], score
     return out
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def _example_identity(example: Mapping[str, Any]) -> Any:
+    """An example's prompt and everything else it holds (the answers a score reads), as saved-search identity."""
+    others = {k: v for k, v in example.items() if k != "prompt"}
+    return [_identity(example["prompt"]), _digest(others) if others else None]
+
+
+class Search:
+    """One strength search, in steps a caller can interleave with others (:func:`tune_strength` runs them
+    in order): :meth:`requests` lists the outputs a step needs (to generate them beforehand, e.g. as one
+    stream with other searches), :meth:`develop` scores the development part, :meth:`finish` the held-out one."""
+
+    def __init__(self, model: Any, examples: Sequence[Mapping[str, Any]], method: str, score: Score, *,
+                 grid: Sequence[Any] | None = None, settings: Mapping[str, Any] | None = None,
+                 heldout: float = 0.5, max_repetition: float = 0.5, max_new_tokens: int = 32, chat: bool = False,
+                 seed: int = 0, confidence: float = 0.95, out: str | Path | None = None,
+                 compare: Sequence[Any] = (), cache: MutableMapping[str, str] | None = None,
+                 require_valid: bool = True, identity: Mapping[str, Any] | None = None) -> None:
+        steerer = get(method)
+        if steerer.strength is None:
+            raise AttnlensError(f"steering method {steerer.name!r} has no strength to search")
+        values = list(grid if grid is not None else steerer.strength_grid)
+        if not values:
+            raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
+        base = dict(settings or {})
+        # every strength checked (and converted: "2" from the command line is 2.0) before anything runs
+        self.values = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values]
+        self.others = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in compare]
+        if not callable(score):
+            raise AttnlensError("score must be a function score(example, output) -> number")
+        examples = list(examples)
+        if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list, Prompt)) for e in examples):
+            raise AttnlensError("every example must be a mapping with a 'prompt' (a string, a chat of messages, "
+                                "or a prepared Prompt)")
+        if not 0.0 < heldout < 1.0:
+            raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
+        if isinstance(max_repetition, bool) or not isinstance(max_repetition, (int, float)) \
+                or not 0.0 <= max_repetition <= 1.0:
+            raise AttnlensError(f"max_repetition must be a share of repeated word trigrams in [0, 1], got "
+                                f"{max_repetition!r}")
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        cut = int(round(len(order) * (1 - heldout)))
+        self.dev, self.test = sorted(order[:cut]), sorted(order[cut:])
+        if not self.dev or not self.test:
+            raise AttnlensError(f"{len(examples)} example(s) cannot be split into a development and a held-out "
+                                "part; give at least two")
+        self.model, self.examples, self.steerer, self.score, self.base = model, examples, steerer, score, base
+        self.max_repetition, self.max_new_tokens, self.chat, self.seed = max_repetition, max_new_tokens, chat, seed
+        self.confidence, self.cache, self.require_valid = confidence, cache, require_valid
+        # what the saved scores depend on: the prompts and the answers the score reads (each example's
+        # other fields), the settings, and what the caller names (the metric)
+        self.identity = {"examples": _digest([_example_identity(examples[i]) for i in order]),
+                         **{k: v for k, v in (identity or {}).items()}}
+        self.key = hashlib.sha256(json.dumps([steerer.name, base, self.identity, seed, max_new_tokens, chat,
+                                              max_repetition], sort_keys=True, default=str).encode()
+                                  ).hexdigest()[:16]
+        self.saved: dict[str, Any] = {}
+        self.held: dict[str, list[float]] = {}  # held-out scores per steering, by example
+        self.path = Path(out).expanduser() if out is not None else None
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+            except (OSError, ValueError) as exc:
+                raise AttnlensError(f"cannot read the saved search {str(self.path)!r}: {exc}") from None
+            if not isinstance(stored, dict):
+                raise AttnlensError(f"the saved search {str(self.path)!r} is not a search's JSON object")
+            if stored.get("key") == self.key:
+                self.saved = stored.get("trials", {})
+                self.held = stored.get("heldout_scores", {})
+                logger.info("resuming the strength search from %s (%d strengths done)", self.path, len(self.saved))
+            else:
+                was = stored.get("identity") or {}
+                changed = sorted(k for k in set(was) | set(self.identity) if was.get(k) != self.identity.get(k))
+                logger.warning("%s holds another search (%s); its scores are not used and the search starts "
+                               "again", self.path, "changed: " + ", ".join(changed) if changed and was
+                               else "other examples or settings")
+        self.chosen: Any = None
+        self.trials: list[Trial] = []
+
+    # ---------------------------------------------------------------- what the steps need
+    def steer(self, strength: Any) -> dict[str, Any]:
+        return {} if strength is None else {self.steerer.name: {**self.base, self.steerer.strength: strength}}
+
+    def prompts(self, part: str) -> list[Any]:
+        return [self.examples[i]["prompt"] for i in (self.dev if part == "dev" else self.test)]
+
+    def requests(self, *, chosen: bool = False) -> list[tuple[str, list[Any], dict[str, Any]]]:
+        """``(part, prompts, steer)`` for every output not saved yet: the development part at every strength
+        and unsteered, and the held-out part unsteered and at each compared strength; with ``chosen``
+        (after :meth:`develop`), the held-out part at the chosen strength."""
+        out = []
+        if not chosen:
+            for strength in (None, *self.values):
+                if ("none" if strength is None else json.dumps(strength)) not in self.saved:
+                    out.append(("dev", self.prompts("dev"), self.steer(strength)))
+        for strength in ((self.chosen,) if chosen and self.chosen is not None else (None, *self.others)):
+            if ("none" if strength is None else json.dumps(strength)) not in self.held:
+                out.append(("test", self.prompts("test"), self.steer(strength)))
+        return out
+
+    def _generate(self, prompts: Sequence[Any], steer: Mapping[str, Any]) -> list[str]:
+        return _outputs(self.model, prompts, steer, max_new_tokens=self.max_new_tokens, chat=self.chat,
+                        cache=self.cache)
+
+    def save(self, result: Tuning | None = None) -> None:
+        from .store import write_atomic
+
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stored: dict[str, Any] = {"key": self.key, "identity": self.identity, "method": self.steerer.name,
+                                  "trials": self.saved, "heldout_scores": self.held}
+        if result is not None:
+            stored["result"] = result.as_dict()
+        write_atomic(self.path, json.dumps(stored, indent=1, default=str))
+
+    # ---------------------------------------------------------------- the steps
+    def develop(self) -> Any:
+        """Score every strength on the development part; returns the chosen strength (None: none valid)."""
+        steerer, saved = self.steerer, self.saved
+        dev_examples = [self.examples[i] for i in self.dev]
+        if "none" not in saved:  # the unsteered model's own repetition on the same items
+            outputs = self._generate(self.prompts("dev"), {})
+            saved["none"] = {"score": sum(_scores(dev_examples, outputs, self.score)) / len(outputs),
+                             "repetition": sum(repetition_rate(o) for o in outputs) / len(outputs)}
+            self.save()
+        # a strength breaks the text when it repeats more than the bound and more than the unsteered model does
+        bound = max(self.max_repetition, saved["none"]["repetition"])
+        self.trials = []
+        for v in self.values:
+            name = json.dumps(v)
+            if name not in saved:
+                outputs = self._generate(self.prompts("dev"), self.steer(v))
+                scores = _scores(dev_examples, outputs, self.score)
+                rep = sum(repetition_rate(o) for o in outputs) / len(outputs)
+                saved[name] = {"score": sum(scores) / len(scores), "repetition": rep}
+                self.save()
+            result = saved[name]
+            self.trials.append(Trial(v, result["score"], result["repetition"], result["repetition"] <= bound))
+            logger.info("%s %s=%s: score %.4f, repetition %.3f", steerer.name, steerer.strength, v,
+                        result["score"], result["repetition"])
+        valid = [t for t in self.trials if t.valid]
+        if not valid and self.require_valid:
+            raise NoValidStrength(f"every strength of {steerer.name} breaks the text (repetition above "
+                                  f"{bound:.3f}: max_repetition, or the unsteered model's own "
+                                  f"{saved['none']['repetition']:.3f} if higher); try weaker strengths or a higher "
+                                  "max_repetition")
+        self.chosen = None
+        if valid:
+            best = max(t.score for t in valid)
+            self.chosen = [t for t in valid if t.score == best][-1].strength  # ties: the stronger (later in the grid)
+        return self.chosen
+
+    def heldout_scores(self, strength: Any) -> list[float]:
+        name = "none" if strength is None else json.dumps(strength)
+        if name not in self.held:
+            test_examples = [self.examples[i] for i in self.test]
+            self.held[name] = _scores(test_examples, self._generate(self.prompts("test"), self.steer(strength)),
+                                      self.score)
+            self.save()
+        return self.held[name]
+
+    def finish(self) -> Tuning:
+        """The held-out estimates of the chosen strength and each compared one (after :meth:`develop`)."""
+        from .metrics import bootstrap_ci
+
+        confidence, seed = self.confidence, self.seed
+        plain = self.heldout_scores(None)
+
+        def estimates(strength: Any) -> tuple[dict[str, float], dict[str, float]]:
+            steered = self.heldout_scores(strength)
+            diff = [a - b for a, b in zip(steered, plain)]
+            return (asdict(bootstrap_ci(steered, confidence=confidence, seed=seed)),
+                    asdict(bootstrap_ci(diff, confidence=confidence, seed=seed)))
+
+        estimate, difference = estimates(self.chosen) if self.chosen is not None else ({}, {})
+        compared = [dict(zip(("strength", "heldout", "difference"), (v, *estimates(v)))) for v in self.others]
+        bound = max(self.max_repetition, self.saved["none"]["repetition"])
+        result = Tuning(self.steerer.name, self.steerer.strength, self.chosen, self.trials, estimate,
+                        asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, self.dev,
+                        self.test, compared, bound, self.saved["none"]["repetition"], self.saved["none"]["score"])
+        self.save(result)
+        return result
+
+
 def tune_strength(
     model: Any,
     examples: Sequence[Mapping[str, Any]],
@@ -192,6 +381,7 @@ def tune_strength(
     compare: Sequence[Any] = (),
     cache: MutableMapping[str, str] | None = None,
     require_valid: bool = True,
+    identity: Mapping[str, Any] | None = None,
 ) -> Tuning:
     """Search ``method``'s strength on ``examples`` (dicts with a ``"prompt"``, tags choosing the spans;
     a prompt may be a chat, a list of messages, with ``chat=True``, or a prepared
@@ -200,126 +390,20 @@ def tune_strength(
     ``score(example, output) -> float`` (higher is better); ``grid``: the
     strengths to try (default: the method's); ``settings``: its other
     parameters; ``heldout``: the share of examples kept for the final estimate;
-    ``max_repetition``: the guard's bound on :func:`repetition_rate`; ``out``: a
+    ``max_repetition``: the guard's bound on :func:`repetition_rate` (in [0, 1]); ``out``: a
     JSON file the search saves to and resumes from; ``compare``: more strengths
     scored on the held-out part beside the chosen one (e.g. the method's
     :attr:`~attnlens.steering.SteeringMethod.paper_strength`); ``cache``: a dict
     of generated outputs shared between calls; ``require_valid=False``: when
     every strength breaks the text, return a result with ``chosen=None`` (the
-    ``compare`` strengths still scored) instead of raising :class:`NoValidStrength`.
+    ``compare`` strengths still scored) instead of raising :class:`NoValidStrength`;
+    ``identity``: what else the scores depend on (a metric's name, say), so a saved search
+    made with something else is not resumed. A saved search is resumed only for the same
+    examples (their prompts and every other field, such as the answers a score reads).
     """
-    from .metrics import bootstrap_ci
-    from .store import write_atomic
-
-    steerer = get(method)
-    if steerer.strength is None:
-        raise AttnlensError(f"steering method {steerer.name!r} has no strength to search")
-    values = list(grid if grid is not None else steerer.strength_grid)
-    if not values:
-        raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
-    base = dict(settings or {})
-    # every strength checked (and converted: "2" from the command line is 2.0) before anything runs
-    values = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values]
-    others = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in compare]
-    if not callable(score):
-        raise AttnlensError("score must be a function score(example, output) -> number")
-    examples = list(examples)
-    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list, Prompt)) for e in examples):
-        raise AttnlensError("every example must be a mapping with a 'prompt' (a string, a chat of messages, or a "
-                            "prepared Prompt)")
-    if not 0.0 < heldout < 1.0:
-        raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    cut = int(round(len(order) * (1 - heldout)))
-    dev, test = sorted(order[:cut]), sorted(order[cut:])
-    if not dev or not test:
-        raise AttnlensError(f"{len(examples)} example(s) cannot be split into a development and a held-out part; "
-                            "give at least two")
-
-    key = hashlib.sha256(json.dumps([steerer.name, base, [_identity(examples[i]["prompt"]) for i in order], seed,
-                                     max_new_tokens, chat, max_repetition], default=str).encode()).hexdigest()[:16]
-    saved: dict[str, Any] = {}
-    held: dict[str, list[float]] = {}  # held-out scores per steering, by example
-    path = Path(out).expanduser() if out is not None else None
-    if path is not None and path.is_file():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise AttnlensError(f"cannot read the saved search {str(path)!r}: {exc}") from None
-        if stored.get("key") == key:
-            saved = stored.get("trials", {})
-            held = stored.get("heldout_scores", {})
-            logger.info("resuming the strength search from %s (%d strengths done)", path, len(saved))
-        else:
-            logger.info("%s holds another search; starting again", path)
-
-    def save() -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps({"key": key, "method": steerer.name, "trials": saved,
-                                           "heldout_scores": held}, indent=1))
-
-    dev_examples = [examples[i] for i in dev]
-    dev_prompts = [e["prompt"] for e in dev_examples]
-    if "none" not in saved:  # the unsteered model's own repetition on the same items
-        outputs = _outputs(model, dev_prompts, {}, max_new_tokens=max_new_tokens, chat=chat, cache=cache)
-        saved["none"] = {"score": sum(_scores(dev_examples, outputs, score)) / len(outputs),
-                         "repetition": sum(repetition_rate(o) for o in outputs) / len(outputs)}
-        save()
-    # a strength breaks the text when it repeats more than the bound and more than the unsteered model does
-    bound = max(max_repetition, saved["none"]["repetition"])
-    trials = []
-    for v in values:
-        name = json.dumps(v)
-        if name not in saved:
-            steer = {steerer.name: {**base, steerer.strength: v}}
-            outputs = _outputs(model, dev_prompts, steer, max_new_tokens=max_new_tokens, chat=chat, cache=cache)
-            scores = _scores(dev_examples, outputs, score)
-            rep = sum(repetition_rate(o) for o in outputs) / len(outputs)
-            saved[name] = {"score": sum(scores) / len(scores), "repetition": rep}
-            save()
-        result = saved[name]
-        trials.append(Trial(v, result["score"], result["repetition"], result["repetition"] <= bound))
-        logger.info("%s %s=%s: score %.4f, repetition %.3f", steerer.name, steerer.strength, v,
-                    result["score"], result["repetition"])
-    valid = [t for t in trials if t.valid]
-    if not valid and require_valid:
-        raise NoValidStrength(f"every strength of {steerer.name} breaks the text (repetition above {bound:.3f}: "
-                              f"max_repetition, or the unsteered model's own {saved['none']['repetition']:.3f} if "
-                              "higher); try weaker strengths or a higher max_repetition")
-    chosen = None
-    if valid:
-        best = max(t.score for t in valid)
-        chosen = [t for t in valid if t.score == best][-1].strength  # ties: the stronger (later in the grid)
-
-    test_examples = [examples[i] for i in test]
-    prompts = [e["prompt"] for e in test_examples]
-
-    def heldout_scores(strength: Any) -> list[float]:
-        name = "none" if strength is None else json.dumps(strength)
-        if name not in held:
-            steer = {} if strength is None else {steerer.name: {**base, steerer.strength: strength}}
-            held[name] = _scores(test_examples, _outputs(model, prompts, steer, max_new_tokens=max_new_tokens,
-                                                         chat=chat, cache=cache), score)
-            save()
-        return held[name]
-
-    plain = heldout_scores(None)
-
-    def estimates(strength: Any) -> tuple[dict[str, float], dict[str, float]]:
-        steered = heldout_scores(strength)
-        diff = [a - b for a, b in zip(steered, plain)]
-        return (asdict(bootstrap_ci(steered, confidence=confidence, seed=seed)),
-                asdict(bootstrap_ci(diff, confidence=confidence, seed=seed)))
-
-    estimate, difference = estimates(chosen) if chosen is not None else ({}, {})
-    compared = [dict(zip(("strength", "heldout", "difference"), (v, *estimates(v)))) for v in others]
-    result = Tuning(steerer.name, steerer.strength, chosen, trials, estimate,
-                    asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, dev, test, compared,
-                    bound, saved["none"]["repetition"], saved["none"]["score"])
-    if path is not None:
-        stored = {"key": key, "method": steerer.name, "trials": saved, "heldout_scores": held,
-                  "result": result.as_dict()}
-        write_atomic(path, json.dumps(stored, indent=1, default=str))
-    return result
+    search = Search(model, examples, method, score, grid=grid, settings=settings, heldout=heldout,
+                    max_repetition=max_repetition, max_new_tokens=max_new_tokens, chat=chat, seed=seed,
+                    confidence=confidence, out=out, compare=compare, cache=cache, require_valid=require_valid,
+                    identity=identity)
+    search.develop()
+    return search.finish()

@@ -1,0 +1,172 @@
+"""Many greedy generations under different steerings, scheduled as one stream of rows.
+
+A strength search asks for the same prompts at many strengths, a comparison for
+the same prompts under many methods. :func:`generate_stream` takes every request
+at once and batches them so that the batches are full and their rows are of
+similar length:
+
+- rows are grouped by what can share a batch: a method whose steering is a
+  static bias (:class:`~attnlens.steering.bias.BiasPlan`: GUIDE, InstABoost,
+  PASTA) puts every strength in one group, each row with its own plan; a method
+  whose steering runs during the run (a :class:`~attnlens.steering.edits.RunEdit`:
+  SpotLight, SPA) forms one group per strength, as its edit takes one setting;
+  unsteered rows form their own groups (no plan at all), so every row is computed
+  as a batch of its own kind would compute it;
+- each group is sorted by prompt length and cut into batches under a row limit
+  and a token limit (rows x (longest prompt + new tokens));
+- a request already answered (the same key) is generated once.
+
+Every row sees the same bias terms, at the same positions, as when it is
+generated with its own strength's batch, so greedy outputs are the same tokens;
+only the grouping differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.errors import AttnlensError
+from ..prompts.prompt import Prompt
+
+logger = logging.getLogger(__name__)
+
+
+def output_key(prompt: Prompt, steer: Mapping[str, Any], max_new_tokens: int) -> str:
+    """What identifies one greedy output: the prompt's tokens, its spans when steered, the steering, the budget.
+
+    Without steering the spans change nothing: prompts that differ only in their tags share a key."""
+    return json.dumps([list(map(int, prompt.input_ids)),
+                       [(s.kind, s.start, s.end, s.level, s.delta) for s in prompt.spans] if steer else [],
+                       dict(steer), max_new_tokens], default=str)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One greedy output to generate: ``prompt`` under ``steer`` (``{}``: unsteered, or one method's settings).
+
+    ``group``: requests with different groups never share a batch (besides what the steering
+    already keeps apart)."""
+
+    prompt: Prompt
+    steer: Mapping[str, Mapping[str, Any]]
+    group: Hashable = None
+    key: str = field(default="", compare=False)
+
+
+def _method(steer: Mapping[str, Any]) -> str | None:
+    if not steer:
+        return None
+    if len(steer) != 1:
+        raise AttnlensError(f"a scheduled request takes one steering method, got {sorted(steer)}")
+    return next(iter(steer))
+
+
+def _row_plan(model: Any, prompt: Prompt, steer: Mapping[str, Any]) -> list[Any]:
+    from ..api import chain
+
+    return chain.plans_for(model, [prompt], steer=dict(steer))
+
+
+def _static(plans: Sequence[Any]) -> bool:
+    from ..steering.bias import BiasPlan
+
+    return all(isinstance(p, BiasPlan) for p in plans)
+
+
+def _stacked(model: Any, per_row: Sequence[Sequence[Any]]) -> list[Any]:
+    """One per-row BiasPlan from each row's own plans (built for that row alone); [] when no row has a term."""
+    from ..steering.bias import BiasPlan, BiasTerm
+
+    if not any(p.terms for plans in per_row for p in plans):
+        return []
+    out = BiasPlan.for_model(model)
+    out.n_rows = len(per_row)
+    for r, plans in enumerate(per_row):
+        for plan in plans:
+            for t in plan.terms:
+                if t.row not in (None, 0):
+                    raise AttnlensError(f"a one-row plan has a term for row {t.row}")
+                out.terms.append(BiasTerm(t.start, t.end, t.value, t.layers, t.heads, r))
+    return [out]
+
+
+def batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices into ``lengths``, longest first, in batches of at most ``batch_size`` rows whose
+    ``rows x longest`` stays within ``max_tokens`` (a longer row than that runs alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = max([lengths[i]] + [lengths[j] for j in current])
+        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_tokens):
+            out.append(current)
+            current = []
+        current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+def generate_stream(
+    model: Any,
+    requests: Sequence[Request],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    max_batch_tokens: int = 16384,
+    on_batch: Callable[[list[tuple[str, str]]], None] | None = None,
+) -> dict[str, str]:
+    """Greedy outputs (decoded text) of ``requests``, by :func:`output_key`, generated as one stream.
+
+    ``on_batch(pairs)`` is called with each batch's ``(key, text)`` pairs as it finishes (to save them)."""
+    from ..api import chain
+
+    if batch_size < 1 or max_batch_tokens < 1:
+        raise AttnlensError(f"batch_size and max_batch_tokens must be positive, got {batch_size}, {max_batch_tokens}")
+    unique: dict[str, Request] = {}
+    for req in requests:
+        key = req.key or output_key(req.prompt, req.steer, max_new_tokens)
+        unique.setdefault(key, req)
+    by_method: dict[str | None, list[tuple[str, Request, list[Any]]]] = {}
+    for key, req in unique.items():
+        method = _method(req.steer)
+        by_method.setdefault(method, []).append((key, req, [] if method is None else
+                                                 _row_plan(model, req.prompt, req.steer)))
+    groups: dict[Hashable, list[tuple[str, Request, list[Any]]]] = {}
+    for method, members in by_method.items():
+        static = method is not None and all(_static(plans) for _, _, plans in members)
+        for key, req, plans in members:
+            if method is None:
+                name: Hashable = ("plain", req.group)
+            elif static:  # every strength of a static bias shares the batches, each row its own plan
+                name = ("static", method, req.group)
+            else:
+                name = ("edit", method, json.dumps(dict(req.steer[method]), sort_keys=True, default=str), req.group)
+            groups.setdefault(name, []).append((key, req, plans))
+
+    out: dict[str, str] = {}
+    total = sum(len(g) for g in groups.values())
+    logger.info("generating %d outputs in %d groups", total, len(groups))
+    for name, members in groups.items():
+        lengths = [len(req.prompt.input_ids) + max_new_tokens for _, req, _ in members]
+        for index in batches(lengths, batch_size, max_batch_tokens):
+            rows = [members[i] for i in index]
+            prompts = [req.prompt for _, req, _ in rows]
+            if name[0] == "plain":
+                plans: list[Any] = []
+            elif name[0] == "static":
+                plans = _stacked(model, [p for _, _, p in rows])
+            else:
+                plans = chain.plans_for(model, prompts, steer=dict(rows[0][1].steer))
+            tokens = chain.generate(model, prompts, plans, batch_size=len(prompts), progress=False,
+                                    max_new_tokens=max_new_tokens)
+            pairs = [(key, model.tokenizer.decode(t, skip_special_tokens=True)) for (key, _, _), t in zip(rows, tokens)]
+            out.update(pairs)
+            if on_batch is not None:
+                on_batch(pairs)
+            logger.debug("%s: a batch of %d rows", name, len(rows))
+    return out

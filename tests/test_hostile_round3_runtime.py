@@ -85,6 +85,7 @@ def test_an_interrupt_inside_a_measurement_leaves_the_model_free(tiny, ids, meth
     monkeypatch.undo()
     assert _lock_is_free_elsewhere(tiny)  # the lock is not held by the interrupted thread
     assert "forward" not in vars(tiny)  # the guard is gone with the run
+    assert not any(point._forward_hooks for point in tiny.hook_dict.values())  # and the measurement's hooks
     done = []
     worker = threading.Thread(target=lambda: done.append(tiny(ids).shape), daemon=True)
     worker.start()

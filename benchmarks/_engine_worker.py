@@ -70,7 +70,7 @@ def run_vllm(job: dict) -> dict:
     llm = LLM(model=job["model"], dtype=job.get("dtype", "float32"), max_model_len=max(256, longest),
               max_num_seqs=max(job["batch_sizes"]), enforce_eager=True, seed=0,
               enable_prefix_caching=False, disable_log_stats=True, **kwargs)
-    params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True,
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True,  # no min_tokens: it masks the end token
                             detokenize=not job.get("backend"))
 
     def generate(group: list[list[int]]) -> list[list[int]]:

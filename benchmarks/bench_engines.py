@@ -17,7 +17,10 @@ tokens, at every batch size (``--batch-sizes``, default 1 and 16), in one run:
   GGUF file, each in its own Python environment (``--vllm-python``,
   ``--llamacpp-python``: the interpreter of a virtual environment with the engine;
   ``benchmarks/_engine_worker.py`` runs there). An engine whose interpreter is not
-  given, or cannot import it, is skipped with the reason printed.
+  given, or cannot import it, is skipped with the reason printed;
+* vLLM, GUIDE (KV-cache bias): where vLLM ran, the same GUIDE plans on vLLM through
+  ``attnlens.runtime.vllm_backend`` (each prompt key's bias stored with the key in
+  widened heads; see docs/engines.md).
 
 Every engine gets the same prompt token ids (the tags removed, as attnlens
 tokenizes them). Prints new tokens per second (all prompts' new tokens over the
@@ -36,6 +39,7 @@ Wall time on a CPU: meaningful only as the ratios of one run on one machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -53,6 +57,7 @@ WORKER = HERE / "_engine_worker.py"
 TOPICS = ["the sea", "a city at night", "bread", "the moon", "winter", "a library", "trains", "a garden",
           "music", "rain", "mountains", "a market", "the desert", "bicycles", "coffee", "an old clock"]
 FOREIGN = {"vllm": "vLLM", "llamacpp": "llama.cpp"}
+KEYBIAS = "vLLM, GUIDE (KV-cache bias)"
 
 
 def chats(count: int) -> list[list[dict[str, str]]]:
@@ -81,7 +86,7 @@ def hf_model_dir(scratch: Path, hf, tokenizer) -> Path:
 
 
 def run_foreign(engine: str, python: str | None, model: Path | None, prompts: list[list[int]], args: argparse.Namespace,
-                sizes: list[int], scratch: Path) -> tuple[dict | None, str]:
+                sizes: list[int], scratch: Path, **extra) -> tuple[dict | None, str]:
     """Run ``_engine_worker.py`` for ``engine`` in its own interpreter; (result, "") or (None, why skipped)."""
     if not python:
         return None, f"--{engine}-python not given"
@@ -95,8 +100,9 @@ def run_foreign(engine: str, python: str | None, model: Path | None, prompts: li
     if probe.returncode != 0:
         return None, f"{python} cannot import {module}"
     job = {"engine": engine, "model": str(model), "prompts": prompts, "new_tokens": args.new_tokens,
-           "batch_sizes": sizes, "threads": args.threads, "dtype": args.dtype}
-    src, dst = scratch / f"{engine}-job.json", scratch / f"{engine}-result.json"
+           "batch_sizes": sizes, "threads": args.threads, "dtype": args.dtype, **extra}
+    tag = engine + ("-keybias" if extra else "")
+    src, dst = scratch / f"{tag}-job.json", scratch / f"{tag}-result.json"
     src.write_text(json.dumps(job))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -143,12 +149,16 @@ def main() -> None:
     n = args.new_tokens
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    # exactly n new tokens with the end token allowed (min_new_tokens would mask it), as every other engine
+    no_eos = copy.deepcopy(hf.generation_config)
+    no_eos.eos_token_id = None
+
     def run_hf(rows: list[list[int]]) -> list[list[int]]:
         width = max(len(r) for r in rows)
         tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=args.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=args.device)
-        out = hf.generate(tokens, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                          pad_token_id=pad)
+        out = hf.generate(tokens, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=pad,
+                          generation_config=no_eos)
         return out[:, width:].tolist()
 
     def run_attnlens(rows: list[list[int]], steered: bool) -> list[list[int]]:
@@ -202,7 +212,19 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     versions: dict[str, str] = {}
     try:
-        for engine, python in (("vllm", args.vllm_python), ("llamacpp", args.llamacpp_python)):
+        for engine, python in (("vllm", args.vllm_python), ("llamacpp", args.llamacpp_python), ("vllm", "steered")):
+            name, extra, prompts = FOREIGN[engine], {}, ids
+            if python == "steered":  # the key-bias model, where plain vLLM ran
+                if "vLLM" not in versions:
+                    continue
+                python, name = args.vllm_python, KEYBIAS
+                from attnlens.runtime import vllm_backend
+
+                table = vllm_backend.ProfileTable()
+                table.reset(bridge.cfg.n_layers, bridge.cfg.n_heads)
+                prompts = vllm_backend.encode_rows(ids, [guide_plan_for(bridge, prepared)], len(tokenizer), table)
+                extra = {"backend": str(Path(vllm_backend.__file__).resolve()), "shape": list(table.shape),
+                         "profiles": [row.tolist() for row in table.rows[1:]]}
             model = None
             if python and args.shape == "embedded":
                 if engine == "vllm":
@@ -211,17 +233,17 @@ def main() -> None:
                     from attnlens.runtime.models import embedded_gguf_path
 
                     model = embedded_gguf_path()
-            result, why = run_foreign(engine, python, model, ids, args, sizes, scratch)
+            result, why = run_foreign(engine, python, model, prompts, args, sizes, scratch, **extra)
             if result is None:
-                skipped[FOREIGN[engine]] = why
+                skipped[name] = why
                 continue
-            versions[FOREIGN[engine]] = result["version"]
+            versions.setdefault(name, result["version"])
             for size in sizes:
                 run = result["runs"].get(str(size))
                 if run is None:
-                    notes.append(f"{FOREIGN[engine]} at batch {size}: {result['notes'].get(str(size), 'not run')}")
+                    notes.append(f"{name} at batch {size}: {result['notes'].get(str(size), 'not run')}")
                     continue
-                results[(FOREIGN[engine], size)] = (sum(len(t) for t in run["tokens"]), run["seconds"], run["tokens"])
+                results[(name, size)] = (sum(len(t) for t in run["tokens"]), run["seconds"], run["tokens"])
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -231,12 +253,12 @@ def main() -> None:
           f"delta_mid {args.delta}), prompt {min(map(len, ids))}-{max(map(len, ids))} tokens, greedy, "
           f"{n} new tokens, {args.threads} thread(s) per engine, wall time")
     if versions:
-        print("  engines: " + ", ".join(f"{k} {v}" for k, v in versions.items()) +
+        print("  engines: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != KEYBIAS) +
               (" (llama.cpp on the shipped 4-bit GGUF)" if "llama.cpp" in versions else ""))
-    print(f"  {'engine':<26} {'batch':>5} {'new tok':>8} {'seconds':>8} {'tok/s':>8} {'vs ' + base_name:>22} "
+    print(f"  {'engine':<28} {'batch':>5} {'new tok':>8} {'seconds':>8} {'tok/s':>8} {'vs ' + base_name:>22} "
           f"{'same tokens':>12}")
     names = ["plain transformers", "attnlens, unsteered", "attnlens, GUIDE", "attnlens server, GUIDE", "vLLM",
-             "llama.cpp"]
+             KEYBIAS, "llama.cpp"]
     for size in sizes:
         base = results.get((base_name, size))
         base_rate = base[0] / base[1] if base else None
@@ -252,7 +274,7 @@ def main() -> None:
                 same = f"{sum(a == b for a, b in zip(tokens, ref[2]))}/{len(tokens)}"
             elif tokens is not None and ref is not None and ref[2] is not None:  # 4-bit weights: differ by design
                 same = f"{sum(a == b for a, b in zip(tokens, ref[2]))}/{len(tokens)}*"
-            print(f"  {name:<26} {size:>5} {count:>8} {seconds:8.2f} {rate:8.1f} {ratio} {same:>12}")
+            print(f"  {name:<28} {size:>5} {count:>8} {seconds:8.2f} {rate:8.1f} {ratio} {same:>12}")
     for name, why in skipped.items():
         print(f"  {name}: skipped ({why})")
     for note in notes:

@@ -124,6 +124,63 @@ def _batches(jobs: list[_Job], batch_size: int, max_tokens: int) -> list[list[_J
     return out
 
 
+#: under greedy decoding, conditions whose rows can share a batch are scheduled together (False: each
+#: condition's rows in batches of their own, as sampled runs always are)
+STREAM_CONDITIONS = True
+
+
+def _stream(model: Any, jobs_by_condition: dict[Condition, list[_Job]], config: ExperimentConfig,
+            method_settings: Any) -> list[list[_Job]]:
+    """The run's batches. Greedy runs put every condition's rows in one stream: rows without steering
+    (``none``, ``emphatic``) share batches, a method whose steering is a static bias (GUIDE at every
+    delta, InstABoost, PASTA) puts all its conditions' rows in the same batches, each row with its own
+    plan; a run-time edit keeps each condition apart. Each group's rows are sorted by length and batched
+    under both limits. A sampled run keeps one condition per batch (a batch's seed draws its samples)."""
+    if config.sampling or not STREAM_CONDITIONS:
+        return [batch for pending in jobs_by_condition.values()
+                for batch in _batches(pending, config.batch_size, config.max_batch_tokens)]
+    groups: dict[Any, list[_Job]] = {}
+    for condition, pending in jobs_by_condition.items():
+        if not pending:
+            continue
+        if _steers(model, condition, pending[0].prompt, config, method_settings) is None:
+            name: Any = ("plain",)
+        elif _static_condition(model, condition, pending, config, method_settings):
+            name = ("static", condition.method)
+        else:
+            name = ("edit", condition.name)
+        groups.setdefault(name, []).extend(pending)
+    return [batch for pending in groups.values()
+            for batch in _batches(pending, config.batch_size, config.max_batch_tokens)]
+
+
+def _steers(model: Any, condition: Condition, prompt: Prompt, config: ExperimentConfig,
+            method_settings: Any) -> Any:
+    """None when ``condition`` steers nothing (no method, or not a steering one)."""
+    return condition.method if condition.method in method_settings else None
+
+
+def _static_condition(model: Any, condition: Condition, jobs: Sequence[_Job], config: ExperimentConfig,
+                      method_settings: Any) -> bool:
+    """Whether every row's steering under ``condition`` is a static bias (a BiasPlan)."""
+    from .schedule import _static
+
+    return all(_static(_condition_plans(model, condition, [job.prompt], config, method_settings))
+               for job in jobs)
+
+
+def _batch_plans(model: Any, batch: Sequence[_Job], config: ExperimentConfig, method_settings: Any) -> list[Any]:
+    """The steerings of a batch: one condition's plans for all its rows, or, for rows of several conditions
+    of one static-bias method, each row's own plan stacked."""
+    conditions = list(dict.fromkeys(j.condition for j in batch))
+    if len(conditions) == 1:
+        return _condition_plans(model, conditions[0], [j.prompt for j in batch], config, method_settings)
+    from .schedule import _stacked
+
+    return _stacked(model, [_condition_plans(model, j.condition, [j.prompt], config, method_settings)
+                            for j in batch])
+
+
 def _batch_seed(config: ExperimentConfig, jobs: Sequence[_Job]) -> int:
     return zlib.crc32(f"{config.seed}|{jobs[0].key}".encode()) & 0x7FFFFFFF
 
@@ -250,8 +307,7 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
             )
     # the unit of work is a batch: every worker forms the same batches, so a row's batch
     # (its padding, its seed) is the one-process run's, and takes every world_size-th one
-    units = [(condition, batch) for condition, pending in jobs_by_condition.items()
-             for batch in _batches(pending, config.batch_size, config.max_batch_tokens)]
+    units = [(batch[0].condition, batch) for batch in _stream(model, jobs_by_condition, config, method_settings)]
     mine = workers.mine(units)
     total = sum(len(batch) for _, batch in mine)
     logger.info("%s: worker %d/%d runs %d generations; %d to run in all, %d already in %s", study.name,
@@ -261,7 +317,8 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
     generated = 0
     with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, store.writer() as write:
         for condition, batch in mine:
-            bar.set_description(f"{study.name} {condition.name}")
+            names = list(dict.fromkeys(j.condition.name for j in batch))
+            bar.set_description(f"{study.name} {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
             bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
             rows = _run_batch(model, study, condition, batch, config, method_settings, influences)
             write(rows)
@@ -335,14 +392,15 @@ def _continuation_scorer(model: Any, study: Study, condition: Condition, config:
 
 def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job], config: ExperimentConfig,
                method_settings: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
+    """The rows of one batch (its rows may be of several conditions; ``condition`` is the first's)."""
     if config.influence:
         for job in batch:
-            key = (condition.name, job.item.id)
+            key = (job.condition.name, job.item.id)
             if key not in influences:
-                single = _condition_plans(model, condition, [job.prompt], config, method_settings)
+                single = _condition_plans(model, job.condition, [job.prompt], config, method_settings)
                 influences[key] = _influence(model, job.prompt, single)
     prompts = [j.prompt for j in batch]
-    plans = _condition_plans(model, condition, prompts, config, method_settings)
+    plans = _batch_plans(model, batch, config, method_settings)
     seed = _batch_seed(config, batch)
     sample_kwargs: dict[str, Any] = {}
     if config.sampling:
@@ -351,18 +409,21 @@ def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job]
                                 max_new_tokens=config.max_new_tokens, **sample_kwargs)
     outputs = [_decode(model.tokenizer, t) for t in new_tokens]
     scores = study.score([j.item for j in batch], outputs, config)
-    read = study.model_scores([j.item for j in batch], config,
-                              _continuation_scorer(model, study, condition, config, method_settings))
-    if read is not None:
-        scores = [dataclasses.replace(s, metrics={**s.metrics, **r}) for s, r in zip(scores, read)]
+    for cond in dict.fromkeys(j.condition for j in batch):  # read under each row's own condition
+        index = [i for i, j in enumerate(batch) if j.condition == cond]
+        read = study.model_scores([batch[i].item for i in index], config,
+                                  _continuation_scorer(model, study, cond, config, method_settings))
+        if read is not None:
+            for i, r in zip(index, read):
+                scores[i] = dataclasses.replace(scores[i], metrics={**scores[i].metrics, **r})
     rows = []
     for job, output, tokens, score in zip(batch, outputs, new_tokens, scores):
         start, end = _focus(job.prompt)
         rows.append({
             "study": study.name,
-            "condition": condition.name,
-            "method": condition.method,
-            "delta": condition.delta,
+            "condition": job.condition.name,
+            "method": job.condition.method,
+            "delta": job.condition.delta,
             "item": job.item.id,
             "generation": job.generation,
             **{k: job.item.groups[k] for k in study.group_fields if k in job.item.groups},
@@ -373,7 +434,7 @@ def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job]
             "backend": new_tokens.backend,
             "output": output,
             "metrics": {k: float(v) for k, v in score.metrics.items()},
-            "influence": influences.get((condition.name, job.item.id)) if config.influence else None,
+            "influence": influences.get((job.condition.name, job.item.id)) if config.influence else None,
             **({"details": dict(score.details)} if score.details else {}),
         })
     return rows

@@ -135,6 +135,7 @@ def model_class() -> Any:
     from torch import nn
     from vllm.model_executor.layers.attention import Attention
     from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
+    from vllm.model_executor.layers.rotary_embedding import get_rope
     from vllm.model_executor.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
     from vllm.model_executor.models.utils import extract_layer_index
 
@@ -164,7 +165,8 @@ def model_class() -> Any:
                                               bias=bias, quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
             self.o_proj = RowParallelLinear(input_size=num_heads * self.head_dim, output_size=hidden_size,
                                             bias=bias_o_proj, quant_config=quant_config, prefix=f"{prefix}.o_proj")
-            self._init_rotary_emb(config, quant_config=quant_config)
+            self.rotary_emb = get_rope(self.head_dim, max_position=max_position_embeddings,
+                                       rope_parameters=getattr(config, "rope_parameters", None), is_neox_style=True)
             self.attn = Attention(num_heads, self.wide, self.scaling, num_kv_heads=num_kv_heads,
                                   cache_config=cache_config, quant_config=quant_config, prefix=f"{prefix}.attn")
             # the query's one-hot column within its group: head h reads the bias in column d + h % group

@@ -7,7 +7,8 @@ fixed ``max_tokens``) are answered
   on one worker thread as the server generates (on a loaded CPU, torch in the main thread
   ran several times slower here than in any other thread, which would flatter the server);
 * by ``attnlens serve`` (in this process, on 127.0.0.1) through the ``openai``
-  client from 1, 4 and 16 concurrent clients (threads), each sending its share in turn.
+  client from 1, 4 and 16 concurrent clients (threads), each sending its share in turn,
+  once generating batch by batch and once with continuous batching (the default).
 
 Prints requests per second, latency p50/p95 per request, the throughput ratio
 against the sequential run, and how many server answers equal the pipeline's.
@@ -79,34 +80,38 @@ def main() -> None:
         elapsed, latencies, answers = worker.submit(sequential).result()
     rows = [("pipeline, sequential", 1, len(requests) / elapsed, latencies, len(requests))]
 
-    with start_server(model, model_name="bench", max_batch_size=args.batch_size) as server:
-        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=600)
+    peaks = {}
+    for continuous in (False, True):
+        kind = "continuous" if continuous else "batch by batch"
+        with start_server(model, model_name="bench", max_batch_size=args.batch_size,
+                          continuous=continuous) as server:
+            client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=600)
 
-        def ask(messages):
-            t = time.perf_counter()
-            reply = client.chat.completions.create(model="bench", messages=messages, max_tokens=n,
-                                                   extra_body={"attnlens": {"delta_mid": args.delta}})
-            return reply.choices[0].message.content, time.perf_counter() - t
+            def ask(messages):
+                t = time.perf_counter()
+                reply = client.chat.completions.create(model="bench", messages=messages, max_tokens=n,
+                                                       extra_body={"attnlens": {"delta_mid": args.delta}})
+                return reply.choices[0].message.content, time.perf_counter() - t
 
-        ask(requests[0])  # warm-up
-        for clients in [int(c) for c in args.clients.split(",")]:
-            start = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                served = list(pool.map(ask, requests))
-            elapsed = time.perf_counter() - start
-            equal = sum(text == want for (text, _), want in zip(served, answers))
-            rows.append((f"server, {clients} client(s)", clients, len(requests) / elapsed, [s[1] for s in served],
-                         equal))
-        batches = server.engine.stats.rows
+            ask(requests[0])  # warm-up
+            for clients in [int(c) for c in args.clients.split(",")]:
+                start = time.perf_counter()
+                with ThreadPoolExecutor(clients) as pool:
+                    served = list(pool.map(ask, requests))
+                elapsed = time.perf_counter() - start
+                equal = sum(text == want for (text, _), want in zip(served, answers))
+                rows.append((f"server ({kind}), {clients} client(s)", clients, len(requests) / elapsed,
+                             [s[1] for s in served], equal))
+            peaks[kind] = server.engine.stats.peak
 
     print(f"{describe(args.shape, args.device, args.dtype)}, {len(requests)} chat requests (half with a GUIDE span, "
           f"delta {args.delta}), greedy, max_tokens {n}, torch threads {torch.get_num_threads()}")
     base = rows[0][2]
-    print(f"  {'':<24} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'vs sequential':>14} {'equal answers':>14}")
+    print(f"  {'':<38} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'vs sequential':>14} {'equal answers':>14}")
     for name, _, rate, lat, equal in rows:
-        print(f"  {name:<24} {rate:7.2f} {statistics.median(lat):7.2f} {percentile(lat, 0.95):7.2f} "
+        print(f"  {name:<38} {rate:7.2f} {statistics.median(lat):7.2f} {percentile(lat, 0.95):7.2f} "
               f"{rate / base:13.2f}x {equal:>8}/{len(requests)}")
-    print(f"  server batches: {len(batches)}, largest {max(batches)} rows")
+    print("  most rows generated at once: " + ", ".join(f"{k} {v}" for k, v in peaks.items()))
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def create_app(
     batch_wait: float = 0.01,
     max_queue: int = 256,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    continuous: bool = True,
 ) -> Any:
     """The FastAPI application serving ``model`` (its worker starts and stops with the app).
 
@@ -106,14 +107,16 @@ def create_app(
     ``max_batch_size``: requests generated together; ``batch_wait``: seconds the worker
     waits after the first waiting request for others to join its batch;
     ``max_queue``: waiting requests beyond which a request is refused (429);
-    ``max_body_bytes``: the largest request body read (a larger one is refused with 413).
+    ``max_body_bytes``: the largest request body read (a larger one is refused with 413);
+    ``continuous``: requests join and leave a running batch between decoding steps (False: batch by batch;
+    see :mod:`attnlens.api.engine`).
     """
     if not is_int(max_body_bytes) or max_body_bytes < 1:
         raise AttnlensError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     max_body_bytes = int(max_body_bytes)
     name = model_name or str(getattr(model.cfg, "model_name", None) or "attnlens-model")
     engine = Engine(model, model_name=name, max_batch_size=max_batch_size, batch_wait=batch_wait,
-                    max_queue=max_queue)
+                    max_queue=max_queue, continuous=continuous)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -355,7 +358,7 @@ def start_server(model: Model, *, host: str = "127.0.0.1", port: int = 0, **app_
     """Serve ``model`` from a background thread (port 0: a free one); ``server.url`` is the client's base URL.
 
     ``app_kwargs`` go to :func:`create_app` (``model_name``, ``max_batch_size``, ``batch_wait``, ``max_queue``,
-    ``max_body_bytes``).
+    ``max_body_bytes``, ``continuous``).
     """
     return RunningServer(create_app(model, **app_kwargs), bind(host, port))
 

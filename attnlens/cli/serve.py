@@ -24,6 +24,9 @@ def add_serve(sub: Any) -> None:
                    help="waiting requests beyond which new ones are refused with 429 (default: 256)")
     p.add_argument("--max-body-bytes", type=positive_int, default=None,
                    help="the largest request body read; a larger one is refused with 413 (default: 4194304, 4 MiB)")
+    p.add_argument("--no-continuous", dest="continuous", action="store_false",
+                   help="generate batch by batch: requests that arrive while a batch runs wait for the next one "
+                        "(default: continuous batching, where they join the running batch)")
     p.set_defaults(run=_run_serve)
 
 
@@ -42,7 +45,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"attnlens: serving {name} at {socket_url(sock)} (Ctrl-C stops)", flush=True)
         serve(model, sock, model_name=name, max_batch_size=args.batch_size,
               batch_wait=args.batch_wait_ms / 1000, max_queue=args.max_queue,
-              max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+              max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES, continuous=args.continuous)
     finally:
         sock.close()
     return 0

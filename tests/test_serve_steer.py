@@ -233,3 +233,23 @@ def test_a_run_edit_cannot_join(lively):
         batch = ContinuousBatch(lively, stack, pad=pad_id(lively.tokenizer))
         with pytest.raises(al.AttnlensError, match="static bias plans"):
             batch.admit([Row(prompt.input_ids, edits)])
+
+
+def test_tags_follow_the_method_registered_as_guide(lively, client, pipe):
+    """A method registered in GUIDE's place steers the tags; with none registered, a tagged request is a 400."""
+    from attnlens import steering
+    from attnlens.steering.guide_method import GuideMethod
+
+    class Doubled(GuideMethod):  # GUIDE at twice the strength, under GUIDE's name
+        def steering(self, model, prompts, settings):
+            return super().steering(model, prompts, {**settings, "delta_mid": 2 * settings["delta_mid"]})
+
+    plain = _chat(client, CHAT)  # GUIDE at the default delta_mid 1
+    doubled = pipe(CHAT, max_new_tokens=10, steer={"guide": {"delta_mid": 2.0}})[0]["generated_text"]
+    steering.register(Doubled(), replace=True)
+    assert _chat(client, CHAT) == doubled != plain
+    steering.unregister("guide")
+    with pytest.raises(openai.BadRequestError) as caught:
+        _chat(client, CHAT)
+    assert caught.value.body["param"] == "messages" and "guide" in caught.value.body["message"]
+    assert _chat(client, [{"role": "user", "content": "No tags here."}])  # an untagged request is served

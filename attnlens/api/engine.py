@@ -32,6 +32,7 @@ from ..runtime.continuous import ContinuousBatch, Row, continuous_reason, joinab
 from ..runtime.continuous import for_all_rows as _all_rows
 from ..runtime.generate import generate_batch
 from ..steering.bias import BiasPlan
+from ..steering.registry import check_tags_steered
 from . import chain
 from .openai_requests import (
     Job,
@@ -121,6 +122,11 @@ class Engine:
                                                  chat=prompt.format == "chat")
         except AttnlensError as exc:
             raise _error(str(exc), where, "invalid_prompt") from None
+        if not steering.explicit:  # tags ask for the method registered as "guide" (a user's, or none)
+            try:
+                check_tags_steered([prompt], [method for method, _ in registry.resolve(steering.steer)])
+            except AttnlensError as exc:
+                raise _error(str(exc), where, "invalid_prompt") from None
         if prompt.influence_spans():
             raise _error("influence tags (<?-> ... <-?>) are not served; use attnlens' pipeline to measure influence",
                          where, "invalid_prompt")

@@ -152,6 +152,8 @@ class Steering:
     delta_mid: float
     layers: Any
     emphasize: tuple[str, ...] = ()
+    #: whether the request named its methods (False: the default, GUIDE on the tags)
+    explicit: bool = True
 
     @property
     def method(self) -> str:
@@ -222,6 +224,8 @@ def parse_steering(body: dict[str, Any], n_layers: int) -> Steering:
             entries = description.entries(given["steer"], "attnlens.steer")
         except description.DescriptionError as exc:
             raise _error(str(exc), exc.where, "invalid_value") from None
+    elif "method" not in given and "guide" not in registry.methods():
+        entries = []  # no GUIDE registered: a tagged prompt is refused when it is read (engine.job)
     else:
         method = settings["method"]
         if not isinstance(method, str) or method not in offered:
@@ -248,7 +252,7 @@ def parse_steering(body: dict[str, Any], n_layers: int) -> Steering:
     if emphasize and not wants:
         raise _error("attnlens.emphasize needs a steering method that steers emphasised text (e.g. pasta)",
                      "attnlens.emphasize", "invalid_value")
-    return Steering(steer, delta, layers, tuple(emphasize))
+    return Steering(steer, delta, layers, tuple(emphasize), explicit="steer" in given or "method" in given)
 
 
 def parse_max_tokens(body: dict[str, Any], names: Sequence[str]) -> int:

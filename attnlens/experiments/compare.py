@@ -285,8 +285,8 @@ class _Outputs:
     """A comparison's generated outputs: the shared cache, filled as one stream and appended to
     ``outputs.jsonl`` batch by batch, so an interrupted comparison resumes without generating again."""
 
-    def __init__(self, directory: Path, model: Any, cache: dict[str, str]) -> None:
-        self.path = directory / OUTPUTS_FILE
+    def __init__(self, directory: Path, model: Any, cache: dict[str, str], name: str = OUTPUTS_FILE) -> None:
+        self.path = directory / name
         self.model, self.cache = model, cache
         self.digest = _model_digest(model)
         if not self.path.is_file():
@@ -313,7 +313,7 @@ class _Outputs:
         if text and not text.endswith("\n"):
             self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
 
-    def fill(self, searches: Sequence[Any], config: ExperimentConfig, batch_size: int,
+    def fill(self, searches: Sequence[Any], config: ExperimentConfig, batch_size: int = STREAM_BATCH,
              chosen: bool = False) -> None:
         from .schedule import Request, generate_stream, output_key
 
@@ -328,6 +328,7 @@ class _Outputs:
             return
 
         def save(pairs: list[tuple[str, str]]) -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as fh:
                 for key, text in pairs:
                     fh.write(json.dumps({"model": self.digest, "key": key, "text": text}) + "\n")

@@ -127,5 +127,14 @@ def tune_study(
     search = study_search(study, config, steerer.name, model=model, metric=metric, grid=grid, heldout=heldout,
                           max_repetition=max_repetition, out=out, compare=compare, cache=cache,
                           require_valid=require_valid, data=data)
-    search.develop()
+    if cache is None and search.path is not None:  # every strength's outputs as one stream, saved beside it
+        from .compare import _Outputs
+
+        outputs = _Outputs(search.path.parent, model, {}, name=f"{search.path.stem}.outputs.jsonl")
+        search.cache = outputs.cache
+        outputs.fill([search], config)
+        search.develop()
+        outputs.fill([search], config, chosen=True)
+    else:
+        search.develop()
     return search.finish()

@@ -46,6 +46,8 @@ def test_batches_are_sorted_by_length_and_kept_within_both_limits():
     widths = [[lengths[i] for i in b] for b in out]
     assert widths == [[30, 30], [12, 7, 6], [5]]
     assert batches([100], 4, 10) == [[0]]  # a row longer than the token limit runs alone
+    # with min_rows, long rows are still batched as thickly as one steering's batch would be
+    assert batches([100, 100, 100], 4, 150, min_rows=2) == [[0, 1], [2]]
 
 
 def test_a_comparison_streamed_gives_the_same_outputs_scores_and_table(tiny, tmp_path, calls):

@@ -94,15 +94,17 @@ def _stacked(model: Any, per_row: Sequence[Sequence[Any]]) -> list[Any]:
     return [out]
 
 
-def batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+def batches(lengths: Sequence[int], batch_size: int, max_tokens: int, min_rows: int = 1) -> list[list[int]]:
     """Indices into ``lengths``, longest first, in batches of at most ``batch_size`` rows whose
-    ``rows x longest`` stays within ``max_tokens`` (a longer row than that runs alone)."""
+    ``rows x longest`` stays within ``max_tokens`` once they hold ``min_rows`` rows (a row longer
+    than the limit runs alone, or with ``min_rows - 1`` others)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     current: list[int] = []
     for i in order:
         width = max([lengths[i]] + [lengths[j] for j in current])
-        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_tokens):
+        full = width * (len(current) + 1) > max_tokens and len(current) >= min_rows
+        if current and (len(current) >= batch_size or full):
             out.append(current)
             current = []
         current.append(i)
@@ -118,10 +120,14 @@ def generate_stream(
     max_new_tokens: int,
     batch_size: int = 64,
     max_batch_tokens: int = 16384,
+    min_rows: int = 8,
     on_batch: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> dict[str, str]:
     """Greedy outputs (decoded text) of ``requests``, by :func:`output_key`, generated as one stream.
 
+    A batch holds up to ``batch_size`` rows, within ``max_batch_tokens`` (rows x (longest prompt +
+    new tokens)) once it has ``min_rows`` (the batch :func:`attnlens.api.chain.generate` forms by
+    default, so long prompts are never batched more thinly than one steering at a time would be).
     ``on_batch(pairs)`` is called with each batch's ``(key, text)`` pairs as it finishes (to save them)."""
     from ..api import chain
 
@@ -153,7 +159,7 @@ def generate_stream(
     logger.info("generating %d outputs in %d groups", total, len(groups))
     for name, members in groups.items():
         lengths = [len(req.prompt.input_ids) + max_new_tokens for _, req, _ in members]
-        for index in batches(lengths, batch_size, max_batch_tokens):
+        for index in batches(lengths, batch_size, max_batch_tokens, min(min_rows, batch_size)):
             rows = [members[i] for i in index]
             prompts = [req.prompt for _, req, _ in rows]
             if name[0] == "plain":

@@ -264,21 +264,11 @@ OUTPUTS_FILE = "outputs.jsonl"
 
 
 def _model_digest(model: Any) -> str:
-    """A short digest of the model: its shape and a sample of its weights (outputs of one model are not
-    read back for another)."""
-    import hashlib
+    """The model's content digest (:func:`~attnlens.experiments.provenance.model_identity`: its config and
+    weights), so outputs of one model are never read back for another."""
+    from .provenance import model_identity
 
-    import torch
-
-    digest = hashlib.sha256()
-    cfg = getattr(model, "cfg", None)
-    digest.update(repr([getattr(cfg, k, None) for k in ("model_name", "n_layers", "d_model", "n_heads",
-                                                         "d_vocab")]).encode())
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    with torch.no_grad():
-        for p in params[:: max(1, len(params) // 8)]:
-            digest.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return str(model_identity(model)["sha256"])[:32]
 
 
 class _Outputs:

@@ -75,3 +75,18 @@ def test_an_experiment_runs_the_described_methods(lively, monkeypatch, tmp_path,
     config = _experiment_config(args)
     assert list(config.conditions) == ["none", "instaboost"]
     assert config.steering == {"instaboost": {"alpha": 8, "layers": "last"}}
+
+
+def test_tune_and_compare_read_steering_as_their_methods_settings(tmp_path):
+    from attnlens.cli.tune import _config
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["tune", "json", "--method", "pasta", "--out", str(tmp_path), "--steering",
+                              '{"pasta": {"head_config": {"0": [1]}, "scale_position": "include"}}',
+                              "--set", "pasta.scale_position=exclude"])
+    assert _config(args).steering == {"pasta": {"head_config": {"0": [1]}, "scale_position": "exclude"}}
+    args = parser.parse_args(["compare", "json", "--out", str(tmp_path), "--steering", '["guide", "spa"]'])
+    assert args.methods is None and _config(args).steering == {"guide": {}, "spa": {}}
+    bad = parser.parse_args(["compare", "json", "--out", str(tmp_path), "--steering", '{"guide": {"nosuch": 1}}'])
+    with pytest.raises(al.AttnlensError, match="nosuch"):
+        _config(bad)

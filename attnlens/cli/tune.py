@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, number, positive_int
+from ._common import STEERING_HELP, add_steering_flag, load_model_for, number, positive_int, steering_from
 
 
 def _study_options(p: Any, what: str) -> None:
@@ -25,6 +25,8 @@ def _study_options(p: Any, what: str) -> None:
                    help="tokens generated per output (default: the study's)")
     p.add_argument("--set", dest="method_settings", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                    help="a steering method's other parameter (repeatable), e.g. pasta.alpha=0.05")
+    add_steering_flag(p, STEERING_HELP + "; the methods' other parameters, as --set gives them (the strength is "
+                      "searched)")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--dataset", default=None, help="a local data file for the study (default: its shipped items)")
     p.add_argument("--seed", type=int, default=0, help="the random seed (item split, sampling)")
@@ -49,8 +51,12 @@ def _config(args: argparse.Namespace, **more: Any) -> Any:
                                   dataset=args.dataset, plots=False, influence=False, **more)
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.method_settings:
-        kwargs["steering"] = method_settings(args.method_settings)
+    described = steering_from(args)
+    if described is not None or args.method_settings:
+        steering = {name: dict(values) for name, values in (described or {}).items()}
+        for name, values in method_settings(args.method_settings).items():
+            steering.setdefault(name, {}).update(values)
+        kwargs["steering"] = steering
     config = CONFIGS[args.study](**kwargs)
     try:  # a misspelt --set fails before the model loads
         check_method_settings(config)
@@ -81,7 +87,9 @@ def add_compare(sub: Any) -> None:
                        "difference from the unsteered model. Writes compare.md, compare.csv and compare.json; "
                        "every search is saved and resumable.")
     _study_options(p, "the methods are compared on")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="the steering methods to compare")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"the steering methods to compare (default: those --steering names, else "
+                        f"{' '.join(DEFAULT_METHODS)})")
     p.add_argument("--grid", dest="grids", action="append", default=[], metavar="METHOD=V1,V2,...",
                    help="the strengths to try for one method (repeatable; default: each method's own)")
     p.add_argument("--pasta-heads", default=None,
@@ -135,9 +143,11 @@ def _grids(items: list[str]) -> dict[str, list[str]]:
 def _run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..experiments.compare import compare_methods
+    from ..experiments.compare import DEFAULT_METHODS, compare_methods
     from ..experiments.sources import data_file
 
+    if args.methods is None:  # the methods --steering names, else the default set
+        args.methods = list(steering_from(args) or DEFAULT_METHODS)
     grids = _grids(args.grids)
     heads = args.pasta_heads
     if heads is None and args.model is None and "pasta" in args.methods:

@@ -41,7 +41,7 @@ RUNS = {
     "bench_attribution.py": (["--length", "12", "--faith-length", "6", "--seeds", "1",
                               "--methods", "grad_x_input"], r"^grad_x_input +\S+ s CPU +\S+ s wall +(\S+) x forward"),
     "bench_serve.py": (["--requests", "2", "--max-tokens", "2", "--clients", "1"],
-                       r"server, 1 client\(s\) +\S+ +\S+ +\S+ +(\S+)x"),
+                       r"server \(continuous\), 1 client\(s\) +\S+ +\S+ +\S+ +(\S+)x"),
     "bench_compare.py": (["--limit", "4", "--new-tokens", "2", "--methods", "guide", "spotlight"],
                          r"speed-up \(one search at a time / one stream\): (\S+)x"),
     "bench_engines.py": (["--prompts", "2", "--new-tokens", "2", "--batch-sizes", "1", "--no-server"],

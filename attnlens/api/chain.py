@@ -27,6 +27,7 @@ from ..prompts.tags import parse_tags
 from ..runtime.generate import Generation, check_generation_kwargs, generate_batch
 from .. import steering as registry
 from ..steering.edits import install, rows_of
+from ..steering.kinds import Steering, checked
 from ..steering.edits import check_rows, select_rows as _select_rows
 from ..steering.registry import check_tags_steered
 from ..steering.guide import with_strength
@@ -140,8 +141,8 @@ def plans_for(
     delta_mid: float | None = None,
     pasta: PastaSettings | None = None,
     steer: SteerLike = None,
-) -> list[Any]:
-    """The steerings of ``prompts`` (one row each): a BiasPlan or a run-time edit per method that has work.
+) -> list[Steering]:
+    """The steerings of ``prompts`` (one row each): one per method that has work (:mod:`attnlens.steering.kinds`).
 
     ``steer``: ``{method: settings}`` (names from :func:`attnlens.steering.methods`); without it
     GUIDE steers the prompts' tags. ``pasta`` adds PASTA on the prompts' emphasis spans.
@@ -151,14 +152,14 @@ def plans_for(
     if steer is None:  # the tags ask for the registered "guide"
         check_tags_steered(list(prompts), [m for m, _ in chosen])
     for method, settings in chosen:
-        made = method.steering(model, list(prompts), settings)
+        made = checked(method.steering(model, list(prompts), settings), method.name)
         if made is not None:
             out.append(made)
     return out
 
 
-def select_rows(plan: Any, start: int, count: int) -> Any:
-    """The part of ``plan`` (a BiasPlan or a run-time edit) for rows ``[start, start + count)``, renumbered from 0."""
+def select_rows(plan: Steering, start: int, count: int) -> Steering:
+    """The part of ``plan`` (a steering of any kind) for rows ``[start, start + count)``, renumbered from 0."""
     return _select_rows(plan, start, count)
 
 
@@ -272,7 +273,7 @@ def steered_generation(
         check_tags_steered([prompt], [m for m, _ in chosen])
     plans, applied = [], []
     for method, settings in chosen:
-        made = method.steering(model, [prompt], settings)
+        made = checked(method.steering(model, [prompt], settings), method.name)
         if made is not None:
             plans.append(made)
             applied.append(method.name)

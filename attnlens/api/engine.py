@@ -32,6 +32,7 @@ from ..runtime.continuous import ContinuousBatch, Row, continuous_reason, joinab
 from ..runtime.continuous import for_all_rows as _all_rows
 from ..runtime.generate import generate_batch
 from ..steering.bias import BiasPlan
+from ..steering.kinds import checked
 from ..steering.registry import check_tags_steered
 from . import chain
 from .openai_requests import (
@@ -151,7 +152,7 @@ class Engine:
         made, names = [], []
         for method, settings in registry.resolve(steering.steer):
             try:
-                one = method.steering(self.model, [prompt], settings)
+                one = checked(method.steering(self.model, [prompt], settings), method.name)
             except AttnlensError as exc:
                 raise _error(f"{method.name}: {exc}", f"attnlens.steer.{method.name}", "invalid_value") from None
             if one is not None:

@@ -72,9 +72,9 @@ def _row_plan(model: Any, prompt: Prompt, steer: Mapping[str, Any]) -> list[Any]
 
 
 def _static(plans: Sequence[Any]) -> bool:
-    from ..steering.bias import BiasPlan
+    from ..steering.kinds import KeyBias
 
-    return all(isinstance(p, BiasPlan) for p in plans)
+    return all(isinstance(p, KeyBias) for p in plans)
 
 
 def _stacked(model: Any, per_row: Sequence[Sequence[Any]]) -> list[Any]:

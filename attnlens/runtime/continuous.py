@@ -41,6 +41,7 @@ from ..core import _internals as tl
 from ..core.errors import AttnlensError
 from ..core.model import model_device
 from ..steering.bias import BiasPlan
+from ..steering.kinds import KeyBias
 from ..steering.edits import install
 from . import backends
 
@@ -67,11 +68,11 @@ class Row:
 
 
 def joinable(steerings: Sequence[Any]) -> bool:
-    """Whether a row with these steerings can join a continuous batch (static bias plans only)."""
-    return all(isinstance(s, BiasPlan) and s.rows in (None, 1) for s in steerings)
+    """Whether a row with these steerings can join a continuous batch (static key biases only)."""
+    return all(isinstance(s, KeyBias) and s.rows in (None, 1) for s in steerings)
 
 
-def for_all_rows(plan: BiasPlan) -> BiasPlan:
+def for_all_rows(plan: KeyBias) -> KeyBias:
     """A one-row plan with its terms for every row (what :meth:`BiasPlan.stack` takes)."""
     if plan.rows is None:
         return plan

@@ -17,8 +17,8 @@ from ..core.model import Model
 from ..core.errors import AttnlensError
 from ..core.model import check_window, model_device, pad_id
 from ..core.validate import check_bool, check_number, check_seed, check_token_ids, is_int
-from ..steering.bias import BiasPlan
 from ..steering.edits import decoder_of, install, shifted
+from ..steering.kinds import Steering
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def resolve_backend(backend: Any, direct: bool | None = None) -> str:
 def generate_batch(
     model: Model,
     rows: Sequence[Sequence[int]],
-    plans: Sequence[BiasPlan | Any] = (),
+    plans: Sequence[Steering] = (),
     *,
     max_new_tokens: int = 64,
     do_sample: bool = False,
@@ -133,8 +133,7 @@ def generate_batch(
 ) -> "Generation":
     """Generate from token rows with bias plans built in unpadded positions.
 
-    Every plan (a :class:`~attnlens.steering.bias.BiasPlan` or a run-time edit,
-    :mod:`attnlens.steering.edits`) is shifted to the padded layout and installed
+    Every plan (a steering of any kind, :mod:`attnlens.steering.kinds`) is shifted to the padded layout and installed
     for the whole generation; plans add up. Returns each row's new tokens, cut after the first
     end-of-sequence token.
 

@@ -33,8 +33,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ContextManager
 
 import torch
 
@@ -44,6 +44,7 @@ from ..core.concurrency import PerModel
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_device, model_shape
 from ..core.validate import LayerSpec, check_bias, is_int, plain_scalar, resolve_heads, resolve_layers
+from .kinds import KeyBias
 from .scores import (  # noqa: F401 - re-exported: the bias and how it is added to scores
     FLOOR,
     GAP,
@@ -102,8 +103,10 @@ class BiasTerm:
 
 
 @dataclass
-class BiasPlan:
-    """A set of additive attention-score biases for one model, built with :meth:`add`."""
+class BiasPlan(KeyBias):
+    """A set of additive attention-score biases for one model, built with :meth:`add` (a :class:`KeyBias`)."""
+
+    name = "bias"
 
     n_layers: int
     n_heads: int
@@ -168,6 +171,22 @@ class BiasPlan:
                 end = None if t.end is None else t.end + o
                 plan.terms.append(BiasTerm(t.start + o, end, t.value, t.layers, t.heads, r))
         return plan
+
+    def select_rows(self, start: int, count: int) -> "BiasPlan":
+        """The part of the plan for rows ``[start, start + count)``, renumbered from 0."""
+        out = BiasPlan(self.n_layers, self.n_heads)
+        for t in self.terms:
+            if t.row is None:
+                out.terms.append(t)
+            elif start <= t.row < start + count:
+                out.terms.append(replace(t, row=t.row - start))
+        if any(t.row is not None for t in out.terms):
+            out.n_rows = count
+        return out
+
+    def install(self, model: Model) -> ContextManager["BiasPlan"]:
+        """Install the plan on ``model`` for a ``with`` block (:func:`apply_bias`)."""
+        return apply_bias(model, self)
 
     @classmethod
     def stack(cls, plans: Sequence["BiasPlan"]) -> "BiasPlan":

@@ -1,10 +1,13 @@
-"""What a steering does to a run, for both kinds of method.
+"""What a steering does to a run, for every kind (:mod:`attnlens.steering.kinds`).
 
-A steering is either a :class:`~attnlens.steering.bias.BiasPlan` (a static
-per-key bias, installed by :func:`~attnlens.steering.bias.apply_bias` and run
-by the fused path of a direct run) or a :class:`RunEdit` (a function applied
-during the run to a layer's pre-softmax scores, its attention pattern, or the
-logits). Every caller goes through the three functions here, which take either:
+A steering is a :class:`~attnlens.steering.kinds.KeyBias` (a
+:class:`~attnlens.steering.bias.BiasPlan`: a static per-key bias, installed by
+:func:`~attnlens.steering.bias.apply_bias` and run by the fused path of a direct
+run), a :class:`~attnlens.steering.kinds.SpanReweight` (a :class:`RunEdit`: a
+function applied during the run to a layer's pre-softmax scores, its attention
+pattern, or the logits) or a :class:`~attnlens.steering.kinds.DecodingOverride`
+(it runs the decoding steps itself: SPA). Callers go through the functions here,
+which take any kind:
 
 - :func:`install` installs a steering on a model for a ``with`` block (hooks
   removed on exit, also when the block raises);
@@ -25,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, ContextManager, Union
+from typing import Any, ContextManager
 
 import torch
 
@@ -33,7 +36,8 @@ from ..core import hooks
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import Model, model_shape
 from ..core.validate import LayerSpec, is_int, resolve_layers
-from .bias import BiasPlan, apply_bias
+from .bias import BiasPlan
+from .kinds import DecodingOverride, SpanReweight, Steering, describe
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +90,8 @@ SpanFactor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class RunEdit:
-    """An edit computed during the run: ``fn(tensor, context) -> tensor`` on one hook point.
+class RunEdit(SpanReweight):
+    """An edit computed during the run: ``fn(tensor, context) -> tensor`` on one hook point (a :class:`SpanReweight`).
 
     Build it with :meth:`for_prompts`. ``spans`` holds one tuple of ``(start,
     end)`` ranges per batch row (``per_row``) or one for every row.
@@ -280,33 +284,31 @@ def checked_output(edit: RunEdit, tensor: torch.Tensor, out: Any, layer: int | N
     return out
 
 
-Steering = Union[BiasPlan, RunEdit]
+def _kind(steering: Any, what: str) -> Steering:
+    if not isinstance(steering, Steering):
+        raise AttnlensError(
+            f"a steering must be a KeyBias (a BiasPlan), a SpanReweight (a RunEdit) or a DecodingOverride "
+            f"(attnlens.steering.kinds); {what} got {type(steering).__name__}"
+        )
+    return steering
 
 
-def install(model: Model, steering: Any) -> ContextManager[Any]:
-    """Install a BiasPlan or a run-time edit (anything with ``install(model)``) for a ``with`` block."""
-    if isinstance(steering, BiasPlan):
-        return apply_bias(model, steering)
-    if hasattr(steering, "install"):
-        return steering.install(model)
-    raise AttnlensError(
-        f"a steering must be a BiasPlan or a RunEdit (anything with install(model)); got {type(steering).__name__}"
-    )
+def install(model: Model, steering: Steering) -> ContextManager[Any]:
+    """Install a steering of any kind (:mod:`attnlens.steering.kinds`) for a ``with`` block."""
+    return _kind(steering, "install").install(model)
 
 
-def shifted(steering: Any, offsets: Sequence[int]) -> Any:
+def shifted(steering: Steering, offsets: Sequence[int]) -> Steering:
     """``steering`` in the positions of a batch left-padded by ``offsets``."""
-    if not hasattr(steering, "shifted"):
-        raise AttnlensError(f"the steering {type(steering).__name__} cannot follow a padded batch (no shifted())")
-    return steering.shifted(offsets)
+    return _kind(steering, "shifted").shifted(offsets)
 
 
-def rows_of(steering: Any) -> int | None:
+def rows_of(steering: Steering) -> int | None:
     """How many rows ``steering`` is for (None: every row alike)."""
-    return getattr(steering, "rows", None)
+    return _kind(steering, "rows_of").rows
 
 
-def check_rows(steering: Any, batch: int, what: str = "the steering") -> None:
+def check_rows(steering: Steering, batch: int, what: str = "the steering") -> None:
     """A steering with parts for rows past a batch of ``batch`` rows is an AttnlensError naming the row (split
     into chunks by :func:`select_rows`, those parts would be dropped without a word)."""
     if isinstance(steering, BiasPlan):
@@ -317,46 +319,33 @@ def check_rows(steering: Any, batch: int, what: str = "the steering") -> None:
         return
     rows = rows_of(steering)
     if rows is not None and rows > batch:
-        raise AttnlensError(f"{what} ({getattr(steering, 'name', type(steering).__name__)}) has spans for {rows} "
-                            f"rows; the batch has {batch}")
+        raise AttnlensError(f"{what} ({describe(steering)}) has spans for {rows} rows; the batch has {batch}")
 
 
-def select_rows(steering: Any, start: int, count: int) -> Any:
+def select_rows(steering: Steering, start: int, count: int) -> Steering:
     """The part of ``steering`` for rows ``[start, start + count)``, renumbered from 0."""
-    if isinstance(steering, BiasPlan):
-        out = BiasPlan(steering.n_layers, steering.n_heads)
-        for t in steering.terms:
-            if t.row is None:
-                out.terms.append(t)
-            elif start <= t.row < start + count:
-                out.terms.append(replace(t, row=t.row - start))
-        if any(t.row is not None for t in out.terms):
-            out.n_rows = count
-        return out
-    if hasattr(steering, "select_rows"):
-        return steering.select_rows(start, count)
-    raise AttnlensError(f"the steering {type(steering).__name__} cannot be split into rows (no select_rows())")
+    return _kind(steering, "select_rows").select_rows(start, count)
 
 
-def decoder_of(steerings: Sequence[Any]) -> Any:
-    """The one steering among ``steerings`` that runs the decoding steps itself, or None.
+def decoder_of(steerings: Sequence[Steering]) -> DecodingOverride | None:
+    """The one :class:`DecodingOverride` among ``steerings`` (it runs the decoding steps itself), or None.
 
-    It has ``bind(run)``, which returns a run whose ``generate`` it implements.
+    Its ``bind(run)`` returns a run whose ``generate`` it implements.
 
     Such a steering (SPA: logits mixed from extra rows) takes over a generation's
     decoding steps; the others stay installed as hooks. Two of them in one run raise.
     """
-    found = [s for s in steerings if callable(getattr(s, "bind", None))]
+    found = [s for s in steerings if isinstance(s, DecodingOverride)]
     if len(found) > 1:
         raise AttnlensError(
             "only one steering that runs its own decoding steps can apply to a generation; got "
-            + ", ".join(getattr(s, "name", type(s).__name__) for s in found)
+            + ", ".join(describe(s) for s in found)
         )
     if found:
         others = [s for s in steerings if s is not found[0] and rows_of(s) not in (None, 1)]
         if others:
             raise AttnlensError(
-                f"{getattr(found[0], 'name', 'this steering')} runs extra rows in every forward pass, so it combines "
+                f"{describe(found[0])} runs extra rows in every forward pass, so it combines "
                 "with other steerings only for one prompt at a time (generate with batch_size=1)"
             )
         return found[0]

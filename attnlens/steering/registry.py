@@ -4,12 +4,18 @@ A steering method is one object: its ``name``, its parameters (:class:`Param`:
 name, type, default, help) and :meth:`SteeringMethod.steering`, which says
 what it does to a run for a batch of prompts:
 
-- a :class:`~attnlens.steering.bias.BiasPlan`: a static per-key bias (GUIDE,
+- a :class:`~attnlens.steering.kinds.KeyBias` (a
+  :class:`~attnlens.steering.bias.BiasPlan`): a static per-key bias (GUIDE,
   PASTA), which the fused path of a direct run executes without a score matrix;
-- a :class:`~attnlens.steering.edits.RunEdit`: an edit computed during the run
+- a :class:`~attnlens.steering.kinds.SpanReweight` (a
+  :class:`~attnlens.steering.edits.RunEdit`): an edit computed during the run
   (of the scores, the pattern or the logits), which runs on the reference path
   (a method that has a static form of its edit returns a plan instead);
+- a :class:`~attnlens.steering.kinds.DecodingOverride`: a steering that runs the
+  decoding steps itself (SPA);
 - ``None``: nothing to steer in these prompts.
+
+Anything else is an AttnlensError naming the method (:func:`attnlens.steering.kinds.checked`).
 
 :func:`register` adds a method (also from a user's own module), :func:`methods`
 lists the names, :func:`get` returns one. GUIDE and PASTA register
@@ -32,6 +38,7 @@ from ..core.registry import Registry
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.model import Model
     from ..prompts.prompt import Prompt
+    from .kinds import Steering
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +196,13 @@ class SteeringMethod:
 
     # ------------------------------------------------------------------ what it does to a run
 
-    def steering(self, model: "Model", prompts: Sequence["Prompt"], settings: Mapping[str, Any]) -> Any:
-        """A BiasPlan or a RunEdit for ``prompts`` (one row each, unpadded positions), or None."""
+    def steering(
+        self, model: "Model", prompts: Sequence["Prompt"], settings: Mapping[str, Any]
+    ) -> "Steering | None":
+        """The steering of ``prompts`` (one row each, unpadded positions), or None (nothing to do).
+
+        One of the kinds in :mod:`attnlens.steering.kinds`: a KeyBias (a BiasPlan), a SpanReweight
+        (a RunEdit) or a DecodingOverride; anything else is an AttnlensError naming the method."""
         raise NotImplementedError(f"steering method {self.name!r} does not say what it does to a run")
 
     def describe(self, model: "Model", prompts: Sequence["Prompt"], settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.errors import AttnlensError
+from .kinds import DecodingOverride
 from .registry import Param, SteeringMethod, register
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ def _choose(logits: Any, *, do_sample: bool, temperature: float, top_p: float | 
 
 
 @dataclass(frozen=True)
-class SpaSteering:
-    """SPA for one batch: the anchored spans per row (padded positions), ``omega`` and the mask token."""
+class SpaSteering(DecodingOverride):
+    """SPA for one batch: the anchored spans per row (padded positions), ``omega`` and the mask token (a
+    :class:`DecodingOverride`)."""
 
     spans: tuple[tuple[tuple[int, int], ...], ...]
     omega: float

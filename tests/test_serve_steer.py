@@ -28,8 +28,7 @@ from attnlens.runtime.continuous import ContinuousBatch, Row, joinable  # noqa: 
 from attnlens.runtime.generate import generate_batch  # noqa: E402
 from attnlens.steering import Param, SteeringMethod, register  # noqa: E402
 from attnlens.steering.bias import BiasPlan  # noqa: E402
-
-NAME = "tiny"
+from test_serve import NAME, client, pipe, server  # noqa: E402,F401 - the tiny lively model's server, shared
 
 
 class FirstHeadBoost(SteeringMethod):
@@ -55,22 +54,6 @@ class FirstHeadBoost(SteeringMethod):
 @pytest.fixture
 def plugin():
     return register(FirstHeadBoost())
-
-
-@pytest.fixture(scope="module")
-def server(lively):
-    with start_server(lively, model_name=NAME, batch_wait=0.3, max_batch_size=8) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def pipe(lively):
-    return al.pipeline("pay-attention", model=lively, raw=True)
 
 
 CHAT = [{"role": "user", "content": "<!!-> Answer in French. <-!!> What is the capital of Italy?"}]

@@ -44,6 +44,7 @@ from ..runtime.distributed import ShardedRows, Workers, sweep_device, worker_gro
 from .. import steering
 from ..core.errors import AttnlensError
 from ..steering.edits import install
+from .schedule import batches
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
 from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key, run_lock
@@ -110,18 +111,8 @@ def _method_settings(config: ExperimentConfig, conditions: Sequence[Condition]) 
 
 def _batches(jobs: list[_Job], batch_size: int, max_tokens: int) -> list[list[_Job]]:
     """Jobs of one condition, longest first, in batches under both limits."""
-    jobs = sorted(jobs, key=lambda j: -len(j.prompt.input_ids))
-    out: list[list[_Job]] = []
-    current: list[_Job] = []
-    for job in jobs:
-        width = max([len(job.prompt.input_ids)] + [len(j.prompt.input_ids) for j in current])
-        if current and (len(current) >= batch_size or width * (len(current) + 1) > max_tokens):
-            out.append(current)
-            current = []
-        current.append(job)
-    if current:
-        out.append(current)
-    return out
+    return [[jobs[i] for i in batch]
+            for batch in batches([len(j.prompt.input_ids) for j in jobs], batch_size, max_tokens)]
 
 
 #: under greedy decoding, conditions whose rows can share a batch are scheduled together (False: each

@@ -168,3 +168,48 @@ def test_a_steering_installed_in_one_threads_call_is_not_seen_by_another_threads
     # the other call's own forward found it at every layer, and was steered
     assert seen[("steering-thread", found)] == [1] * model.cfg.n_layers
     assert (result["steered"] - alone).abs().max() > 1e-3
+
+
+def test_installing_records_the_steering_for_this_call_only(model):
+    from attnlens.steering import kinds
+
+    plan = al.BiasPlan.for_model(model).add(1, 6, 8.0, layers=[0, 2])
+    edit = steering.RunEdit.for_prompts(model, "pattern", lambda p, ctx: p, [[(1, 4)]], layers=[1], name="lift",
+                                        span_factor=lambda share, seen: torch.full_like(share, 2.0))
+    scores = [model.hook_dict[f"blocks.{l}.attn.hook_attn_scores"] for l in range(model.cfg.n_layers)]
+    pattern = model.hook_dict["blocks.1.attn.hook_pattern"]
+    assert kinds.active() == ()
+    seen_elsewhere = []
+    with install(model, plan), install(model, edit):
+        assert [e.steering for e in kinds.active()] == [plan, edit]
+        assert [len(kinds.active_at(p)) for p in scores] == [1, 0, 1]
+        assert len(kinds.active_at(pattern)) == 1
+        thread = threading.Thread(target=lambda: seen_elsewhere.append(kinds.active()))
+        thread.start()
+        thread.join(60)
+    assert seen_elsewhere == [()]  # a thread started plainly has its own (empty) context
+    assert kinds.active() == ()
+    with pytest.raises(RuntimeError, match="boom"):
+        with install(model, plan):
+            raise RuntimeError("boom")
+    assert kinds.active() == () and all(not kinds.active_at(p) for p in scores)
+
+
+def test_a_runtime_is_chosen_and_opened_but_never_installs_a_steering():
+    from attnlens.runtime import backends
+
+    class Minimal:
+        name = "minimal"
+
+        def reason(self, model):
+            return "never"
+
+        def open(self, model):
+            raise AssertionError("never opened")
+
+    backends.register(Minimal())  # reason() and open() are the whole seam
+    try:
+        assert "minimal" in backends.names()
+        assert not any(hasattr(backends.get(n), "steer") for n in ("bridge", "direct"))
+    finally:
+        backends._RUNTIMES.pop("minimal", None)

@@ -1,11 +1,15 @@
 """The runtime seam: how a model is steered, run forward and made to generate.
 
 A :class:`Runtime` is one way of running a TransformerLens bridge. It says
-whether it can run a model (:meth:`Runtime.reason`), installs a steering for a
-``with`` block (:meth:`Runtime.steer`: a BiasPlan or a run-time edit, through
-:func:`attnlens.steering.edits.install`) and opens a run (:meth:`Runtime.open`)
-whose :class:`Run` computes logits (``forward``) and new tokens
-(``generate``). Two are registered:
+whether it can run a model (:meth:`Runtime.reason`) and opens a run
+(:meth:`Runtime.open`) whose :class:`Run` computes logits (``forward``) and new
+tokens (``generate``). A runtime does not install steerings: a steering installs
+itself (:meth:`attnlens.steering.kinds.Steering.install`, called by
+:func:`~attnlens.runtime.generate.generate_batch` before the runtime is chosen,
+since ``"auto"`` chooses by the hooks on the model) and records itself as active
+in the call's context, which is where the direct run's fused attention reads it
+(:func:`attnlens.steering.kinds.active_at`); a :class:`~attnlens.steering.kinds.DecodingOverride`
+wraps the opened run. Two are registered:
 
 - ``"bridge"``: the bridge's own forward and ``generate`` (every hook point runs);
 - ``"direct"``: the wrapped Hugging Face model, run directly with the bridge's
@@ -29,7 +33,6 @@ import torch
 
 from ..core.errors import AttnlensError, DirectUnavailable
 from ..core.model import Model
-from ..steering.edits import install
 from .direct import direct, direct_reason
 from .upstream import check_kv_cache, quiet_cache_rename
 
@@ -58,15 +61,13 @@ class Run(Protocol):
 
 @runtime_checkable
 class Runtime(Protocol):
-    """One way of running a model: steer it, open a run."""
+    """One way of running a model: say whether it can, open a run (the steerings installed in the call's
+    context apply to it)."""
 
     name: str
 
     def reason(self, model: Model) -> str | None:
         """Why this runtime cannot run ``model`` (None when it can)."""
-
-    def steer(self, model: Model, steering: Any) -> ContextManager[Any]:
-        """Install ``steering`` (a BiasPlan or a run-time edit) for a ``with`` block."""
 
     def open(self, model: Model) -> ContextManager[Run]:
         """Open a run of ``model`` for a ``with`` block."""
@@ -107,9 +108,6 @@ class BridgeRuntime:
     def reason(self, model: Model) -> str | None:
         return None if hasattr(model, "generate") else f"{type(model).__name__} has no generate()"
 
-    def steer(self, model: Model, steering: Any) -> ContextManager[Any]:
-        return install(model, steering)
-
     @contextmanager
     def open(self, model: Model) -> Iterator[Run]:
         yield _BridgeRun(model)
@@ -141,9 +139,6 @@ class DirectRuntime:
 
     def reason(self, model: Model) -> str | None:
         return direct_reason(model)
-
-    def steer(self, model: Model, steering: Any) -> ContextManager[Any]:
-        return install(model, steering)  # the direct run fires the bridge's score and pattern hook points
 
     @contextmanager
     def open(self, model: Model) -> Iterator[Run]:
@@ -199,7 +194,7 @@ _RUNTIMES: dict[str, Runtime] = {}
 def register(runtime: Runtime, *, replace: bool = False) -> Runtime:
     """Add a runtime under its ``name``."""
     if not isinstance(runtime, Runtime):
-        raise AttnlensError(f"a runtime needs name, reason(), steer() and open(); got {type(runtime).__name__}")
+        raise AttnlensError(f"a runtime needs name, reason() and open(); got {type(runtime).__name__}")
     if runtime.name in _RUNTIMES and not replace:
         raise AttnlensError(f"a runtime named {runtime.name!r} is already registered (pass replace=True)")
     if runtime.name == "auto":

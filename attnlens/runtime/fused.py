@@ -32,9 +32,12 @@ Sliding-window layers (Gemma 2 and 3) run fused with the boolean mask that
 transformers builds for them (none where the prompt fits the window).
 
 A layer runs fused only when every hook on its score point is an attnlens bias
-(:func:`attnlens.apply_bias`) and its pattern point has none: a hook of a
-user's own on either point still sees the materialised tensors, on the
-reference path. :func:`fused_attention` turns the fused path off (``False``)
+dispatcher (:func:`attnlens.apply_bias`) and its pattern point has none but
+attnlens' span edits: a hook of a user's own on either point still sees the
+materialised tensors, on the reference path. What the fused attention adds is
+read from the steerings installed in the current call
+(:func:`attnlens.steering.kinds.active_at`, a context variable), never from the
+hooks: another thread's steering of the same model is not seen. :func:`fused_attention` turns the fused path off (``False``)
 for a ``with`` block, to compare against the reference.
 """
 
@@ -53,6 +56,7 @@ from torch import nn
 from ..core import _internals as tl
 from ..core.errors import AttnlensError
 from ..steering.bias import _ScoreBias, dispatcher, is_plain, key_bias, relative_key_bias, wide_dtype
+from ..steering.kinds import active_at
 from .fused_edits import pattern_edits, span_edit_attention
 
 logger = logging.getLogger(__name__)
@@ -108,13 +112,10 @@ def bias_hooks(point: nn.Module | None) -> list[_ScoreBias] | None:
         return None
     if hooks and tl.converts_tensors(point):
         return None
-    out: list[_ScoreBias] = []
-    for hook_id, _fn in hooks:
-        found = dispatcher(hook_id)
-        if found is None:  # a hook attnlens did not install as a bias dispatcher
-            return None
-        out.extend(found.active())
-    return out
+    if any(dispatcher(hook_id) is None for hook_id, _fn in hooks):  # a hook that is not attnlens' dispatcher
+        return None
+    # the biases of the steerings installed in this call (never another thread's: a context variable)
+    return [bias for bias in active_at(point) if isinstance(bias, _ScoreBias)]
 
 
 def softcapped(model: Any) -> bool:

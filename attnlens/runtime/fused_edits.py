@@ -24,28 +24,24 @@ import torch
 from torch import nn
 
 from ..core import _internals as tl
-from ..core.concurrency import in_scope
-from ..steering.edits import fusable
+from ..steering.edits import _EditHook, fusable
+from ..steering.kinds import active_at
 
 __all__ = ["pattern_edits", "span_edit_attention"]
 
 
 def pattern_edits(point: nn.Module | None) -> list[Any] | None:
-    """The pattern-edit hooks with a span factor acting on ``point`` in this context (``[]``: none);
-    None when a hook of any other kind is there."""
+    """The pattern edits with a span factor that the steerings active in this context run at ``point``
+    (``[]``: none; :func:`attnlens.steering.kinds.active_at`); None when a hook attnlens did not install
+    as such an edit is there (a user's own hook: the reference path runs the layer)."""
     if point is None:
         return []
     pre_hooks, hooks = tl.hook_entries(point)
     if pre_hooks:
         return None
-    out = []
-    for hook_id, _fn in hooks:
-        found = fusable(hook_id)
-        if found is None:
-            return None
-        if in_scope(found.token):
-            out.append(found.fn)
-    return out
+    if any(not fusable(hook_id) for hook_id, _fn in hooks):
+        return None
+    return [edit for edit in active_at(point) if isinstance(edit, _EditHook)]
 
 
 def span_edit_attention(

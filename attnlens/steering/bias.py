@@ -17,7 +17,10 @@ together add up.
 A block's plan belongs to the block's context (a :class:`contextvars.ContextVar`):
 one :class:`Dispatch` hook per steered layer, shared by every block on the model
 (counted, and removed with the last), adds only the plans active where the
-forward pass runs. Another thread's forward of the same model is never steered.
+forward pass runs (the reference path). The block also records its plan as an
+active steering (:func:`attnlens.steering.kinds.recorded`), which is what the
+fused attention of a direct run adds. Another thread's forward of the same model
+is never steered.
 
 Large biases stay exact in every precision: they are added relative to the
 largest bias a query can see (the softmax ignores a per-query constant), with
@@ -44,7 +47,7 @@ from ..core.concurrency import PerModel
 from ..core.errors import AttnlensError, SpanError
 from ..core.model import model_device, model_shape
 from ..core.validate import LayerSpec, check_bias, is_int, plain_scalar, resolve_heads, resolve_layers
-from .kinds import KeyBias
+from .kinds import KeyBias, recorded
 from .scores import (  # noqa: F401 - re-exported: the bias and how it is added to scores
     FLOOR,
     GAP,
@@ -307,8 +310,9 @@ class Dispatch:
         return f"attnlens.bias(layer={self.layer})"
 
 
-#: attnlens' own record of the dispatchers it installed, by the torch hook id of each (so the fused
-#: path knows them by what it installed, never by reading a hook wrapper's closure)
+#: attnlens' own record of the dispatchers it installed, by the torch hook id of each: how the fused
+#: path tells attnlens' hooks from a user's (which send a layer to the reference path), never by reading
+#: a hook wrapper's closure. The biases it adds come from the active steerings (kinds.active_at).
 _dispatchers: dict[int, Dispatch] = {}
 
 
@@ -397,7 +401,10 @@ def apply_bias(model: Model, plan: BiasPlan) -> Iterator[BiasPlan]:
     _acquire(model, owner, layers)
     token = _active.set(_active.get() + (block,))
     try:
-        yield plan
+        # the fused attention reads the plan from here (this context's only); the dispatchers add it on
+        # the reference path
+        with recorded(plan, {points[SCORE_HOOK.format(layer=l)]: bias for l, bias in layers.items()}):
+            yield plan
     finally:
         _leave(token, block)
         with owner.mutex:

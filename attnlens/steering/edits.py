@@ -37,7 +37,7 @@ from ..core.errors import AttnlensError, SpanError
 from ..core.model import Model, model_shape
 from ..core.validate import LayerSpec, is_int, resolve_layers
 from .bias import BiasPlan
-from .kinds import DecodingOverride, SpanReweight, Steering, describe
+from .kinds import DecodingOverride, SpanReweight, Steering, describe, recorded
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +171,10 @@ class RunEdit(SpanReweight):
         logger.debug("installing %d %s edit hooks (%s)", len(installed), self.point, self.name)
         points = getattr(model, "hook_dict", None)
         if self.span_factor is not None and points is not None and all(name in points for name, _ in installed):
-            # attnlens installs and records these hooks itself, so the fused path knows them by their ids
-            with call_scope() as scope, _recorded(points, scoped(installed, scope)):
+            # the fused attention runs the edit from the active steerings (this call's only); the hooks, which
+            # attnlens installs and knows by their ids, run it on the reference path
+            with call_scope() as scope, _owned(points, scoped(installed, scope)), \
+                    recorded(self, {points[name]: fn for name, fn in installed}):
                 yield self
             return
         # the hooks act only in this call's context: another thread's forward of the model is left as it is
@@ -180,13 +182,14 @@ class RunEdit(SpanReweight):
             yield self
 
 
-#: the pattern-edit hooks with a span factor that attnlens installed, by torch hook id (what the fused
-#: path reads to run them without a pattern; see :func:`fusable`)
-_fusable: dict[int, Any] = {}
+#: the torch hook ids of the pattern-edit hooks with a span factor that attnlens installed: how the fused
+#: path tells them from a user's hooks (which send a layer to the reference path). What it runs comes
+#: from the active steerings (:func:`attnlens.steering.kinds.active_at`), never from these hooks.
+_owned_ids: set[int] = set()
 
 
 @contextmanager
-def _recorded(points: Any, installed: list[tuple[str, Any]]) -> Iterator[None]:
+def _owned(points: Any, installed: list[tuple[str, Any]]) -> Iterator[None]:
     from ..core import _internals as tl
 
     handles = []
@@ -194,18 +197,17 @@ def _recorded(points: Any, installed: list[tuple[str, Any]]) -> Iterator[None]:
         for name, fn in installed:
             handle = tl.add_lens_hook(points[name], fn)
             handles.append((points[name], handle))
-            _fusable[tl.lens_hook_id(handle)] = fn
+            _owned_ids.add(tl.lens_hook_id(handle))
         yield
     finally:
         for point, handle in handles:
-            _fusable.pop(tl.lens_hook_id(handle), None)
+            _owned_ids.discard(tl.lens_hook_id(handle))
             tl.remove_lens_hook(point, handle)
 
 
-def fusable(hook_id: int) -> Any:
-    """The scoped pattern-edit hook with a span factor that attnlens installed under ``hook_id`` (its
-    ``fn`` is the edit's hook, its ``token`` the call scope it acts in), or None."""
-    return _fusable.get(hook_id)
+def fusable(hook_id: int) -> bool:
+    """Whether ``hook_id`` is a pattern-edit hook with a span factor that attnlens installed (any call's)."""
+    return hook_id in _owned_ids
 
 
 class _EditHook:

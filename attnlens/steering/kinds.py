@@ -21,12 +21,26 @@ of three kinds, which the runtimes tell apart by type:
 A method's ``steering()`` returns one of these or None (nothing to do for these
 prompts); anything else is an :class:`~attnlens.core.errors.AttnlensError` naming
 the method (:func:`checked`).
+
+Installing a steering records it, with what it runs at each hook point it
+steers, in a context variable (:func:`recorded`): the steerings active in this
+call, which is what the fused attention of a direct run reads
+(:func:`active_at`). The context variable belongs to the call that installed
+the steering (its thread, and the tasks and threads it starts with a copy of its
+context): a forward another thread runs at the same time never sees it. The
+hooks a steering also installs are for the reference path (the bridge, or a
+direct run's layer that materialises its scores); the fused path only checks
+that every hook on a point is one attnlens installed, so that a user's own hook
+still sends that layer to the reference path.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ContextManager, Optional
 
 from ..core.errors import AttnlensError
@@ -108,3 +122,45 @@ def checked(made: Any, method: str) -> Optional[Steering]:
 def describe(steering: Any) -> str:
     """A steering's name for messages."""
     return getattr(steering, "name", None) or type(steering).__name__
+
+
+# ----------------------------------------------------------------------------- the active steerings
+
+
+@dataclass(frozen=True, eq=False)
+class Installed:
+    """One installed steering and what it runs at each hook point it steers (keyed by the point itself)."""
+
+    steering: Steering
+    at: Mapping[Any, Any]
+
+
+#: the steerings installed in this context (this call, and what it starts with a copy of its context)
+_installed: ContextVar[tuple[Installed, ...]] = ContextVar("attnlens_installed_steerings", default=())
+
+
+@contextmanager
+def recorded(steering: Steering, at: Mapping[Any, Any]) -> Iterator[Installed]:
+    """Record ``steering`` as active in this context for the ``with`` block; ``at`` maps each hook point
+    (the module) it steers to what the fused attention runs there."""
+    entry = Installed(steering, dict(at))
+    token = _installed.set(_installed.get() + (entry,))
+    try:
+        yield entry
+    finally:
+        try:
+            _installed.reset(token)
+        except ValueError:  # left in another context than it was entered in
+            _installed.set(tuple(e for e in _installed.get() if e is not entry))
+
+
+def active() -> tuple[Installed, ...]:
+    """The steerings installed in this context, oldest first."""
+    return _installed.get()
+
+
+def active_at(point: Any) -> list[Any]:
+    """What the steerings installed in this context run at hook point ``point``, oldest first."""
+    if point is None:
+        return []
+    return [entry.at[point] for entry in _installed.get() if point in entry.at]

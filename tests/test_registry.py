@@ -40,6 +40,7 @@ class ScalePattern(steering.SteeringMethod):
     """Multiplies the attention the steered keys get by ``factor`` after the softmax (rows renormalised)."""
 
     name = "scale_pattern"
+    default_condition = True  # asks to join default experiments
     params = (steering.Param("factor", float, 3.0, "the factor on the spans' attention"),
               steering.Param("layers", lambda v: v, "all", "layers"))
     spans = "emphasis"
@@ -85,7 +86,7 @@ def test_registry_lists_and_checks(registered):
     assert condition_methods()[:4] == ("none", "guide", "emphatic", "pasta")
     assert "scale_pattern" in condition_methods()
     names = [c.name for c in resolve_conditions(ExperimentConfig(out="x", deltas=[1]))]
-    assert names == ["none", "guide@1", "emphatic", "scale_pattern"]  # ban_token needs its token
+    assert names == ["none", "guide@1", "emphatic", "scale_pattern"]  # ban_token never asked to join
     with pytest.raises(ExperimentError, match="'ban_token' condition needs token"):
         resolve_conditions(ExperimentConfig(out="x", conditions=["ban_token"]))
     config = ExperimentConfig(out="x", conditions=["ban_token"], steering={"ban_token": {"token": 3}})

@@ -176,12 +176,12 @@ def test_an_experiment_streams_its_conditions_with_the_same_rows(tiny, tmp_path,
 
 
 def test_saved_outputs_of_another_model_are_not_read_back(tiny, tmp_path):
-    from attnlens.experiments.compare import _model_digest, _Outputs
+    from attnlens.experiments.schedule import SavedOutputs, model_digest
 
-    digest = _model_digest(tiny)
+    digest = model_digest(tiny)
     lines = [{"model": digest, "key": "k1", "text": "mine"}, {"model": "another model", "key": "k2", "text": "no"}]
     (tmp_path / OUTPUTS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert _Outputs(tmp_path, tiny, {}).cache == {"k1": "mine"}
+    assert SavedOutputs(tmp_path, tiny, {}).cache == {"k1": "mine"}
     # the same weights loaded again have the same digest; a weight changed gives another
     import torch
 
@@ -190,7 +190,7 @@ def test_saved_outputs_of_another_model_are_not_read_back(tiny, tmp_path):
         before = param.view(-1)[0].clone()
         param.view(-1)[0] += 1.0
         try:
-            assert _model_digest(tiny) != digest
+            assert model_digest(tiny) != digest
         finally:
             param.view(-1)[0] = before
-    assert _model_digest(tiny) == digest
+    assert model_digest(tiny) == digest

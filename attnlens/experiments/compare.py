@@ -31,6 +31,7 @@ from typing import Any
 from ..core.errors import ExperimentError
 from ..core.records import Showable
 from .config import ExperimentConfig
+from .schedule import OUTPUTS_FILE, STREAM_BATCH, SavedOutputs
 from .study import Study
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
                              compare=[s.reference_strength()], cache=cache, require_valid=False, data=data)
                 for s in steerers]
     if stream:
-        outputs = _Outputs(directory, model, cache)
+        outputs = SavedOutputs(directory, model, cache)
         # the development part at every strength, the held-out part unsteered and at each default: one stream;
         # then the held-out part at each chosen strength: a second one
         outputs.fill(searches, config, batch_size)
@@ -255,77 +256,6 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
         n_dev = len(result.dev)
     return Comparison(study.name, metric, n_dev, int(unsteered["n"]), unsteered, rows, sources,
                       getattr(config, "confidence", 0.95))
-
-
-#: the most rows a batch of a comparison's stream holds (within ``config.max_batch_tokens``)
-STREAM_BATCH = 64
-#: the file of a comparison's generated outputs (one JSON line each), read back when it resumes
-OUTPUTS_FILE = "outputs.jsonl"
-
-
-def _model_digest(model: Any) -> str:
-    """The model's content digest (:func:`~attnlens.experiments.provenance.model_identity`: its config and
-    weights), so outputs of one model are never read back for another."""
-    from .provenance import model_identity
-
-    return str(model_identity(model)["sha256"])[:32]
-
-
-class _Outputs:
-    """A comparison's generated outputs: the shared cache, filled as one stream and appended to
-    ``outputs.jsonl`` batch by batch, so an interrupted comparison resumes without generating again."""
-
-    def __init__(self, directory: Path, model: Any, cache: dict[str, str], name: str = OUTPUTS_FILE) -> None:
-        self.path = directory / name
-        self.model, self.cache = model, cache
-        self.digest = _model_digest(model)
-        if not self.path.is_file():
-            return
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ExperimentError(f"cannot read the saved outputs {str(self.path)!r}: {exc}") from None
-        lines = text.split("\n")
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                if number == len(lines):  # the last write, cut off by a crash: generated again
-                    logger.warning("%s: line %d was cut off; its output is generated again", self.path, number)
-                    continue
-                raise ExperimentError(f"the saved outputs {str(self.path)!r} have a damaged line {number}; "
-                                      "delete the file to generate them again") from None
-            if isinstance(row, dict) and row.get("model") == self.digest and isinstance(row.get("key"), str) \
-                    and isinstance(row.get("text"), str):
-                cache.setdefault(row["key"], row["text"])
-        if text and not text.endswith("\n"):
-            self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
-
-    def fill(self, searches: Sequence[Any], config: ExperimentConfig, batch_size: int = STREAM_BATCH,
-             chosen: bool = False) -> None:
-        from .schedule import Request, generate_stream, output_key
-
-        requests = []
-        for search in searches:
-            for part, prompts, steer in search.requests(chosen=chosen):
-                for prompt in prompts:
-                    key = output_key(prompt, steer, config.max_new_tokens)
-                    if key not in self.cache:
-                        requests.append(Request(prompt, steer, group=part if not steer else None, key=key))
-        if not requests:
-            return
-
-        def save(pairs: list[tuple[str, str]]) -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                for key, text in pairs:
-                    fh.write(json.dumps({"model": self.digest, "key": key, "text": text}) + "\n")
-            self.cache.update(pairs)
-
-        generate_stream(self.model, requests, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
-                        max_batch_tokens=config.max_batch_tokens, on_batch=save)
 
 
 def load_comparison(path: str | Path) -> Comparison:

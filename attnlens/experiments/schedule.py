@@ -27,9 +27,10 @@ import json
 import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..core.errors import AttnlensError
+from ..core.errors import AttnlensError, ExperimentError
 from ..prompts.prompt import Prompt
 
 logger = logging.getLogger(__name__)
@@ -176,3 +177,72 @@ def generate_stream(
                 on_batch(pairs)
             logger.debug("%s: a batch of %d rows", name, len(rows))
     return out
+
+
+#: the most rows a batch of a comparison's stream holds (within ``config.max_batch_tokens``)
+STREAM_BATCH = 64
+#: the file of a comparison's generated outputs (one JSON line each), read back when it resumes
+OUTPUTS_FILE = "outputs.jsonl"
+
+
+def model_digest(model: Any) -> str:
+    """The model's content digest (:func:`~attnlens.experiments.provenance.model_identity`: its config and
+    weights), so outputs of one model are never read back for another."""
+    from .provenance import model_identity
+
+    return str(model_identity(model)["sha256"])[:32]
+
+
+class SavedOutputs:
+    """A comparison's (or a strength search's) generated outputs: the shared cache, filled as one stream and appended to
+    ``outputs.jsonl`` batch by batch, so an interrupted comparison resumes without generating again."""
+
+    def __init__(self, directory: Path, model: Any, cache: dict[str, str], name: str = OUTPUTS_FILE) -> None:
+        self.path = directory / name
+        self.model, self.cache = model, cache
+        self.digest = model_digest(model)
+        if not self.path.is_file():
+            return
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExperimentError(f"cannot read the saved outputs {str(self.path)!r}: {exc}") from None
+        lines = text.split("\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if number == len(lines):  # the last write, cut off by a crash: generated again
+                    logger.warning("%s: line %d was cut off; its output is generated again", self.path, number)
+                    continue
+                raise ExperimentError(f"the saved outputs {str(self.path)!r} have a damaged line {number}; "
+                                      "delete the file to generate them again") from None
+            if isinstance(row, dict) and row.get("model") == self.digest and isinstance(row.get("key"), str) \
+                    and isinstance(row.get("text"), str):
+                cache.setdefault(row["key"], row["text"])
+        if text and not text.endswith("\n"):
+            self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+
+    def fill(self, searches: Sequence[Any], config: Any, batch_size: int = STREAM_BATCH,
+             chosen: bool = False) -> None:
+        requests = []
+        for search in searches:
+            for part, prompts, steer in search.requests(chosen=chosen):
+                for prompt in prompts:
+                    key = output_key(prompt, steer, config.max_new_tokens)
+                    if key not in self.cache:
+                        requests.append(Request(prompt, steer, group=part if not steer else None, key=key))
+        if not requests:
+            return
+
+        def save(pairs: list[tuple[str, str]]) -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                for key, text in pairs:
+                    fh.write(json.dumps({"model": self.digest, "key": key, "text": text}) + "\n")
+            self.cache.update(pairs)
+
+        generate_stream(self.model, requests, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
+                        max_batch_tokens=config.max_batch_tokens, on_batch=save)

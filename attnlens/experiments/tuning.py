@@ -16,6 +16,7 @@ from ..core.errors import AttnlensError, ExperimentError
 from .tune import Search, Tuning
 from .config import Condition, ExperimentConfig
 from .runner import prepare_item
+from .schedule import SavedOutputs
 from .study import Study
 
 
@@ -128,9 +129,7 @@ def tune_study(
                           max_repetition=max_repetition, out=out, compare=compare, cache=cache,
                           require_valid=require_valid, data=data)
     if cache is None and search.path is not None:  # every strength's outputs as one stream, saved beside it
-        from .compare import _Outputs
-
-        outputs = _Outputs(search.path.parent, model, {}, name=f"{search.path.stem}.outputs.jsonl")
+        outputs = SavedOutputs(search.path.parent, model, {}, name=f"{search.path.stem}.outputs.jsonl")
         search.cache = outputs.cache
         outputs.fill([search], config)
         search.develop()

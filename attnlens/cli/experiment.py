@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ._common import STEERING_HELP, LazyChoices, add_steering_flag, non_negative_int, number, positive_int, steering_from
@@ -64,6 +65,9 @@ def add_experiment(sub: Any) -> None:
     common.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the CIs")
     common.add_argument("--fresh", action="store_true", help="discard rows already in --out")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
+    common.add_argument("--results", default=None, metavar="FILE",
+                        help="also write the printed tables as a small JSON file (e.g. docs/results/NAME.json) "
+                             "and print them as Markdown; a finished run reads back from --out")
 
     s = studies.add_parser("summarize", parents=[common], help="summarize English passages in French")
     s.add_argument("--instruction", default=None, help='the instruction (default: "Summarize in French.")')
@@ -165,6 +169,20 @@ def _format_estimate(row: dict[str, Any], metric: str) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def _write_results(path: str, result: Any, config: Any, *, quiet: bool) -> None:
+    """The tables of the run as a results file (attnlens.experiments.results), and as Markdown."""
+    from ..experiments import results
+
+    tables = results.experiment_tables(result, config)
+    written = results.write_results(path, command=results.command_line(), kind=result.study, tables=tables,
+                                    about={"study": result.study, "out": str(result.out)})
+    minus = results.MINUS if result.study == "faithfulness" else "-"
+    for name, t in tables.items():
+        if not quiet:  # the docs' tables: each after its marker line
+            print(f"<!-- results: {path} {name} -->\n{results.markdown(t, minus=minus)}")
+    print(f"results: {written}", file=sys.stderr)
+
+
 def _run_experiment(args: argparse.Namespace) -> int:
     from ..experiments import run_experiment
 
@@ -175,6 +193,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if not current_workers().is_main:  # under torchrun: one worker prints the merged summary
         return 0
     table = result.table()
+    if args.results:
+        _write_results(args.results, result, config, quiet=args.json)
     if args.json:
         print(json.dumps({"study": result.study, "out": str(result.out), "summary": table,
                           "generated": result.generated, "skipped": result.skipped,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..core.errors import CLIError
@@ -95,6 +96,9 @@ def add_compare(sub: Any) -> None:
     p.add_argument("--pasta-heads", default=None,
                    help="PASTA's head config (JSON {layer: [heads]}; default: the shipped heads of the embedded model)")
     p.add_argument("--out", required=True, help="a directory for the searches and the table")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="also write the table as a small JSON file (e.g. docs/results/NAME.json); a finished "
+                        "comparison reads everything back from --out")
     p.set_defaults(run=_run_compare)
 
 
@@ -158,11 +162,21 @@ def _run_compare(args: argparse.Namespace) -> int:
     model = load_model_for(args)
     result = compare_methods(args.study, config, args.methods, model=model, metric=args.metric, grids=grids,
                              heldout=args.heldout, max_repetition=args.max_repetition, out=args.out)
+    if args.results:
+        from ..experiments import results
+
+        written = results.write_results(args.results, command=results.command_line(), kind="compare",
+                                        tables=results.comparison_tables(result),
+                                        about={"study": result.study, "metric": result.metric,
+                                               "n_dev": result.n_dev, "n_heldout": result.n_heldout})
+        print(f"results: {written}", file=sys.stderr)
     if args.json:
         print(result.to_json())
         return 0
     print(f"{result.study}: {result.metric} on n = {result.n_heldout} held-out items; strengths chosen on "
           f"{result.n_dev} others")
+    if args.results:  # the marker line the docs put before a table printed from a results file
+        print(f"<!-- results: {args.results} comparison -->")
     print(result.markdown(), end="")
     for name, source in result.sources.items():
         print(f"  default of {name}: {source}")

@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "ExperimentError": ".core.errors",
     "HeadConfigError": ".core.errors",
     "ModelLoadError": ".core.errors",
+    "PluginError": ".core.errors",
     "SpanError": ".core.errors",
     "SweepError": ".core.errors",
     "TagError": ".core.errors",
@@ -141,6 +142,18 @@ def _register_pay_attention() -> None:
 _register_pay_attention()  # transformers.pipeline("pay-attention", model=...) after `import attnlens`
 
 
+def _wire_views() -> None:
+    """The views live in ``attnlens.viz``, above the layers whose records they draw; the record layer
+    (:mod:`attnlens.core.views`) imports none of them, and the package root gives its registry a source
+    that imports them the first time a record asks for its view."""
+    from .core.views import add_view_source
+
+    add_view_source(lambda: importlib.import_module(".viz", __name__))
+
+
+_wire_views()
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES) | _SUBMODULES)
 
@@ -161,6 +174,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ExperimentError,
         HeadConfigError,
         ModelLoadError,
+        PluginError,
         SpanError,
         SweepError,
         TagError,
@@ -188,7 +202,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
 __all__ = [
     "AttentionData", "AttnlensError", "BiasPlan", "CLIError", "ContextWindowError", "DescribeError", "DirectUnavailable",
     "ExperimentConfig", "ExperimentError", "compat", "Generation", "HeadConfigError", "HeadProfile", "InfluenceTrace",
-    "Model", "ModelLoadError", "PASTA", "ParsedText", "PastaSettings", "PayAttentionPipeline", "Prompt",
+    "Model", "ModelLoadError", "PASTA", "PluginError", "ParsedText", "PastaSettings", "PayAttentionPipeline", "Prompt",
     "SpanError", "SweepError", "TagError", "TagSpan", "TokenSpan", "UpstreamDriftError", "apply_bias", "encode_chat", "encode_text", "escape_tags",
     "generate_batch", "guide", "guide_plan", "guide_plan_for", "influence", "influence_report", "level_delta",
     "load_head_config", "load_model", "locate_substrings", "measure_influence", "parse_tags", "pasta",

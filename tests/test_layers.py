@@ -33,12 +33,35 @@ def _type_checking_only(tree: ast.AST) -> set[int]:
     return out
 
 
-def _imports(path: Path) -> list[tuple[str, int, bool]]:
+def _string_import(node: ast.AST, name: str, package: str) -> str | None:
+    """The module an ``importlib.import_module("...")`` call names with a string constant (a relative
+    name resolved against its ``__name__`` or ``__package__`` anchor); None for any other node."""
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if called != "import_module" or not node.args:
+        return None
+    first = node.args[0]
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+        return None  # a name computed at run time cannot be followed
+    target = first.value
+    if not target.startswith("."):
+        return target
+    anchor = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "package"), None)
+    base = name if isinstance(anchor, ast.Name) and anchor.id == "__name__" else package
+    level = len(target) - len(target.lstrip("."))
+    parts = base.split(".")[: len(base.split(".")) - (level - 1)]
+    return ".".join(parts + ([target.lstrip(".")] if target.lstrip(".") else []))
+
+
+def _imports(path: Path, source: str | None = None) -> list[tuple[str, int, bool]]:
     """``(absolute module, line, at top level)`` for every attnlens import in ``path`` that runs
-    (at the top level or inside a function; not under ``if TYPE_CHECKING:``)."""
+    (at the top level or inside a function; not under ``if TYPE_CHECKING:``), ``import_module("...")``
+    calls with a string constant included. ``source`` stands in for the file's text."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
     top = {id(node) for node in tree.body}
     skipped = _type_checking_only(tree)
     out = []
@@ -46,7 +69,10 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
         if id(node) in skipped:
             continue
         targets: list[str] = []
-        if isinstance(node, ast.Import):
+        called = _string_import(node, name, package)
+        if called is not None:
+            targets = [called]
+        elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -65,6 +91,21 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
 def _is_module(name: str) -> bool:
     path = PACKAGE.parent.joinpath(*name.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_string_imports_are_followed():
+    """``importlib.import_module`` with a literal name counts as an import, relative names too."""
+    core = PACKAGE / "core" / "records.py"
+    source = ("import importlib\n"
+              "def f():\n"
+              "    importlib.import_module('attnlens.viz')\n"
+              "    importlib.import_module('..api', __package__)\n"
+              "    importlib.import_module('.views', __name__)\n"
+              "    importlib.import_module(name)\n")
+    found = [target for target, _, _ in _imports(core, source)]
+    assert found == ["attnlens.viz", "attnlens.api", "attnlens.core.records.views"]
+    mine = _layer(_module_name(core))
+    assert [t for t in found if LAYERS.index(_layer(t)) > LAYERS.index(mine)] == ["attnlens.viz", "attnlens.api"]
 
 
 def _layer(module: str) -> str | None:

@@ -212,4 +212,4 @@ def test_a_runtime_is_chosen_and_opened_but_never_installs_a_steering():
         assert "minimal" in backends.names()
         assert not any(hasattr(backends.get(n), "steer") for n in ("bridge", "direct"))
     finally:
-        backends._RUNTIMES.pop("minimal", None)
+        backends.unregister("minimal")

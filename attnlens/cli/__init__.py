@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print attnlens' version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (it may register steering or attribution methods); repeatable")
+                        help="load a plugin first: import MODULE (or MODULE:NAME, registered in its registry), which may "
+                        "register steering methods, attribution methods, studies or runtimes; repeatable. "
+                        "Installed plugins (entry points of the attnlens.plugins group) load without it")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
@@ -126,20 +128,22 @@ def _plugins(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import importlib
+    from ..core.plugins import load_plugins
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    for module in _plugins(argv):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            return _fail(f"--plugin {module}: cannot import it ({exc})")
-        except AttnlensError as exc:
-            return _fail(f"--plugin {module}: {exc}")
+    # before the parser: the installed plugins and those --plugin names may add methods (options, choices)
+    # and studies (subcommands); logging is set first, so a plugin that fails to load is said on stderr
+    ours = not logging.getLogger().handlers  # logging is the caller's when it already set it up
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        load_plugins(_plugins(argv))
+    except AttnlensError as exc:
+        return _fail(f"--plugin: {exc}")
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if ours:
+        logging.getLogger().setLevel(level)
     if args.verbose == 0:
         try:
             import transformers

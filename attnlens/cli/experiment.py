@@ -92,14 +92,86 @@ def add_experiment(sub: Any) -> None:
     f.add_argument("--seeds", type=positive_int, default=5, help="random orders in the baseline (default 5)")
     f.add_argument("--points", type=positive_int, default=11, help="points of the deletion and insertion curves")
     f.add_argument("--target", default=None, help="a continuation to score toward (default: each prompt's next token)")
-    for name in STUDY_NAMES:
+    for name in STUDY_NAMES:  # a registered study without options of its own here (a plugin's) gets its own
+        if name not in studies.choices:
+            _add_registered_study(studies, name, common)
         studies.choices[name].set_defaults(run=_run_experiment)
+
+
+def _add_registered_study(studies: Any, name: str, common: argparse.ArgumentParser) -> None:
+    """The subcommand of a registered study: the common options, then one per field its configuration adds
+    to ExperimentConfig (a number, a string or a switch; other fields are set from Python)."""
+    from ..experiments import get_study
+
+    study = get_study(name)
+    summary = study.help or ((type(study).__doc__ or "").strip().splitlines() or [""])[0]
+    p = studies.add_parser(name, parents=[common], help=summary or f"the registered study {name}",
+                           description=summary or None)
+    p.set_defaults(study_fields=_config_options(p, study.config_class))
+
+
+def _config_options(parser: argparse.ArgumentParser, config: type) -> list[str]:
+    """An option for each field ``config`` adds to ExperimentConfig, where its type is simple; returns the fields."""
+    import dataclasses
+    import typing
+
+    from ..experiments.config import ExperimentConfig
+
+    base = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    try:
+        hints = typing.get_type_hints(config)
+    except Exception:  # an annotation that does not resolve: its field is set from Python only
+        hints = {}
+    added = []
+    for f in dataclasses.fields(config):
+        if f.name in base or f.name.startswith("_") or not f.init:
+            continue
+        kind, optional = _simple_type(hints.get(f.name))
+        if kind is None:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = dataclasses.MISSING
+        flag = "--" + f.name.replace("_", "-")
+        options: dict[str, Any] = {"dest": f.name, "help": f"the study's {f.name} setting"}
+        if kind is bool:
+            options.update(action=argparse.BooleanOptionalAction, default=default is True)
+        else:
+            converters = {int: int, float: number, str: str}
+            options.update(type=converters[kind])
+            if default is dataclasses.MISSING:
+                options["required"] = True
+            else:
+                options["default"] = default
+        try:
+            parser.add_argument(flag, **options)
+        except argparse.ArgumentError:  # the flag is a common option's: the field is set from Python only
+            continue
+        added.append(f.name)
+    return added
+
+
+def _simple_type(hint: Any) -> tuple[type | None, bool]:
+    """``(int | float | str | bool, optional)`` for a field's type hint; ``(None, False)`` for any other."""
+    import types
+    import typing
+
+    if hint in (int, float, str, bool):
+        return hint, False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and args[0] in (int, float, str, bool) and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return None, False
 
 
 def _experiment_config(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
-    from ..experiments import CONFIGS
+    from ..experiments import study_config
     from ._common import check_shape
 
     check_shape(args, layers="layers")  # before any model loads
@@ -145,7 +217,9 @@ def _experiment_config(args: argparse.Namespace) -> Any:
                                "methods, or leave --methods out to run every registered one")
         kwargs.update(methods=methods, erase=args.erase, seeds=args.seeds, points=args.points, target=args.target,
                       influence=False, plots=False)
-    return CONFIGS[args.study](**kwargs)
+    for name in getattr(args, "study_fields", None) or ():  # a registered study's own settings
+        kwargs[name] = getattr(args, name)
+    return study_config(args.study)(**kwargs)
 
 
 def method_settings(items: list[str]) -> dict[str, dict[str, str]]:

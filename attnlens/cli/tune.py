@@ -8,15 +8,23 @@ import sys
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import STEERING_HELP, add_steering_flag, load_model_for, number, positive_int, steering_from
+from ._common import (
+    STEERING_HELP,
+    LazyChoices,
+    add_steering_flag,
+    load_model_for,
+    number,
+    positive_int,
+    steering_from,
+)
 
 
 def _study_options(p: Any, what: str) -> None:
     """The options ``tune`` and ``compare`` share: the study, its items and split, the guard, the model."""
     from ..experiments import STUDY_NAMES
 
-    p.add_argument("study", choices=[s for s in STUDY_NAMES if s != "faithfulness"],
-                   help=f"the study whose items {what}")
+    p.add_argument("study", choices=LazyChoices(lambda: _generating(STUDY_NAMES)),
+                   help=f"the study whose items {what} (a registered study that generates text)")
     p.add_argument("--metric", default=None, help="the study's metric to maximise (default: its first)")
     p.add_argument("--limit", type=positive_int, default=20, help="use the first N items")
     p.add_argument("--heldout", type=number, default=0.5, help="the share of items kept for the final score")
@@ -34,6 +42,13 @@ def _study_options(p: Any, what: str) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def _generating(names: tuple[str, ...]) -> list[str]:
+    """The registered studies whose outputs are generated text (a strength search scores those)."""
+    from ..experiments.registry import generates
+
+    return [name for name in names if generates(name)]
+
+
 def share(text: str) -> float:
     """An argparse type: a number in [0, 1]."""
     value = number(text)
@@ -44,7 +59,7 @@ def share(text: str) -> float:
 
 def _config(args: argparse.Namespace, **more: Any) -> Any:
     from ..core.errors import AttnlensError
-    from ..experiments import CONFIGS
+    from ..experiments import study_config
     from ..experiments.tuning import check_method_settings
     from .experiment import method_settings
 
@@ -58,7 +73,7 @@ def _config(args: argparse.Namespace, **more: Any) -> Any:
         for name, values in method_settings(args.method_settings).items():
             steering.setdefault(name, {}).update(values)
         kwargs["steering"] = steering
-    config = CONFIGS[args.study](**kwargs)
+    config = study_config(args.study)(**kwargs)
     try:  # a misspelt --set fails before the model loads
         check_method_settings(config)
     except AttnlensError as exc:

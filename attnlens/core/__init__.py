@@ -10,6 +10,7 @@ from .errors import (
     ExperimentError,
     HeadConfigError,
     ModelLoadError,
+    PluginError,
     SpanError,
     SweepError,
     TagError,
@@ -20,7 +21,7 @@ from .validate import LayerSpec, check_int, is_int, resolve_heads, resolve_layer
 
 __all__ = [
     "AttnlensError", "CLIError", "ContextWindowError", "DescribeError", "DirectUnavailable", "ExperimentError", "HeadConfigError",
-    "LayerSpec", "Model", "ModelLoadError", "SpanError", "SweepError", "TagError", "UpstreamDriftError", "check_int", "context_window", "hooks",
+    "LayerSpec", "Model", "ModelLoadError", "PluginError", "SpanError", "SweepError", "TagError", "UpstreamDriftError", "check_int", "context_window", "hooks",
     "is_int", "model_device", "model_dtype", "model_shape", "pad_id", "resolve_heads", "resolve_layer",
     "resolve_layers",
 ]

@@ -69,6 +69,10 @@ class SweepError(AttnlensError):
     """A sweep's workers, shard files or launch environment are not usable."""
 
 
+class PluginError(AttnlensError):
+    """A plugin (``--plugin MODULE``, or an entry point of the ``attnlens.plugins`` group) could not be loaded."""
+
+
 __all__ = [
     "AttnlensError",
     "CLIError",
@@ -78,6 +82,7 @@ __all__ = [
     "ExperimentError",
     "HeadConfigError",
     "ModelLoadError",
+    "PluginError",
     "SpanError",
     "SweepError",
     "TagError",

@@ -9,7 +9,11 @@ plain prompt, PASTA) with one shared runner::
     result = run_experiment("summarize", SummarizeConfig(out="results/fr", deltas=[0, 1, 2], limit=20))
     result.table()   # per-condition means with bootstrap intervals
 
-On the command line: ``attnlens experiment {summarize,needle,json} --help``.
+On the command line: ``attnlens experiment {summarize,needle,json,...} --help``.
+
+The studies are registered (:mod:`.registry`): :func:`register_study` adds one (also from a plugin),
+:func:`studies` lists them, :func:`get_study` returns one; :data:`STUDY_NAMES`, :data:`STUDIES` and
+:data:`CONFIGS` read the registry each time.
 """
 
 from __future__ import annotations
@@ -34,25 +38,24 @@ _EXPORTS = {
     "InstructionsConfig": ".instructions",
     "FaithfulnessConfig": ".faithfulness",
 }
-#: the studies by name, as ``(module, study class, config class)``
-_STUDIES = {"summarize": (".summarize", "SummarizeStudy", "SummarizeConfig"),
-            "needle": (".needle", "NeedleStudy", "NeedleConfig"),
-            "json": (".json_generation", "JSONStudy", "JSONConfig"),
-            "bios-json": (".bios", "BiosJSONStudy", "BiosConfig"),
-            "pronouns": (".bios", "PronounsStudy", "PronounsConfig"),
-            "bios": (".bios", "BiasInBiosStudy", "BiosConfig"),
-            "counterfact": (".counterfact", "CounterFactStudy", "CounterFactConfig"),
-            "instructions": (".instructions", "InstructionsStudy", "InstructionsConfig"),
-            "faithfulness": (".faithfulness", "FaithfulnessStudy", "FaithfulnessConfig")}
-STUDY_NAMES = tuple(_STUDIES)
+#: the study registry's functions (:mod:`.registry`): loaded on first use, like the names above
+_REGISTRY_NAMES = ("register_study", "unregister_study", "studies", "get_study", "study_config")
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    elif name in ("STUDIES", "CONFIGS"):
-        which = 1 if name == "STUDIES" else 2
-        value = {key: getattr(importlib.import_module(spec[0], __name__), spec[which]) for key, spec in _STUDIES.items()}
+    elif name in _REGISTRY_NAMES:
+        value = getattr(importlib.import_module(".registry", __name__), name)
+    elif name in ("STUDY_NAMES", "STUDIES", "CONFIGS"):  # read from the registry at each use: plugins add studies
+        from . import registry
+
+        names = registry.studies()
+        if name == "STUDY_NAMES":
+            return names
+        if name == "STUDIES":
+            return {key: type(registry.get_study(key)) for key in names}
+        return {key: registry.study_config(key) for key in names}
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -68,16 +71,10 @@ if TYPE_CHECKING:
     from .study import Item, Score, Segments, Study, build_messages
     from .summary import ConditionSummary, ExperimentResult
     from .summarize import SummarizeConfig, SummarizeStudy
+    from .registry import get_study, register_study, studies, study_config, unregister_study
+    STUDY_NAMES: tuple[str, ...]
     STUDIES: dict[str, type[Study]]
     CONFIGS: dict[str, type[ExperimentConfig]]
-
-
-def get_study(name: str) -> Study:
-    """The study called ``name`` (one of :data:`STUDY_NAMES`)."""
-    try:
-        return __getattr__("STUDIES")[name]()
-    except (KeyError, TypeError):
-        raise ExperimentError(f"unknown study {name!r}; choose from {', '.join(STUDIES)}") from None
 
 
 __all__ = [
@@ -103,7 +100,11 @@ __all__ = [
     "build_messages",
     "get_study",
     "read_rows",
+    "register_study",
     "resolve_conditions",
     "run_experiment",
+    "studies",
+    "study_config",
+    "unregister_study",
     "validate_config",
 ]

@@ -178,6 +178,7 @@ def pronouns_instruction(name: str) -> str:
 
 class BiosJSONStudy(_BiosStudy):
     name = "bios-json"
+    config_class = BiosConfig
     primary = "format_accuracy"
     metrics = ("format_accuracy", "occupation_accuracy", "pastalib_format_accuracy", "pastalib_prediction_accuracy")
 
@@ -227,6 +228,7 @@ def neutral_pronouns(text: str) -> str:
 
 class PronounsStudy(_BiosStudy):
     name = "pronouns"
+    config_class = PronounsConfig
     primary = "pronouns_changed_all"
     metrics = ("pronouns_changed_all", "pronouns_changed_he_she", "occupation_accuracy",
                "pastalib_pronoun_accuracy", "pastalib_all_changed_accuracy")
@@ -251,6 +253,7 @@ class PronounsStudy(_BiosStudy):
 
 class BiasInBiosStudy(_BiosStudy):
     name = "bios"
+    config_class = BiosConfig
     primary = "accuracy"
     metrics = ("accuracy", "pastalib_accuracy")
     model_metrics = ("pastalib_accuracy",)

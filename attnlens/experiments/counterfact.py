@@ -106,6 +106,7 @@ def load_facts(config: ExperimentConfig) -> list[dict[str, Any]]:
 
 class CounterFactStudy(Study):
     name = "counterfact"
+    config_class = CounterFactConfig
     primary = "efficacy"
     metrics = ("efficacy", "paraphrase", "generation", "pastalib_efficacy", "pastalib_paraphrase")
     model_metrics = ("efficacy", "paraphrase", "pastalib_efficacy", "pastalib_paraphrase")

@@ -126,6 +126,7 @@ class FaithfulnessStudy(Study):
     """Attribution methods scored by erasing tokens in their order; runs itself (no generation)."""
 
     name = "faithfulness"
+    config_class = FaithfulnessConfig
     primary = "comprehensiveness_aopc"
     metrics = ("comprehensiveness_aopc", "sufficiency_aopc", "deletion_area", "insertion_area")
 

@@ -107,6 +107,7 @@ def load_prompts(config: ExperimentConfig) -> list[dict[str, Any]]:
 
 class InstructionsStudy(Study):
     name = "instructions"
+    config_class = InstructionsConfig
     primary = "prompt_strict"
     metrics = ("prompt_strict", "instruction_level_strict", "prompt_loose", "instruction_level_loose",
                "prompt_share_strict", "prompt_share_loose")

@@ -49,6 +49,7 @@ def instruction(schema: Mapping[str, Any]) -> str:
 
 class JSONStudy(Study):
     name = "json"
+    config_class = JSONConfig
     primary = "exact_format"
     metrics = ("valid_json", "exact_format", "key_jaccard", "value_accuracy")
     group_fields = ("schema",)

@@ -82,6 +82,7 @@ def _depths(config: ExperimentConfig) -> tuple[float, ...]:
 
 class NeedleStudy(Study):
     name = "needle"
+    config_class = NeedleConfig
     primary = "accuracy"
     metrics = ("accuracy",)
     group_fields = ("needle", "length", "depth")

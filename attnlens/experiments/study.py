@@ -46,9 +46,18 @@ class Score:
 
 
 class Study(ABC):
-    """What one experiment measures; the runner generates and records."""
+    """What one experiment measures; the runner generates and records.
+
+    A study is registered under its ``name`` (:func:`attnlens.experiments.register_study`); ``help`` is its
+    one line in ``attnlens experiment --help``, and ``config_class`` the configuration it runs with (its
+    own fields beyond :class:`ExperimentConfig`'s become options of its subcommand).
+    """
 
     name: str = ""
+    #: one line for ``attnlens experiment --help`` (default: the first line of the class docstring)
+    help: str = ""
+    #: the configuration class the study runs with
+    config_class: type[ExperimentConfig] = ExperimentConfig
     #: the metric plotted against delta
     primary: str = ""
     #: every numeric metric :meth:`score` returns, in the order the summary lists them

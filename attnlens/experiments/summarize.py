@@ -41,6 +41,7 @@ class SummarizeConfig(ExperimentConfig):
 
 class SummarizeStudy(Study):
     name = "summarize"
+    config_class = SummarizeConfig
     primary = "french"
     metrics = ("french", "similarity")
 

@@ -17,7 +17,7 @@ wraps the opened run. Two are registered:
   fused long-context path for bias plans (:mod:`attnlens.runtime.fused`).
 
 :func:`get` returns one by name, :func:`names` lists them, :func:`register`
-adds another (a server, another engine), :func:`open_run` picks the runtime of
+adds another (a server, another engine; also from a plugin, :mod:`attnlens.core.plugins`), :func:`open_run` picks the runtime of
 a ``backend`` argument (``"auto"``: direct when it computes what the bridge
 does, else the bridge) for :func:`~attnlens.runtime.generate.generate_batch`.
 """
@@ -33,6 +33,7 @@ import torch
 
 from ..core.errors import AttnlensError, DirectUnavailable
 from ..core.model import Model
+from ..core.registry import Registry
 from .direct import direct, direct_reason
 from .upstream import check_kv_cache, quiet_cache_rename
 
@@ -188,31 +189,42 @@ def hf_generate(hf: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | No
         hf.generation_config = own
 
 
-_RUNTIMES: dict[str, Runtime] = {}
+def _check(runtime: Runtime) -> None:
+    if runtime.name == "auto":
+        raise AttnlensError("'auto' chooses among the runtimes; it cannot name one")
+
+
+def _unknown(name: Any, registered: tuple[str, ...]) -> str:
+    return f"backend must be one of auto, {', '.join(registered)}; got {name!r}"
+
+
+#: the runtimes by name (the one registry type, :class:`attnlens.core.registry.Registry`)
+_RUNTIMES: Registry[Runtime] = Registry("runtime", Runtime, check=_check, aliases=lambda runtime: (),
+                                        unknown=_unknown)
 
 
 def register(runtime: Runtime, *, replace: bool = False) -> Runtime:
-    """Add a runtime under its ``name``."""
+    """Add a runtime under its ``name`` (an object with ``name``, ``reason()`` and ``open()``)."""
     if not isinstance(runtime, Runtime):
         raise AttnlensError(f"a runtime needs name, reason() and open(); got {type(runtime).__name__}")
-    if runtime.name in _RUNTIMES and not replace:
-        raise AttnlensError(f"a runtime named {runtime.name!r} is already registered (pass replace=True)")
-    if runtime.name == "auto":
-        raise AttnlensError("'auto' chooses among the runtimes; it cannot name one")
-    _RUNTIMES[runtime.name] = runtime
-    return runtime
+    return _RUNTIMES.register(runtime, replace=replace)
+
+
+def unregister(name: str) -> None:
+    """Remove a registered runtime."""
+    _RUNTIMES.unregister(name)
 
 
 def names() -> tuple[str, ...]:
     """The registered runtimes' names."""
-    return tuple(_RUNTIMES)
+    return _RUNTIMES.names()
 
 
 def get(name: str) -> Runtime:
-    try:
-        return _RUNTIMES[name]
-    except (KeyError, TypeError):
-        raise AttnlensError(f"backend must be one of auto, {', '.join(_RUNTIMES)}; got {name!r}") from None
+    """A registered runtime by name."""
+    if not isinstance(name, str):
+        raise AttnlensError(_unknown(name, names()))
+    return _RUNTIMES.get(name)
 
 
 #: the runtime ``"auto"`` tries first, then the one it falls back to

@@ -1,6 +1,6 @@
 """Each result of the library has a view: ``record.show()`` and ``record.view()`` find it here.
 
-The views register themselves (:func:`attnlens.core.records.register_view`) for the record classes of
+The views register themselves (:func:`attnlens.core.views.register_view`) for the record classes of
 the layers below; classes of the layers above (``HeadProfile``, ``ExperimentResult``) call
 :func:`table_view` and :func:`head_grid_view` themselves. :func:`view_of` gives any record's view.
 """
@@ -19,7 +19,8 @@ from ..attribution.faithfulness import Faithfulness, FaithfulnessComparison
 from ..attribution.influence import InfluenceTrace
 from ..attribution.tokens import TokenAttribution
 from ..core.errors import AttnlensError
-from ..core.records import Record, register_view, view_of
+from ..core.records import Record
+from ..core.views import register_view, view_of
 from .circuits import LOWERED, RAISED, legend
 from .influence import influence_view
 from .multiples import multiples_table

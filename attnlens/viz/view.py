@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.records import in_notebook
+from ..core.display import in_notebook
 
 logger = logging.getLogger(__name__)
 

@@ -96,11 +96,16 @@ def embedded():
 
 @pytest.fixture(autouse=True)
 def _registries_restored():
-    """A method a test (or a docs page it runs) registers is gone after it: tests never see each other's."""
-    from attnlens.attribution import registry as attribution_registry
-    from attnlens.steering import registry as steering_registry
+    """What a test (or a docs page it runs) registers (a steering or attribution method, a runtime, a study)
+    is gone after it: tests never see each other's."""
+    import attnlens.attribution  # noqa: F401 - every registry made, so each is restored
+    import attnlens.experiments.registry  # noqa: F401
+    import attnlens.runtime.backends  # noqa: F401
+    import attnlens.steering  # noqa: F401
+    from attnlens.core.registry import registries
 
-    saved = [(table, table.snapshot()) for table in (steering_registry._REGISTRY, attribution_registry._REGISTRY)]
+    # the views stay: attnlens.viz registers them once, when first imported (maybe during a test)
+    saved = [(table, table.snapshot()) for table in registries() if table.kind != "view"]
     yield
     for table, before in saved:
         table.restore(before)

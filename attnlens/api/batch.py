@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError
-from ..core.records import damaged_lines, read_jsonl
+from ..core.records import read_jsonl
+from ..core.resumable import RowFile, RunRecord, ShardedRows, changed
 from ..core.validate import is_int
 from ..prompts.prompt import is_chat
 
@@ -129,75 +130,38 @@ def run_file(out: Path) -> Path:
 
 def check_identity(out: Path, identity: Mapping[str, Any], *, has_rows: bool, write: bool) -> None:
     """Refuse a results file made with other settings; record the settings of a new one."""
-    path = run_file(out)
-    if path.exists():
-        try:
-            previous = json.loads(path.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AttnlensError(
-                f"{str(path)!r} is damaged ({exc}); it records the settings the results in {str(out)!r} were "
-                "made with: restore it, or write the results to another file"
-            ) from None
-        if not isinstance(previous, dict):
-            raise AttnlensError(f"{str(path)!r} is not a run file (a JSON {type(previous).__name__})")
-        keys = sorted(set(previous) | set(identity))
-        diff = [k for k in keys if previous.get(k) != identity.get(k)]
+    record = RunRecord(run_file(out), what=f"the results in {str(out)!r}",
+                       advice="restore it, or write the results to another file")
+    previous = record.read()
+    if previous is not None:
+        diff = changed(previous, identity)
         if diff:
             detail = "; ".join(f"{k}: {previous.get(k)!r} there, {identity.get(k)!r} now" for k in diff)
             raise AttnlensError(
                 f"{str(out)!r} holds results made with other settings ({detail}); write to another file, "
-                f"or delete {str(out)!r} and {str(path)!r} to start afresh"
+                f"or delete {str(out)!r} and {str(record.path)!r} to start afresh"
             )
         return
     if has_rows:
         raise AttnlensError(
-            f"{str(out)!r} already holds results but no {path.name} saying what settings made them; "
+            f"{str(out)!r} already holds results but no {record.path.name} saying what settings made them; "
             "write to another file, or delete it to start afresh"
         )
     if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(identity, indent=1, sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
-        except OSError as exc:
-            raise AttnlensError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        record.write(identity, sort_keys=True)
+
+
+#: the results file's rows (:class:`~attnlens.core.resumable.RowFile` settings): every line a JSON object;
+#: a damaged line, a cut-off last one included, is an error and nothing is deleted from the file
+ROW_SETTINGS: dict[str, Any] = {
+    "damaged": "error",
+    "advice": "Fix or remove those lines (their prompts then run again); nothing was changed in the file",
+}
 
 
 def check_result_lines(path: Path) -> int:
     """The number of rows in a results file; a line that is not a JSON object is an error naming it."""
-    if not path.exists():
-        return 0
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AttnlensError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    problems = []
-    rows = 0
-    lines = data.split(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        cut = " (cut off: no newline, an interrupted write)" if number == len(lines) else ""
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            problems.append(f"line {number}: invalid UTF-8 at byte {exc.start}{cut}")
-            continue
-        except (json.JSONDecodeError, RecursionError) as exc:
-            problems.append(f"line {number}: not JSON ({getattr(exc, 'msg', exc)}){cut}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"line {number}: a JSON {type(row).__name__}, not a result row{cut}")
-            continue
-        rows += 1
-    if problems:
-        shown = damaged_lines(problems)
-        raise AttnlensError(
-            f"{str(path)!r} has {len(problems)} damaged line(s): {shown}. Fix or remove those lines "
-            "(their prompts then run again); nothing was changed in the file"
-        )
-    return rows
+    return len(RowFile(path, **ROW_SETTINGS).read())
 
 
 def _row_key(row: Mapping[str, Any]) -> str | None:
@@ -226,37 +190,15 @@ def run_prompts(
     merges them in prompt order; every worker returns every row. ``call_kwargs`` go to the
     pipeline call (``max_new_tokens``, ...).
     """
-    from ..runtime.distributed import ShardedRows, worker_group
+    from ..runtime.distributed import worker_group
 
-    records = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
-    if not records:
-        raise AttnlensError("no prompts given")
-    keys = prompt_keys(records)
-    for n, record in enumerate(records):
-        prompt = record["prompt"]
-        if not isinstance(prompt, str) and not is_chat(prompt):
-            raise AttnlensError(f"prompt {n} ({keys[n]}): 'prompt' must be a string or a chat")
+    records, keys, size, path = _checked_batch(pipe, prompts, out, batch_size)
     hashes = [prompt_hash(r["prompt"]) for r in records]
-    size = batch_size or pipe.batch_size
-    if not is_int(size) or size < 1:
-        raise AttnlensError(f"batch_size must be a positive integer, got {size!r}")
-    path = Path(out).expanduser()
-    if path.is_dir():
-        raise AttnlensError(f"output {str(path)!r} is a directory; give a file name (results.jsonl)")
     identity = batch_identity(pipe, call_kwargs)
     current = dict(zip(keys, hashes))
-    position = {k: i for i, k in enumerate(keys)}
-
     with worker_group() as workers:
-        store = ShardedRows(path, workers)
-        on_disk = sum(check_result_lines(p) for p in [path, *store.part_files()])
-        # every worker checks (and fails alike) before rank 0 records the settings of a new file
-        check_identity(path, identity, has_rows=on_disk > 0, write=False)
-        workers.barrier()
-        if workers.is_main:
-            check_identity(path, identity, has_rows=on_disk > 0, write=True)
-        done = {_row_key(r) for r in store.read_all() if current.get(_row_key(r) or "") == r.get("prompt_sha256")}
-        workers.barrier()  # every worker has read the same rows before any writes
+        store = ShardedRows(path, workers, **ROW_SETTINGS)
+        done = _resume(store, identity, current)
         pending = [i for i, k in enumerate(keys) if k not in done]
         blocks = [pending[s:s + size] for s in range(0, len(pending), size)]
         mine = workers.mine(blocks)
@@ -267,21 +209,63 @@ def run_prompts(
                 results = pipe([records[i]["prompt"] for i in block], batch_size=size, **call_kwargs)
                 write([{"index": i, "id": records[i].get("id"), "key": keys[i], "prompt_sha256": hashes[i],
                         **_jsonable(result[0])} for i, result in zip(block, results)])
-
-        def fix(row: dict[str, Any]) -> dict[str, Any] | None:
-            key = _row_key(row)
-            if key in current:
-                if row.get("prompt_sha256") != current[key]:
-                    return None  # made from an older version of the prompt: replaced by the new row
-                return {**row, "index": position[key]}
-            return row  # a prompt no longer in the input: kept, after the others
-
-        def order(row: dict[str, Any]) -> tuple[int, int]:
-            key = _row_key(row)
-            return (0, position[key]) if key in position else (1, 0)
-
-        merged = store.merge(key=lambda r: (_row_key(r), r.get("prompt_sha256")), order=order, fix=fix)
+        merged = _merge(store, keys, current)
     return [r for r in merged if _row_key(r) in current]
+
+
+def _checked_batch(pipe: Any, prompts: Sequence[Mapping[str, Any]] | str | os.PathLike, out: str | os.PathLike,
+                   batch_size: int | None) -> tuple[list[Mapping[str, Any]], list[str], int, Path]:
+    """The prompts (read from their file), their keys, the batch size and the results file, all checked."""
+    records = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+    if not records:
+        raise AttnlensError("no prompts given")
+    keys = prompt_keys(records)
+    for n, record in enumerate(records):
+        prompt = record["prompt"]
+        if not isinstance(prompt, str) and not is_chat(prompt):
+            raise AttnlensError(f"prompt {n} ({keys[n]}): 'prompt' must be a string or a chat")
+    size = batch_size or pipe.batch_size
+    if not is_int(size) or size < 1:
+        raise AttnlensError(f"batch_size must be a positive integer, got {size!r}")
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise AttnlensError(f"output {str(path)!r} is a directory; give a file name (results.jsonl)")
+    return records, keys, size, path
+
+
+def _resume(store: ShardedRows, identity: Mapping[str, Any], current: Mapping[str, str]) -> set[str | None]:
+    """Check every results file on disk and the settings they were made with (rank 0 records those of a new
+    one); the keys of the prompts whose rows are on disk for the same prompt."""
+    workers = store.workers
+    on_disk = sum(check_result_lines(p) for p in [store.merged, *store.part_files()])
+    # every worker checks (and fails alike) before rank 0 records the settings of a new file
+    check_identity(store.merged, identity, has_rows=on_disk > 0, write=False)
+    workers.barrier()
+    if workers.is_main:
+        check_identity(store.merged, identity, has_rows=on_disk > 0, write=True)
+    done = {_row_key(r) for r in store.read_all() if current.get(_row_key(r) or "") == r.get("prompt_sha256")}
+    workers.barrier()  # every worker has read the same rows before any writes
+    return done
+
+
+def _merge(store: ShardedRows, keys: Sequence[str], current: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every worker's rows in prompt order, a stale row (of an edited prompt) replaced; rows of prompts no
+    longer in the input are kept, after the others."""
+    position = {k: i for i, k in enumerate(keys)}
+
+    def fix(row: dict[str, Any]) -> dict[str, Any] | None:
+        key = _row_key(row)
+        if key in current:
+            if row.get("prompt_sha256") != current[key]:
+                return None  # made from an older version of the prompt: replaced by the new row
+            return {**row, "index": position[key]}
+        return row
+
+    def order(row: dict[str, Any]) -> tuple[int, int]:
+        key = _row_key(row)
+        return (0, position[key]) if key in position else (1, 0)
+
+    return store.merge(key=lambda r: (_row_key(r), r.get("prompt_sha256")), order=order, fix=fix)
 
 
 def _jsonable(value: Any) -> Any:

@@ -40,14 +40,15 @@ from ..core.validate import resolve_layers
 from ..api import chain
 from ..attribution.influence import trace_influence
 from ..prompts.prompt import Prompt, tokenize_prompt
-from ..runtime.distributed import ShardedRows, Workers, sweep_device, worker_group
+from ..core.resumable import ShardedRows
+from ..runtime.distributed import Workers, sweep_device, worker_group
 from .. import steering
 from ..core.errors import AttnlensError
 from ..steering.edits import install
 from .schedule import batches
 from ..steering.guide import with_strength
 from .config import Condition, ExperimentConfig, validate_config
-from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, read_rows, row_key, run_lock
+from .store import ROWS_FILE, RUN_FILE, SUMMARY_FILE, _check_run_file, row_key, run_lock, sharded_rows
 from .study import Item, Study, build_messages
 from .summary import ExperimentResult, small_n_notes, summarize_rows, write_summary
 
@@ -238,24 +239,51 @@ def run_experiment(
 def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], data: Any, method_settings: Any,
          out: Path, model: Any, workers: Workers) -> ExperimentResult:
     """The run on one worker of ``workers`` (all of them run this, each its shard of the batches)."""
-    rows_path = out / ROWS_FILE
-    store = ShardedRows(rows_path, workers)
+    store = sharded_rows(out / ROWS_FILE, workers)
+    done = _resume(study, config, data, out, store, workers)
+    model = _checked_model(model, config, out, workers)
+    chat = config.chat if config.chat is not None else getattr(model.tokenizer, "chat_template", None) is not None
+    items = _run_items(study, data, config, model)
+    jobs_by_condition, prompts = _pending_jobs(study, conditions, items, config, model.tokenizer, chat, done)
+    _check_context(model, prompts, config)
+    # the unit of work is a batch: every worker forms the same batches, so a row's batch
+    # (its padding, its seed) is the one-process run's, and takes every world_size-th one
+    units = [(batch[0].condition, batch) for batch in _stream(model, jobs_by_condition, config, method_settings)]
+    mine = workers.mine(units)
+    logger.info("%s: worker %d/%d runs %d generations; %d to run in all, %d already in %s", study.name,
+                workers.rank, workers.world_size, sum(len(b) for _, b in mine), sum(len(b) for _, b in units),
+                len(done), store.merged)
+    generated = _generate_rows(model, study, config, method_settings, store, mine)
+    all_rows = _merged_rows(store, conditions, items)
+    summary, metrics, plots = _report(study, config, conditions, all_rows, out, workers)
+    workers.barrier()
+    return ExperimentResult(study.name, out, store.merged, out / SUMMARY_FILE, plots, summary,
+                            metrics, generated, len(done), small_n_notes(summary))
+
+
+def _resume(study: Study, config: ExperimentConfig, data: Any, out: Path, store: ShardedRows,
+            workers: Workers) -> set[str]:
+    """Check (and on rank 0 record) the folder's settings and data; the keys of the rows already on disk.
+
+    ``--fresh`` removes the rows, their parts and the run file first. Every worker reads the same
+    rows before any of them writes, so they agree on what is pending."""
     if workers.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if config.fresh:
-            for stale in (rows_path, out / RUN_FILE, *store.part_files()):
-                if stale.exists():
-                    stale.unlink()
+            for stale in (store.merged, out / RUN_FILE, *store.part_files()):
+                stale.unlink(missing_ok=True)
         _check_run_file(out, config, study.name, data=study.data_fingerprints(data))
     workers.barrier()
     if not workers.is_main:
         _check_run_file(out, config, study.name, write=False, data=study.data_fingerprints(data))
-    if not workers.distributed:
-        read_rows(rows_path, repair=True)  # one process owns the file: a line cut off by a crash is repaired
-    existing = [r for r in store.read_all() if {"condition", "item", "generation"} <= r.keys()]
-    done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in existing}
-    workers.barrier()  # every worker has read the same rows before any writes: they agree on what is pending
+    done = {row_key(r["condition"], r["item"], int(r["generation"])) for r in store.read_all()}
+    workers.barrier()
+    return done
 
+
+def _checked_model(model: Any, config: ExperimentConfig, out: Path, workers: Workers) -> Any:
+    """The model (``config.model`` loaded on this worker's device when none is given), checked against the
+    folder by its content (another one is refused), with what made the run recorded."""
     if model is None:
         from ..runtime.models import load_model
 
@@ -264,19 +292,28 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
         from .provenance import model_identity, run_provenance
         from .store import check_model, record_provenance
 
-        check_model(out, model_identity(model))  # the model by its content: another one is refused
+        check_model(out, model_identity(model))
         record_provenance(out, run_provenance(config.model, model))
-    tokenizer = model.tokenizer
+    return model
+
+
+def _run_items(study: Study, data: Any, config: ExperimentConfig, model: Any) -> list[Item]:
+    """The study's items for this model (its layers checked, its window told to the study)."""
     resolve_layers(config.layers, model.cfg.n_layers)
-    chat = config.chat if config.chat is not None else getattr(tokenizer, "chat_template", None) is not None
     study.window = getattr(model.cfg, "n_ctx", None)  # studies that fill a context fit it to the window
-    items = study.items(data, config, tokenizer)
+    items = study.items(data, config, model.tokenizer)
     if not items:
         raise ExperimentError(f"the {study.name} study has no items to run")
     _check_unique_ids(study.name, items)
+    return items
 
+
+def _pending_jobs(study: Study, conditions: Sequence[Condition], items: Sequence[Item], config: ExperimentConfig,
+                  tokenizer: Any, chat: bool, done: set[str]
+                  ) -> tuple[dict[Condition, list[_Job]], dict[tuple[str, str], Prompt]]:
+    """Each condition's generations not on disk, and the prompt of every (condition, item) they need."""
     jobs_by_condition: dict[Condition, list[_Job]] = {}
-    prompts: dict[tuple[str, str], Any] = {}
+    prompts: dict[tuple[str, str], Prompt] = {}
     for condition in conditions:
         pending = []
         for item in items:
@@ -288,6 +325,11 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
                     prompts[key] = prepare_item(study, item, condition, tokenizer, chat, config)
                 pending.append(_Job(condition, item, g, prompts[key]))
         jobs_by_condition[condition] = pending
+    return jobs_by_condition, prompts
+
+
+def _check_context(model: Any, prompts: dict[tuple[str, str], Prompt], config: ExperimentConfig) -> None:
+    """Every pending prompt, with its new tokens, fits the model's context."""
     n_ctx = context_window(model)
     if n_ctx:
         longest = max((len(p.input_ids) for p in prompts.values()), default=0)
@@ -296,14 +338,12 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
                 f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
                 f"context of {n_ctx} tokens"
             )
-    # the unit of work is a batch: every worker forms the same batches, so a row's batch
-    # (its padding, its seed) is the one-process run's, and takes every world_size-th one
-    units = [(batch[0].condition, batch) for batch in _stream(model, jobs_by_condition, config, method_settings)]
-    mine = workers.mine(units)
-    total = sum(len(batch) for _, batch in mine)
-    logger.info("%s: worker %d/%d runs %d generations; %d to run in all, %d already in %s", study.name,
-                workers.rank, workers.world_size, total, sum(len(b) for _, b in units), len(done), rows_path)
 
+
+def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_settings: Any, store: ShardedRows,
+                   mine: Sequence[tuple[Condition, list[_Job]]]) -> int:
+    """Run this worker's batches, appending each batch's rows as it finishes; the number of rows."""
+    total = sum(len(batch) for _, batch in mine)
     influences: dict[tuple[str, str], float | None] = {}
     generated = 0
     with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, store.writer() as write:
@@ -315,43 +355,49 @@ def _run(study: Study, config: ExperimentConfig, conditions: list[Condition], da
             write(rows)
             generated += len(rows)
             bar.update(len(rows))
+    return generated
 
+
+def _merged_rows(store: ShardedRows, conditions: Sequence[Condition], items: Sequence[Item]) -> list[dict[str, Any]]:
+    """Every worker's rows merged in (condition, item, generation) order; those of this run's conditions and items.
+
+    Rows of other conditions or items stay in the file, after these."""
     condition_index = {c.name: i for i, c in enumerate(conditions)}
     item_index = {item.id: i for i, item in enumerate(items)}
 
     def order(row: dict[str, Any]) -> tuple[Any, ...]:
         c, i = condition_index.get(row["condition"]), item_index.get(row["item"])
-        if c is None or i is None:  # rows of other conditions or items keep their place, after these
+        if c is None or i is None:
             return (1, 0, 0, 0)
         return (0, c, i, int(row["generation"]))
 
     merged = store.merge(key=lambda r: row_key(r["condition"], r["item"], int(r["generation"])), order=order)
-    keep_conditions = {c.name for c in conditions}
-    keep_items = {i.id for i in items}
-    all_rows = [r for r in merged if r.get("condition") in keep_conditions and r.get("item") in keep_items]
+    return [r for r in merged if r.get("condition") in condition_index and r.get("item") in item_index]
+
+
+def _report(study: Study, config: ExperimentConfig, conditions: Sequence[Condition], rows: list[dict[str, Any]],
+            out: Path, workers: Workers) -> tuple[Any, tuple[str, ...], list[Path]]:
+    """The summary of ``rows`` and its metrics; rank 0 writes the summary CSV and the plots."""
     declared = study.metric_names(config)
-    found = sorted({m for r in all_rows for m in r.get("metrics", {})} - set(declared))
+    found = sorted({m for r in rows for m in r.get("metrics", {})} - set(declared))
     metrics = declared + tuple(found) + ("influence",)
-    summary = summarize_rows(all_rows, conditions, metrics, config, cluster=study.cluster_field)
-    summary_path = out / SUMMARY_FILE
+    summary = summarize_rows(rows, conditions, metrics, config, cluster=study.cluster_field)
     plots: list[Path] = []
     if workers.is_main:  # one writer for the shared files
-        write_summary(summary_path, summary, metrics)
+        write_summary(out / SUMMARY_FILE, summary, metrics)
         if config.plots:
             from . import plots as plotting
 
             every = (study.primary, *(m for m in metrics if m != study.primary))
             plots.append(plotting.accuracy_vs_delta(summary, every, out / "accuracy_vs_delta.html",
                                                     title=f"{study.name}: every metric by condition"))
-        plots.extend(study.extra_outputs(all_rows, out, config))
+        plots.extend(study.extra_outputs(rows, out, config))
         if config.plots:
             from .plots import static_paths
 
             plots.extend(p for html in list(plots) if html.suffix == ".html" for p in static_paths(html)
                          if p.exists())
-    workers.barrier()
-    return ExperimentResult(study.name, out, rows_path, summary_path, plots, summary,
-                            metrics, generated, len(done), small_n_notes(summary))
+    return summary, metrics, plots
 
 
 def _check_unique_ids(study: str, items: Sequence[Item]) -> None:

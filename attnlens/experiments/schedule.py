@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError, ExperimentError
+from ..core.resumable import RowFile
 from ..prompts.prompt import Prompt
 
 logger = logging.getLogger(__name__)
@@ -195,35 +196,21 @@ def model_digest(model: Any) -> str:
 
 class SavedOutputs:
     """A comparison's (or a strength search's) generated outputs: the shared cache, filled as one stream and appended to
-    ``outputs.jsonl`` batch by batch, so an interrupted comparison resumes without generating again."""
+    ``outputs.jsonl`` batch by batch (a :class:`~attnlens.core.resumable.RowFile`), so an interrupted comparison
+    resumes without generating again. A damaged line other than a cut-off last one is an error naming it."""
 
     def __init__(self, directory: Path, model: Any, cache: dict[str, str], name: str = OUTPUTS_FILE) -> None:
-        self.path = directory / name
+        self.file = RowFile(directory / name, error=ExperimentError,
+                            advice="delete the file to generate them again")
+        self.path = self.file.path
         self.model, self.cache = model, cache
         self.digest = model_digest(model)
-        if not self.path.is_file():
-            return
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ExperimentError(f"cannot read the saved outputs {str(self.path)!r}: {exc}") from None
-        lines = text.split("\n")
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                if number == len(lines):  # the last write, cut off by a crash: generated again
-                    logger.warning("%s: line %d was cut off; its output is generated again", self.path, number)
-                    continue
-                raise ExperimentError(f"the saved outputs {str(self.path)!r} have a damaged line {number}; "
-                                      "delete the file to generate them again") from None
-            if isinstance(row, dict) and row.get("model") == self.digest and isinstance(row.get("key"), str) \
+        # a last line cut off by a crash is removed (its output is generated again); outputs of another
+        # model are left in the file and never read back
+        for row in self.file.read(repair=True):
+            if row.get("model") == self.digest and isinstance(row.get("key"), str) \
                     and isinstance(row.get("text"), str):
                 cache.setdefault(row["key"], row["text"])
-        if text and not text.endswith("\n"):
-            self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
 
     def fill(self, searches: Sequence[Any], config: Any, batch_size: int = STREAM_BATCH,
              chosen: bool = False) -> None:
@@ -238,10 +225,7 @@ class SavedOutputs:
             return
 
         def save(pairs: list[tuple[str, str]]) -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                for key, text in pairs:
-                    fh.write(json.dumps({"model": self.digest, "key": key, "text": text}) + "\n")
+            self.file.append({"model": self.digest, "key": key, "text": text} for key, text in pairs)
             self.cache.update(pairs)
 
         generate_stream(self.model, requests, max_new_tokens=config.max_new_tokens, batch_size=batch_size,

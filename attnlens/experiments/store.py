@@ -7,16 +7,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
+from ..core import resumable
 from ..core.errors import ExperimentError
-from ..core.records import damaged_lines
+from ..core.resumable import RowFile, RunRecord, ShardedRows
 from .config import DIGEST_PREFIX, IDENTITY_FIELDS, ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -49,6 +47,26 @@ def _row_problem(row: Any) -> str | None:
     return None
 
 
+def _key(row: Mapping[str, Any]) -> str:
+    return row_key(row["condition"], row["item"], row["generation"])
+
+
+#: an experiment's rows (:class:`~attnlens.core.resumable.RowFile` settings): every line one row, keyed by
+#: (condition, item, generation); a damaged line is an error naming it
+ROW_SETTINGS: dict[str, Any] = {"key": _key, "check": _row_problem, "damaged": "error", "error": ExperimentError,
+                                "advice": "Fix or remove those lines, or start afresh (--fresh)"}
+
+
+def rows_file(path: Path) -> RowFile:
+    """An experiment's rows file (:data:`ROW_SETTINGS`)."""
+    return RowFile(path, **ROW_SETTINGS)
+
+
+def sharded_rows(path: Path, workers: Any) -> ShardedRows:
+    """An experiment's rows over the workers of a sweep (:data:`ROW_SETTINGS`)."""
+    return ShardedRows(path, workers, **ROW_SETTINGS)
+
+
 def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     """The rows of a JSONL file, in order.
 
@@ -62,115 +80,28 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     last line that is a whole row and only lacks its newline is kept and, with
     ``repair=True``, its newline written.
     """
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExperimentError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    seen: dict[str, int] = {}
-
-    def parse(number: int, raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, f"invalid UTF-8 at byte {exc.start}"
-        if not text.strip():
-            return None, None
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return None, f"not JSON ({exc.msg})"
-        return row, _row_problem(row)
-
-    def add(number: int, row: dict[str, Any]) -> None:
-        key = row_key(row["condition"], row["item"], row["generation"])
-        if key in seen:
-            problems.append(f"line {number}: repeats the row of line {seen[key]} ({key})")
-        else:
-            seen[key] = number
-            rows.append(row)
-
-    for number, raw in enumerate(lines, start=1):
-        row, problem = parse(number, raw)
-        if problem:
-            problems.append(f"line {number}: {problem}")
-        elif row is not None:
-            add(number, row)
-    if torn:
-        number = len(lines) + 1
-        row, problem = parse(number, torn)
-        if row is not None and problem is None:
-            add(number, row)
-            if repair:
-                with path.open("ab") as f:
-                    f.write(b"\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-        elif problem is not None and repair:
-            logger.warning("%s line %d: removing a row cut off by an interrupted write (%s); it runs again",
-                           path, number, problem)
-            with path.open("r+b") as f:
-                f.truncate(len(data) - len(torn))
-                f.flush()
-                os.fsync(f.fileno())
-        elif problem is not None:
-            problems.append(f"line {number}: {problem} (cut off: no newline)")
-    if problems:
-        shown = damaged_lines(problems)
-        raise ExperimentError(
-            f"{str(path)!r} has {len(problems)} damaged or foreign line(s): {shown}. "
-            "Fix or remove those lines, or start afresh (--fresh)"
-        )
-    return rows
+    return rows_file(Path(path)).read(repair=repair)
 
 
 def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append rows as whole lines in one write, then fsync: a crash leaves at most one cut-off last line."""
-    if not rows:
-        return
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    with Path(path).open("ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    rows_file(Path(path)).append(rows)
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise ExperimentError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    resumable.write_atomic(path, text, error=ExperimentError)
 
 
-@contextmanager
-def run_lock(out: Path) -> Iterator[None]:
+def run_lock(out: Path) -> AbstractContextManager[None]:
     """Hold ``out``'s lock for a run: a second run on the same folder fails at once instead of doubling rows."""
-    lock = FileLock(str(Path(out) / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ExperimentError(
-            f"another run is writing to {str(out)!r} (its lock {LOCK_FILE} is held); "
-            "wait for it to finish or choose another output directory"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return resumable.exclusive(out, lock_file=LOCK_FILE, error=ExperimentError)
+
+
+def run_record(out: Path) -> RunRecord:
+    """The folder's run file."""
+    return RunRecord(Path(out) / RUN_FILE, error=ExperimentError, what=f"the rows in {str(out)!r}",
+                     advice="restore it, or start afresh (--fresh)")
 
 
 def fingerprint(value: Any) -> str:
@@ -206,22 +137,12 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
     were made with. ``pasta_heads`` is compared by content (:func:`~.config.content_digest`);
     a run file that recorded its path is taken to match the same path.
     """
-    run_file = out / RUN_FILE
+    record = run_record(out)
+    run_file = record.path
     identity = {"study": study, **config.identity()}
     data = dict(data or {})
-    if run_file.exists():
-        try:
-            previous = json.loads(run_file.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ExperimentError(
-                f"{str(run_file)!r} is damaged ({exc}); it records the settings the rows in {str(out)!r} "
-                "were made with: restore it, or start afresh (--fresh)"
-            ) from None
-        if not isinstance(previous, dict):
-            raise ExperimentError(
-                f"{str(run_file)!r} is not a run file (a JSON {type(previous).__name__}); "
-                "restore it, or start afresh (--fresh)"
-            )
+    previous = record.read()
+    if previous is not None:
         missing = [k for k in ("study", *IDENTITY_FIELDS) if k in identity and k not in previous]
         if missing:
             raise ExperimentError(
@@ -235,7 +156,7 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
         if (isinstance(heads, str) and not heads.startswith(DIGEST_PREFIX) and config.pasta_heads is not None
                 and heads == str(config.pasta_heads)):
             before["pasta_heads"] = identity["pasta_heads"]  # an older run file named the same file by path
-        diff = [k for k in identity if before[k] != identity[k]]
+        diff = resumable.changed(before, identity, keys=identity)
         if diff:
             detail = ", ".join(f"{k}={_shown(before[k])} (now {_shown(identity[k])})" for k in diff)
             raise ExperimentError(
@@ -253,10 +174,10 @@ def _check_run_file(out: Path, config: ExperimentConfig, study: str, *, write: b
             )
         merged = {**recorded, **data}
         if write and (merged != recorded or any(previous.get(k, object()) != identity[k] for k in identity)):
-            write_atomic(run_file, json.dumps({**previous, **identity, "data": merged}, indent=1))
+            record.write({**previous, **identity, "data": merged})
         return
     if write:
-        write_atomic(run_file, json.dumps({**identity, "data": data}, indent=1))
+        record.write({**identity, "data": data})
 
 
 #: the key of a run file that holds the model's identity (:func:`~.provenance.model_identity`)
@@ -279,16 +200,9 @@ def check_model(out: Path, identity: Mapping[str, Any], *, write: bool = True) -
     ``identity`` is :func:`~.provenance.model_identity` of the model about to run. A run file from an
     attnlens that did not record it gets it now (a WARNING says the rows already there are not checked).
     """
-    run_file = Path(out) / RUN_FILE
-    try:
-        record = json.loads(run_file.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        record = {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExperimentError(f"{str(run_file)!r} is damaged ({exc}); restore it, or start afresh (--fresh)") from None
-    if not isinstance(record, dict):
-        raise ExperimentError(f"{str(run_file)!r} is not a run file (a JSON {type(record).__name__}); "
-                              "restore it, or start afresh (--fresh)")
+    run = run_record(out)
+    run_file = run.path
+    record = run.read() or {}
     previous = record.get(MODEL_KEY)
     if previous is not None:
         if not isinstance(previous, dict) or not isinstance(previous.get("sha256"), str):
@@ -306,19 +220,19 @@ def check_model(out: Path, identity: Mapping[str, Any], *, write: bool = True) -
         logger.warning("%s: its rows were made before attnlens recorded the model's content, so they cannot be "
                        "checked against this model (%s); it is recorded from now on", out, _model_shown(identity))
     if write:
-        write_atomic(run_file, json.dumps({**record, MODEL_KEY: dict(identity)}, indent=1))
+        run.write({**record, MODEL_KEY: dict(identity)})
 
 
 def record_provenance(out: Path, provenance: Mapping[str, Any]) -> None:
     """Record what made the run (model, attnlens, package versions) in the folder's run file; a rerun
     with another provenance keeps the earlier ones under ``earlier_provenance``."""
-    run_file = out / RUN_FILE
+    run = run_record(out)
     try:
-        record = json.loads(run_file.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return  # _check_run_file has refused a damaged one already; a missing one is not ours to make here
-    if not isinstance(record, dict):
-        return
+        record = run.read()
+    except ExperimentError:
+        return  # _check_run_file has refused a damaged one already
+    if record is None:
+        return  # a missing one is not ours to make here
     provenance = json.loads(json.dumps(provenance, default=str))
     previous = record.get("provenance")
     if previous == provenance:
@@ -327,7 +241,7 @@ def record_provenance(out: Path, provenance: Mapping[str, Any]) -> None:
         earlier = record.get("earlier_provenance") if isinstance(record.get("earlier_provenance"), list) else []
         record["earlier_provenance"] = [*earlier, previous]
     record["provenance"] = provenance
-    write_atomic(run_file, json.dumps(record, indent=1))
+    run.write(record)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..core.errors import AttnlensError
 from ..core.records import Showable
+from ..core.resumable import RunRecord, changed
 from ..prompts.prompt import Prompt
 from ..steering.registry import get
 
@@ -184,6 +185,37 @@ def _example_identity(example: Mapping[str, Any]) -> Any:
     return [_identity(example["prompt"]), _digest(others) if others else None]
 
 
+def _strengths(steerer: Any, base: Mapping[str, Any], grid: Sequence[Any] | None,
+               compare: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The grid's strengths and the compared ones, each checked (and converted: "2" from the command line is
+    2.0) by the method before anything runs."""
+    if steerer.strength is None:
+        raise AttnlensError(f"steering method {steerer.name!r} has no strength to search")
+    values = list(grid if grid is not None else steerer.strength_grid)
+    if not values:
+        raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
+    return ([steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values],
+            [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in compare])
+
+
+def _checked_examples(examples: Sequence[Mapping[str, Any]], score: Score, heldout: float,
+                      max_repetition: float) -> list[Mapping[str, Any]]:
+    """The examples as a list, with the score function, the held-out share and the guard checked."""
+    if not callable(score):
+        raise AttnlensError("score must be a function score(example, output) -> number")
+    examples = list(examples)
+    if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list, Prompt)) for e in examples):
+        raise AttnlensError("every example must be a mapping with a 'prompt' (a string, a chat of messages, "
+                            "or a prepared Prompt)")
+    if not 0.0 < heldout < 1.0:
+        raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
+    if isinstance(max_repetition, bool) or not isinstance(max_repetition, (int, float)) \
+            or not 0.0 <= max_repetition <= 1.0:
+        raise AttnlensError(f"max_repetition must be a share of repeated word trigrams in [0, 1], got "
+                            f"{max_repetition!r}")
+    return examples
+
+
 class Search:
     """One strength search, in steps a caller can interleave with others (:func:`tune_strength` runs them
     in order): :meth:`requests` lists the outputs a step needs (to generate them beforehand, e.g. as one
@@ -196,27 +228,9 @@ class Search:
                  compare: Sequence[Any] = (), cache: MutableMapping[str, str] | None = None,
                  require_valid: bool = True, identity: Mapping[str, Any] | None = None) -> None:
         steerer = get(method)
-        if steerer.strength is None:
-            raise AttnlensError(f"steering method {steerer.name!r} has no strength to search")
-        values = list(grid if grid is not None else steerer.strength_grid)
-        if not values:
-            raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
         base = dict(settings or {})
-        # every strength checked (and converted: "2" from the command line is 2.0) before anything runs
-        self.values = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values]
-        self.others = [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in compare]
-        if not callable(score):
-            raise AttnlensError("score must be a function score(example, output) -> number")
-        examples = list(examples)
-        if any(not isinstance(e, Mapping) or not isinstance(e.get("prompt"), (str, list, Prompt)) for e in examples):
-            raise AttnlensError("every example must be a mapping with a 'prompt' (a string, a chat of messages, "
-                                "or a prepared Prompt)")
-        if not 0.0 < heldout < 1.0:
-            raise AttnlensError(f"heldout must be a share in (0, 1), got {heldout!r}")
-        if isinstance(max_repetition, bool) or not isinstance(max_repetition, (int, float)) \
-                or not 0.0 <= max_repetition <= 1.0:
-            raise AttnlensError(f"max_repetition must be a share of repeated word trigrams in [0, 1], got "
-                                f"{max_repetition!r}")
+        self.values, self.others = _strengths(steerer, base, grid, compare)
+        examples = _checked_examples(examples, score, heldout, max_repetition)
         order = list(range(len(examples)))
         random.Random(seed).shuffle(order)
         cut = int(round(len(order) * (1 - heldout)))
@@ -237,25 +251,32 @@ class Search:
         self.saved: dict[str, Any] = {}
         self.held: dict[str, list[float]] = {}  # held-out scores per steering, by example
         self.path = Path(out).expanduser() if out is not None else None
-        if self.path is not None and self.path.is_file():
-            try:
-                stored = json.loads(self.path.read_text())
-            except (OSError, ValueError) as exc:
-                raise AttnlensError(f"cannot read the saved search {str(self.path)!r}: {exc}") from None
-            if not isinstance(stored, dict):
-                raise AttnlensError(f"the saved search {str(self.path)!r} is not a search's JSON object")
-            if stored.get("key") == self.key:
-                self.saved = stored.get("trials", {})
-                self.held = stored.get("heldout_scores", {})
-                logger.info("resuming the strength search from %s (%d strengths done)", self.path, len(self.saved))
-            else:
-                was = stored.get("identity") or {}
-                changed = sorted(k for k in set(was) | set(self.identity) if was.get(k) != self.identity.get(k))
-                logger.warning("%s holds another search (%s); its scores are not used and the search starts "
-                               "again", self.path, "changed: " + ", ".join(changed) if changed and was
-                               else "other examples or settings")
+        self._resume()
         self.chosen: Any = None
         self.trials: list[Trial] = []
+
+    def _record(self) -> RunRecord | None:
+        if self.path is None:
+            return None
+        return RunRecord(self.path, what="the saved search's scores", kind="saved search",
+                         advice="delete it to search again, or save the search elsewhere")
+
+    def _resume(self) -> None:
+        """Read back the saved search when it was made with the same examples and settings (its key)."""
+        record = self._record()
+        stored = record.read() if record is not None else None
+        if stored is None:
+            return
+        if stored.get("key") == self.key:
+            self.saved = stored.get("trials", {})
+            self.held = stored.get("heldout_scores", {})
+            logger.info("resuming the strength search from %s (%d strengths done)", self.path, len(self.saved))
+            return
+        was = stored.get("identity") or {}
+        diff = changed(was, self.identity)
+        logger.warning("%s holds another search (%s); its scores are not used and the search starts "
+                       "again", self.path, "changed: " + ", ".join(diff) if diff and was
+                       else "other examples or settings")
 
     # ---------------------------------------------------------------- what the steps need
     def steer(self, strength: Any) -> dict[str, Any]:
@@ -283,16 +304,14 @@ class Search:
                         cache=self.cache)
 
     def save(self, result: Tuning | None = None) -> None:
-        from .store import write_atomic
-
-        if self.path is None:
+        record = self._record()
+        if record is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         stored: dict[str, Any] = {"key": self.key, "identity": self.identity, "method": self.steerer.name,
                                   "trials": self.saved, "heldout_scores": self.held}
         if result is not None:
             stored["result"] = result.as_dict()
-        write_atomic(self.path, json.dumps(stored, indent=1, default=str))
+        record.write(stored, default=str)
 
     # ---------------------------------------------------------------- the steps
     def develop(self) -> Any:

@@ -21,18 +21,17 @@ the output directory must be visible to all of them.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from ..core.errors import SweepError
+from ..core.resumable import PARTS_DIR, ShardedRows
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,6 @@ T = TypeVar("T")
 
 #: how long a worker waits at a barrier for the slowest one (``$ATTNLENS_DIST_TIMEOUT`` seconds)
 DEFAULT_TIMEOUT_S = 6 * 3600
-
-PARTS_DIR = "parts"
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -162,125 +159,7 @@ def _leave() -> None:
 
 
 # ----------------------------------------------------------------------------- results on disk
-
-
-def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of a JSON Lines file and the number of damaged lines (an interrupted write)."""
-    if not path.exists():
-        return [], 0
-    rows, bad = [], 0
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                bad += 1
-    return rows, bad
-
-
-def _write_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-class ShardedRows:
-    """One sweep's rows: the merged file, and one part file per worker while the sweep runs.
-
-    ``merged`` is the result (e.g. ``out/rows.jsonl``); parts live in
-    ``merged.parent / "parts"`` as ``{stem}.rank{r}.jsonl``. In one process the
-    rows go straight into the merged file.
-    """
-
-    def __init__(self, merged: str | os.PathLike, workers: Workers) -> None:
-        self.merged = Path(merged)
-        self.workers = workers
-        self.parts = self.merged.parent / PARTS_DIR
-
-    @property
-    def stem(self) -> str:
-        return self.merged.name.rsplit(".", 1)[0]
-
-    @property
-    def own(self) -> Path:
-        """Where this worker appends its rows."""
-        if not self.workers.distributed:
-            return self.merged
-        return self.parts / f"{self.stem}.rank{self.workers.rank}.jsonl"
-
-    def part_files(self) -> list[Path]:
-        if not self.parts.is_dir():
-            return []
-        return sorted(self.parts.glob(f"{self.stem}.rank*.jsonl"))
-
-    def read_all(self) -> list[dict[str, Any]]:
-        """Every row on disk: the merged file's, then each part's (read only; damaged lines skipped)."""
-        rows: list[dict[str, Any]] = []
-        for path in [self.merged, *self.part_files()]:
-            found, _ = _read_lines(path)
-            rows.extend(found)
-        return rows
-
-    @contextmanager
-    def writer(self) -> Iterator[Callable[[Sequence[dict[str, Any]]], None]]:
-        """``write(rows)`` appends to this worker's file and flushes (a damaged last line is dropped first)."""
-        path = self.own
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows, bad = _read_lines(path)
-        if bad:
-            logger.warning("dropping %d damaged line(s) from %s", bad, path)
-            _write_atomic(path, rows)
-        with path.open("a", encoding="utf-8") as sink:
-
-            def write(batch: Sequence[dict[str, Any]]) -> None:
-                for row in batch:
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
-
-            yield write
-
-    def merge(self, key: Callable[[dict[str, Any]], Any],
-              order: Callable[[dict[str, Any]], Any],
-              fix: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> list[dict[str, Any]]:
-        """Merge every worker's rows into the merged file (rank 0 writes); every worker returns them.
-
-        Rows with the same ``key`` are one row (the first found is kept); ``fix``, when
-        given, maps each row to the row to write, or None to leave it out (a stale row);
-        the file is sorted by ``order``. Call it on every worker once they have all written.
-        """
-        self.workers.barrier()
-        if self.workers.is_main:
-            seen: set[Any] = set()
-            rows = []
-            for row in self.read_all():
-                k = key(row)
-                if k not in seen:
-                    seen.add(k)
-                    fixed = row if fix is None else fix(row)
-                    if fixed is not None:
-                        rows.append(fixed)
-            rows.sort(key=order)
-            self.merged.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.merged, rows)
-            for part in self.part_files():
-                part.unlink()
-            if self.parts.is_dir() and not any(self.parts.iterdir()):
-                self.parts.rmdir()
-            logger.info("merged %d rows into %s", len(rows), self.merged)
-        self.workers.barrier()
-        return _read_lines(self.merged)[0]
+# (the rows on disk, their parts and their merge: attnlens.core.resumable)
 
 
 def run_sweep(
@@ -320,4 +199,4 @@ def run_sweep(
     )
 
 
-__all__ = ["ShardedRows", "Workers", "current_workers", "run_sweep", "sweep_device", "worker_group"]
+__all__ = ["PARTS_DIR", "ShardedRows", "Workers", "current_workers", "run_sweep", "sweep_device", "worker_group"]

@@ -9,6 +9,7 @@ from .registry import AttributionMethod, RecursionMethod, aliases, get, methods,
 from . import builtin_methods  # noqa: F401  (Influence, rollout and influence_heads register themselves)
 from . import token_methods  # noqa: F401  (attention, attention_norm, gradients, occlusion register themselves)
 from . import contextcite  # noqa: F401  (ContextCite registers itself)
+from . import attnlrp  # noqa: F401  (AttnLRP registers itself)
 from .recursion import Recursion
 from .influence import CONVENTIONS, InfluenceTrace, as_token_row, check_spans, influence, trace_influence
 from .rollout import rollout

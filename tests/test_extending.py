@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
-SECTIONS = ("## Adding a steering method", "## Adding an attribution method")
+SECTIONS = ("## Adding a steering method", "## Adding an attribution method", "## Adding a study")
 
 
 def blocks(section: str) -> list[tuple[str, str]]:
@@ -48,15 +48,17 @@ def run_section(section: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
 
 @pytest.fixture
 def cleanup():
-    from attnlens import attribution, steering
+    from attnlens import attribution, experiments, steering
 
-    before = (steering.methods(), attribution.methods())
+    before = (steering.methods(), attribution.methods(), experiments.studies())
     yield
     for name in set(steering.methods()) - set(before[0]):
         steering.unregister(name)
     for name in set(attribution.methods()) - set(before[1]):
         attribution.unregister(name)
-    for module in ("my_steering", "my_attribution"):
+    for name in set(experiments.studies()) - set(before[2]):
+        experiments.unregister_study(name)
+    for module in ("my_steering", "my_attribution", "my_study"):
         sys.modules.pop(module, None)
 
 
@@ -92,3 +94,18 @@ def test_the_attribution_example_runs(embedded, tmp_path, monkeypatch, capsys, c
     result = json.loads(outputs[0])
     values = torch.tensor(result["spans"][0]["attention_mass"])
     assert values.shape[0] == n_layers + 1 and float(values[0].sum()) >= 1
+
+
+@pytest.mark.embedded
+def test_the_study_example_runs(embedded, tmp_path, monkeypatch, capsys, cleanup):
+    from attnlens.runtime import models
+
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: embedded)  # the command's model
+    namespace, outputs = run_section(SECTIONS[2], tmp_path, monkeypatch, capsys)
+    assert namespace["studies"]()[-1] == "capitals"
+    rows = {row["condition"]: row for row in namespace["result"].table()}
+    assert set(rows) == {"none", "guide@2"} and all(row["items"] == 2 for row in rows.values())
+    result = json.loads(outputs[0])
+    assert result["study"] == "capitals" and [row["condition"] for row in result["summary"]] == ["none", "guide@2"]
+    run = json.loads((tmp_path / "runs" / "capitals-cli" / "run.json").read_text())
+    assert '"language": "French"' in json.dumps(run)

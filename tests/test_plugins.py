@@ -273,6 +273,14 @@ def test_the_registry_type_declares_and_sources_lazily(tmp_path, monkeypatch):
     assert "late" in table and len(calls) == 1
     table.names()
     assert len(calls) == 1
+    # names keep the order they were declared or registered in, also once a declared entry is imported
+    ordered = Registry("widget", Base)
+    ordered.declare("lazy", "lazy_widget:Widget")
+    ordered.register(type("Later", (Base,), {"name": "later"})())
+    ordered.get("lazy")
+    assert ordered.names() == ("lazy", "later") and [w.name for w in ordered.values()] == ["lazy", "later"]
+    ordered.unregister("lazy")
+    assert ordered.names() == ("later",)
     sys.modules.pop("lazy_widget", None)
 
 

@@ -90,6 +90,7 @@ class Registry(Generic[T]):
         self._error = error
         self._table: dict[str, T] = {}
         self._declared: dict[str, str] = {}  # name -> "module:attr", not yet imported
+        self._order: dict[str, None] = {}  # every name, in the order it was first registered or declared
         self._sources: list[Callable[[], Any]] = []
         self._lock = threading.RLock()
         track(self)
@@ -127,6 +128,7 @@ class Registry(Generic[T]):
                 raise AttnlensError(f"a {self.kind} named {name!r} is already registered (pass replace=True)")
             self._table[name] = method
             self._declared.pop(name, None)
+            self._order.setdefault(name, None)
         logger.debug("registered %s %s", self.kind, name)
         return method
 
@@ -139,6 +141,7 @@ class Registry(Generic[T]):
             if name in self._table or name in self._declared:
                 raise AttnlensError(f"a {self.kind} named {name!r} is already registered (pass replace=True)")
             self._declared[name] = target
+            self._order.setdefault(name, None)
 
     def add_source(self, source: Callable[[], Any]) -> None:
         """``source()`` registers entries; it runs once, before the registry is next read."""
@@ -148,12 +151,15 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove an entry."""
         with self._lock:
-            if name in self._declared:
-                del self._declared[name]
-                return
-            if name not in self._table:
+            if name not in self._declared and name not in self._table:
                 raise AttnlensError(f"no {self.kind} named {name!r} is registered")
-            del self._table[name]
+            self._declared.pop(name, None)
+            self._table.pop(name, None)
+            self._order.pop(name, None)
+
+    def _names(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(name for name in self._order if name in self._table or name in self._declared)
 
     # ------------------------------------------------------------------ reading
 
@@ -185,15 +191,15 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         """The registered names (declared ones too), in registration order."""
         self._ready()
-        with self._lock:
-            return tuple(dict.fromkeys([*self._table, *self._declared]))
+        return self._names()
 
     def values(self) -> tuple[T, ...]:
         """Every entry (declared ones imported), in registration order."""
-        for name in self.names():
+        names = self.names()
+        for name in names:
             self._load(name)
         with self._lock:
-            return tuple(self._table.values())
+            return tuple(self._table[name] for name in names if name in self._table)
 
     def _names_and_aliases(self) -> dict[str, str]:
         with self._lock:
@@ -215,7 +221,7 @@ class Registry(Generic[T]):
         with self._lock:
             name = self._names_and_aliases().get(key) if isinstance(key, str) else None
             if name is None:
-                names = tuple(dict.fromkeys([*self._table, *self._declared]))
+                names = self._names()
                 if self._unknown is not None:
                     raise self._error(self._unknown(key, names))
                 raise self._error(f"unknown {self.kind} {key!r}; registered: {', '.join(names) or 'none'}")
@@ -230,16 +236,18 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def snapshot(self) -> tuple[dict[str, T], dict[str, str]]:
+    def snapshot(self) -> tuple[dict[str, T], dict[str, str], dict[str, None]]:
         """The table as it is now, declared entries too (for :meth:`restore`)."""
         with self._lock:
-            return dict(self._table), dict(self._declared)
+            return dict(self._table), dict(self._declared), dict(self._order)
 
-    def restore(self, saved: tuple[dict[str, T], dict[str, str]]) -> None:
+    def restore(self, saved: tuple[dict[str, T], dict[str, str], dict[str, None]]) -> None:
         """Put back a table taken by :meth:`snapshot`."""
-        table, declared = saved
+        table, declared, order = saved
         with self._lock:
             self._table.clear()
             self._declared.clear()
+            self._order.clear()
             self._table.update(table)
             self._declared.update(declared)
+            self._order.update(order)

@@ -204,6 +204,21 @@ def _shift(prompt: Prompt, offset: int, start: int = 0, end: int | None = None) 
 # ----------------------------------------------------------------------------- the backend's work
 
 
+def lm_eval_device(device: Any) -> str | None:
+    """lm-eval's ``device`` for :func:`attnlens.load_model`: its command line always sends one (``cuda:0`` unless
+    told), so a CUDA device on a machine without CUDA falls back to the default device with a warning, as
+    lm-eval's own Hugging Face backend does."""
+    if device is None:
+        return None
+    import torch
+
+    name = str(device)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("lm-eval asked for device %s, which this machine lacks: the model runs on the CPU", name)
+        return None
+    return name
+
+
 class Backend:
     """What :class:`AttnlensLM` does, without lm-eval: a model, its steering and the three request kinds."""
 
@@ -215,10 +230,12 @@ class Backend:
 
             if isinstance(model, str) and not model.strip():
                 raise LmEvalArgsError("is empty: give a model name or leave it out for the embedded model", "model")
+            device = lm_eval_device(device)
             logger.info("lm-eval backend: loading %s", model or "the embedded model")
             model = load_model(model or None, device=device)
-        elif device is not None:
-            raise LmEvalArgsError("a loaded model stays where it is: leave device out", "device")
+        elif device is not None and lm_eval_device(device) not in (None, str(model_device(model))):
+            raise LmEvalArgsError(f"the loaded model is on {model_device(model)}; it stays there (leave device out)",
+                                  "device")
         if getattr(model, "tokenizer", None) is None:
             raise LmEvalArgsError(f"the model ({type(model).__name__}) has no tokenizer", "model")
         self.model = model

@@ -95,6 +95,27 @@ def metric_method(metric: Any) -> str:
     return known[metric]
 
 
+
+def _call_inputs(inputs: Any) -> tuple[bool, list[Any]]:
+    """Whether the call has one input, and the inputs as a list, each a string or a chat."""
+    single = isinstance(inputs, str) or is_chat(inputs)
+    if not single and (isinstance(inputs, (Mapping, bytes)) or not isinstance(inputs, Sequence)):
+        raise AttnlensError(
+            "the pipeline takes a string, a chat (a list of {'role', 'content'} messages) or a list of those; "
+            f"got {type(inputs).__name__} {_short(inputs)}"
+            + (" (wrap one message in a list: [message])" if isinstance(inputs, Mapping) else "")
+        )
+    items = [inputs] if single else list(inputs)
+    if not items:
+        raise AttnlensError("no inputs given")
+    for i, item in enumerate(items):
+        if not (isinstance(item, str) or is_chat(item)):
+            raise AttnlensError(
+                f"input {i} must be a string or a chat (a list of {{'role', 'content'}} messages); "
+                f"got {type(item).__name__} {_short(item)}"
+            )
+    return single, items
+
 class PayAttentionPipeline:
     """Tag-driven generation with GUIDE steering; see the module docstring."""
 
@@ -202,84 +223,32 @@ class PayAttentionPipeline:
 
         ``as_json=True`` returns plain dicts (tensors as lists) that ``json.dumps`` accepts.
         """
-        if metric is not None:
-            if influence_method is not None and metric_method(metric) != influence_method:
-                raise AttnlensError(f"metric={metric!r} and influence_method={influence_method!r} disagree; give one")
-            influence_method = metric_method(metric)
-        explicit = influence_method is not None and influence_method != "influence"
-        method = self.influence_method if influence_method is None else influence_method
-        conv = self.convention if convention is None else check_convention(convention)
-        if return_tensors and (return_full_text is not None or return_text is not None):
-            raise AttnlensError("return_tensors=True gives the token ids of prompt and new text; it cannot be "
-                                "combined with return_full_text or return_text (transformers' rule)")
-        if return_text is not None and return_full_text is not None:
-            raise AttnlensError("return_text and return_full_text exclude each other (transformers' rule); give one")
-        full_text = self.return_full_text if return_full_text is None else bool(return_full_text)
-        single = isinstance(inputs, str) or is_chat(inputs)
-        if not single and (isinstance(inputs, (Mapping, bytes)) or not isinstance(inputs, Sequence)):
-            raise AttnlensError(
-                "the pipeline takes a string, a chat (a list of {'role', 'content'} messages) or a list of those; "
-                f"got {type(inputs).__name__} {_short(inputs)}"
-                + (" (wrap one message in a list: [message])" if isinstance(inputs, Mapping) else "")
-            )
-        items = [inputs] if single else list(inputs)  # type: ignore[list-item]
-        if not items:
-            raise AttnlensError("no inputs given")
-        for i, item in enumerate(items):
-            if not (isinstance(item, str) or is_chat(item)):
-                raise AttnlensError(
-                    f"input {i} must be a string or a chat (a list of {{'role', 'content'}} messages); "
-                    f"got {type(item).__name__} {_short(item)}"
-                )
+        method, explicit, conv = self._influence_options(metric, influence_method, convention)
+        full_text = self._full_text(return_full_text, return_text, return_tensors)
+        single, items = _call_inputs(inputs)
         generate_kwargs.setdefault("max_new_tokens", 64)
         n_return = _check_return_sequences(num_return_sequences, generate_kwargs)
         check_generation_kwargs(generate_kwargs)
         if streamer is not None and len(items) != 1:
             raise AttnlensError(f"streamer takes one input at a time (transformers' rule); got {len(items)} inputs")
-        if check_focus(focus) == "auto":
-            items = [focus_input(self.model, item) for item in items]
-        delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
         layer_spec = self.layers if layers is None else layers
-        resolve_layers(layer_spec, self.model.cfg.n_layers)
-        prompts = [self.prepare(item, delta_mid=delta, chat=chat, raw=raw) for item in items]
-        if steer is None and self.steer is None:
-            for i, prompt in enumerate(prompts):
-                chain.warn_unsteered(prompt, "the prompt" if single else f"input {i}")
+        prompts = self._call_prompts(items, single, focus=focus, delta_mid=delta_mid, layers=layer_spec, chat=chat,
+                                     raw=raw, warn=steer is None and self.steer is None)
         measure = _check_influence_request(
             prompts, influence, method,
             influence_generated or influence_use_values or explicit or convention is not None,
         )
         size = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
-        plans = chain.plans_for(self.model, prompts, layers=layer_spec,
-                                steer=self.steer if steer is None else steer)
-        if n_return > 1:  # each input repeated: its rows sample independently
-            prompts = [p for p in prompts for _ in range(n_return)]
-            plans = chain.plans_for(self.model, prompts, layers=layer_spec,
-                                    steer=self.steer if steer is None else steer)
-        if streamer is not None:
-            if len(prompts) != 1:
-                raise AttnlensError("streamer takes one sequence at a time: use num_return_sequences=1")
-            step = _streamer_step(streamer, prompts[0])
-            try:
-                new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, on_step=step,
-                                            **generate_kwargs)
-            finally:
-                streamer.end()
-        else:
-            new_tokens = chain.generate(self.model, prompts, plans, batch_size=size, **generate_kwargs)
+        prompts, new_tokens = self._call_generate(prompts, layer_spec, self.steer if steer is None else steer,
+                                                  n_return, size, streamer, generate_kwargs)
         results: list[list[dict[str, Any]]] = []
         for row, (prompt, tokens) in enumerate(zip(prompts, new_tokens)):
             result = self._result(prompt, tokens, full_text, return_tensors=bool(return_tensors))
             result["backend"] = new_tokens.backend
             if measure and prompt.influence_spans():
-                trace = self.measure_influence(
-                    prompt,
-                    methods=(method,),
-                    generated=tokens if influence_generated else (),
-                    layers=layer_spec,
-                    use_values=influence_use_values,
-                    convention=conv,
-                )
+                trace = self.measure_influence(prompt, methods=(method,),
+                                               generated=tokens if influence_generated else (), layers=layer_spec,
+                                               use_values=influence_use_values, convention=conv)
                 result["influence"] = self.influence_entries(prompt, trace, method)
             record = result.to_dict() if as_json else result
             if row % n_return == 0:
@@ -287,6 +256,61 @@ class PayAttentionPipeline:
             else:
                 results[-1].append(record)
         return results[0] if single else results
+
+    def _influence_options(self, metric: str | None, influence_method: str | None,
+                           convention: str | None) -> tuple[str, bool, str]:
+        """The call's influence method (``metric`` is its pay-attention-pipeline name), whether it was asked for
+        explicitly, and the convention."""
+        if metric is not None:
+            if influence_method is not None and metric_method(metric) != influence_method:
+                raise AttnlensError(f"metric={metric!r} and influence_method={influence_method!r} disagree; give one")
+            influence_method = metric_method(metric)
+        explicit = influence_method is not None and influence_method != "influence"
+        method = self.influence_method if influence_method is None else influence_method
+        conv = self.convention if convention is None else check_convention(convention)
+        return method, explicit, conv
+
+    def _full_text(self, return_full_text: bool | None, return_text: bool | None,
+                   return_tensors: bool | None) -> bool:
+        """Whether ``generated_text`` holds the prompt too, with transformers' rules on the output options."""
+        if return_tensors and (return_full_text is not None or return_text is not None):
+            raise AttnlensError("return_tensors=True gives the token ids of prompt and new text; it cannot be "
+                                "combined with return_full_text or return_text (transformers' rule)")
+        if return_text is not None and return_full_text is not None:
+            raise AttnlensError("return_text and return_full_text exclude each other (transformers' rule); give one")
+        return self.return_full_text if return_full_text is None else bool(return_full_text)
+
+    def _call_prompts(self, items: list[Any], single: bool, *, focus: str | None, delta_mid: float | None,
+                      layers: LayerSpec | None, chat: bool | None, raw: bool | None, warn: bool) -> list[Prompt]:
+        """The inputs as prompts (tagged first by the model with ``focus="auto"``); with ``warn``, a WARNING for
+        each prompt that nothing steers."""
+        if check_focus(focus) == "auto":
+            items = [focus_input(self.model, item) for item in items]
+        delta = self.delta_mid if delta_mid is None else check_delta(delta_mid)
+        resolve_layers(layers, self.model.cfg.n_layers)
+        prompts = [self.prepare(item, delta_mid=delta, chat=chat, raw=raw) for item in items]
+        if warn:
+            for i, prompt in enumerate(prompts):
+                chain.warn_unsteered(prompt, "the prompt" if single else f"input {i}")
+        return prompts
+
+    def _call_generate(self, prompts: list[Prompt], layers: LayerSpec | None, steer: Any, n_return: int,
+                       size: int, streamer: Any, generate_kwargs: dict[str, Any]) -> tuple[list[Prompt], Any]:
+        """The rows generated (each prompt ``n_return`` times) and their new tokens, streamed when asked."""
+        plans = chain.plans_for(self.model, prompts, layers=layers, steer=steer)
+        if n_return > 1:  # each input repeated: its rows sample independently
+            prompts = [p for p in prompts for _ in range(n_return)]
+            plans = chain.plans_for(self.model, prompts, layers=layers, steer=steer)
+        if streamer is None:
+            return prompts, chain.generate(self.model, prompts, plans, batch_size=size, **generate_kwargs)
+        if len(prompts) != 1:
+            raise AttnlensError("streamer takes one sequence at a time: use num_return_sequences=1")
+        step = _streamer_step(streamer, prompts[0])
+        try:
+            return prompts, chain.generate(self.model, prompts, plans, batch_size=size, on_step=step,
+                                           **generate_kwargs)
+        finally:
+            streamer.end()
 
     # ------------------------------------------------------------------ influence
 

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
@@ -195,36 +195,20 @@ def profile_heads(
     """
     scale_position = check_scale_position(scale_position)
     alpha = check_alpha(alpha, scale_position)
-    scorer_name, score_fn = _resolve_scorer(scorer)
-    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
-        raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if threads is not None and (not is_int(threads) or threads < 1):
-        raise AttnlensError(f"threads must be a positive integer, got {threads!r}")
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
+    scorer_name, score = _checked_scorer(scorer)
+    _check_sizes(batch_size, threads)
+    if getattr(model, "tokenizer", None) is None:
         raise AttnlensError("the model has no tokenizer; profiling needs one")
     n_layers, n_heads = model_shape(model)
     todo = _head_list(heads, n_layers, n_heads)
-    items = _examples(examples)
-    prepared = [_prepare(tokenizer, ex, chat, i) for i, ex in enumerate(items)]
-    for i, prep in enumerate(prepared):
-        check_window(model, len(prep.ids), what=f"example {i} (prompt and target)")
-    keep_logits = supports_logits_to_keep(model)
-
-    per_example = np.full((n_layers, n_heads, len(items)), np.nan)
-    baseline = np.zeros(len(items))
+    prepared = _prepared_examples(model, examples, chat)
+    per_example = np.full((n_layers, n_heads, len(prepared)), np.nan)
+    baseline = np.zeros(len(prepared))
     skip = skip_layers and can_skip(model)
     started = time.perf_counter()
-    bar = tqdm(total=len(todo) * len(items), desc="profiling heads", unit="head", disable=not progress)
-
-    def score(logits: torch.Tensor, target: torch.Tensor, rows: int) -> np.ndarray:
-        out = score_fn(logits, target).detach().float().cpu().numpy()
-        if out.shape != (rows,):
-            raise AttnlensError(f"scorer {scorer_name!r} returned shape {tuple(out.shape)}; expected ({rows},)")
-        return out
-
     if sweep_dir is None and current_workers().distributed:
         raise AttnlensError("profile_heads on several workers needs sweep_dir: a directory every worker can write")
+    bar = tqdm(total=len(todo) * len(prepared), desc="profiling heads", unit="head", disable=not progress)
     try:
         with worker_group() as workers, torch.no_grad(), _torch_threads(model, threads):
             _profile(model, prepared, todo, None if sweep_dir is None else Path(sweep_dir).expanduser(), workers,
@@ -233,22 +217,42 @@ def profile_heads(
                      plan=lambda spans, layer, head, n: pasta_plan(model, spans, {layer: [head]}, alpha,
                                                                    scale_position, seq_len=n),
                      batch_size=batch_size, token_budget=token_budget, share_prefix=share_prefix, skip=skip,
-                     keep_logits=keep_logits, bar=bar)
+                     keep_logits=supports_logits_to_keep(model), bar=bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - started
-    logger.info("profiled %d heads on %d examples in %.1f s", len(todo), len(items), seconds)
-    scores = per_example.mean(axis=-1)  # NaN for heads not profiled
-    return HeadProfile(
-        scores=scores,
-        per_example=per_example,
-        baseline=float(baseline.mean()),
-        baseline_per_example=baseline,
-        alpha=alpha,
-        scale_position=scale_position,
-        scorer=scorer_name,
-        seconds=seconds,
-    )
+    logger.info("profiled %d heads on %d examples in %.1f s", len(todo), len(prepared), seconds)
+    return HeadProfile(scores=per_example.mean(axis=-1),  # NaN for heads not profiled
+                       per_example=per_example, baseline=float(baseline.mean()), baseline_per_example=baseline,
+                       alpha=alpha, scale_position=scale_position, scorer=scorer_name, seconds=seconds)
+
+
+def _checked_scorer(scorer: str | Scorer) -> tuple[str, Callable[[torch.Tensor, torch.Tensor, int], np.ndarray]]:
+    """The scorer's name and ``score(logits, target, rows)``: its scores as an array, their shape checked."""
+    scorer_name, score_fn = _resolve_scorer(scorer)
+
+    def score(logits: torch.Tensor, target: torch.Tensor, rows: int) -> np.ndarray:
+        out = score_fn(logits, target).detach().float().cpu().numpy()
+        if out.shape != (rows,):
+            raise AttnlensError(f"scorer {scorer_name!r} returned shape {tuple(out.shape)}; expected ({rows},)")
+        return out
+
+    return scorer_name, score
+
+
+def _check_sizes(batch_size: int | None, threads: int | None) -> None:
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
+        raise AttnlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if threads is not None and (not is_int(threads) or threads < 1):
+        raise AttnlensError(f"threads must be a positive integer, got {threads!r}")
+
+
+def _prepared_examples(model: Model, examples: Any, chat: bool) -> list[Any]:
+    """The examples tokenized, each checked against the model's window."""
+    prepared = [_prepare(model.tokenizer, ex, chat, i) for i, ex in enumerate(_examples(examples))]
+    for i, prep in enumerate(prepared):
+        check_window(model, len(prep.ids), what=f"example {i} (prompt and target)")
+    return prepared
 
 
 def default_threads() -> int:

@@ -113,10 +113,19 @@ def create_app(
     """
     if not is_int(max_body_bytes) or max_body_bytes < 1:
         raise AttnlensError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
-    max_body_bytes = int(max_body_bytes)
     name = model_name or str(getattr(model.cfg, "model_name", None) or "attnlens-model")
     engine = Engine(model, model_name=name, max_batch_size=max_batch_size, batch_wait=batch_wait,
                     max_queue=max_queue, continuous=continuous)
+    app = FastAPI(title="attnlens", lifespan=_lifespan(engine), docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    _add_error_handlers(app)
+    _add_model_routes(app, engine)
+    _add_completion_routes(app, engine, int(max_body_bytes))
+    return app
+
+
+def _lifespan(engine: Engine) -> Any:
+    """The app's lifespan: the engine's worker starts with the app and stops with it."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -126,8 +135,11 @@ def create_app(
         finally:
             await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="attnlens", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine = engine
+    return lifespan
+
+
+def _add_error_handlers(app: Any) -> None:
+    """Every error answered as an OpenAI-shaped error body: a refused request, an unknown route, a bad body."""
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -143,46 +155,14 @@ def create_app(
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(_error(str(exc)).body(), status_code=400)
 
-    def too_large() -> RequestError:
-        return RequestError(f"the request body is larger than the server's limit of {max_body_bytes} bytes",
-                            status=413, code="request_too_large")
 
-    async def read_raw(request: Request) -> bytes:
-        """The body's bytes. Past ``max_body_bytes`` it is refused (413): the rest is read and dropped (up to
-        eight times the limit, so the client gets its answer rather than a reset connection), and a
-        Content-Length beyond that is refused before any is read. A client that goes away before sending all
-        of it gets one INFO line."""
-        declared = request.headers.get("content-length", "")
-        drain = 8 * max_body_bytes
-        if declared.isdigit() and int(declared) > drain:
-            raise too_large()
-        chunks, size = [], 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size <= max_body_bytes:
-                    chunks.append(chunk)
-                elif size > drain:
-                    break
-        except ClientDisconnect:
-            logger.info("a client went away after sending %d of %s bytes of its request; it is dropped", size,
-                        declared or "its")
-            raise RequestError("the client went away before sending the whole request body",
-                               code="incomplete_body") from None  # answered to nobody
-        if size > max_body_bytes:
-            raise too_large()
-        return b"".join(chunks)
+def _unknown_model(model_id: Any, served: str) -> RequestError:
+    return RequestError(f"the model {model_id!r} does not exist; this server serves {served!r}",
+                        status=404, param="model", code="model_not_found")
 
-    def prepare(raw: bytes, chat: bool, loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Any], Job]:
-        """Parse, tokenize and check one request (on a worker thread: a long prompt never holds up the loop)."""
-        body = parse_body(raw)
-        check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
-        model_id = body.get("model")
-        if model_id != engine.model_name:
-            raise RequestError(f"the model {model_id!r} does not exist; this server serves {engine.model_name!r}",
-                               status=404, param="model", code="model_not_found")
-        item = chat_messages(body) if chat else completion_prompt(body)
-        return body, engine.job(item, body, chat=chat, loop=loop)
+
+def _add_model_routes(app: Any, engine: Engine) -> None:
+    """``GET /v1/models`` and ``GET /v1/models/{id}``: the one model served."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -191,44 +171,99 @@ def create_app(
     @app.get("/v1/models/{model_id:path}")
     async def model_card(model_id: str) -> dict[str, Any]:
         if model_id != engine.model_name:
-            raise RequestError(f"the model {model_id!r} does not exist; this server serves {engine.model_name!r}",
-                               status=404, param="model", code="model_not_found")
+            raise _unknown_model(model_id, engine.model_name)
         return _model_card(engine.model_name)
 
+
+def _too_large(max_body_bytes: int) -> RequestError:
+    return RequestError(f"the request body is larger than the server's limit of {max_body_bytes} bytes",
+                        status=413, code="request_too_large")
+
+
+async def _read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The body's bytes. Past ``max_body_bytes`` it is refused (413): the rest is read and dropped (up to
+    eight times the limit, so the client gets its answer rather than a reset connection), and a
+    Content-Length beyond that is refused before any is read. A client that goes away before sending all
+    of it gets one INFO line."""
+    declared = request.headers.get("content-length", "")
+    drain = 8 * max_body_bytes
+    if declared.isdigit() and int(declared) > drain:
+        raise _too_large(max_body_bytes)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= max_body_bytes:
+                chunks.append(chunk)
+            elif size > drain:
+                break
+    except ClientDisconnect:
+        logger.info("a client went away after sending %d of %s bytes of its request; it is dropped", size,
+                    declared or "its")
+        raise RequestError("the client went away before sending the whole request body",
+                           code="incomplete_body") from None  # answered to nobody
+    if size > max_body_bytes:
+        raise _too_large(max_body_bytes)
+    return b"".join(chunks)
+
+
+def _prepare(engine: Engine, raw: bytes, chat: bool, loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Any], Job]:
+    """Parse, tokenize and check one request (on a worker thread: a long prompt never holds up the loop)."""
+    body = parse_body(raw)
+    check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
+    if body.get("model") != engine.model_name:
+        raise _unknown_model(body.get("model"), engine.model_name)
+    item = chat_messages(body) if chat else completion_prompt(body)
+    return body, engine.job(item, body, chat=chat, loop=loop)
+
+
+async def _finished(request: Request, job: Job) -> bool:
+    """Wait for ``job`` to finish (True); False when its client went away first (the job is dropped)."""
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    logger.info("a client went away; its request is dropped")
+                    job.cancel()
+                    return False
+                continue
+            if event[0] == "error":
+                raise event[1]
+            if event[0] == "done":
+                return True
+    finally:
+        job.cancel()  # no-op when done; frees the row when the handler is cancelled
+
+
+def _completion(job: Job, ident: str, created: int, model_name: str, chat: bool) -> dict[str, Any]:
+    """The answer to a finished, unstreamed request."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": job.finish_reason}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": job.text}
+    else:
+        choice.update(text=job.text, logprobs=None)
+    return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+            "model": model_name, "choices": [choice], "usage": _usage(job), "attnlens": _extras(job)}
+
+
+def _add_completion_routes(app: Any, engine: Engine, max_body_bytes: int) -> None:
+    """``POST /v1/chat/completions`` and ``POST /v1/completions``, streamed or not."""
+
     async def complete(request: Request, chat: bool) -> Any:
-        raw = await read_raw(request)
-        body, job = await anyio.to_thread.run_sync(prepare, raw, chat, asyncio.get_running_loop())
+        raw = await _read_body(request, max_body_bytes)
+        body, job = await anyio.to_thread.run_sync(_prepare, engine, raw, chat, asyncio.get_running_loop())
         engine.submit(job)
-        kind = "chat.completion" if chat else "text_completion"
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         if job.stream:
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(_stream(job, ident, created, engine.model_name, chat, usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(job.events.get(), timeout=0.25)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        logger.info("a client went away; its request is dropped")
-                        job.cancel()
-                        return None
-                    continue
-                if event[0] == "error":
-                    raise event[1]
-                if event[0] == "done":
-                    break
-        finally:
-            job.cancel()  # no-op when done; frees the row when the handler is cancelled
-        choice: dict[str, Any] = {"index": 0, "finish_reason": job.finish_reason}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": job.text}
-        else:
-            choice.update(text=job.text, logprobs=None)
-        return {"id": ident, "object": kind, "created": created, "model": engine.model_name, "choices": [choice],
-                "usage": _usage(job), "attnlens": _extras(job)}
+        if not await _finished(request, job):
+            return None
+        return _completion(job, ident, created, engine.model_name, chat)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -237,8 +272,6 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         return await complete(request, False)
-
-    return app
 
 
 def _model_card(name: str) -> dict[str, Any]:

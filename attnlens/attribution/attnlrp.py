@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..core._internals import original_component
 from ..core.errors import AttnlensError
 from .registry import AttributionMethod, register
 from .tokens import Target, model_device
@@ -54,7 +55,7 @@ def _scaled_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def _norm_parts(component: Any) -> tuple[str, torch.Tensor | None, torch.Tensor | None, float]:
     """(kind, weight, bias, eps) of a normalisation component (a bridge's wrapped module or the module)."""
-    module = getattr(component, "original_component", None) or getattr(component, "_original_component", None)
+    module = original_component(component)
     module = module if module is not None else component
     name = type(module).__name__.lower()
     weight = getattr(module, "weight", None)
@@ -148,7 +149,8 @@ class AttnLRPMethod(AttributionMethod):
         return out
 
     def _mlp_hooks(self, mlp: Any, p: str, names: set[str], need: Any, cp: bool) -> list[tuple[str, Any]]:
-        module = getattr(mlp, "original_component", None) or getattr(mlp, "_original_component", None) or mlp
+        module = original_component(mlp)
+        module = module if module is not None else mlp
         act = getattr(module, "act_fn", None) or getattr(module, "act", None)
         if act is None:
             raise AttnlensError(f"attnlrp: {p}.mlp has no activation function to read")

@@ -3,8 +3,9 @@
 The one form every door takes: ``{method: settings}`` (JSON-able), or a list of
 method names, ``{method: settings}`` objects and ``[method, settings]`` pairs. The
 pipeline's ``steer=``, the server's ``extra_body={"attnlens": {"steer": ...}}``, the
-command line's ``--steering JSON`` (generate, batch, experiment, tune, compare) and an
-experiment's ``steering`` read it through :func:`entries` and :func:`parse`; each
+command line's ``--steering JSON`` (generate, batch, experiment, tune, compare), lm-eval's
+``--model_args steer=...`` (:mod:`attnlens.api.lm_eval_backend`) and an experiment's
+``steering`` read it through :func:`entries` and :func:`parse`; each
 method checks its own settings with its :class:`~attnlens.steering.registry.Param` s.
 """
 

@@ -215,3 +215,22 @@ def test_cli_runs_a_task_steered(runs, tmp_path):
         assert [float(g) for g in got] == pytest.approx(want, abs=1e-4), doc
     results = json.loads(sorted(tmp_path.rglob("results_*.json"))[0].read_text())
     assert results["results"]["attnlens_facts"]["acc,none"] == pytest.approx(1.0)
+
+
+def test_spa_scores_with_its_mixed_logits(tiny):
+    """SPA steers decoding by mixing two passes' logits; a scored continuation is read from the same mix."""
+    from attnlens.steering.spa_method import masked_rows, mix
+
+    lm = backend_class()(model=tiny, steer={"spa": {"omega": 3.0}})
+    context, continuation = "Note: <!!-> answer in French <-!!> What is the capital", " of France"
+    (value, _), = lm.backend.loglikelihood([(context, continuation)])
+    row = lm.backend.pair(context, continuation, 0)
+    spans = [[(s.start, s.end) for s in row.steer.guide_spans()]]
+    tokens = torch.tensor([row.tokens[:-1]])
+    with torch.no_grad():
+        plain, masked = tiny(tokens).float(), tiny(masked_rows(tokens, spans, tiny.tokenizer.pad_token_id)).float()
+    logp = mix(plain, masked, 3.0).log_softmax(-1)[0, row.first - 1:]
+    own = float(logp.gather(-1, torch.tensor(row.tokens[row.first:])[:, None]).sum())
+    assert value == pytest.approx(own, abs=1e-4)
+    (unsteered, _), = backend_class()(model=tiny, steer="none").backend.loglikelihood([(context, continuation)])
+    assert abs(value - unsteered) > 1e-3

@@ -13,6 +13,7 @@ from attnlens.api import chain
 from attnlens.core.errors import ExperimentError
 from attnlens.experiments import CounterFactConfig, ExperimentConfig, SummarizeConfig, get_study
 from attnlens.experiments.compare import compare_methods, load_comparison
+from attnlens.experiments.profiles import profile
 from attnlens.experiments.study import Item, Score, Segments, Study
 from attnlens.experiments.tuning import text_metric
 
@@ -46,7 +47,7 @@ def test_methods_are_compared_tuned_and_at_their_defaults_on_one_heldout_split(t
         ("instaboost", "tuned"), ("instaboost", "default"), ("spa", "tuned"), ("spa", "default"),
         ("pasta", "tuned"), ("pasta", "default")]
     for r in result.rows:
-        method = steering.get(r.method)
+        method = profile(r.method)
         assert r.parameter == method.strength and r.n == 2
         if r.setting == "default":
             assert r.strength == method.reference_strength()

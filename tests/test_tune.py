@@ -122,15 +122,17 @@ def test_the_search_picks_the_best_strength_that_does_not_loop_and_resumes(tiny,
 
 
 def test_every_method_has_a_strength_to_search_and_a_default_to_compare():
+    from attnlens.experiments.profiles import profile
+
     for name in ("guide", "instaboost", "spotlight", "spa", "pasta"):
-        method = steering.get(name)
-        assert method.strength in {p.name for p in method.params}
+        method, policy = steering.get(name), profile(name)
+        assert policy.strength in {p.name for p in method.params}
         base = {"head_config": {0: [0]}} if name == "pasta" else {}
-        for value in (*method.strength_grid, method.reference_strength()):
-            assert method.settings({**base, method.strength: value})[method.strength] == value
-        assert method.paper_source
-    assert steering.get("instaboost").reference_strength() == steering.get("instaboost").param("alpha").default
-    assert steering.get("pasta").reference_strength() == 0.01 and steering.get("spa").reference_strength() == 1.4
+        for value in (*policy.grid(), policy.reference_strength()):
+            assert method.settings({**base, policy.strength: value})[policy.strength] == value
+        assert policy.paper_source
+    assert profile("instaboost").reference_strength() == steering.get("instaboost").param("alpha").default
+    assert profile("pasta").reference_strength() == 0.01 and profile("spa").reference_strength() == 1.4
     # from the command line a strength is text
     assert steering.get("guide").settings({"delta_mid": "2"})["delta_mid"] == 2.0
     with pytest.raises(AttnlensError, match="delta_mid must be a number"):

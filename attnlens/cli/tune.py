@@ -119,11 +119,13 @@ def add_compare(sub: Any) -> None:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from .. import steering
+    from ..experiments.profiles import profile
     from ..experiments.tuning import tune_study
 
     method = steering.get(args.method)
-    if method.strength is None:
-        raise CLIError(f"steering method {method.name!r} has no strength to tune")
+    strength = profile(method).strength
+    if strength is None:
+        raise CLIError(f"steering method {method.name!r} has no strength to tune (its profile names none)")
     config = _config(args)
     model = load_model_for(args)
     result = tune_study(args.study, config, method.name, model=model, grid=args.grid, metric=args.metric,
@@ -133,9 +135,9 @@ def _run_tune(args: argparse.Namespace) -> int:
         return 0
     for t in result.trials:
         mark = "" if t.valid else "  (breaks the text: repetition over the bound)"
-        print(f"{method.strength}={t.strength}: dev score {t.score:.4f}, repetition {t.repetition:.3f}{mark}")
+        print(f"{strength}={t.strength}: dev score {t.score:.4f}, repetition {t.repetition:.3f}{mark}")
     h, u, d = result.heldout, result.unsteered, result.difference
-    print(f"chosen {method.strength}={result.chosen}: held-out {h['mean']:.4f} [{h['low']:.4f}, {h['high']:.4f}] "
+    print(f"chosen {strength}={result.chosen}: held-out {h['mean']:.4f} [{h['low']:.4f}, {h['high']:.4f}] "
           f"(n={h['n']}); unsteered {u['mean']:.4f}; difference {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
     if result.below_unsteered:
         print(f"note: no strength tried beat the unsteered model on the development items "
@@ -143,7 +145,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     if result.tied > 1:
         print(f"note: {result.tied} strengths tied for the best development score; the strongest of them was chosen")
     if result.at_strongest:
-        print(f"note: {method.strength}={result.chosen} is the strongest strength tried; a stronger one may score "
+        print(f"note: {strength}={result.chosen} is the strongest strength tried; a stronger one may score "
               "higher (widen --grid)")
     return 0
 

@@ -18,8 +18,8 @@ What a plugin names (an entry point's value, or ``--plugin``'s argument):
 - ``package.module``: the module is imported; it registers what it defines (``steering.register(...)``
   and the like), as a user's own module would;
 - ``package.module:attr``: the module is imported and ``attr`` taken: an entry of a registry's kind (a
-  steering method, an attribution method, a study, a runtime, or a subclass of one to instantiate) is
-  registered in that registry (:func:`attnlens.core.registry.registries`); a function is called with no
+  steering method, an attribution method, a study, a runtime, a steering method's experiment profile, or
+  a subclass of one to instantiate) is registered in that registry (:func:`attnlens.core.registry.registries`); a function is called with no
   arguments (it registers what it wants); a list or tuple registers each of its items.
 """
 
@@ -72,7 +72,7 @@ def _register(value: Any, where: str) -> None:
         value()
         return
     raise PluginError(f"plugin {where}: {type(value).__name__} is not a module, a function or an entry of a "
-                      "registry (a steering method, an attribution method, a study, a runtime)")
+                      "registry (a steering method, an attribution method, a study, a runtime, a steering profile)")
 
 
 def load_plugin(spec: str) -> Any:

@@ -4,8 +4,8 @@
 :func:`~attnlens.experiments.tuning.tune_study` on the development part of the
 study's items, then scores on the held-out part (the same items for every
 method: one seeded split) the chosen strength, the method's
-:meth:`~attnlens.steering.SteeringMethod.reference_strength` (its paper's
-default, where the paper names one) and the unsteered model. Each row gives the
+:meth:`~attnlens.experiments.profiles.Profile.reference_strength` of its
+profile (its paper's default, where the paper names one) and the unsteered model. Each row gives the
 mean with its bootstrap interval and the difference from the unsteered model,
 paired by item, with its interval. Outputs are shared between the methods'
 searches (a prompt whose tokens and steering match is generated once), and every
@@ -154,7 +154,7 @@ def compare_methods(
     """Every method in ``methods`` on ``study`` (``config.limit`` items), tuned and at its default.
 
     ``metric``: the study's metric (default: its first); ``grids``: a method's
-    strengths to search (default: its :attr:`~attnlens.steering.SteeringMethod.strength_grid`);
+    strengths to search (default: its profile's :meth:`~attnlens.experiments.profiles.Profile.grid`);
     ``out``: the directory the searches are saved to (default: ``config.out``).
     ``stream`` (default): every output the searches need is generated first as one stream of
     rows (:mod:`attnlens.experiments.schedule`: the strengths of a static bias share batches, the
@@ -162,11 +162,12 @@ def compare_methods(
     ``batch_size`` rows a batch (default: :data:`STREAM_BATCH`, within ``config.max_batch_tokens``
     of prompt and new tokens); ``stream=False`` runs each search's generations in turn, as
     :func:`~attnlens.experiments.tuning.tune_study` does. Greedy outputs are the same either way.
-    A method without a strength, or one the config cannot run (PASTA without
-    heads), is an error naming it, before anything runs.
+    A method without a strength, one with no grid (given or from its profile), or one the config cannot
+    run (PASTA without heads), is an error naming it, before anything runs.
     """
     from .. import steering
     from .store import run_lock
+    from .profiles import profile
     from .tuning import check_method_settings, text_metric
 
     if isinstance(study, str):
@@ -178,15 +179,22 @@ def compare_methods(
     steerers = [steering.get(m) for m in methods]
     if len({s.name for s in steerers}) != len(steerers):
         raise ExperimentError(f"a method is named twice in {list(methods)}")
-    for s in steerers:
-        if s.strength is None:
-            raise ExperimentError(f"steering method {s.name!r} has no strength to tune")
-        if not s.ready(config):
-            raise ExperimentError(f"steering method {s.name!r} needs more settings to run on a study: "
-                                  f"{s.experiment_hint or 'give its required parameters in config.steering'}")
     unknown = sorted(set(grids or {}) - {s.name for s in steerers})
     if unknown:
         raise ExperimentError(f"grids names method(s) not compared: {', '.join(unknown)}")
+    for s in steerers:
+        policy = profile(s)
+        if policy.strength is None:
+            raise ExperimentError(f"steering method {s.name!r} has no strength to tune: its profile names none "
+                                  "(register an attnlens.experiments.profiles.Profile with strength=PARAMETER and "
+                                  "strength_grid=...)")
+        if not (grids or {}).get(s.name) and not policy.grid():
+            raise ExperimentError(f"steering method {s.name!r} has no strengths to search: give its grid "
+                                  f"(grids={{{s.name!r}: [...]}}, or --grid {s.name}=V1,V2,...) or register a "
+                                  "profile with a strength_grid")
+        if not s.ready(config):
+            raise ExperimentError(f"steering method {s.name!r} needs more settings to run on a study: "
+                                  f"{policy.experiment_hint or 'give its required parameters in config.steering'}")
     check_method_settings(config)
     metric = text_metric(study, config, metric)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
@@ -214,12 +222,15 @@ def compare_methods(
 def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], model: Any, metric: str,
              grids: dict[str, Sequence[Any]] | None, heldout: float, max_repetition: float,
              directory: Path, data: Any = None, stream: bool = True, batch_size: int = 64) -> Comparison:
+    from .profiles import profile
     from .tuning import study_search
 
     cache: dict[str, str] = {}
+    policies = {s.name: profile(s) for s in steerers}
     searches = [study_search(study, config, s.name, model=model, metric=metric, grid=(grids or {}).get(s.name),
                              heldout=heldout, max_repetition=max_repetition, out=directory / f"tune-{s.name}.json",
-                             compare=[s.reference_strength()], cache=cache, require_valid=False, data=data)
+                             compare=[policies[s.name].reference_strength()], cache=cache, require_valid=False,
+                             data=data)
                 for s in steerers]
     if stream:
         outputs = SavedOutputs(directory, model, cache)
@@ -234,20 +245,22 @@ def _compare(study: Study, config: ExperimentConfig, steerers: Sequence[Any], mo
     sources: dict[str, str] = {}
     n_dev = 0
     for s, search in zip(steerers, searches):
-        reference = s.reference_strength()
-        logger.info("comparing %s on %s (default %s=%s)", s.name, study.name, s.strength, reference)
+        policy = policies[s.name]
+        parameter = policy.strength
+        logger.info("comparing %s on %s (default %s=%s)", s.name, study.name, parameter,
+                    policy.reference_strength())
         if not stream:
             search.develop()
         result = search.finish()
         other = result.compared[0]
         if result.chosen is None:  # every strength tried loops past the guard: a finding, not a failure
             nan = {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-            rows.append(_row(s.name, "tuned", s.strength, None, nan, nan))
+            rows.append(_row(s.name, "tuned", parameter, None, nan, nan))
         else:
-            rows.append(_row(s.name, "tuned", s.strength, result.chosen, result.heldout, result.difference,
+            rows.append(_row(s.name, "tuned", parameter, result.chosen, result.heldout, result.difference,
                              result.at_strongest, result.tied, result.below_unsteered))
-        rows.append(_row(s.name, "default", s.strength, other["strength"], other["heldout"], other["difference"]))
-        sources[s.name] = s.paper_source or f"the {s.strength} parameter's default"
+        rows.append(_row(s.name, "default", parameter, other["strength"], other["heldout"], other["difference"]))
+        sources[s.name] = policy.source()
         if unsteered and abs(unsteered["mean"] - result.unsteered["mean"]) > 1e-9:
             # the methods tag the same text; their untagged prompts tokenise alike unless a tag splits a word
             logger.warning("the unsteered score differs between methods' prompts (%s: %.4f, before: %.4f)",

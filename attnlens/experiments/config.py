@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.errors import AttnlensError, ExperimentError
 from ..core.validate import LayerSpec, is_int, resolve_layers
+from .profiles import profile
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def condition_methods() -> tuple[str, ...]:
     from .. import steering
 
     order = dict(PROMPT_CONDITIONS)
-    order.update({name: steering.get(name).condition_order for name in steering.methods()})
+    order.update({name: profile(name).condition_order for name in steering.methods()})
     return tuple(sorted(order, key=lambda name: order[name]))
 
 
@@ -184,7 +185,7 @@ def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
     methods = list(config.conditions) if config.conditions else None
     if methods is None:
         methods = [m for m in kinds if m in PROMPT_CONDITIONS or steering.get(m).on_by_default
-                   or (steering.get(m).default_condition and steering.get(m).ready(config))]
+                   or (profile(m).default_condition and steering.get(m).ready(config))]
     unknown = [m for m in methods if m not in kinds]
     if unknown:
         raise ExperimentError(
@@ -198,15 +199,15 @@ def resolve_conditions(config: ExperimentConfig) -> list[Condition]:
             if Condition(method) not in out:
                 out.append(Condition(method))
             continue
-        steerer = steering.get(method)
+        steerer, policy = steering.get(method), profile(method)
         if not steerer.ready(config):
             missing = [p for p in steerer.params if p.required]
             raise ExperimentError(
                 f"the {method!r} condition needs "
                 + ", ".join(f"{p.name} ({p.help})" if p.help else p.name for p in missing)
-                + ": " + (steerer.experiment_hint or f"pass it in ExperimentConfig.steering={{{method!r}: {{...}}}}")
+                + ": " + (policy.experiment_hint or f"pass it in ExperimentConfig.steering={{{method!r}: {{...}}}}")
             )
-        if steerer.sweeps_strength:
+        if policy.sweeps_strength:
             if not deltas:
                 raise ExperimentError(f"the {method!r} condition needs at least one delta")
             for d in deltas:

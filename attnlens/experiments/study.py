@@ -125,10 +125,11 @@ def tag_focus(condition: Condition, focus: str) -> str:
     """The focus as the condition presents it, wrapped in its steering method's tag (GUIDE's for ``guide``),
     else an influence tag."""
     from .. import steering
+    from .profiles import profile
 
     opener, closer = ("<?->", "<-?>")
     if condition.method in steering.methods():
-        opener, closer = steering.get(condition.method).focus_tag
+        opener, closer = profile(condition.method).focus_tag
     # the focus' surrounding whitespace stays outside the span
     lead = focus[: len(focus) - len(focus.lstrip())]
     trail = focus[len(focus.rstrip()) :]

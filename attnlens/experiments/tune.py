@@ -2,8 +2,8 @@
 
 :func:`tune_strength` splits the examples into a development part and a
 held-out part (a seeded shuffle), generates the development part at every
-strength of a grid (the method's :attr:`~attnlens.steering.SteeringMethod.strength_grid`
-by default), and keeps the strength with the best mean score among those that
+strength of a grid (the grid of the method's profile by default,
+:meth:`attnlens.experiments.profiles.Profile.grid`), and keeps the strength with the best mean score among those that
 pass a guard: a strength whose outputs repeat themselves (the mean share of
 repeated word trigrams, :func:`repetition_rate`, above ``max_repetition`` and
 above the unsteered model's own on the same examples) is never chosen, so a
@@ -189,13 +189,19 @@ def _strengths(steerer: Any, base: Mapping[str, Any], grid: Sequence[Any] | None
                compare: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     """The grid's strengths and the compared ones, each checked (and converted: "2" from the command line is
     2.0) by the method before anything runs."""
-    if steerer.strength is None:
-        raise AttnlensError(f"steering method {steerer.name!r} has no strength to search")
-    values = list(grid if grid is not None else steerer.strength_grid)
+    from .profiles import profile
+
+    policy = profile(steerer)
+    strength = policy.strength
+    if strength is None:
+        raise AttnlensError(f"steering method {steerer.name!r} has no strength to search: its profile names none "
+                            "(register an attnlens.experiments.profiles.Profile with strength=PARAMETER)")
+    values = list(grid if grid is not None else policy.grid())
     if not values:
-        raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid")
-    return ([steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in values],
-            [steerer.settings({**base, steerer.strength: v})[steerer.strength] for v in compare])
+        raise AttnlensError(f"no strengths to search for {steerer.name!r}: pass grid (its profile has no "
+                            f"strength_grid and its {strength} parameter no default)")
+    return ([steerer.settings({**base, strength: v})[strength] for v in values],
+            [steerer.settings({**base, strength: v})[strength] for v in compare])
 
 
 def _checked_examples(examples: Sequence[Mapping[str, Any]], score: Score, heldout: float,
@@ -239,6 +245,9 @@ class Search:
             raise AttnlensError(f"{len(examples)} example(s) cannot be split into a development and a held-out "
                                 "part; give at least two")
         self.model, self.examples, self.steerer, self.score, self.base = model, examples, steerer, score, base
+        from .profiles import profile
+
+        self.strength: str = profile(steerer).strength  # type: ignore[assignment]  # _strengths checked it
         self.max_repetition, self.max_new_tokens, self.chat, self.seed = max_repetition, max_new_tokens, chat, seed
         self.confidence, self.cache, self.require_valid = confidence, cache, require_valid
         # what the saved scores depend on: the prompts and the answers the score reads (each example's
@@ -280,7 +289,7 @@ class Search:
 
     # ---------------------------------------------------------------- what the steps need
     def steer(self, strength: Any) -> dict[str, Any]:
-        return {} if strength is None else {self.steerer.name: {**self.base, self.steerer.strength: strength}}
+        return {} if strength is None else {self.steerer.name: {**self.base, self.strength: strength}}
 
     def prompts(self, part: str) -> list[Any]:
         return [self.examples[i]["prompt"] for i in (self.dev if part == "dev" else self.test)]
@@ -336,7 +345,7 @@ class Search:
                 self.save()
             result = saved[name]
             self.trials.append(Trial(v, result["score"], result["repetition"], result["repetition"] <= bound))
-            logger.info("%s %s=%s: score %.4f, repetition %.3f", steerer.name, steerer.strength, v,
+            logger.info("%s %s=%s: score %.4f, repetition %.3f", steerer.name, self.strength, v,
                         result["score"], result["repetition"])
         valid = [t for t in self.trials if t.valid]
         if not valid and self.require_valid:
@@ -375,7 +384,7 @@ class Search:
         estimate, difference = estimates(self.chosen) if self.chosen is not None else ({}, {})
         compared = [dict(zip(("strength", "heldout", "difference"), (v, *estimates(v)))) for v in self.others]
         bound = max(self.max_repetition, self.saved["none"]["repetition"])
-        result = Tuning(self.steerer.name, self.steerer.strength, self.chosen, self.trials, estimate,
+        result = Tuning(self.steerer.name, self.strength, self.chosen, self.trials, estimate,
                         asdict(bootstrap_ci(plain, confidence=confidence, seed=seed)), difference, self.dev,
                         self.test, compared, bound, self.saved["none"]["repetition"], self.saved["none"]["score"])
         self.save(result)
@@ -407,12 +416,12 @@ def tune_strength(
     :class:`~attnlens.prompts.prompt.Prompt`, used as it is).
 
     ``score(example, output) -> float`` (higher is better); ``grid``: the
-    strengths to try (default: the method's); ``settings``: its other
+    strengths to try (default: its profile's grid); ``settings``: its other
     parameters; ``heldout``: the share of examples kept for the final estimate;
     ``max_repetition``: the guard's bound on :func:`repetition_rate` (in [0, 1]); ``out``: a
     JSON file the search saves to and resumes from; ``compare``: more strengths
     scored on the held-out part beside the chosen one (e.g. the method's
-    :attr:`~attnlens.steering.SteeringMethod.paper_strength`); ``cache``: a dict
+    profile's :meth:`~attnlens.experiments.profiles.Profile.reference_strength`); ``cache``: a dict
     of generated outputs shared between calls; ``require_valid=False``: when
     every strength breaks the text, return a result with ``chosen=None`` (the
     ``compare`` strengths still scored) instead of raising :class:`NoValidStrength`;

@@ -15,6 +15,7 @@ from typing import Any
 from ..core.errors import AttnlensError, ExperimentError
 from .tune import Search, Tuning
 from .config import Condition, ExperimentConfig
+from .profiles import profile
 from .runner import prepare_item
 from .schedule import SavedOutputs
 from .study import Study
@@ -80,8 +81,9 @@ def study_search(study: Study, config: ExperimentConfig, method: str, *, model: 
         return float(study.score([example["item"]], [output], config)[0].metrics[metric])
 
     settings = steerer.experiment_settings(config)
-    if steerer.strength:
-        settings.pop(steerer.strength, None)  # the search sets it
+    strength = profile(steerer).strength
+    if strength:
+        settings.pop(strength, None)  # the search sets it
     path = out if out is not None else Path(config.out).expanduser() / f"tune-{steerer.name}.json"
     return Search(model, examples, steerer.name, score, grid=grid, settings=settings, heldout=heldout,
                   max_repetition=max_repetition, max_new_tokens=config.max_new_tokens, chat=chat,

@@ -28,7 +28,6 @@ class GuideMethod(SteeringMethod):
     """GUIDE: raise the attention every head of chosen layers pays to tagged spans (a static key bias)."""
 
     name = "guide"
-    default_condition = True  # every experiment that names no conditions runs it (when ready)
     help = "GUIDE: raise the attention every head of chosen layers pays to <!-> tagged <-!> spans"
     params = (
         Param("delta_mid", _delta_mid, None,
@@ -39,13 +38,6 @@ class GuideMethod(SteeringMethod):
     spans = "guide"
     edits = "bias"
     on_by_default = True  # the tags ask for it
-    sweeps_strength = True
-    focus_tag = ("<!!->", "<-!!>")
-    condition_order = 10
-    strength = "delta_mid"
-    strength_grid = (0.5, 1.0, 1.5, 2.0, 3.0)
-    paper_strength = 1.0
-    paper_source = "pay-attention-pipeline's default delta_mid (the GUIDE authors' package)"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .guide import guide_plan_for

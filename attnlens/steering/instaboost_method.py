@@ -57,14 +57,7 @@ class InstaBoostMethod(SteeringMethod):
     )
     spans = "guide"
     edits = "bias"
-    focus_tag = ("<!!->", "<-!!>")
-    condition_order = 40
-    default_condition = False
     replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
-    #: the strength :func:`attnlens.experiments.tune.tune_strength` searches, and its candidates
-    strength = "alpha"
-    strength_grid = (1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
-    paper_source = "the paper tunes alpha per task and names no default; this package's 5.0"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .bias import BiasPlan

@@ -36,7 +36,6 @@ class PastaMethod(SteeringMethod):
     """PASTA: ``log(alpha)`` on the other prompt keys (or ``log(1/alpha)`` on the spans) in chosen heads."""
 
     name = "pasta"
-    default_condition = True  # every experiment that names no conditions runs it (when ready)
     help = "PASTA: steer chosen heads towards --emphasize substrings (adds up with GUIDE tags)"
     params = (
         Param("head_config", _head_config, help="a head configuration: JSON {\"layer\": [heads]} "
@@ -49,13 +48,6 @@ class PastaMethod(SteeringMethod):
     )
     spans = "emphasis"
     edits = "bias"
-    condition_order = 30
-    experiment_hint = "pass pasta_heads (--pasta-heads FILE)"
-    #: smaller is stronger (the rest of the prompt is scaled by alpha), so the grid runs from weak to strong
-    strength = "alpha"
-    strength_grid = (0.5, 0.2, 0.1, 0.05, 0.01, 0.001)
-    paper_strength = 0.01
-    paper_source = "the PASTA paper's alpha (Zhang et al., 2023)"
 
     def check(self, settings: dict[str, Any]) -> dict[str, Any]:
         from .pasta import check_alpha, check_scale_position

@@ -110,16 +110,13 @@ class SteeringMethod:
         edits: what it changes: ``"bias"`` (a static per-key bias) or
             ``"scores"``, ``"pattern"``, ``"logits"`` (an edit during the run).
         on_by_default: applied without being asked for (GUIDE: the tags ask).
-        sweeps_strength: as an experiment condition, one condition per
-            strength (``ExperimentConfig.deltas``), named ``{name}@{delta}``.
-        focus_tag: as an experiment condition, the tag the focus is wrapped
-            in (a GUIDE tag gives a ``guide`` span, an influence tag an
-            ``influence`` span, which becomes an ``emphasis`` span for
-            methods with ``spans="emphasis"``).
-        condition_order: where its conditions run among the others (``none``
-            is 0, ``emphatic`` 20).
-        default_condition: whether an experiment that names no conditions
-            runs it (when :meth:`ready`); False (the default): only when named.
+        replaces: methods on by default that it replaces on the command line
+            when asked for (they steer the same spans).
+
+    How the experiments, ``attnlens tune`` and ``attnlens compare`` use a method (its
+    focus tag, condition order, whether it joins default experiments, its strength,
+    grid and paper default) is its profile, owned by the experiments layer
+    (:mod:`attnlens.experiments.profiles`), not part of the method.
     """
 
     name: str = ""
@@ -128,23 +125,8 @@ class SteeringMethod:
     spans: str = "emphasis"
     edits: str = "bias"
     on_by_default: bool = False
-    sweeps_strength: bool = False
-    focus_tag: tuple[str, str] = ("<?->", "<-?>")
-    condition_order: int = 100
-    #: an experiment without ``conditions`` runs it when it is ready (False, the default: only when named;
-    #: a plugin joins every default experiment only when it sets this)
-    default_condition: bool = False
     #: methods on by default that it replaces on the command line when asked for (they steer the same spans)
     replaces: tuple[str, ...] = ()
-    #: the parameter that sets its strength (None: none), and the strengths a search tries by default
-    strength: str | None = None
-    strength_grid: tuple[Any, ...] = ()
-    #: the strength its paper (or its authors' public code) uses by default (None: the parameter's
-    #: default), and where that value comes from, for :func:`attnlens.experiments.compare.compare_methods`
-    paper_strength: Any = None
-    paper_source: str = ""
-    #: how an experiment gives the required parameters (for the error when it does not)
-    experiment_hint: str = ""
 
     # ------------------------------------------------------------------ settings
 
@@ -178,13 +160,6 @@ class SteeringMethod:
             else:
                 out[p.name] = p.default
         return self.check(out)
-
-    def reference_strength(self) -> Any:
-        """The strength a comparison reads as the method's default: :attr:`paper_strength`, else the
-        strength parameter's default (None when the method has no strength)."""
-        if self.strength is None:
-            return None
-        return self.paper_strength if self.paper_strength is not None else self.param(self.strength).default
 
     def check(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Checks across parameters; returns the settings (override to add some)."""

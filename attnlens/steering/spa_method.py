@@ -202,14 +202,7 @@ class SpaMethod(SteeringMethod):
     )
     spans = "guide"
     edits = "logits"
-    focus_tag = ("<!!->", "<-!!>")
-    condition_order = 50
-    default_condition = False
     replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
-    strength = "omega"
-    strength_grid = (1.1, 1.25, 1.5, 2.0, 3.0)
-    paper_strength = 1.4
-    paper_source = "the authors' package's default anchoring_strength (its probability modulation is not used here)"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from ..core.model import pad_id

@@ -173,14 +173,7 @@ class SpotLightMethod(SteeringMethod):
     )
     spans = "guide"
     edits = "pattern"
-    focus_tag = ("<!!->", "<-!!>")
-    condition_order = 45
-    default_condition = False
     replaces = ("guide",)  # the same tags: asked for on the command line, it steers them instead of GUIDE
-    strength = "target"
-    strength_grid = (0.05, 0.1, 0.2, 0.3, 0.5)
-    paper_strength = 0.2
-    paper_source = "the target proportion of IBM's agent lifecycle toolkit"
 
     def steering(self, model: Any, prompts: Sequence[Any], settings: Mapping[str, Any]) -> Any:
         from .edits import RunEdit

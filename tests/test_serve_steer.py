@@ -236,3 +236,47 @@ def test_tags_follow_the_method_registered_as_guide(lively, client, pipe):
         _chat(client, CHAT)
     assert caught.value.body["param"] == "messages" and "guide" in caught.value.body["message"]
     assert _chat(client, [{"role": "user", "content": "No tags here."}])  # an untagged request is served
+
+
+def test_an_engine_made_while_the_model_is_held_still_batches_continuously(lively):
+    """Another generation holding the model when a server's engine is made is no lasting reason: the
+    engine batches continuously, and its requests run once the model is free."""
+    from attnlens.api.engine import Engine
+    from attnlens.runtime.direct import direct, in_use
+
+    with direct(lively):
+        assert in_use(lively)
+        engine = Engine(lively, model_name=NAME, batch_wait=0)
+    assert not in_use(lively)
+    assert engine.continuous, engine.continuous_reason
+    with start_server(lively, model_name=NAME, batch_wait=0) as running:
+        client = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0, timeout=60)
+        reply = client.completions.create(model=NAME, prompt="<!-> A short <-!> one", max_tokens=3)
+        assert reply.usage.completion_tokens == 3
+        assert running.engine.continuous and running.engine.stats.peak == 1
+
+
+def test_a_continuous_batch_waits_for_another_threads_block(lively):
+    """A batch opened while another thread's direct block holds the model waits for it instead of failing
+    (a server whose previous batch is still closing does not fall back to batch-by-batch)."""
+    import threading
+
+    from attnlens.runtime.direct import direct
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with direct(lively):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    with ExitStack() as stack:
+        batch = ContinuousBatch(lively, stack, pad=pad_id(lively.tokenizer))
+        assert release.is_set()  # it waited for the other block to end
+        batch.admit([Row(key="r", tokens=lively.tokenizer("Once upon")["input_ids"])])
+        assert len(batch) == 1
+    thread.join(10)

@@ -84,7 +84,7 @@ class Engine:
         self.stats = EngineStats()
         self.pad = pad_id(self.tokenizer)
         #: why requests cannot join a running batch (None: they do; see attnlens.runtime.continuous)
-        self.continuous_reason = continuous_reason(model) if continuous else "continuous batching is off"
+        self.continuous_reason = continuous_reason(model, busy_ok=True) if continuous else "continuous batching is off"
         self.continuous = self.continuous_reason is None
         if not self.continuous:
             logger.info("the server generates batch by batch: %s", self.continuous_reason)

@@ -44,6 +44,7 @@ from ..steering.bias import BiasPlan
 from ..steering.kinds import KeyBias
 from ..steering.edits import install
 from . import backends
+from .direct import in_use
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +80,22 @@ def for_all_rows(plan: KeyBias) -> KeyBias:
     return BiasPlan(plan.n_layers, plan.n_heads, [replace(t, row=None) for t in plan.terms])
 
 
-def continuous_reason(model: Any) -> str | None:
-    """Why ``model`` cannot generate in a continuous batch (None when it can)."""
-    reason = backends.get("direct").reason(model)
-    if reason is not None:
-        return f"the direct run cannot run it: {reason}"
+def continuous_reason(model: Any, *, busy_ok: bool = False) -> str | None:
+    """Why ``model`` cannot generate in a continuous batch (None when it can).
+
+    ``busy_ok``: a direct block that holds the model right now (another generation's) is no
+    reason; the model is then asked again when a batch opens (a server's engine, made while
+    another engine of the same model is generating, still batches continuously once it is free).
+    """
     config = getattr(getattr(model, "original_model", None), "config", None)
     if getattr(config, "sliding_window", None) is not None or any(
             kind != "full_attention" for kind in (getattr(config, "layer_types", None) or ())):
         return "it has sliding-window layers, whose cache keeps only the last window"
+    if busy_ok and in_use(model):
+        return None
+    reason = backends.get("direct").reason(model)
+    if reason is not None:
+        return f"the direct run cannot run it: {reason}"
     return None
 
 
@@ -107,7 +115,7 @@ class ContinuousBatch:
     """
 
     def __init__(self, model: Any, stack: ExitStack, *, pad: int) -> None:
-        reason = continuous_reason(model)
+        reason = continuous_reason(model, busy_ok=True)  # a block of another thread: opening the run waits for it
         if reason is not None:
             raise AttnlensError(f"this model cannot generate in a continuous batch: {reason}")
         self.model = model

@@ -192,6 +192,12 @@ def _hooked_module(model: Model, modules: Any, allowed: set[int], internal: set[
     return None
 
 
+def in_use(model: Model) -> bool:
+    """Whether a direct block is running ``model`` right now (in this thread or another)."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    return config is not None and tl.attention_implementation(config) == IMPLEMENTATION
+
+
 def direct_reason(model: Model) -> str | None:
     """Why :func:`direct` cannot run ``model`` (None when it can)."""
     hf = getattr(model, "original_model", None)
@@ -203,7 +209,7 @@ def direct_reason(model: Model) -> str | None:
         return f"model type {model_type!r} is not among those tested for direct runs"
     if tl.processed_weights(model):
         return "the bridge runs in compatibility mode (processed weights)"
-    if tl.attention_implementation(config) == IMPLEMENTATION:
+    if in_use(model):
         return "a direct block is already active on this model"
     try:
         _register()

@@ -242,3 +242,33 @@ def test_run_experiment_to_an_unwritable_directory_is_an_experiment_error(tmp_pa
         words = "No space left on device"
     with pytest.raises(ExperimentError, match=f"cannot write .*locked/o.*{words}"):
         run_experiment("json", JSONConfig(out=out, limit=1, deltas=[0], max_new_tokens=1, plots=False), model=tiny)
+
+
+def test_a_second_run_on_the_same_results_file_is_refused(counted, tmp_path, monkeypatch):
+    """While one run writes a results file, another (here a thread) is refused at once, naming it; the first
+    finishes with every row, and the file takes a run again once it is done."""
+    import threading
+
+    pipe, _ = counted
+    out = tmp_path / "r.jsonl"
+    started, go = threading.Event(), threading.Event()
+    real = PayAttentionPipeline.__call__
+
+    def slow(self, inputs, **kwargs):
+        started.set()
+        go.wait(30)
+        return real(self, inputs, **kwargs)
+
+    monkeypatch.setattr(PayAttentionPipeline, "__call__", slow)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(run_prompts(pipe, PROMPTS, out, max_new_tokens=2)))
+    thread.start()
+    assert started.wait(30)
+    try:
+        with pytest.raises(AttnlensError, match="r.jsonl"):
+            run_prompts(pipe, PROMPTS, out, max_new_tokens=2)
+    finally:
+        go.set()
+        thread.join(60)
+    assert len(first[0]) == len(PROMPTS) and len(_rows(out)) == len(PROMPTS)
+    assert len(run_prompts(pipe, PROMPTS, out, max_new_tokens=2)) == len(PROMPTS)  # released

@@ -18,7 +18,10 @@ what is still valid:
   doubles a row;
 - a line of the results file that is not a JSON object (a hand edit, a write cut
   off by a crash) is an :class:`~attnlens.core.errors.AttnlensError` naming the
-  file and its line number; nothing is deleted from the file.
+  file and its line number; nothing is deleted from the file;
+- one run at a time writes a results file: a second run on the same file (another
+  process or thread) is refused at once, naming it, while the first holds
+  ``.<output>.lock`` beside it (under ``torchrun``, rank 0 holds it for the sweep).
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import AttnlensError
 from ..core.records import read_jsonl
-from ..core.resumable import RowFile, RunRecord, ShardedRows, changed
+from ..core.resumable import RowFile, RunRecord, ShardedRows, changed, exclusive
 from ..core.validate import is_int
 from ..prompts.prompt import is_chat
 
@@ -196,7 +200,10 @@ def run_prompts(
     hashes = [prompt_hash(r["prompt"]) for r in records]
     identity = batch_identity(pipe, call_kwargs)
     current = dict(zip(keys, hashes))
-    with worker_group() as workers:
+    with worker_group() as workers, ExitStack() as hold:
+        if workers.is_main:  # one run per results file: a second one would interleave its rows
+            path.parent.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(exclusive(path.parent, lock_file=f".{path.name}.lock"))
         store = ShardedRows(path, workers, **ROW_SETTINGS)
         done = _resume(store, identity, current)
         pending = [i for i, k in enumerate(keys) if k not in done]

@@ -302,3 +302,16 @@ def test_views_are_found_through_the_registry_the_package_root_fills():
         views.view_of(Mine())
     views.register_view(Mine, lambda record, **options: ("drawn", dict(record), options))
     assert views.view_of(Mine(a=1), size=2) == ("drawn", {"a": 1}, {"size": 2})
+
+
+def test_a_plugins_attribution_method_in_the_faithfulness_experiment(plugin_dir, on_tiny, tmp_path, capsys):
+    """The faithfulness experiment is a door for attribution methods: a plugin's is scored beside a built-in
+    on every prompt (an unknown method would exit 2)."""
+    data = tmp_path / "prompts.txt"
+    data.write_text("The cat sat on the mat because it was warm.\nParis is the capital of France and its largest city.\n")
+    out = json.loads(_main(capsys, ["--plugin", "plug_module", "experiment", "faithfulness", "--out",
+                                    str(tmp_path / "faith"), "--dataset", str(data), "--methods", "plug_mass,rollout",
+                                    "--seeds", "2", "--points", "3", "--limit", "2", "--bootstrap", "50", "--json"]))
+    rows = {r["condition"]: r for r in out["summary"]}
+    assert set(rows) == {"plug_mass", "rollout", "random"}
+    assert rows["plug_mass"]["items"] == 2 and rows["rollout"]["items"] == 2

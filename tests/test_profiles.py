@@ -17,7 +17,7 @@ from attnlens.core import plugins
 from attnlens.core.errors import AttnlensError, ExperimentError, PluginError
 from attnlens.experiments.compare import compare_methods
 from attnlens.experiments.config import Condition, ExperimentConfig, condition_methods, resolve_conditions
-from attnlens.experiments.profiles import Profile, profile, profiles, register_profile
+from attnlens.experiments.profiles import Profile, compared_methods, profile, profiles, register_profile
 from attnlens.experiments.study import Item, Score, Segments, Study, tag_focus
 
 
@@ -173,6 +173,8 @@ def test_a_broken_profile_is_an_error_naming_it(digit):
         register_profile(Profile("digit_writer", focus_tag=("<!->",)))
     with pytest.raises(ExperimentError, match="'digit_writer'.*default_condition must be True or False"):
         register_profile(Profile("digit_writer", default_condition="yes"))
+    with pytest.raises(ExperimentError, match="'digit_writer'.*compare_order must be an integer or None"):
+        register_profile(Profile("digit_writer", compare_order="first"))
     assert isinstance(ExperimentError("x"), AttnlensError)
     assert "digit_writer" not in profiles()
 
@@ -248,3 +250,12 @@ def test_compare_on_the_command_line_asks_for_a_grid(plugin_files, tiny, tmp_pat
         sys.modules.pop("ping_plain", None)
     err = capsys.readouterr().err
     assert code == 2 and "'ping_plain' has no strength to tune" in err and "strength_grid" in err
+
+
+def test_compare_runs_the_built_ins_and_the_plugins_that_ask_when_none_are_named(digit):
+    from attnlens.experiments.compare import DEFAULT_METHODS
+
+    assert compared_methods() == DEFAULT_METHODS == ("guide", "instaboost", "spotlight", "spa", "pasta")
+    assert "digit_writer" not in compared_methods()  # registered, with no profile: only when named
+    register_profile(Profile("digit_writer", strength="level", strength_grid=(2, 7), compare_order=25))
+    assert compared_methods() == ("guide", "instaboost", "digit_writer", "spotlight", "spa", "pasta")

@@ -104,8 +104,8 @@ def add_compare(sub: Any) -> None:
                        "every search is saved and resumable.")
     _study_options(p, "the methods are compared on")
     p.add_argument("--methods", nargs="+", default=None,
-                   help=f"the steering methods to compare (default: those --steering names, else "
-                        f"{' '.join(DEFAULT_METHODS)})")
+                   help=f"the steering methods to compare (default: those --steering names, else every "
+                        f"method whose profile sets compare_order: {' '.join(DEFAULT_METHODS)} and plugins' that ask)")
     p.add_argument("--grid", dest="grids", action="append", default=[], metavar="METHOD=V1,V2,...",
                    help="the strengths to try for one method (repeatable; default: each method's own)")
     p.add_argument("--pasta-heads", default=None,
@@ -164,11 +164,12 @@ def _grids(items: list[str]) -> dict[str, list[str]]:
 def _run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..experiments.compare import DEFAULT_METHODS, compare_methods
+    from ..experiments.compare import compare_methods
+    from ..experiments.profiles import compared_methods
     from ..experiments.sources import data_file
 
     if args.methods is None:  # the methods --steering names, else the default set
-        args.methods = list(steering_from(args) or DEFAULT_METHODS)
+        args.methods = list(steering_from(args) or compared_methods())
     grids = _grids(args.grids)
     heads = args.pasta_heads
     if heads is None and args.model is None and "pasta" in args.methods:

@@ -36,7 +36,8 @@ from .study import Study
 
 logger = logging.getLogger(__name__)
 
-#: the methods compared when none are named
+#: the built-in methods compared when none are named; with plugins, :func:`~attnlens.experiments.profiles.compared_methods`
+#: (every method whose profile sets ``compare_order``) is what a comparison runs
 DEFAULT_METHODS = ("guide", "instaboost", "spotlight", "spa", "pasta")
 
 
@@ -140,7 +141,7 @@ def _row(method: str, setting: str, parameter: str, strength: Any, estimate: dic
 def compare_methods(
     study: Study | str,
     config: ExperimentConfig,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     *,
     model: Any = None,
     metric: str | None = None,
@@ -152,6 +153,9 @@ def compare_methods(
     batch_size: int | None = None,
 ) -> Comparison:
     """Every method in ``methods`` on ``study`` (``config.limit`` items), tuned and at its default.
+
+    ``methods``: default :func:`~attnlens.experiments.profiles.compared_methods` (the built-ins, and every
+    plugin method whose profile sets ``compare_order``).
 
     ``metric``: the study's metric (default: its first); ``grids``: a method's
     strengths to search (default: its profile's :meth:`~attnlens.experiments.profiles.Profile.grid`);
@@ -167,9 +171,11 @@ def compare_methods(
     """
     from .. import steering
     from .store import run_lock
-    from .profiles import profile
+    from .profiles import compared_methods, profile
     from .tuning import check_method_settings, text_metric
 
+    if methods is None:
+        methods = compared_methods()
     if isinstance(study, str):
         from . import get_study
 

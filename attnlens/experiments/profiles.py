@@ -15,7 +15,9 @@ experiments use it is a :class:`Profile`, looked up by the method's name (:func:
   strength search tries by default (weakest first: ties go to the later one);
 - ``paper_strength`` and ``paper_source``: the strength its paper (or its authors' code) uses by
   default, which ``compare`` scores beside the tuned one, and where that value comes from;
-- ``experiment_hint``: how an experiment gives the parameters it needs (for the error when it does not).
+- ``experiment_hint``: how an experiment gives the parameters it needs (for the error when it does not);
+- ``compare_order``: where it stands among the methods ``compare`` runs when none are named
+  (:func:`compared_methods`); None (the default): it runs only when named.
 
 :func:`register_profile` adds one (also from a plugin: a :class:`Profile` a plugin names is put
 in this registry, as its methods and studies are). The built-in methods' profiles are declared
@@ -36,7 +38,7 @@ from ..core.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Profile", "profile", "profiles", "register_profile", "unregister_profile"]
+__all__ = ["Profile", "compared_methods", "profile", "profiles", "register_profile", "unregister_profile"]
 
 _DEFAULT_TAG = ("<?->", "<-?>")
 _GUIDE_TAG = ("<!!->", "<-!!>")
@@ -56,6 +58,7 @@ class Profile:
     paper_strength: Any = None
     paper_source: str = ""
     experiment_hint: str = ""
+    compare_order: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("focus_tag", "strength_grid"):  # a list given is kept as a tuple (hashable, unchanged)
@@ -109,6 +112,9 @@ def _check(profile: Profile) -> None:
         _fail(profile, f"focus_tag must be a pair of tags (opener, closer), got {tag!r}")
     if isinstance(profile.condition_order, bool) or not isinstance(profile.condition_order, int):
         _fail(profile, f"condition_order must be an integer, got {profile.condition_order!r}")
+    order = profile.compare_order
+    if order is not None and (isinstance(order, bool) or not isinstance(order, int)):
+        _fail(profile, f"compare_order must be an integer or None, got {order!r}")
     for name in ("default_condition", "sweeps_strength"):
         if not isinstance(getattr(profile, name), bool):
             _fail(profile, f"{name} must be True or False, got {getattr(profile, name)!r}")
@@ -142,20 +148,21 @@ LEGACY_FIELDS = tuple(f.name for f in fields(Profile) if f.name != "name")
 # ----------------------------------------------------------------------------- the built-in methods
 
 GUIDE = Profile("guide", focus_tag=_GUIDE_TAG, condition_order=10, default_condition=True, sweeps_strength=True,
+                compare_order=10,
                 strength="delta_mid", strength_grid=(0.5, 1.0, 1.5, 2.0, 3.0), paper_strength=1.0,
                 paper_source="pay-attention-pipeline's default delta_mid (the GUIDE authors' package)")
 #: smaller alpha is stronger (the rest of the prompt is scaled by alpha), so the grid runs from weak to strong
-PASTA = Profile("pasta", condition_order=30, default_condition=True, strength="alpha",
+PASTA = Profile("pasta", condition_order=30, default_condition=True, strength="alpha", compare_order=50,
                 strength_grid=(0.5, 0.2, 0.1, 0.05, 0.01, 0.001), paper_strength=0.01,
                 paper_source="the PASTA paper's alpha (Zhang et al., 2023)",
                 experiment_hint="pass pasta_heads (--pasta-heads FILE)")
-INSTABOOST = Profile("instaboost", focus_tag=_GUIDE_TAG, condition_order=40, strength="alpha",
+INSTABOOST = Profile("instaboost", focus_tag=_GUIDE_TAG, condition_order=40, strength="alpha", compare_order=20,
                      strength_grid=(1.5, 2.0, 3.0, 5.0, 8.0, 12.0),
                      paper_source="the paper tunes alpha per task and names no default; this package's 5.0")
-SPOTLIGHT = Profile("spotlight", focus_tag=_GUIDE_TAG, condition_order=45, strength="target",
+SPOTLIGHT = Profile("spotlight", focus_tag=_GUIDE_TAG, condition_order=45, strength="target", compare_order=30,
                     strength_grid=(0.05, 0.1, 0.2, 0.3, 0.5), paper_strength=0.2,
                     paper_source="the target proportion of IBM's agent lifecycle toolkit")
-SPA = Profile("spa", focus_tag=_GUIDE_TAG, condition_order=50, strength="omega",
+SPA = Profile("spa", focus_tag=_GUIDE_TAG, condition_order=50, strength="omega", compare_order=40,
               strength_grid=(1.1, 1.25, 1.5, 2.0, 3.0), paper_strength=1.4,
               paper_source="the authors' package's default anchoring_strength (its probability modulation is "
                            "not used here)")
@@ -182,6 +189,19 @@ def unregister_profile(name: str) -> None:
 def profiles() -> tuple[str, ...]:
     """The methods that have a registered profile (the built-in ones first)."""
     return _PROFILES.names()
+
+
+def compared_methods() -> tuple[str, ...]:
+    """The methods ``compare`` runs when none are named: every registered steering method whose profile has a
+    ``compare_order``, in that order (the built-ins: guide, instaboost, spotlight, spa, pasta)."""
+    from .. import steering
+
+    chosen = []
+    for i, name in enumerate(steering.methods()):
+        order = profile(name).compare_order
+        if order is not None:
+            chosen.append((order, i, name))
+    return tuple(name for _, _, name in sorted(chosen))
 
 
 def _from_method(method: Any) -> Profile:

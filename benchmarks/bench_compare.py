@@ -14,9 +14,14 @@ The benchmark checks that both give the same outputs (text by text), the same sa
 same table, and prints the wall times and their ratio. PASTA uses the shipped heads of the
 embedded model (clamped to a smaller shape's last layer and head).
 
+``--also-dtype bfloat16`` adds a third run: the stream with the model loaded in that dtype
+(``attnlens compare --dtype bfloat16``), timed against the first run, with how many of its outputs
+equal the ``--dtype`` stream's and whether it chooses the same strengths (a lower precision changes
+the numbers, so greedy outputs can differ: this run is a different setting, reported as such).
+
     python benchmarks/bench_compare.py [--study counterfact] [--limit 8] [--new-tokens 8]
         [--methods guide instaboost spotlight spa pasta] [--threads 1]
-        [--shape embedded|tiny|llama-1b|llama-8b] [--device cpu] [--dtype float32]
+        [--shape embedded|tiny|llama-1b|llama-8b] [--device cpu] [--dtype float32] [--also-dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _model import add_model_args, clamp_heads, describe, load_bridge, synchronize
+from _model import DTYPES, add_model_args, clamp_heads, describe, load_bridge, synchronize
 
 
 def main() -> None:
@@ -40,6 +45,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="rows per batch of the stream (default: "
                         "compare's own)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--also-dtype", default=None, choices=DTYPES,
+                        help="also time the stream with the model in this dtype (e.g. bfloat16)")
     add_model_args(parser)
     args = parser.parse_args()
 
@@ -72,7 +79,7 @@ def main() -> None:
                 seen[output_key(prompt, steer, max_new_tokens)] = text
         return texts
 
-    def run(name: str, stream: bool):
+    def run(name: str, stream: bool, model=model):
         out = root / name
         config = CONFIGS[args.study](out=str(out), limit=args.limit, max_new_tokens=args.new_tokens, plots=False,
                                      influence=False, pasta_heads=heads_file)
@@ -110,6 +117,20 @@ def main() -> None:
     print(f"one search at a time: {old_s:8.2f} s")
     print(f"one stream of rows:   {new_s:8.2f} s")
     print(f"speed-up (one search at a time / one stream): {old_s / new_s:.2f}x")
+    if args.also_dtype:
+        other_model = load_bridge(args.shape, args.device, args.also_dtype)
+        fast, fast_s, fast_dir = run("stream-" + args.also_dtype, stream=True, model=other_model)
+        texts = {}
+        for line in (fast_dir / "outputs.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            texts[row["key"]] = row["text"]
+        same = sum(texts.get(k) == v for k, v in streamed.items())
+        chosen = [(r.method, r.strength) for r in new.rows if r.setting == "tuned"]
+        chosen_fast = [(r.method, r.strength) for r in fast.rows if r.setting == "tuned"]
+        agree = sum(a == b for a, b in zip(chosen, chosen_fast))
+        print(f"one stream, {args.also_dtype}: {fast_s:8.2f} s; {same} of {len(streamed)} outputs equal the "
+              f"{args.dtype} stream's; the same tuned strength for {agree} of {len(chosen)} methods")
+        print(f"speed-up (one search at a time, {args.dtype} / one stream, {args.also_dtype}): {old_s / fast_s:.2f}x")
 
 
 if __name__ == "__main__":

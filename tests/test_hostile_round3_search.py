@@ -36,6 +36,33 @@ def test_a_search_resumed_with_edited_answers_scores_them_again(tiny, tmp_path, 
     assert edited.heldout["mean"] == 1.0 and edited.unsteered_score == 1.0 and edited.trials[0].score == 1.0
 
 
+def test_a_search_saved_for_one_model_is_not_resumed_for_other_weights(tiny, tokenizer, tmp_path, monkeypatch,
+                                                                     caplog):
+    """Same tokenizer, same config, other weights (another seed; a bfloat16 copy is the same case): the saved
+    scores were made by the other model and are scored again."""
+    from conftest import make_tiny_bridge
+    from attnlens.experiments import tune
+    from attnlens.experiments.schedule import model_digest
+
+    other = make_tiny_bridge(tokenizer, seed=1)
+
+    def outputs(model, prompts, steer, *, max_new_tokens, chat, cache=None):
+        return ["paris" if model is tiny else "rome" for _ in prompts]
+
+    monkeypatch.setattr(tune, "_outputs", outputs)
+    out = tmp_path / "tune.json"
+    examples = [{"prompt": f"<!-> item {i} <-!> go", "answer": "rome"} for i in range(4)]
+    first = tune_strength(tiny, examples, "guide", _right, grid=[1.0], max_new_tokens=2, out=out)
+    assert first.heldout["mean"] == 0.0
+    with caplog.at_level("WARNING"):
+        second = tune_strength(other, examples, "guide", _right, grid=[1.0], max_new_tokens=2, out=out)
+    assert second.heldout["mean"] == 1.0 and second.unsteered_score == 1.0
+    assert "model" in caplog.text  # says why the saved search is not used
+    assert json.loads(out.read_text())["identity"]["model"] == model_digest(other) != model_digest(tiny)
+    again = tune_strength(other, examples, "guide", _right, grid=[1.0], max_new_tokens=2, out=out)
+    assert again.heldout == second.heldout
+
+
 def test_a_search_resumed_with_another_metric_scores_that_metric(tiny, tmp_path, caplog):
     config = SummarizeConfig(out=str(tmp_path / "runs"), limit=2, max_new_tokens=2, plots=False, influence=False)
     out = tmp_path / "tune-guide.json"

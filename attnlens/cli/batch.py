@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_chat_flags, add_steering_flag, check_shape, load_model_for, number, positive_int, steering_from
+from ._common import add_dtype_flag, add_chat_flags, add_steering_flag, check_shape, load_model_for, number, positive_int, steering_from
 
 
 def add_batch(sub: Any) -> None:
@@ -22,6 +22,7 @@ def add_batch(sub: Any) -> None:
     add_steering_flag(p)
     add_chat_flags(p, "plain-string prompts")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    add_dtype_flag(p)
     p.set_defaults(run=_run_batch)
 
 

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import (add_chat_flags, add_later, add_steering_flag, steering_from, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
+from ._common import (add_dtype_flag, add_chat_flags, add_later, add_steering_flag, steering_from, check_shape, check_tags, load_model_for, number, positive_int, prompt_from,
                       side_by_side, warn)
 
 #: the demo's case, CounterFact-style: the context states an old fact and a new one that contradicts what
@@ -33,6 +33,7 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--layers", default="all", help="all | none | first | last | comma-separated indices")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    add_dtype_flag(p)
     add_chat_flags(p)
     p.add_argument("--compare", action="store_true", help="show unsteered and steered output side by side")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -6,15 +6,13 @@ import argparse
 from typing import Any
 
 from ..core.errors import CLIError
-from ._common import load_model_for, number, positive_int
+from ._common import add_dtype_flag, load_model_for, number, positive_int
 
 
 def add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API, steered by any registered method")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="the weights' dtype (default: float32; bfloat16 is faster on CPUs with AMX or AVX-512 BF16 "
-                        "and on GPUs, and changes the numbers slightly)")
+    add_dtype_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="the port (default: 8000; 0 picks a free one)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="requests generated together (default: 8)")

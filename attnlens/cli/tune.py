@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.errors import CLIError
 from ._common import (
+    add_dtype_flag,
     STEERING_HELP,
     LazyChoices,
     add_steering_flag,
@@ -37,6 +38,7 @@ def _study_options(p: Any, what: str) -> None:
     add_steering_flag(p, STEERING_HELP + "; the methods' other parameters, as --set gives them (the strength is "
                       "searched)")
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    add_dtype_flag(p)
     p.add_argument("--dataset", default=None, help="a local data file for the study (default: its shipped items)")
     p.add_argument("--seed", type=int, default=0, help="the random seed (item split, sampling)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

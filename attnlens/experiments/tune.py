@@ -179,6 +179,16 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
 
+def _model_digest(model: Any) -> str | None:
+    """The model's content digest (config and weights), so a search saved for one model (or dtype) is never
+    resumed for another; None for no model."""
+    if model is None:
+        return None
+    from .schedule import model_digest
+
+    return model_digest(model)
+
+
 def _example_identity(example: Mapping[str, Any]) -> Any:
     """An example's prompt and everything else it holds (the answers a score reads), as saved-search identity."""
     others = {k: v for k, v in example.items() if k != "prompt"}
@@ -250,9 +260,11 @@ class Search:
         self.strength: str = profile(steerer).strength  # type: ignore[assignment]  # _strengths checked it
         self.max_repetition, self.max_new_tokens, self.chat, self.seed = max_repetition, max_new_tokens, chat, seed
         self.confidence, self.cache, self.require_valid = confidence, cache, require_valid
-        # what the saved scores depend on: the prompts and the answers the score reads (each example's
-        # other fields), the settings, and what the caller names (the metric)
-        self.identity = {"examples": _digest([_example_identity(examples[i]) for i in order]),
+        # what the saved scores depend on: the model (its config and weights, dtype included), the prompts
+        # and the answers the score reads (each example's other fields), the settings, and what the caller
+        # names (the metric)
+        self.identity = {"model": _model_digest(model),
+                         "examples": _digest([_example_identity(examples[i]) for i in order]),
                          **{k: v for k, v in (identity or {}).items()}}
         self.key = hashlib.sha256(json.dumps([steerer.name, base, self.identity, seed, max_new_tokens, chat,
                                               max_repetition], sort_keys=True, default=str).encode()

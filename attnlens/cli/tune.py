@@ -40,6 +40,9 @@ def _study_options(p: Any, what: str) -> None:
     p.add_argument("--model", default=None, help="a model name or path (default: the embedded SmolLM2-135M-Instruct)")
     add_dtype_flag(p)
     p.add_argument("--dataset", default=None, help="a local data file for the study (default: its shipped items)")
+    p.add_argument("--study-set", dest="study_settings", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a setting of the study's own (repeatable; a list is comma-separated), e.g. "
+                        "context_lengths=256,512 or depths=0,50,100 for needle")
     p.add_argument("--seed", type=int, default=0, help="the random seed (item split, sampling)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -75,12 +78,86 @@ def _config(args: argparse.Namespace, **more: Any) -> Any:
         for name, values in method_settings(args.method_settings).items():
             steering.setdefault(name, {}).update(values)
         kwargs["steering"] = steering
-    config = study_config(args.study)(**kwargs)
+    config_class = study_config(args.study)
+    kwargs.update(study_settings(config_class, args.study, getattr(args, "study_settings", [])))
+    try:
+        config = config_class(**kwargs)
+    except AttnlensError as exc:
+        raise CLIError(f"--study-set: {exc}") from None
     try:  # a misspelt --set fails before the model loads
         check_method_settings(config)
     except AttnlensError as exc:
         raise CLIError(f"--set: {exc}") from None
     return config
+
+
+def study_settings(config_class: type, study: str, items: list[str]) -> dict[str, Any]:
+    """``--study-set FIELD=VALUE`` items as config fields: only a field the study's configuration adds to
+    ExperimentConfig (the common ones have their own options), its value read by the field's type: a number,
+    a string, a switch (true/false) or a comma-separated list of numbers."""
+    import dataclasses
+    import typing
+
+    from ..experiments.config import ExperimentConfig
+
+    base = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    own = {f.name: f for f in dataclasses.fields(config_class) if f.init and f.name not in base
+           and not f.name.startswith("_")}
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # an annotation that does not resolve: read the value as its default's type
+        hints = {}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise CLIError(f"--study-set {item!r}: write FIELD=VALUE (e.g. depths=0,50,100)")
+        if name not in own:
+            fields = ", ".join(sorted(own)) or "none"
+            raise CLIError(f"--study-set {item!r}: {study} has no setting {name!r} of its own (its settings: "
+                           f"{fields}; the common ones have their own options)")
+        out[name] = _study_value(item, text.strip(), hints.get(name), own[name])
+    return out
+
+
+def _study_value(item: str, text: str, hint: Any, field: Any) -> Any:
+    import dataclasses
+    import types
+    import typing
+    from collections.abc import Sequence
+
+    def parse(kind: Any, value: str) -> Any:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError("expected true or false")
+            return value.lower() in ("true", "yes", "1")
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return number(value)
+        return value
+
+    default = field.default if field.default is not dataclasses.MISSING else None
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        hint, origin, args = args[0], typing.get_origin(args[0]), list(typing.get_args(args[0]))
+    try:
+        if hint in (int, float, str, bool):
+            return parse(hint, text)
+        if origin in (list, tuple, Sequence, typing.Sequence) or isinstance(default, (list, tuple)):
+            kind = args[0] if args and args[0] in (int, float, str, bool) else (
+                type(default[0]) if default else str)
+            values = [parse(kind, v.strip()) for v in text.split(",") if v.strip()]
+            if not values:
+                raise ValueError("give at least one value")
+            return tuple(values)
+        if default is not None and type(default) in (int, float, str, bool):
+            return parse(type(default), text)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise CLIError(f"--study-set {item!r}: {exc}") from None
+    raise CLIError(f"--study-set {item!r}: the setting {field.name!r} is set from Python only (its type is not a "
+                   "number, a string, a switch or a list of them)")
 
 
 def add_tune(sub: Any) -> None:

@@ -38,11 +38,12 @@ def test_appended_batches_read_back_in_order_and_a_missing_file_is_empty(tmp_pat
 
 
 @pytest.mark.parametrize("content, words", [
-    (_line({"k": "a"}) + b"\xff\xfe\n" + _line({"k": "b"}), "line 2: invalid UTF-8"),
-    (_line({"k": "a"}) + b"[1, 2]\n" + _line({"k": "b"}), "line 2: a JSON list, not a row"),
-    (b"{oops\n" + _line({"k": "a"}), "line 1: not JSON"),
+    (_line({"k": "a"}) + b"\xff\xfe\n" + _line({"k": "b"}), "line 2: invalid UTF-8 at byte 0"),
+    (_line({"k": "a"}) + b"[1, 2]\n" + _line({"k": "b"}), "line 2: not a JSON object (a list)"),
+    (b"{oops\n" + _line({"k": "a"}), "line 1: not valid JSON (Expecting property name"),
     (_line({"k": "a"}) + _line({"k": "b"}) + _line({"k": "a"}), "line 3: repeats the row of line 1 (a)"),
-    (b"[" * 100_000 + b"\n", "line 1: not JSON"),
+    (b"[" * 100_000 + b"\n", "line 1: not valid JSON (nested too deeply)"),
+    (b"1" * 5_000 + b"\n", "line 1: not valid JSON (Exceeds the limit"),
 ])
 def test_a_damaged_middle_line_is_an_error_naming_file_and_line_and_nothing_changes(tmp_path, content, words):
     path = tmp_path / "rows.jsonl"
@@ -59,7 +60,7 @@ def test_a_cut_off_last_line_is_repaired_by_the_owner_left_out_by_others_and_rep
     content = _line({"k": "a"}) + b'{"k": "b", "te'
     path.write_bytes(content)
     rows = _keyed(path)
-    with pytest.raises(AttnlensError, match=r"line 2: not JSON .*\(cut off: no newline\)"):
+    with pytest.raises(AttnlensError, match=r"line 2: not valid JSON \(.*\) \(cut off: no newline\)"):
         rows.read()
     assert rows.read(tolerate_torn=True) == [{"k": "a"}] and path.read_bytes() == content
     with caplog.at_level(logging.WARNING, logger="attnlens.core.resumable"):
@@ -100,6 +101,18 @@ def test_a_custom_check_names_what_a_foreign_row_lacks(tmp_path):
     rows = RowFile(path, check=lambda r: None if isinstance(r, dict) and "n" in r else "not a row (no n)")
     with pytest.raises(AttnlensError, match=r"1 damaged or foreign line\(s\): line 2: not a row \(no n\)"):
         rows.read()
+
+
+def test_a_check_sees_only_objects_the_shared_parser_refuses_other_lines(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(_line({"k": "a"}) + b'"text"\n' + b"[" * 100_000 + b"\n")
+    seen = []
+    rows = RowFile(path, check=lambda r: seen.append(r))  # accepts anything it is given
+    with pytest.raises(AttnlensError) as info:
+        rows.read()
+    assert str(info.value).startswith(f"{str(path)!r} has 2 damaged or foreign line(s): "
+                                      "line 2: not a JSON object (a str); line 3: not valid JSON (nested too deeply).")
+    assert seen == [{"k": "a"}]
 
 
 def test_threads_appending_to_one_file_never_interleave_lines(tmp_path):
@@ -250,5 +263,5 @@ def test_strict_shards_refuse_a_damaged_middle_line_in_any_part(tmp_path):
                         key=lambda r: r["unit"])
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "rows.rank1.jsonl").write_bytes(b"oops\n" + _line({"unit": 1}))
-    with pytest.raises(ExperimentError, match=r"rows.rank1.jsonl.*line 1: not JSON"):
+    with pytest.raises(ExperimentError, match=r"rows.rank1.jsonl.*line 1: not valid JSON \(Expecting value\)"):
         store.read_all()

@@ -111,7 +111,7 @@ def test_a_damaged_line_is_named_and_never_deleted(counted, tmp_path, damage, li
         text = "\n".join(lines) + "\n" + damage  # a write cut off by a crash
     out.write_text(text)
     calls.clear()
-    with pytest.raises(AttnlensError, match=f"line {line}: not JSON"):
+    with pytest.raises(AttnlensError, match=f"line {line}: not valid JSON"):
         run_prompts(pipe, PROMPTS, out, max_new_tokens=2)
     assert out.read_text() == text and calls == []
 

@@ -39,12 +39,12 @@ def _line(row: dict) -> bytes:
     "content, words",
     [
         (_line(_row("a")) + b"\xff\xfe not utf-8\n", "line 2: invalid UTF-8"),
-        (_line(_row("a")) + b"[1, 2]\n" + _line(_row("b")), "line 2: a JSON list, not a row"),
+        (_line(_row("a")) + b"[1, 2]\n" + _line(_row("b")), "line 2: not a JSON object (a list)"),
         (b'{"item": "a"}\n', "line 1: not a row (no condition, generation)"),
-        (b"{oops\n" + _line(_row("a")), "line 1: not JSON"),
+        (b"{oops\n" + _line(_row("a")), "line 1: not valid JSON"),
         (_line(_row("a")) + _line(_row("a")), "line 2: repeats the row of line 1"),
         (_line(_row("a", generation=-1)), "line 1: not a row (generation -1)"),
-        (b'{"condition": "none", "item": "a", "gen', "line 1: not JSON"),  # cut off, read without repair
+        (b'{"condition": "none", "item": "a", "gen', "line 1: not valid JSON"),  # cut off, read without repair
     ],
 )
 def test_damaged_or_foreign_lines_are_reported_with_line_numbers(tmp_path, content, words):

@@ -6,8 +6,9 @@ sweep's part files and their merge, a comparison's or a strength search's saved 
 and a strength search's saved JSON.
 
 - :class:`RowFile`: a JSON Lines file of rows (JSON objects), each with an optional key.
-  Reading checks every line and names the file and the line numbers of what is wrong
-  (invalid UTF-8, not JSON, not a row, a repeated key); ``damaged="error"`` makes that an
+  Every line is read by :func:`attnlens.core.json_lines.parse_line`, the parser of every JSON
+  Lines file; reading names the file and the line numbers of what is wrong (invalid UTF-8,
+  not valid JSON, not a JSON object, not a row, a repeated key); ``damaged="error"`` makes that an
   error (nothing is dropped quietly), ``"skip"`` leaves such lines out with a WARNING. The
   last line without a newline that is not a row is a write cut off by a crash: the file's
   owner (``read(repair=True)``) cuts it off (a WARNING names it; its row is computed again),
@@ -43,6 +44,7 @@ from typing import Any, Protocol
 from filelock import FileLock, Timeout
 
 from .errors import AttnlensError
+from .json_lines import JSONLineError, damaged_lines, not_an_object, parse_line
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +56,27 @@ Key = Callable[[Mapping[str, Any]], Hashable]
 PARTS_DIR = "parts"
 
 
-def shown_problems(problems: Sequence[str], limit: int = 10) -> str:
-    """The first ``limit`` of a file's damaged-line descriptions, and how many more there are."""
-    return "; ".join(problems[:limit]) + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+#: the first ``limit`` of a file's damaged-line descriptions, and how many more there are
+#: (:func:`attnlens.core.json_lines.damaged_lines`)
+shown_problems = damaged_lines
 
 
 def is_object(row: Any) -> str | None:
-    """The default :data:`Check`: a row is a JSON object."""
-    return None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not a row"
+    """The default :data:`Check`: a row is a JSON object (:func:`parse_line` already refuses any other line)."""
+    return not_an_object(row)
 
 
-def _parse(raw: bytes, check: Check) -> tuple[Any, str | None]:
-    """``(row, problem)`` of one line; ``(None, None)`` for a blank line."""
+def _parse(raw: bytes, path: Path, number: int, check: Check) -> tuple[dict[str, Any] | None, str | None]:
+    """``(row, problem)`` of line ``number``; ``(None, None)`` for a blank line.
+
+    The line is read by :func:`~attnlens.core.json_lines.parse_line` (the parser of every JSON Lines
+    file: UTF-8, JSON, nesting depth, an object); ``problem`` is what it or ``check`` finds wrong."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"invalid UTF-8 at byte {exc.start}"
-    if not text.strip():
+        row = parse_line(raw, path=path, line_number=number)
+    except JSONLineError as exc:
+        return None, exc.problem
+    if row is None:
         return None, None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"not JSON ({exc.msg})"
-    except RecursionError:
-        return None, "not JSON (nested too deeply)"
     return row, check(row)
 
 
@@ -95,8 +94,8 @@ class RowFile:
     """A JSON Lines file of rows; see the module docstring.
 
     ``key`` keys a row (a repeated key in the file is a damaged line: the row was written
-    twice); ``check`` names what is wrong with a parsed line that is not a row (default: not
-    a JSON object); ``damaged``: ``"error"`` or ``"skip"``; ``error``: the exception raised;
+    twice); ``check`` names what is wrong with a parsed JSON object that is not a row (default:
+    nothing; a line that is not a JSON object is refused before it); ``damaged``: ``"error"`` or ``"skip"``; ``error``: the exception raised;
     ``advice``: the end of its message (how to fix the file)."""
 
     def __init__(self, path: str | os.PathLike, *, key: Key | None = None, check: Check = is_object,
@@ -141,7 +140,7 @@ class RowFile:
             rows.append(row)
 
         for number, raw in enumerate(lines, start=1):
-            row, problem = _parse(raw, self.check)
+            row, problem = _parse(raw, self.path, number, self.check)
             if problem:
                 problems.append(f"line {number}: {problem}")
             elif row is not None:
@@ -149,7 +148,7 @@ class RowFile:
         cut = False
         if torn:
             number = len(lines) + 1
-            row, problem = _parse(torn, self.check)
+            row, problem = _parse(torn, self.path, number, self.check)
             if problem is None and row is not None:
                 add(number, row)
                 if repair:
@@ -157,7 +156,7 @@ class RowFile:
             elif problem is not None and (repair or tolerate_torn):
                 cut = repair
                 (logger.warning if repair else logger.info)(
-                    "%s line %d: %s a row cut off by an interrupted write (%s); it runs again", self.path, number,
+                    "%s, line %d: %s a row cut off by an interrupted write (%s); it runs again", self.path, number,
                     "removing" if repair else "leaving out", problem)
             elif problem is not None:
                 problems.append(f"line {number}: {problem} (cut off: no newline)")

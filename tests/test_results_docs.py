@@ -230,3 +230,32 @@ def test_faithfulness_results_file_from_a_run(tiny, tmp_path, capsys):
     assert [m for _, m, _ in found] == [(str(tmp_path / "f.json"), "summary"), (str(tmp_path / "f.json"), "paired")]
     for _, (_, name), rows in found:
         assert mismatches(rows, data["tables"][name]) == []
+
+
+def test_experiment_tables_leave_out_a_metric_no_condition_has():
+    """Under --no-influence the influence column is empty in every row: the tables leave it out."""
+
+    class Result:
+        study, metrics = "bios", ["accuracy", "influence"]
+
+        def table(self):
+            return [{"condition": "none", "items": 4, "accuracy": 0.5, "accuracy_low": 0.25, "accuracy_high": 0.75,
+                     "influence": "", "influence_low": "", "influence_high": ""},
+                    {"condition": "guide@1", "items": 4, "accuracy": 0.75, "accuracy_low": 0.5, "accuracy_high": 1.0,
+                     "accuracy_diff": 0.25, "accuracy_diff_low": 0.0, "accuracy_diff_high": 0.5,
+                     "influence": "", "influence_low": "", "influence_high": ""}]
+
+    tables_ = results.experiment_tables(Result(), None)
+    assert tables_["summary"]["columns"] == ["condition", "n", "accuracy"]
+    assert tables_["paired"]["columns"] == ["difference from none", "n", "accuracy"]
+    assert tables_["paired"]["rows"] == [["guide@1", 4, [0.25, 0.0, 0.5]]]
+    Result.table_with_influence = Result.table
+
+    def with_influence(self):
+        rows = Result.table_with_influence(self)
+        rows[0].update(influence=0.1, influence_low=0.05, influence_high=0.15)
+        return rows
+
+    Result.table = with_influence
+    assert results.experiment_tables(Result(), None)["summary"]["columns"] == ["condition", "n", "accuracy",
+                                                                                "influence"]

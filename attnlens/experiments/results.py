@@ -183,7 +183,8 @@ def experiment_tables(result: Any, config: Any) -> dict[str, dict[str, Any]]:
         plain = [h.split(" (")[0] for h in headers]
         return {"summary": table(["method", "n", *headers], summary, digits=2),
                 "paired": table(["paired difference", "n", *plain], paired, digits=2, signed=range(2, 6))}
-    metrics = list(result.metrics)
+    # a metric no condition has a value for (influence under --no-influence) is left out
+    metrics = [m for m in result.metrics if any(_estimate(r, m) is not None for r in rows)]
     summary = [[r["condition"], r["items"]] + [_estimate(r, m) for m in metrics] for r in rows]
     out = {"summary": table(["condition", "n", *metrics], summary, digits=3)}
     paired = [[r["condition"], r["items"]] + [_estimate(r, f"{m}_diff") for m in metrics]

@@ -11,13 +11,14 @@ import re
 import sys
 from importlib.resources import files
 
+# the passages the faithfulness prompts are drawn from: the first 61, so published tables reproduce
+from attnlens.experiments.faithfulness import FAITHFULNESS_PASSAGES
+
 
 def prompts(n: int) -> list[str]:
     per_passage = []
     text = files("attnlens.experiments").joinpath("data/summarize_passages.jsonl").read_text(encoding="utf-8")
-    for line in text.splitlines():
-        if not line.strip():
-            continue
+    for line in [line for line in text.splitlines() if line.strip()][:FAITHFULNESS_PASSAGES]:
         sentences = re.split(r"(?<=[.!?])\s+", json.loads(line)["text"])
         per_passage.append([" ".join(s.split()[:-1]) for s in sentences if len(s.split()) >= 8])
     # every passage's first sentence first, then the second ones, ..., so a small n still spans the passages

@@ -44,6 +44,24 @@ def test_registered_and_shipped_prompts():
         assert full.startswith(item["text"]) and len(full.split()) == len(item["text"].split()) + 1
 
 
+
+def test_shipped_prompts_come_from_the_first_61_passages(tmp_path):
+    """The passages file grew for the summarize study; the faithfulness prompts (and so ``--limit 100``, the
+    published tables' prompts) still come only from its first 61 passages, p001-p061."""
+    from attnlens.experiments.faithfulness import FAITHFULNESS_PASSAGES, FaithfulnessStudy
+    from attnlens.experiments.sources import data_file, read_records
+
+    assert FAITHFULNESS_PASSAGES == 61
+    records = read_records(data_file("summarize_passages.jsonl"))
+    assert len(records) > FAITHFULNESS_PASSAGES  # so the cap matters
+    first = {r["id"] for r in records[:FAITHFULNESS_PASSAGES]}
+    assert first == {f"p{n:03d}" for n in range(1, 62)}
+    data = FaithfulnessStudy().load_data(FaithfulnessConfig(out=tmp_path / "out", limit=100))
+    assert len(data) == 100
+    used = {item["id"].split(".")[0] for item in data}
+    assert used == first  # every one of the 61 passages gives the first sentence, and no later passage is used
+    assert {item["id"].split(".")[0] for item in shipped_prompts()} <= first
+
 def test_runs_resumes_without_recomputing_and_summarizes(tiny, tmp_path, data, monkeypatch):
     calls = []
     real = fm.evaluate_prompt

@@ -47,6 +47,9 @@ from .summary import ConditionSummary, ExperimentResult, _round, paired_differen
 logger = logging.getLogger(__name__)
 
 PASSAGES_FILE = "summarize_passages.jsonl"
+#: the passages the faithfulness prompts are drawn from: the first 61, so published tables reproduce
+#: (the file has grown for the summarize study; more passages would change which prompts ``limit`` selects)
+FAITHFULNESS_PASSAGES = 61
 #: the row that holds the mean of the random orders
 RANDOM = "random"
 PAIRS_FILE = "pairs.csv"
@@ -111,11 +114,11 @@ def _check(config: FaithfulnessConfig) -> FaithfulnessConfig:
 
 
 def shipped_prompts() -> list[dict[str, str]]:
-    """The default items: each sentence of the shipped passages (of at least :data:`MIN_WORDS` words) without its
-    last word; every passage's first sentence first, then the second ones, ..., so a small ``limit`` spans
-    the passages."""
+    """The default items: each sentence of the first :data:`FAITHFULNESS_PASSAGES` shipped passages (of at least
+    :data:`MIN_WORDS` words) without its last word; every passage's first sentence first, then the second ones,
+    ..., so a small ``limit`` spans the passages."""
     per_passage = []
-    for record in read_records(data_file(PASSAGES_FILE)):
+    for record in read_records(data_file(PASSAGES_FILE))[:FAITHFULNESS_PASSAGES]:
         kept = [(i, s) for i, s in enumerate(sentences(record["text"])) if len(s.split()) >= MIN_WORDS]
         per_passage.append([{"id": f"{record['id']}.s{i + 1}", "text": " ".join(s.split()[:-1])} for i, s in kept])
     longest = max((len(p) for p in per_passage), default=0)
@@ -306,4 +309,5 @@ def write_pairs(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[st
     return path
 
 
-__all__ = ["FaithfulnessConfig", "FaithfulnessStudy", "pairs", "shipped_prompts", "summarize"]
+__all__ = ["FAITHFULNESS_PASSAGES", "FaithfulnessConfig", "FaithfulnessStudy", "pairs", "shipped_prompts",
+           "summarize"]

@@ -31,7 +31,6 @@ INTERVAL = re.compile(r"\[\s*[+\-\u2212]?\d+(?:\.\d+)?,\s*[+\-\u2212]?\d+(?:\.\d
 UNBACKED = {
     "attribution-methods.md": 3,  # the 11-method table of results/faithfulness (summary, _diff, pairs)
     "methods.md": 5,  # attnlens compare, one per study not yet rerun with --results
-    "studies.md": 4,
 }
 
 

@@ -30,7 +30,6 @@ INTERVAL = re.compile(r"\[\s*[+\-\u2212]?\d+(?:\.\d+)?,\s*[+\-\u2212]?\d+(?:\.\d
 #: page -> how many. Regenerate one with its command and --results, mark it, and lower its count.
 UNBACKED = {
     "attribution-methods.md": 3,  # the 11-method table of results/faithfulness (summary, _diff, pairs)
-    "methods.md": 1,  # attnlens compare: needle, not yet rerun with --results
 }
 
 

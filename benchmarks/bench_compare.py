@@ -35,6 +35,13 @@ from pathlib import Path
 from _model import DTYPES, add_model_args, clamp_heads, describe, load_bridge, synchronize
 
 
+def _saved_outputs(directory: Path) -> dict[str, str]:
+    """A comparison's generated texts by their key, read back from its ``outputs.jsonl``."""
+    from attnlens.core.resumable import RowFile
+
+    return {row["key"]: row["text"] for row in RowFile(directory / "outputs.jsonl").read()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="counterfact", help="the study compared on (default: counterfact)")
@@ -99,10 +106,7 @@ def main() -> None:
         tune._outputs = real
     new, new_s, new_dir = run("stream", stream=True)
 
-    streamed = {}
-    for line in (new_dir / "outputs.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        streamed[row["key"]] = row["text"]
+    streamed = _saved_outputs(new_dir)
     shared = set(seen) & set(streamed)
     differ = [k for k in shared if seen[k] != streamed[k]]
     missing = set(seen) - set(streamed)
@@ -120,10 +124,7 @@ def main() -> None:
     if args.also_dtype:
         other_model = load_bridge(args.shape, args.device, args.also_dtype)
         fast, fast_s, fast_dir = run("stream-" + args.also_dtype, stream=True, model=other_model)
-        texts = {}
-        for line in (fast_dir / "outputs.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            texts[row["key"]] = row["text"]
+        texts = _saved_outputs(fast_dir)
         same = sum(texts.get(k) == v for k, v in streamed.items())
         chosen = [(r.method, r.strength) for r in new.rows if r.setting == "tuned"]
         chosen_fast = [(r.method, r.strength) for r in fast.rows if r.setting == "tuned"]

@@ -110,22 +110,28 @@ def _add_registered_study(studies: Any, name: str, common: argparse.ArgumentPars
     p.set_defaults(study_fields=_config_options(p, study.config_class))
 
 
+def own_fields(config: type) -> list[Any]:
+    """The dataclass fields a study's configuration adds to ExperimentConfig (the common ones have their own
+    options; private and non-init fields are set from Python only)."""
+    import dataclasses
+
+    from ..experiments.config import ExperimentConfig
+
+    base = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    return [f for f in dataclasses.fields(config) if f.init and f.name not in base and not f.name.startswith("_")]
+
+
 def _config_options(parser: argparse.ArgumentParser, config: type) -> list[str]:
     """An option for each field ``config`` adds to ExperimentConfig, where its type is simple; returns the fields."""
     import dataclasses
     import typing
 
-    from ..experiments.config import ExperimentConfig
-
-    base = {f.name for f in dataclasses.fields(ExperimentConfig)}
     try:
         hints = typing.get_type_hints(config)
     except Exception:  # an annotation that does not resolve: its field is set from Python only
         hints = {}
     added = []
-    for f in dataclasses.fields(config):
-        if f.name in base or f.name.startswith("_") or not f.init:
-            continue
+    for f in own_fields(config):
         kind, optional = _simple_type(hints.get(f.name))
         if kind is None:
             continue

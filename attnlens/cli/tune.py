@@ -95,14 +95,11 @@ def study_settings(config_class: type, study: str, items: list[str]) -> dict[str
     """``--study-set FIELD=VALUE`` items as config fields: only a field the study's configuration adds to
     ExperimentConfig (the common ones have their own options), its value read by the field's type: a number,
     a string, a switch (true/false) or a comma-separated list of numbers."""
-    import dataclasses
     import typing
 
-    from ..experiments.config import ExperimentConfig
+    from .experiment import own_fields
 
-    base = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    own = {f.name: f for f in dataclasses.fields(config_class) if f.init and f.name not in base
-           and not f.name.startswith("_")}
+    own = {f.name: f for f in own_fields(config_class)}
     try:
         hints = typing.get_type_hints(config_class)
     except Exception:  # an annotation that does not resolve: read the value as its default's type

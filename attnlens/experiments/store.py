@@ -34,9 +34,8 @@ def row_key(condition: str, item: str, generation: int) -> str:
 _ROW_FIELDS = ("condition", "item", "generation")
 
 
-def _row_problem(row: Any) -> str | None:
-    if not isinstance(row, dict):
-        return f"a JSON {type(row).__name__}, not a row"
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """What makes a JSON object not a row (RowFile's parser has already refused any line that is not an object)."""
     missing = [k for k in _ROW_FIELDS if k not in row]
     if missing:
         return f"not a row (no {', '.join(missing)})"

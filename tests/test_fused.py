@@ -252,3 +252,33 @@ def test_widened_heads_are_padded_to_a_multiple_of_8(tiny_models, monkeypatch):
     with fused.fused_attention(False):
         reference = _logprobs(model, tokens, plans, False)
     assert (padded - reference).abs().max() < TOL
+
+
+def test_float32_on_an_accelerator_repeats_grouped_keys_for_the_memory_efficient_kernel(tiny_models, monkeypatch):
+    """On CUDA, float32 calls with grouped heads fall to the math kernel (the whole score matrix) unless keys
+    and values are repeated to one per query head. The rule, and the repeated call's outputs, checked here;
+    the kernel CUDA picks is listed by benchmarks/which_kernels.py (docs/steering.md)."""
+    assert fused.dense_heads_needed(torch.device("cuda"), torch.float32)
+    assert not fused.dense_heads_needed(torch.device("cuda"), torch.bfloat16)
+    assert not fused.dense_heads_needed(torch.device("cpu"), torch.float32)
+    model = tiny_models["llama"]  # 4 query heads over 2 key-value heads
+    tokens = torch.randint(3, 1000, (1, 24), generator=torch.Generator().manual_seed(6))
+    guide = [al.guide_plan(model, [(2, 6)], delta=2.0)]
+    heads = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, **kwargs):
+        heads.append((query.shape[1], key.shape[1], value.shape[1], kwargs.get("enable_gqa", False)))
+        return sdpa(query, key, value, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    grouped = _logprobs(model, tokens, guide, True)
+    grouped_influence = trace_influence(model, tokens, [(0, 4)], methods=("influence",))
+    assert heads and all(h == (4, 2, 2, True) for h in heads), heads
+    monkeypatch.setattr(fused, "dense_heads_needed", lambda device, dtype: True)  # as on CUDA in float32
+    heads.clear()
+    repeated = _logprobs(model, tokens, guide, True)
+    repeated_influence = trace_influence(model, tokens, [(0, 4)], methods=("influence",))
+    assert heads and all(h == (4, 4, 4, False) for h in heads), heads
+    assert (grouped - repeated).abs().max() < 1e-5
+    assert (grouped_influence["influence"] - repeated_influence["influence"]).abs().max() < 1e-6

@@ -113,3 +113,19 @@ def test_clamp_heads_to_a_smaller_model():
     assert model.clamp_heads(heads, 30, 9) == heads
     assert model.clamp_heads(heads, 2, 4) == {"1": [0, 1, 3]}
     assert model.torch_dtype("float16") is torch.float16
+
+
+def test_which_kernels_lists_the_fused_kernel_on_cpu():
+    """benchmarks/which_kernels.py (the check docs/steering.md gives for a user's own device): on a CPU the
+    fused runs call the CPU flash kernel, the reference path calls none, and the fused run needs no math kernel."""
+    done = _run("which_kernels.py", "--shape", "tiny", "--length", "48")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = dict(re.findall(r"^(GUIDE, fused path|PASTA 8 heads, fused path|Influence of one span|"
+                           r"GUIDE, reference path) +(.+)$", done.stdout, re.MULTILINE))
+    assert set(rows) == {"GUIDE, fused path", "PASTA 8 heads, fused path", "Influence of one span",
+                         "GUIDE, reference path"}, done.stdout
+    for name in ("GUIDE, fused path", "PASTA 8 heads, fused path", "Influence of one span"):
+        assert "aten::_scaled_dot_product_flash_attention_for_cpu x2" in rows[name], rows
+        assert "math" not in rows[name], rows
+    assert rows["GUIDE, reference path"] == "no sdpa call"
+    assert re.search(r"^GUIDE, fused path, only FLASH_ATTENTION allowed: runs$", done.stdout, re.MULTILINE)

@@ -3,8 +3,10 @@
 A table printed from a results file has a marker line before it::
 
     <!-- results: docs/results/NAME.json TABLE -->
+    <!-- results: docs/results/NAME.json TABLE rows: REGEX -->
 
-Every marked table must have the file's headers and row labels, and every number in
+The second shows only the file's rows whose label REGEX finds (one of many pairs, say). Every
+marked table must have the file's headers and row labels (those the filter keeps), and every number in
 it must be the file's number to the digits the table shows. A result table (one with
 intervals) without a marker is one whose run is no longer on disk: those are counted
 per page in UNBACKED, so a new one, or one that gets its file, changes the count.
@@ -22,7 +24,7 @@ from attnlens.experiments import results
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
-MARKER = re.compile(r"^<!--\s*results:\s*(\S+)\s+(\S+)\s*-->\s*$")
+MARKER = re.compile(r"^<!--\s*results:\s*(\S+)\s+(\S+)(?:\s+rows:\s*(.+?))?\s*-->\s*$")
 NUMBER = re.compile(r"[+\-\u2212]?\d+(?:\.\d+)?")
 INTERVAL = re.compile(r"\[\s*[+\-\u2212]?\d+(?:\.\d+)?,\s*[+\-\u2212]?\d+(?:\.\d+)?\s*\]")
 
@@ -33,9 +35,9 @@ UNBACKED = {
 }
 
 
-def tables(text: str) -> list[tuple[int, tuple[str, str] | None, list[list[str]]]]:
-    """Every Markdown table of a page: (line number, its marker (file, table) or None, its rows of cells
-    with the header first and the separator left out)."""
+def tables(text: str) -> list[tuple[int, tuple[str, str, str | None] | None, list[list[str]]]]:
+    """Every Markdown table of a page: (line number, its marker (file, table, row filter or None) or None,
+    its rows of cells with the header first and the separator left out)."""
     lines = text.split("\n")
     found, i = [], 0
     while i < len(lines):
@@ -50,7 +52,7 @@ def tables(text: str) -> list[tuple[int, tuple[str, str] | None, list[list[str]]
             while j >= 0 and not lines[j].strip():
                 j -= 1
             m = MARKER.match(lines[j].strip()) if j >= 0 else None
-            found.append((start + 1, (m.group(1), m.group(2)) if m else None, rows))
+            found.append((start + 1, (m.group(1), m.group(2), m.group(3)) if m else None, rows))
             continue
         i += 1
     return found
@@ -100,10 +102,10 @@ def mismatches(rows: list[list[str]], spec: dict) -> list[str]:
     return problems
 
 
-def marked() -> list[tuple[str, int, str, str, list[list[str]]]]:
-    return [(page.name, line, path, name, rows) for page in PAGES
+def marked() -> list[tuple[str, int, str, str, str | None, list[list[str]]]]:
+    return [(page.name, line, path, name, pattern, rows) for page in PAGES
             for line, mark, rows in tables(page.read_text(encoding="utf-8")) if mark
-            for path, name in [mark]]
+            for path, name, pattern in [mark]]
 
 
 MARKED = marked()
@@ -113,16 +115,18 @@ def test_some_tables_are_marked():
     assert MARKED, "no docs table is marked with its results file"
 
 
-@pytest.mark.parametrize("page,line,path,name,rows", MARKED, ids=[f"{m[0]}:{m[1]}" for m in MARKED])
-def test_table_matches_its_results_file(page, line, path, name, rows):
+@pytest.mark.parametrize("page,line,path,name,pattern,rows", MARKED, ids=[f"{m[0]}:{m[1]}" for m in MARKED])
+def test_table_matches_its_results_file(page, line, path, name, pattern, rows):
     data = results.read_results(ROOT / path)
     assert data["command"].startswith("attnlens "), f"{path} does not name the command that wrote it"
     assert name in data["tables"], f"{page}:{line}: {path} has no table {name!r}"
-    assert mismatches(rows, data["tables"][name]) == [], f"{page}:{line} against {path} {name}"
+    spec = results.rows_matching(data["tables"][name], pattern)
+    assert spec["rows"], f"{page}:{line}: no row of {path} {name} matches {pattern!r}"
+    assert mismatches(rows, spec) == [], f"{page}:{line} against {path} {name}"
 
 
 def test_every_results_file_is_printed():
-    used = {path for _, _, path, _, _ in MARKED}
+    used = {path for _, _, path, _, _, _ in MARKED}
     files = {f"docs/results/{p.name}" for p in (ROOT / "docs" / "results").glob("*.json")}
     assert files, "docs/results/ holds no results file"
     assert files <= used, f"results files no docs table prints: {sorted(files - used)}"
@@ -147,7 +151,7 @@ SPEC = results.table(["method", "n", "score"], [["a", 10, [0.5, 0.25, 0.75]], ["
 def test_rendered_table_matches_and_a_changed_number_does_not():
     text = "<!-- results: docs/results/x.json main -->\n\n" + results.markdown(SPEC, minus="\u2212")
     [(_, mark, rows)] = tables(text)
-    assert mark == ("docs/results/x.json", "main")
+    assert mark == ("docs/results/x.json", "main", None)
     assert mismatches(rows, SPEC) == []
     wrong = text.replace("[\u22120.50, +0.25]", "[\u22120.50, +0.35]")
     assert wrong != text
@@ -225,8 +229,9 @@ def test_faithfulness_results_file_from_a_run(tiny, tmp_path, capsys):
                                                                "comprehensiveness_aopc_high")]
     # what the command printed is the docs' tables, each after its marker
     found = tables(printed)
-    assert [m for _, m, _ in found] == [(str(tmp_path / "f.json"), "summary"), (str(tmp_path / "f.json"), "paired")]
-    for _, (_, name), rows in found:
+    assert [m for _, m, _ in found] == [(str(tmp_path / "f.json"), "summary", None),
+                                         (str(tmp_path / "f.json"), "paired", None)]
+    for _, (_, name, _), rows in found:
         assert mismatches(rows, data["tables"][name]) == []
 
 
@@ -257,3 +262,26 @@ def test_experiment_tables_leave_out_a_metric_no_condition_has():
     Result.table = with_influence
     assert results.experiment_tables(Result(), None)["summary"]["columns"] == ["condition", "n", "accuracy",
                                                                                 "influence"]
+
+
+def test_a_row_filter_shows_some_rows_and_each_is_still_checked():
+    text = ("<!-- results: docs/results/x.json main rows: \u2212 a$ -->\n\n"
+            "| method | n | score |\n|---|---|---|\n| b \u2212 a | 10 | \u22120.13 [\u22120.50, +0.25] |\n")
+    [(_, mark, rows)] = tables(text)
+    assert mark == ("docs/results/x.json", "main", "\u2212 a$")
+    assert mismatches(rows, results.rows_matching(SPEC, mark[2])) == []
+    assert [r[0] for r in results.rows_matching(SPEC, mark[2])["rows"]] == ["b \u2212 a"]
+    assert mismatches(rows, SPEC) == ["1 rows, the file has 2"]  # without the filter the row count differs
+    [(_, _, rows)] = tables(text.replace("+0.25]", "+0.35]"))
+    assert mismatches(rows, results.rows_matching(SPEC, mark[2])), "a changed number in a filtered table must be found"
+
+
+def test_the_printer_shows_a_filtered_table_after_its_marker(tmp_path, capsys):
+    path = results.write_results(tmp_path / "r.json", command="attnlens experiment x", kind="x", tables={"main": SPEC})
+    assert results.main([str(path), "main", "--rows", "^a$"]) == 0
+    [(_, mark, rows)] = tables(capsys.readouterr().out)
+    assert mark == (str(path), "main", "^a$") and [r[0] for r in rows[1:]] == ["a"]
+    assert results.main([str(path), "main", "--rows", "^zz"]) == 2
+    assert "matches" in capsys.readouterr().err
+    with pytest.raises(Exception, match="not a regular expression"):
+        results.main([str(path), "main", "--rows", "("])

@@ -11,8 +11,9 @@ put a marker line before each table they print from one::
 
 ``tests/test_results_docs.py`` reads every marked table and checks its headers,
 row labels and every number against the file, to the digits the table shows.
-``python -m attnlens.experiments.results FILE [TABLE]`` prints a file's tables as
-Markdown (what the command printed when it wrote it).
+``python -m attnlens.experiments.results FILE [TABLE] [--rows REGEX]`` prints a file's tables as
+Markdown (what the command printed when it wrote it), or only the rows of a table whose label
+REGEX finds, after a marker ``<!-- results: FILE TABLE rows: REGEX -->`` that says so.
 """
 
 from __future__ import annotations
@@ -203,21 +204,48 @@ def _estimate(row: Mapping[str, Any], key: str) -> list[float] | None:
     return None if any(math.isnan(v) for v in numbers) else numbers
 
 
+def rows_matching(spec: Mapping[str, Any], pattern: str | None) -> dict[str, Any]:
+    """A table with only the rows whose label (first cell) the regular expression ``pattern`` finds; the
+    whole table when ``pattern`` is None. A docs marker ``<!-- results: FILE TABLE rows: PATTERN -->``
+    prints such a part (one method's pairs out of every pair, say)."""
+    if pattern is None:
+        return dict(spec)
+    import re
+
+    try:
+        found = re.compile(pattern)
+    except re.error as exc:
+        raise ExperimentError(f"rows {pattern!r} is not a regular expression: {exc}") from None
+    return {**spec, "rows": [row for row in spec["rows"] if found.search(str(row[0]))]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or len(args) > 2:
-        print("usage: python -m attnlens.experiments.results FILE [TABLE]   (prints its tables as Markdown)")
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    data = read_results(args[0])
-    names = [args[1]] if len(args) == 2 else list(data["tables"])
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m attnlens.experiments.results",
+                                     description="Print a results file's tables as Markdown, each after its "
+                                                 "docs marker (what the command printed when it wrote it).")
+    parser.add_argument("file", help="a results file (docs/results/*.json)")
+    parser.add_argument("table", nargs="?", help="only this table (default: every table)")
+    parser.add_argument("--rows", metavar="REGEX", help="only the rows whose label this regular expression finds "
+                        "(needs TABLE); the marker carries it")
+    args = parser.parse_args(argv)
+    if args.rows is not None and args.table is None:
+        parser.error("--rows needs a TABLE")
+    data = read_results(args.file)
+    names = [args.table] if args.table else list(data["tables"])
     for name in names:
         if name not in data["tables"]:
-            print(f"no table {name!r} in {args[0]} (it has: {', '.join(data['tables'])})", file=sys.stderr)
+            print(f"no table {name!r} in {args.file} (it has: {', '.join(data['tables'])})", file=sys.stderr)
             return 2
     print(f"<!-- {data['command']} -->")
     for name in names:
-        print(f"\n<!-- results: {args[0]} {name} -->")
-        print(markdown(data["tables"][name], minus=MINUS if data.get("kind") == "faithfulness" else "-"), end="")
+        spec = rows_matching(data["tables"][name], args.rows)
+        if not spec["rows"]:
+            print(f"no row of {name!r} in {args.file} matches {args.rows!r}", file=sys.stderr)
+            return 2
+        print(f"\n<!-- results: {args.file} {name}{f' rows: {args.rows}' if args.rows else ''} -->")
+        print(markdown(spec, minus=MINUS if data.get("kind") == "faithfulness" else "-"), end="")
     return 0
 
 
@@ -225,4 +253,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["comparison_tables", "experiment_tables", "markdown", "read_results", "table", "write_results"]
+__all__ = ["comparison_tables", "experiment_tables", "markdown", "read_results", "rows_matching", "table",
+           "write_results"]

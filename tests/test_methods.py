@@ -190,3 +190,34 @@ def test_the_cli_applies_a_new_method_instead_of_guide_on_the_tags(tiny, capsys,
                           (["--spa-omega", "2"], ["spa"]), ([], ["guide"])):
         assert cli.main(["generate", TEXT, "--max-new-tokens", "2", "--json", *argv]) == 0
         assert json.loads(capsys.readouterr().out)["methods"] == methods
+
+
+def test_spa_drops_a_row_that_has_ended_and_the_others_go_on_unchanged(tiny, monkeypatch):
+    """A row that reaches its end token leaves SPA's decoding loop (its cache too); every row's tokens are
+    those it makes alone."""
+    from attnlens.steering.spa_method import _SpaRun
+
+    texts = ["<!-> Be brief. <-!> Tell me about dogs", "<!-> Answer in French. <-!> The cat sat on the mat today",
+             "<!-> Rules <-!> one two three"]
+    prompts = [_prompt(tiny, t) for t in texts]
+    steer = {"spa": {"omega": 2.0}}
+    plans = chain.plans_for(tiny, prompts, steer=steer)
+    first = chain.generate(tiny, prompts, plans, max_new_tokens=8, progress=False)
+    eos_token = tiny.tokenizer.eos_token
+    tiny.tokenizer.eos_token = tiny.tokenizer.convert_ids_to_tokens(first[0][1])  # row 0 ends at its 2nd token
+    widths = []
+    real = _SpaRun.step_logits
+
+    def step_logits(self, x, mask, past):
+        widths.append(x.shape[0])
+        return real(self, x, mask, past)
+
+    monkeypatch.setattr(_SpaRun, "step_logits", step_logits)
+    try:
+        together = chain.generate(tiny, prompts, plans, max_new_tokens=8, progress=False)
+        alone = [chain.generate(tiny, [p], chain.plans_for(tiny, [p], steer=steer), max_new_tokens=8,
+                                progress=False)[0] for p in prompts]
+    finally:
+        tiny.tokenizer.eos_token = eos_token
+    assert len(together[0]) < 8 and together == alone
+    assert widths[0] == 6 and min(widths[: len(together[1])]) < 6  # 3 rows x (original, masked), then fewer

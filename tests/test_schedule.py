@@ -8,7 +8,7 @@ import pytest
 
 from attnlens.api import chain
 from attnlens.experiments import SummarizeConfig, run_experiment
-from attnlens.experiments import runner
+from attnlens.experiments import runner, schedule
 from attnlens.experiments.compare import OUTPUTS_FILE, compare_methods
 from attnlens.experiments.schedule import Request, batches, generate_stream, output_key
 
@@ -24,15 +24,25 @@ def _config(path, **more):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Every call to chain.generate: (rows, kinds of steering)."""
+    """Every generation of the stream: a call to chain.generate (rows, kinds of steering), or a group run as
+    one continuous batch (its rows, "BiasPlan" for a static bias, and "continuous")."""
     seen = []
     real = chain.generate
+    real_continuous = schedule._continuous
 
     def counting(model, prompts, plans=(), **kwargs):
         seen.append((len(prompts), sorted(type(p).__name__ for p in plans)))
         return real(model, prompts, plans, **kwargs)
 
+    def continuous(model, members, out, **kwargs):
+        done = real_continuous(model, members, out, **kwargs)
+        if done:
+            kinds = sorted({type(p).__name__ for _, _, plans in members for p in plans})
+            seen.append((len(members), kinds + ["continuous"]))
+        return done
+
     monkeypatch.setattr(chain, "generate", counting)
+    monkeypatch.setattr(schedule, "_continuous", continuous)
     return seen
 
 
@@ -86,7 +96,7 @@ def test_a_comparison_streamed_gives_the_same_outputs_scores_and_table(tiny, tmp
     assert old.rows == new.rows and old.unsteered == new.unsteered
     # fewer, fuller batches: the static biases' strengths share batches
     assert len(calls) < old_calls
-    mixed = [rows for rows, kinds in calls if kinds == ["BiasPlan"]]
+    mixed = [rows for rows, kinds in calls if kinds == ["BiasPlan", "continuous"]]
     assert max(mixed) > 3  # more rows than one strength's part (3 items) in one batch
 
     # read back: nothing generated again
@@ -98,32 +108,32 @@ def test_a_comparison_streamed_gives_the_same_outputs_scores_and_table(tiny, tmp
 
 def test_an_interrupted_stream_resumes_from_its_saved_outputs(tiny, tmp_path, monkeypatch):
     grids = {"guide": GRIDS["guide"], "instaboost": GRIDS["instaboost"]}
-    real = chain.generate
+    real = schedule._continuous
     count = {"n": 0}
 
-    def failing(model, prompts, plans=(), **kwargs):
+    def failing(model, members, out, **kwargs):
         count["n"] += 1
-        if count["n"] == 3:
+        if count["n"] == 2:  # the first group finished and was saved; the second is cut off
             raise KeyboardInterrupt
-        return real(model, prompts, plans, **kwargs)
+        return real(model, members, out, **kwargs)
 
-    monkeypatch.setattr(chain, "generate", failing)
+    monkeypatch.setattr(schedule, "_continuous", failing)
     config = _config(tmp_path / "c")
     with pytest.raises(KeyboardInterrupt):
         compare_methods("summarize", config, ["guide", "instaboost"], model=tiny, grids=grids, max_repetition=1.0,
                         out=tmp_path / "c")
     path = tmp_path / "c" / OUTPUTS_FILE
     saved = path.read_text().splitlines()
-    assert saved  # the two batches that finished
+    assert saved  # the group that finished
     with path.open("a") as fh:
         fh.write('{"model": "cut off')  # a write cut off by a crash
     rows = []
 
-    def counting(model, prompts, plans=(), **kwargs):
-        rows.append(len(prompts))
-        return real(model, prompts, plans, **kwargs)
+    def counting(model, members, out, **kwargs):
+        rows.append(len(members))
+        return real(model, members, out, **kwargs)
 
-    monkeypatch.setattr(chain, "generate", counting)
+    monkeypatch.setattr(schedule, "_continuous", counting)
     resumed = compare_methods("summarize", config, ["guide", "instaboost"], model=tiny, grids=grids,
                               max_repetition=1.0, out=tmp_path / "c")
     ran = sum(rows)
@@ -145,8 +155,8 @@ def test_the_stream_generates_each_key_once_and_keeps_edits_apart(tiny, calls):
     out = generate_stream(tiny, requests + requests[:4], max_new_tokens=3)
     assert len(out) == 15  # a repeated request is generated once
     kinds = sorted((rows, tuple(k)) for rows, k in calls)
-    # the plain rows, both GUIDE strengths in one batch, one batch per SpotLight target
-    assert kinds == [(3, ()), (3, ("RunEdit",)), (3, ("RunEdit",)), (6, ("BiasPlan",))]
+    # the plain rows and both GUIDE strengths each in one continuous batch, one batch per SpotLight target
+    assert kinds == [(3, ("RunEdit",)), (3, ("RunEdit",)), (3, ("continuous",)), (6, ("BiasPlan", "continuous"))]
     # each output is what one batch of its own steering gives
     calls.clear()
     for steer in steers:
@@ -194,3 +204,44 @@ def test_saved_outputs_of_another_model_are_not_read_back(tiny, tmp_path):
         finally:
             param.view(-1)[0] = before
     assert model_digest(tiny) == digest
+
+
+def test_rows_join_and_leave_a_continuous_batch_with_the_outputs_of_their_own_batches(tiny, monkeypatch):
+    """Rows that end early (an end token) leave, and waiting rows join, within the row limit; each output is
+    still what a batch of its own steering gives."""
+    import attnlens as al
+
+    prompts = [al.prepare(tiny.tokenizer, f"<!-> rule {i} <-!> then " + "word " * (2 * i)) for i in range(5)]
+    first = chain.generate(tiny, prompts, [], max_new_tokens=6, progress=False)
+    eos_token = tiny.tokenizer.eos_token
+    tiny.tokenizer.eos_token = tiny.tokenizer.convert_ids_to_tokens(first[0][2])  # row 0 ends at its third token
+    try:
+        _join_and_leave(tiny, prompts, monkeypatch)
+    finally:
+        tiny.tokenizer.eos_token = eos_token
+
+
+def _join_and_leave(tiny, prompts, monkeypatch):
+    from attnlens.runtime.continuous import ContinuousBatch
+
+    steers = [{}, {"guide": {"delta_mid": 2.0}}]
+    expected = {}
+    for steer in steers:
+        plans = chain.plans_for(tiny, prompts, steer=steer)
+        for p, t in zip(prompts, chain.generate(tiny, prompts, plans, max_new_tokens=6, progress=False)):
+            expected[output_key(p, steer, 6)] = (tiny.tokenizer.decode(t, skip_special_tokens=True), len(t))
+    assert min(n for _, n in expected.values()) < 6  # some row ends early
+    sizes = []
+    real_admit = ContinuousBatch.admit
+
+    def admit(self, rows):
+        real_admit(self, rows)
+        sizes.append(len(self))
+
+    monkeypatch.setattr(ContinuousBatch, "admit", admit)
+    saved = []
+    out = generate_stream(tiny, [Request(p, s) for s in steers for p in prompts], max_new_tokens=6, batch_size=2,
+                          on_batch=saved.extend)
+    assert out == {k: text for k, (text, _) in expected.items()}
+    assert dict(saved) == out  # every output was handed over to be saved
+    assert len(sizes) > 2 and max(sizes) <= 2  # rows joined as others left, never more than 2 at once

@@ -12,13 +12,23 @@ similar length:
   SpotLight, SPA) forms one group per strength, as its edit takes one setting;
   unsteered rows form their own groups (no plan at all), so every row is computed
   as a batch of its own kind would compute it;
-- each group is sorted by prompt length and cut into batches under a row limit
-  and a token limit (rows x (longest prompt + new tokens));
+- unsteered rows and static biases run in one continuous batch per group
+  (:class:`~attnlens.runtime.continuous.ContinuousBatch`): longest prompts first,
+  a row leaves as soon as it ends (its end token or its budget) and the next one
+  joins at the next step, under the row limit and the token limit, so no row
+  waits for the slowest of a batch (greedy outputs end at 25 of 128 tokens in
+  the median on the pronouns study, and one long row used to hold its whole
+  batch to 128 steps);
+- the other groups (and every group where the model cannot run a continuous
+  batch, a hook of the user's on it, say) are sorted by prompt length and cut
+  into batches under a row limit and a token limit (rows x (longest prompt + new
+  tokens)), each generated to its end;
 - a request already answered (the same key) is generated once.
 
 Every row sees the same bias terms, at the same positions, as when it is
-generated with its own strength's batch, so greedy outputs are the same tokens;
-only the grouping differs.
+generated with its own strength's batch, so greedy outputs are the same tokens up
+to the rounding of a different batch (which ``benchmarks/bench_compare.py``
+counts); only the grouping differs.
 """
 
 from __future__ import annotations
@@ -160,6 +170,10 @@ def generate_stream(
     total = sum(len(g) for g in groups.values())
     logger.info("generating %d outputs in %d groups", total, len(groups))
     for name, members in groups.items():
+        if name[0] in ("plain", "static") and _continuous(model, members, out, max_new_tokens=max_new_tokens,
+                                                         batch_size=batch_size, max_tokens=max_batch_tokens,
+                                                         min_rows=min(min_rows, batch_size), on_batch=on_batch):
+            continue
         lengths = [len(req.prompt.input_ids) + max_new_tokens for _, req, _ in members]
         for index in batches(lengths, batch_size, max_batch_tokens, min(min_rows, batch_size)):
             rows = [members[i] for i in index]
@@ -178,6 +192,77 @@ def generate_stream(
                 on_batch(pairs)
             logger.debug("%s: a batch of %d rows", name, len(rows))
     return out
+
+
+def _continuous(model: Any, members: Sequence[tuple[str, Request, list[Any]]], out: dict[str, str], *,
+                max_new_tokens: int, batch_size: int, max_tokens: int, min_rows: int,
+                on_batch: Callable[[list[tuple[str, str]]], None] | None) -> bool:
+    """Greedy outputs of ``members`` (unsteered, or static bias plans each for its own row) through one
+    continuous batch, into ``out``; False (nothing generated) when the model cannot run one now.
+
+    Rows join longest prompt first while the batch has fewer than ``batch_size`` rows and its rows x
+    (widest prompt + ``max_new_tokens``) stays within ``max_tokens`` (or it has fewer than ``min_rows``);
+    a row leaves at its end token or after ``max_new_tokens`` tokens (the end token counted, as
+    :func:`~attnlens.runtime.generate.generate_batch` counts it). ``on_batch`` gets the finished rows'
+    ``(key, text)`` pairs every ``batch_size`` rows and at the end."""
+    from contextlib import ExitStack
+
+    import torch
+
+    from ..core.concurrency import exclusive
+    from ..core.model import check_window, pad_id
+    from ..runtime.continuous import ContinuousBatch, Row, continuous_reason, joinable
+
+    if continuous_reason(model, busy_ok=True) is not None or not all(joinable(p) for _, _, p in members):
+        return False
+    queue = sorted(members, key=lambda m: -len(m[1].prompt.input_ids))
+    check_window(model, len(queue[0][1].prompt.input_ids), new_tokens=max_new_tokens, what="the longest prompt")
+    tokenizer = model.tokenizer
+    eos = getattr(tokenizer, "eos_token_id", None)
+    made: dict[str, list[int]] = {}
+    finished: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if finished and on_batch is not None:
+            on_batch(list(finished))
+        finished.clear()
+
+    with exclusive(model), torch.no_grad(), ExitStack() as stack:
+        batch = ContinuousBatch(model, stack, pad=pad_id(tokenizer))
+        widest = 0
+        while queue or len(batch):
+            admit: list[tuple[str, Request, list[Any]]] = []
+            while queue and len(batch) + len(admit) < batch_size:
+                width = max(widest if len(batch) else 0, len(queue[0][1].prompt.input_ids),
+                            *(len(r.prompt.input_ids) for _, r, _ in admit)) + max_new_tokens
+                rows = len(batch) + len(admit) + 1
+                if rows * width > max_tokens and rows > min_rows:
+                    break
+                admit.append(queue.pop(0))
+            if admit:
+                widest = max([widest if len(batch) else 0] + [len(r.prompt.input_ids) for _, r, _ in admit])
+                batch.admit([Row(list(map(int, req.prompt.input_ids)), list(plans), key=key)
+                             for key, req, plans in admit])
+                for key, _, _ in admit:
+                    made[key] = []
+            tokens = batch.choose()
+            keep = []
+            for key, token in zip(batch.keys, tokens):
+                ended = eos is not None and token == eos
+                if not ended:
+                    made[key].append(int(token))
+                if ended or len(made[key]) >= max_new_tokens:
+                    text = tokenizer.decode(made.pop(key), skip_special_tokens=True)
+                    out[key] = text
+                    finished.append((key, text))
+                    keep.append(False)
+                else:
+                    keep.append(True)
+            if len(finished) >= batch_size:
+                flush()
+            batch.advance(tokens, keep)
+    flush()
+    return True
 
 
 #: the most rows a batch of a comparison's stream holds (within ``config.max_batch_tokens``)

@@ -130,7 +130,7 @@ class _SpaRun:
         self.steering = steering
         self.run = run
         self.name = run.name
-        #: the mixed logits of every step of the last generation (``[rows, vocab]`` each)
+        #: the mixed logits of every step of the last generation (``[rows, vocab]`` each; NaN in a row that has ended)
         self.mixed: list[Any] = []
 
     def step_logits(self, x: Any, mask: Any, past: Any) -> tuple[Any, Any]:
@@ -165,14 +165,20 @@ class _SpaRun:
         mask = torch.cat([mask, mask])
         out = tokens
         done = torch.zeros(rows, dtype=torch.bool, device=tokens.device)
+        active = torch.arange(rows, device=tokens.device)  # the rows still generating, in x's order
         past = None
         self.mixed = []
         for _ in range(max_new_tokens):
             logits, past = self.step_logits(x, mask, past)
             logits = logits.float()
-            mixed = mix(logits[:rows], logits[rows:], spa.omega)
-            self.mixed.append(mixed)
-            nxt = _choose(mixed, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+            n = len(active)
+            step_mixed = mix(logits[:n], logits[n:], spa.omega)
+            chosen = _choose(step_mixed, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k)
+            full = step_mixed.new_full((rows, step_mixed.shape[-1]), float("nan"))  # ended rows: NaN
+            full[active] = step_mixed
+            self.mixed.append(full)
+            nxt = torch.full((rows,), pad, dtype=chosen.dtype, device=chosen.device)
+            nxt[active] = chosen
             if stop_at_eos and eos is not None:
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
                 done = done | (nxt == eos)
@@ -183,11 +189,33 @@ class _SpaRun:
                         raise AttnlensError(f"on_step returned {len(flags)} flags for {rows} rows")
                     done = done | torch.tensor([bool(f) for f in flags], device=done.device)
             out = torch.cat([out, nxt[:, None]], 1)
-            x = torch.cat([x, torch.cat([nxt, nxt])[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             if bool(done.all()):
                 break
+            step = nxt[active]
+            x = torch.cat([x, torch.cat([step, step])[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            if stop_at_eos and bool(done[active].any()):
+                x, mask, past, active = self._drop_ended(x, mask, past, active, done)
         return out
+
+    @staticmethod
+    def _drop_ended(x: Any, mask: Any, past: Any, active: Any, done: Any) -> tuple[Any, Any, Any, Any]:
+        """Only the rows not ``done`` (both their original and masked copies, and their cache), so an
+        ended row costs nothing while the others go on; with a cache that cannot be cut row by row
+        (a sliding-window layer), every row goes on."""
+        import torch
+
+        from ..core import _internals as tl
+
+        n = len(active)
+        keep = (~done[active]).nonzero().flatten()
+        select = torch.cat([keep, keep + n])
+        if past is not None:
+            layers = tl.kv_cache_layers(past)
+            if layers is None:
+                return x, mask, past, active
+            tl.set_kv_cache_layers(past, [(k.index_select(0, select), v.index_select(0, select)) for k, v in layers])
+        return x.index_select(0, select), mask.index_select(0, select), past, active.index_select(0, keep)
 
 
 class SpaMethod(SteeringMethod):

@@ -25,15 +25,26 @@ def _config(tmp_path, **more):
 
 @pytest.fixture
 def generations(monkeypatch):
-    """Every call to chain.generate: (rows, steered)."""
+    """Every generation: a call to chain.generate, or a group of the stream run as a continuous batch
+    (rows, steered)."""
+    from attnlens.experiments import schedule
+
     calls = []
     real = chain.generate
+    real_continuous = schedule._continuous
 
     def counting(model, prompts, plans=(), **kwargs):
         calls.append((len(prompts), bool(plans)))
         return real(model, prompts, plans, **kwargs)
 
+    def continuous(model, members, out, **kwargs):
+        done = real_continuous(model, members, out, **kwargs)
+        if done:
+            calls.append((len(members), any(plans for _, _, plans in members)))
+        return done
+
     monkeypatch.setattr(chain, "generate", counting)
+    monkeypatch.setattr(schedule, "_continuous", continuous)
     return calls
 
 

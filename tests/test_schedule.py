@@ -167,6 +167,16 @@ def test_the_stream_generates_each_key_once_and_keeps_edits_apart(tiny, calls):
 
 
 def test_an_experiment_streams_its_conditions_with_the_same_rows(tiny, tmp_path, calls, monkeypatch):
+    from attnlens.runtime import continuous
+
+    real_rows = continuous.generate_rows
+
+    def rows_spy(model, rows, **kwargs):
+        calls.append((len(rows), sorted({type(p).__name__ for r in rows for p in r.plans}) + ["continuous"]))
+        return real_rows(model, rows, **kwargs)
+
+    monkeypatch.setattr(continuous, "generate_rows", rows_spy)
+
     def run(path, stream):
         monkeypatch.setattr(runner, "STREAM_CONDITIONS", stream)
         config = SummarizeConfig(out=str(path), limit=4, max_new_tokens=3, plots=False, influence=False,
@@ -181,8 +191,10 @@ def test_an_experiment_streams_its_conditions_with_the_same_rows(tiny, tmp_path,
     strip = lambda rows: sorted((json.dumps(r, sort_keys=True) for r in rows))  # noqa: E731
     assert strip(new) == strip(old)  # the same rows (outputs, scores), grouped differently
     assert len(calls) < len(old_calls)
-    # GUIDE at both deltas in one batch; the unsteered and emphatic rows together
-    assert (8, ["BiasPlan"]) in calls and (8, []) in calls
+    # GUIDE at both deltas in one continuous batch; the unsteered and emphatic rows together; SpotLight's
+    # edit in a batch of its own
+    assert (8, ["BiasPlan", "continuous"]) in calls and (8, ["continuous"]) in calls
+    assert (4, ["RunEdit"]) in calls
 
 
 def test_saved_outputs_of_another_model_are_not_read_back(tiny, tmp_path):

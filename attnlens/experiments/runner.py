@@ -340,21 +340,78 @@ def _check_context(model: Any, prompts: dict[tuple[str, str], Prompt], config: E
             )
 
 
+#: a greedy run's unsteered and static-bias batches are generated in continuous batches of this many of
+#: the run's batches at a time (rows join and leave between steps); each such chunk's rows are scored and
+#: saved when it ends (scoring runs the model, which a continuous batch holds with its steering installed)
+CONTINUOUS_CHUNK = 4
+
+
+def _continuous_kind(model: Any, condition: Condition, batch: Sequence[_Job], config: ExperimentConfig,
+                     method_settings: Any) -> Any:
+    """How a batch can join a continuous batch: ("plain",), ("static", method), or None (sampled runs,
+    run-time edits, a model that cannot run one)."""
+    from ..runtime.continuous import continuous_reason
+
+    if config.sampling or not STREAM_CONDITIONS or continuous_reason(model, busy_ok=True) is not None:
+        return None
+    if _steers(model, condition, batch[0].prompt, config, method_settings) is None:
+        return ("plain",)
+    if _static_condition(model, condition, batch, config, method_settings) and \
+            all(j.condition.method == condition.method for j in batch):
+        return ("static", condition.method)
+    return None
+
+
+def _continuous_tokens(model: Any, units: Sequence[tuple[Condition, list[_Job]]], config: ExperimentConfig,
+                       method_settings: Any) -> list[Any]:
+    """Each unit's new tokens (a :class:`~attnlens.runtime.generate.Generation`), every row of ``units``
+    generated in one continuous batch."""
+    from ..runtime.continuous import Row, generate_rows
+    from ..runtime.generate import Generation
+
+    rows = []
+    for u, (_, batch) in enumerate(units):
+        for k, job in enumerate(batch):
+            plans = [] if _steers(model, job.condition, job.prompt, config, method_settings) is None else \
+                _condition_plans(model, job.condition, [job.prompt], config, method_settings)
+            rows.append(Row(list(map(int, job.prompt.input_ids)), plans, key=(u, k)))
+    out = [Generation([[] for _ in batch], backend="direct") for _, batch in units]  # a continuous batch runs directly
+    for (u, k), tokens in generate_rows(model, rows, max_new_tokens=config.max_new_tokens,
+                                        batch_size=config.batch_size, max_tokens=config.max_batch_tokens,
+                                        min_rows=min(8, config.batch_size)):
+        out[u][k] = tokens
+    return out
+
+
 def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_settings: Any, store: ShardedRows,
                    mine: Sequence[tuple[Condition, list[_Job]]]) -> int:
-    """Run this worker's batches, appending each batch's rows as it finishes; the number of rows."""
+    """Run this worker's batches, appending each batch's rows as it finishes; the number of rows.
+
+    Greedy runs generate consecutive unsteered (or one static-bias method's) batches in a continuous
+    batch, :data:`CONTINUOUS_CHUNK` batches at a time, so no row waits for the slowest of its batch."""
     total = sum(len(batch) for _, batch in mine)
     influences: dict[tuple[str, str], float | None] = {}
     generated = 0
+    kinds = [_continuous_kind(model, c, b, config, method_settings) for c, b in mine]
     with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, store.writer() as write:
-        for condition, batch in mine:
-            names = list(dict.fromkeys(j.condition.name for j in batch))
+        i = 0
+        while i < len(mine):
+            j = i + 1
+            if kinds[i] is not None:
+                while j < len(mine) and j - i < CONTINUOUS_CHUNK and kinds[j] == kinds[i]:
+                    j += 1
+            chunk = mine[i:j]
+            names = list(dict.fromkeys(job.condition.name for _, batch in chunk for job in batch))
             bar.set_description(f"{study.name} {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
-            bar.set_postfix_str(f"item {batch[0].item.id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
-            rows = _run_batch(model, study, condition, batch, config, method_settings, influences)
-            write(rows)
-            generated += len(rows)
-            bar.update(len(rows))
+            bar.set_postfix_str(f"item {chunk[0][1][0].item.id}")
+            made = _continuous_tokens(model, chunk, config, method_settings) if kinds[i] is not None else None
+            for u, (condition, batch) in enumerate(chunk):
+                rows = _run_batch(model, study, condition, batch, config, method_settings, influences,
+                                  new_tokens=None if made is None else made[u])
+                write(rows)
+                generated += len(rows)
+                bar.update(len(rows))
+            i = j
     return generated
 
 
@@ -428,8 +485,10 @@ def _continuation_scorer(model: Any, study: Study, condition: Condition, config:
 
 
 def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job], config: ExperimentConfig,
-               method_settings: Any, influences: dict[tuple[str, str], float | None]) -> list[dict[str, Any]]:
-    """The rows of one batch (its rows may be of several conditions; ``condition`` is the first's)."""
+               method_settings: Any, influences: dict[tuple[str, str], float | None],
+               new_tokens: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
+    """The rows of one batch (its rows may be of several conditions; ``condition`` is the first's);
+    ``new_tokens``: the batch's outputs when a continuous batch already generated them."""
     if config.influence:
         for job in batch:
             key = (job.condition.name, job.item.id)
@@ -437,13 +496,14 @@ def _run_batch(model: Any, study: Study, condition: Condition, batch: list[_Job]
                 single = _condition_plans(model, job.condition, [job.prompt], config, method_settings)
                 influences[key] = _influence(model, job.prompt, single)
     prompts = [j.prompt for j in batch]
-    plans = _batch_plans(model, batch, config, method_settings)
+    plans = _batch_plans(model, batch, config, method_settings) if new_tokens is None else []
     seed = _batch_seed(config, batch)
     sample_kwargs: dict[str, Any] = {}
     if config.sampling:
         sample_kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "seed": seed}
-    new_tokens = chain.generate(model, prompts, plans, batch_size=len(batch), progress=False,
-                                max_new_tokens=config.max_new_tokens, **sample_kwargs)
+    if new_tokens is None:
+        new_tokens = chain.generate(model, prompts, plans, batch_size=len(batch), progress=False,
+                                    max_new_tokens=config.max_new_tokens, **sample_kwargs)
     outputs = [_decode(model.tokenizer, t) for t in new_tokens]
     scores = study.score([j.item for j in batch], outputs, config)
     for cond in dict.fromkeys(j.condition for j in batch):  # read under each row's own condition

@@ -198,70 +198,26 @@ def _continuous(model: Any, members: Sequence[tuple[str, Request, list[Any]]], o
                 max_new_tokens: int, batch_size: int, max_tokens: int, min_rows: int,
                 on_batch: Callable[[list[tuple[str, str]]], None] | None) -> bool:
     """Greedy outputs of ``members`` (unsteered, or static bias plans each for its own row) through one
-    continuous batch, into ``out``; False (nothing generated) when the model cannot run one now.
-
-    Rows join longest prompt first while the batch has fewer than ``batch_size`` rows and its rows x
-    (widest prompt + ``max_new_tokens``) stays within ``max_tokens`` (or it has fewer than ``min_rows``);
-    a row leaves at its end token or after ``max_new_tokens`` tokens (the end token counted, as
-    :func:`~attnlens.runtime.generate.generate_batch` counts it). ``on_batch`` gets the finished rows'
-    ``(key, text)`` pairs every ``batch_size`` rows and at the end."""
-    from contextlib import ExitStack
-
-    import torch
-
-    from ..core.concurrency import exclusive
-    from ..core.model import check_window, pad_id
-    from ..runtime.continuous import ContinuousBatch, Row, continuous_reason, joinable
+    continuous batch (:func:`~attnlens.runtime.continuous.generate_rows`, longest prompt first), into
+    ``out``; False (nothing generated) when the model cannot run one now. ``on_batch`` gets the
+    finished rows' ``(key, text)`` pairs every ``batch_size`` rows and at the end."""
+    from ..runtime.continuous import Row, continuous_reason, generate_rows, joinable
 
     if continuous_reason(model, busy_ok=True) is not None or not all(joinable(p) for _, _, p in members):
         return False
-    queue = sorted(members, key=lambda m: -len(m[1].prompt.input_ids))
-    check_window(model, len(queue[0][1].prompt.input_ids), new_tokens=max_new_tokens, what="the longest prompt")
-    tokenizer = model.tokenizer
-    eos = getattr(tokenizer, "eos_token_id", None)
-    made: dict[str, list[int]] = {}
+    order = sorted(members, key=lambda m: -len(m[1].prompt.input_ids))
+    rows = [Row(list(map(int, req.prompt.input_ids)), list(plans), key=key) for key, req, plans in order]
     finished: list[tuple[str, str]] = []
-
-    def flush() -> None:
-        if finished and on_batch is not None:
+    for key, tokens in generate_rows(model, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     max_tokens=max_tokens, min_rows=min_rows):
+        text = model.tokenizer.decode(tokens, skip_special_tokens=True)
+        out[key] = text
+        finished.append((key, text))
+        if len(finished) >= batch_size and on_batch is not None:
             on_batch(list(finished))
-        finished.clear()
-
-    with exclusive(model), torch.no_grad(), ExitStack() as stack:
-        batch = ContinuousBatch(model, stack, pad=pad_id(tokenizer))
-        widest = 0
-        while queue or len(batch):
-            admit: list[tuple[str, Request, list[Any]]] = []
-            while queue and len(batch) + len(admit) < batch_size:
-                width = max(widest if len(batch) else 0, len(queue[0][1].prompt.input_ids),
-                            *(len(r.prompt.input_ids) for _, r, _ in admit)) + max_new_tokens
-                rows = len(batch) + len(admit) + 1
-                if rows * width > max_tokens and rows > min_rows:
-                    break
-                admit.append(queue.pop(0))
-            if admit:
-                widest = max([widest if len(batch) else 0] + [len(r.prompt.input_ids) for _, r, _ in admit])
-                batch.admit([Row(list(map(int, req.prompt.input_ids)), list(plans), key=key)
-                             for key, req, plans in admit])
-                for key, _, _ in admit:
-                    made[key] = []
-            tokens = batch.choose()
-            keep = []
-            for key, token in zip(batch.keys, tokens):
-                ended = eos is not None and token == eos
-                if not ended:
-                    made[key].append(int(token))
-                if ended or len(made[key]) >= max_new_tokens:
-                    text = tokenizer.decode(made.pop(key), skip_special_tokens=True)
-                    out[key] = text
-                    finished.append((key, text))
-                    keep.append(False)
-                else:
-                    keep.append(True)
-            if len(finished) >= batch_size:
-                flush()
-            batch.advance(tokens, keep)
-    flush()
+            finished.clear()
+    if finished and on_batch is not None:
+        on_batch(finished)
     return True
 
 

@@ -29,7 +29,7 @@ open: close it (leave its ``with`` block) when no row is left.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -262,6 +262,63 @@ class ContinuousBatch:
         self.offsets = [o - trim for o in offsets]
         self.logits = self.logits.index_select(0, index)
         self._install(self.rows, self.offsets)
+
+
+def generate_rows(model: Any, rows: Sequence[Row], *, max_new_tokens: int, batch_size: int,
+                  max_tokens: int | None = None, min_rows: int = 1) -> Iterator[tuple[Any, list[int]]]:
+    """Generate every row of ``rows`` through one continuous batch; yield ``(row.key, new tokens)`` as each ends.
+
+    Rows join in the order given while the batch has fewer than ``batch_size`` rows and, with
+    ``max_tokens``, its rows x (widest prompt + ``max_new_tokens``) stays within it (or it has fewer than
+    ``min_rows``); a row leaves at its end token (not included in its tokens) or after ``max_new_tokens``
+    tokens, as :func:`~attnlens.runtime.generate.generate_batch` counts them, and the next row joins at
+    the next step. The model is held while the generator runs (close it, or run it to its end, to let
+    it go). Raises :class:`~attnlens.core.errors.AttnlensError` when the model cannot run a continuous
+    batch now (:func:`continuous_reason`) or a row's steering cannot join (:func:`joinable`).
+    """
+    from ..core.concurrency import exclusive
+    from ..core.model import check_window, pad_id
+
+    queue = list(rows)
+    if not queue:
+        return
+    if max_new_tokens < 1 or batch_size < 1:
+        raise AttnlensError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens}, {batch_size}")
+    check_window(model, max(len(r.tokens) for r in queue), new_tokens=max_new_tokens, what="the longest prompt")
+    tokenizer = model.tokenizer
+    eos = getattr(tokenizer, "eos_token_id", None)
+    made: dict[int, list[int]] = {}
+    with exclusive(model), torch.no_grad(), ExitStack() as stack:
+        batch = ContinuousBatch(model, stack, pad=pad_id(tokenizer))
+        widest = 0
+        while queue or len(batch):
+            admit: list[Row] = []
+            while queue and len(batch) + len(admit) < batch_size:
+                width = max(widest, len(queue[0].tokens), *(len(r.tokens) for r in admit)) + max_new_tokens
+                count = len(batch) + len(admit) + 1
+                if max_tokens is not None and count * width > max_tokens and count > min_rows:
+                    break
+                admit.append(queue.pop(0))
+            if admit:
+                widest = max([widest] + [len(r.tokens) for r in admit])
+                batch.admit(admit)
+                for row in admit:
+                    made[id(row)] = []
+            tokens = batch.choose()
+            keep = []
+            ended: list[tuple[Any, list[int]]] = []
+            for row, token in zip(batch.rows, tokens):
+                stop = eos is not None and token == eos
+                if not stop:
+                    made[id(row)].append(int(token))
+                done = stop or len(made[id(row)]) >= max_new_tokens
+                if done:
+                    ended.append((row.key, made.pop(id(row))))
+                keep.append(not done)
+            batch.advance(tokens, keep)
+            if not len(batch):
+                widest = 0
+            yield from ended
 
 
 def _sample(logits: torch.Tensor, row: Row) -> int:

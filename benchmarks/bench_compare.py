@@ -4,11 +4,13 @@ Both runs compare the same methods on the same study's items with the same setti
 into a fresh output directory, on one loaded model (loading is not timed):
 
 * one search at a time (``compare_methods(..., stream=False)``): every method's strength search
-  generates its development part at each strength, then its held-out part, batch by batch, as
-  ``attnlens compare`` did before the stream;
+  generates its development part at each strength, then its held-out part, batch by batch, each
+  batch to its longest row, and SPA's loop keeping its ended rows to the last step
+  (``spa_method.DROP_ENDED_ROWS = False``), as ``attnlens compare`` did before the stream;
 * one stream (the default): every output the searches need is scheduled as one stream of rows
-  (the strengths of a static bias share batches, each row its own plan; unsteered rows shared;
-  batches sorted by length), then the held-out part at each chosen strength as a second stream.
+  (unsteered rows shared; the strengths of a static bias in one continuous batch, each row its own
+  plan, a row leaving at its end and the next joining; SpotLight and SPA in batches per strength,
+  SPA dropping ended rows), then the held-out part at each chosen strength as a second stream.
 
 The benchmark checks that both give the same outputs (text by text), the same saved scores and the
 same table, and prints the wall times and their ratio. PASTA uses the shipped heads of the
@@ -99,11 +101,15 @@ def main() -> None:
 
     print(f"attnlens compare {args.study}: {describe(args.shape, args.device, args.dtype)}, {args.threads} "
           f"thread(s), {args.limit} items, {args.new_tokens} new tokens, methods {' '.join(args.methods)}")
+    from attnlens.steering import spa_method
+
     tune._outputs = recording
+    spa_method.DROP_ENDED_ROWS = False
     try:
         old, old_s, old_dir = run("searches", stream=False)
     finally:
         tune._outputs = real
+        spa_method.DROP_ENDED_ROWS = True
     new, new_s, new_dir = run("stream", stream=True)
 
     streamed = _saved_outputs(new_dir)

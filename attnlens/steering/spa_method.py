@@ -38,6 +38,11 @@ from .registry import Param, SteeringMethod, register
 logger = logging.getLogger(__name__)
 
 
+#: SPA's decoding loop drops a row that has ended (its end token) from the batch and its cache; False keeps
+#: every row to the last step, as before (``benchmarks/bench_compare.py`` times the old way with it)
+DROP_ENDED_ROWS = True
+
+
 def _omega(value: Any) -> float:
     if isinstance(value, bool):
         raise AttnlensError(f"spa: omega must be a finite number, got {value!r}")
@@ -194,7 +199,7 @@ class _SpaRun:
             step = nxt[active]
             x = torch.cat([x, torch.cat([step, step])[:, None]], 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            if stop_at_eos and bool(done[active].any()):
+            if DROP_ENDED_ROWS and stop_at_eos and bool(done[active].any()):
                 x, mask, past, active = self._drop_ended(x, mask, past, active, done)
         return out
 

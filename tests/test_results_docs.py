@@ -30,9 +30,7 @@ INTERVAL = re.compile(r"\[\s*[+\-\u2212]?\d+(?:\.\d+)?,\s*[+\-\u2212]?\d+(?:\.\d
 
 #: result tables (cells with intervals) whose runs are no longer on disk, so no results file backs them:
 #: page -> how many. Regenerate one with its command and --results, mark it, and lower its count.
-UNBACKED = {
-    "attribution-methods.md": 3,  # the 11-method table of results/faithfulness (summary, _diff, pairs)
-}
+UNBACKED: dict[str, int] = {}
 
 
 def tables(text: str) -> list[tuple[int, tuple[str, str, str | None] | None, list[list[str]]]]:

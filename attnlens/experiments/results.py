@@ -7,7 +7,7 @@ rows. A cell is a text, a number, ``[mean, low, high]`` (an estimate with its
 interval) or ``null`` (empty). The docs keep these files in ``docs/results/`` and
 put a marker line before each table they print from one::
 
-    <!-- results: docs/results/faithfulness-contextcite.json summary -->
+    <!-- results: docs/results/faithfulness.json summary -->
 
 ``tests/test_results_docs.py`` reads every marked table and checks its headers,
 row labels and every number against the file, to the digits the table shows.

@@ -257,3 +257,46 @@ def _join_and_leave(tiny, prompts, monkeypatch):
     assert out == {k: text for k, (text, _) in expected.items()}
     assert dict(saved) == out  # every output was handed over to be saved
     assert len(sizes) > 2 and max(sizes) <= 2  # rows joined as others left, never more than 2 at once
+
+
+def test_an_interrupted_continuous_batch_keeps_what_ended(tiny, tmp_path, monkeypatch):
+    """Interrupted midway, a study's continuous batch still scores and saves the batches whose rows all ended,
+    and a comparison's stream hands over every finished output; the rerun generates only the rest."""
+    from attnlens.runtime.continuous import ContinuousBatch
+
+    real_advance = ContinuousBatch.advance
+    steps = {"n": 0}
+
+    def advance(self, tokens, keep):
+        steps["n"] += 1
+        if steps["n"] == 5:  # the first batch of two rows has ended (3 tokens each); the second is running
+            raise KeyboardInterrupt
+        return real_advance(self, tokens, keep)
+
+    monkeypatch.setattr(ContinuousBatch, "advance", advance)
+    config = SummarizeConfig(out=str(tmp_path / "run"), limit=4, max_new_tokens=3, plots=False, influence=False,
+                             deltas=(0.0, 2.0), conditions=["guide"], batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("summarize", config, model=tiny)
+    saved = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
+    assert len(saved) == 2 and {r["condition"] for r in saved} == {"none"}
+    monkeypatch.setattr(ContinuousBatch, "advance", real_advance)
+    resumed = run_experiment("summarize", config, model=tiny)
+    fresh = run_experiment("summarize", SummarizeConfig(**{**config.__dict__, "out": str(tmp_path / "fresh")}),
+                           model=tiny)
+    assert resumed.generated == fresh.generated - 2
+    strip = lambda path: sorted(line for line in path.read_text().splitlines())  # noqa: E731
+    assert strip(resumed.rows_path) == strip(fresh.rows_path)
+
+    # the comparison's stream: the finished outputs reach on_batch before the interruption goes on
+    import attnlens as al
+
+    steps["n"] = 0
+    monkeypatch.setattr(ContinuousBatch, "advance", advance)
+    prompts = [al.prepare(tiny.tokenizer, f"<!-> rule {i} <-!> then text") for i in range(4)]
+    handed: list = []
+    width = max(len(p.input_ids) for p in prompts) + 3
+    with pytest.raises(KeyboardInterrupt):  # two rows at a time (the token limit), handed over 4 at a time
+        generate_stream(tiny, [Request(p, {}) for p in prompts], max_new_tokens=3, batch_size=4,
+                        max_batch_tokens=2 * width, min_rows=1, on_batch=handed.extend)
+    assert len(handed) == 2

@@ -363,11 +363,11 @@ def _continuous_kind(model: Any, condition: Condition, batch: Sequence[_Job], co
 
 
 def _continuous_tokens(model: Any, units: Sequence[tuple[Condition, list[_Job]]], config: ExperimentConfig,
-                       method_settings: Any) -> list[Any]:
-    """Each unit's new tokens (a :class:`~attnlens.runtime.generate.Generation`), every row of ``units``
-    generated in one continuous batch."""
+                       method_settings: Any, out: list[Any], missing: list[int]) -> None:
+    """Every row of ``units`` generated in one continuous batch: each unit's new tokens into ``out`` (a
+    :class:`~attnlens.runtime.generate.Generation` per unit), ``missing[u]`` counting down to 0 as unit
+    ``u``'s rows end (so a caller interrupted midway knows which units are whole)."""
     from ..runtime.continuous import Row, generate_rows
-    from ..runtime.generate import Generation
 
     rows = []
     for u, (_, batch) in enumerate(units):
@@ -375,12 +375,11 @@ def _continuous_tokens(model: Any, units: Sequence[tuple[Condition, list[_Job]]]
             plans = [] if _steers(model, job.condition, job.prompt, config, method_settings) is None else \
                 _condition_plans(model, job.condition, [job.prompt], config, method_settings)
             rows.append(Row(list(map(int, job.prompt.input_ids)), plans, key=(u, k)))
-    out = [Generation([[] for _ in batch], backend="direct") for _, batch in units]  # a continuous batch runs directly
     for (u, k), tokens in generate_rows(model, rows, max_new_tokens=config.max_new_tokens,
                                         batch_size=config.batch_size, max_tokens=config.max_batch_tokens,
                                         min_rows=min(8, config.batch_size)):
         out[u][k] = tokens
-    return out
+        missing[u] -= 1
 
 
 def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_settings: Any, store: ShardedRows,
@@ -404,13 +403,30 @@ def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_se
             names = list(dict.fromkeys(job.condition.name for _, batch in chunk for job in batch))
             bar.set_description(f"{study.name} {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""))
             bar.set_postfix_str(f"item {chunk[0][1][0].item.id}")
-            made = _continuous_tokens(model, chunk, config, method_settings) if kinds[i] is not None else None
-            for u, (condition, batch) in enumerate(chunk):
+            made: list[Any] | None = None
+            missing = [len(batch) for _, batch in chunk]
+
+            def finish(u: int) -> int:
+                condition, batch = chunk[u]
                 rows = _run_batch(model, study, condition, batch, config, method_settings, influences,
                                   new_tokens=None if made is None else made[u])
                 write(rows)
-                generated += len(rows)
                 bar.update(len(rows))
+                return len(rows)
+
+            if kinds[i] is not None:
+                from ..runtime.generate import Generation
+
+                made = [Generation([[] for _ in batch], backend="direct") for _, batch in chunk]  # run directly
+                try:
+                    _continuous_tokens(model, chunk, config, method_settings, made, missing)
+                except BaseException:  # the batches whose rows all ended are scored and saved, then it fails
+                    for u in range(len(chunk)):
+                        if missing[u] == 0:
+                            generated += finish(u)
+                    raise
+            for u in range(len(chunk)):
+                generated += finish(u)
             i = j
     return generated
 

@@ -208,16 +208,18 @@ def _continuous(model: Any, members: Sequence[tuple[str, Request, list[Any]]], o
     order = sorted(members, key=lambda m: -len(m[1].prompt.input_ids))
     rows = [Row(list(map(int, req.prompt.input_ids)), list(plans), key=key) for key, req, plans in order]
     finished: list[tuple[str, str]] = []
-    for key, tokens in generate_rows(model, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     max_tokens=max_tokens, min_rows=min_rows):
-        text = model.tokenizer.decode(tokens, skip_special_tokens=True)
-        out[key] = text
-        finished.append((key, text))
-        if len(finished) >= batch_size and on_batch is not None:
-            on_batch(list(finished))
-            finished.clear()
-    if finished and on_batch is not None:
-        on_batch(finished)
+    try:
+        for key, tokens in generate_rows(model, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                         max_tokens=max_tokens, min_rows=min_rows):
+            text = model.tokenizer.decode(tokens, skip_special_tokens=True)
+            out[key] = text
+            finished.append((key, text))
+            if len(finished) >= batch_size and on_batch is not None:
+                on_batch(list(finished))
+                finished.clear()
+    finally:  # also when generation fails or is interrupted: what finished is handed over to be saved
+        if finished and on_batch is not None:
+            on_batch(finished)
     return True
 
 

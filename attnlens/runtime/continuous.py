@@ -272,8 +272,8 @@ def generate_rows(model: Any, rows: Sequence[Row], *, max_new_tokens: int, batch
     ``max_tokens``, its rows x (widest prompt + ``max_new_tokens``) stays within it (or it has fewer than
     ``min_rows``); a row leaves at its end token (not included in its tokens) or after ``max_new_tokens``
     tokens, as :func:`~attnlens.runtime.generate.generate_batch` counts them, and the next row joins at
-    the next step. The model is held while the generator runs (close it, or run it to its end, to let
-    it go). Raises :class:`~attnlens.core.errors.AttnlensError` when the model cannot run a continuous
+    the next step. The model is held while the generator runs, with the rows' steering installed: run
+    nothing else on it between two items (close the generator, or run it to its end, to let it go). Raises :class:`~attnlens.core.errors.AttnlensError` when the model cannot run a continuous
     batch now (:func:`continuous_reason`) or a row's steering cannot join (:func:`joinable`).
     """
     from ..core.concurrency import exclusive

@@ -155,8 +155,9 @@ def test_the_stream_generates_each_key_once_and_keeps_edits_apart(tiny, calls):
     out = generate_stream(tiny, requests + requests[:4], max_new_tokens=3)
     assert len(out) == 15  # a repeated request is generated once
     kinds = sorted((rows, tuple(k)) for rows, k in calls)
-    # the plain rows and both GUIDE strengths each in one continuous batch, one batch per SpotLight target
-    assert kinds == [(3, ("RunEdit",)), (3, ("RunEdit",)), (3, ("continuous",)), (6, ("BiasPlan", "continuous"))]
+    # the plain rows and both GUIDE strengths each in one continuous batch, one per SpotLight target
+    assert kinds == [(3, ("RunEdit", "continuous")), (3, ("RunEdit", "continuous")), (3, ("continuous",)),
+                     (6, ("BiasPlan", "continuous"))]
     # each output is what one batch of its own steering gives
     calls.clear()
     for steer in steers:
@@ -192,9 +193,9 @@ def test_an_experiment_streams_its_conditions_with_the_same_rows(tiny, tmp_path,
     assert strip(new) == strip(old)  # the same rows (outputs, scores), grouped differently
     assert len(calls) < len(old_calls)
     # GUIDE at both deltas in one continuous batch; the unsteered and emphatic rows together; SpotLight's
-    # edit in a batch of its own
+    # edit in a continuous batch of its own
     assert (8, ["BiasPlan", "continuous"]) in calls and (8, ["continuous"]) in calls
-    assert (4, ["RunEdit"]) in calls
+    assert (4, ["RunEdit", "continuous"]) in calls
 
 
 def test_saved_outputs_of_another_model_are_not_read_back(tiny, tmp_path):
@@ -218,9 +219,10 @@ def test_saved_outputs_of_another_model_are_not_read_back(tiny, tmp_path):
     assert model_digest(tiny) == digest
 
 
-def test_rows_join_and_leave_a_continuous_batch_with_the_outputs_of_their_own_batches(tiny, monkeypatch):
+def test_rows_join_and_leave_a_continuous_batch_with_the_outputs_of_their_own_batches(lively, monkeypatch):
     """Rows that end early (an end token) leave, and waiting rows join, within the row limit; each output is
-    still what a batch of its own steering gives."""
+    still what a batch of its own steering gives (unsteered, a static bias, SpotLight's run-time edit)."""
+    tiny = lively  # a model whose greedy text varies with its steering
     import attnlens as al
 
     prompts = [al.prepare(tiny.tokenizer, f"<!-> rule {i} <-!> then " + "word " * (2 * i)) for i in range(5)]
@@ -236,13 +238,15 @@ def test_rows_join_and_leave_a_continuous_batch_with_the_outputs_of_their_own_ba
 def _join_and_leave(tiny, prompts, monkeypatch):
     from attnlens.runtime.continuous import ContinuousBatch
 
-    steers = [{}, {"guide": {"delta_mid": 2.0}}]
+    steers = [{}, {"guide": {"delta_mid": 8.0}}, {"spotlight": {"target": 0.9}}]
     expected = {}
     for steer in steers:
         plans = chain.plans_for(tiny, prompts, steer=steer)
         for p, t in zip(prompts, chain.generate(tiny, prompts, plans, max_new_tokens=6, progress=False)):
             expected[output_key(p, steer, 6)] = (tiny.tokenizer.decode(t, skip_special_tokens=True), len(t))
     assert min(n for _, n in expected.values()) < 6  # some row ends early
+    for steer in steers[1:]:  # each steering changes some output, so a lost one would be seen
+        assert any(expected[output_key(p, steer, 6)] != expected[output_key(p, {}, 6)] for p in prompts), steer
     sizes = []
     real_admit = ContinuousBatch.admit
 

@@ -348,9 +348,10 @@ CONTINUOUS_CHUNK = 4
 
 def _continuous_kind(model: Any, condition: Condition, batch: Sequence[_Job], config: ExperimentConfig,
                      method_settings: Any) -> Any:
-    """How a batch can join a continuous batch: ("plain",), ("static", method), or None (sampled runs,
-    run-time edits, a model that cannot run one)."""
-    from ..runtime.continuous import continuous_reason
+    """How a batch can join a continuous batch: ("plain",), ("static", method), ("edit", condition) for
+    one condition's run-time edit of attention (SpotLight), or None (sampled runs, SPA's own decoding,
+    a model that cannot run one)."""
+    from ..runtime.continuous import continuous_reason, joinable
 
     if config.sampling or not STREAM_CONDITIONS or continuous_reason(model, busy_ok=True) is not None:
         return None
@@ -359,11 +360,15 @@ def _continuous_kind(model: Any, condition: Condition, batch: Sequence[_Job], co
     if _static_condition(model, condition, batch, config, method_settings) and \
             all(j.condition.method == condition.method for j in batch):
         return ("static", condition.method)
+    if all(j.condition == condition for j in batch) and all(
+            joinable(_condition_plans(model, condition, [j.prompt], config, method_settings), edits=True)
+            for j in batch):
+        return ("edit", condition.name)
     return None
 
 
 def _continuous_tokens(model: Any, units: Sequence[tuple[Condition, list[_Job]]], config: ExperimentConfig,
-                       method_settings: Any, out: list[Any], missing: list[int]) -> None:
+                       method_settings: Any, out: list[Any], missing: list[int], edits: bool = False) -> None:
     """Every row of ``units`` generated in one continuous batch: each unit's new tokens into ``out`` (a
     :class:`~attnlens.runtime.generate.Generation` per unit), ``missing[u]`` counting down to 0 as unit
     ``u``'s rows end (so a caller interrupted midway knows which units are whole)."""
@@ -377,7 +382,7 @@ def _continuous_tokens(model: Any, units: Sequence[tuple[Condition, list[_Job]]]
             rows.append(Row(list(map(int, job.prompt.input_ids)), plans, key=(u, k)))
     for (u, k), tokens in generate_rows(model, rows, max_new_tokens=config.max_new_tokens,
                                         batch_size=config.batch_size, max_tokens=config.max_batch_tokens,
-                                        min_rows=min(8, config.batch_size)):
+                                        min_rows=min(8, config.batch_size), edits=edits):
         out[u][k] = tokens
         missing[u] -= 1
 
@@ -419,7 +424,8 @@ def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_se
 
                 made = [Generation([[] for _ in batch], backend="direct") for _, batch in chunk]  # run directly
                 try:
-                    _continuous_tokens(model, chunk, config, method_settings, made, missing)
+                    _continuous_tokens(model, chunk, config, method_settings, made, missing,
+                                       edits=kinds[i][0] == "edit")
                 except BaseException:  # the batches whose rows all ended are scored and saved, then it fails
                     for u in range(len(chunk)):
                         if missing[u] == 0:

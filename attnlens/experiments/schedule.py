@@ -170,9 +170,9 @@ def generate_stream(
     total = sum(len(g) for g in groups.values())
     logger.info("generating %d outputs in %d groups", total, len(groups))
     for name, members in groups.items():
-        if name[0] in ("plain", "static") and _continuous(model, members, out, max_new_tokens=max_new_tokens,
-                                                         batch_size=batch_size, max_tokens=max_batch_tokens,
-                                                         min_rows=min(min_rows, batch_size), on_batch=on_batch):
+        if _continuous(model, members, out, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       max_tokens=max_batch_tokens, min_rows=min(min_rows, batch_size), on_batch=on_batch,
+                       edits=name[0] == "edit"):
             continue
         lengths = [len(req.prompt.input_ids) + max_new_tokens for _, req, _ in members]
         for index in batches(lengths, batch_size, max_batch_tokens, min(min_rows, batch_size)):
@@ -196,21 +196,24 @@ def generate_stream(
 
 def _continuous(model: Any, members: Sequence[tuple[str, Request, list[Any]]], out: dict[str, str], *,
                 max_new_tokens: int, batch_size: int, max_tokens: int, min_rows: int,
-                on_batch: Callable[[list[tuple[str, str]]], None] | None) -> bool:
-    """Greedy outputs of ``members`` (unsteered, or static bias plans each for its own row) through one
-    continuous batch (:func:`~attnlens.runtime.continuous.generate_rows`, longest prompt first), into
-    ``out``; False (nothing generated) when the model cannot run one now. ``on_batch`` gets the
-    finished rows' ``(key, text)`` pairs every ``batch_size`` rows and at the end."""
+                on_batch: Callable[[list[tuple[str, str]]], None] | None, edits: bool = False) -> bool:
+    """Greedy outputs of ``members`` (unsteered, static bias plans, or with ``edits`` one run-time edit
+    setting, each for its own row) through one continuous batch
+    (:func:`~attnlens.runtime.continuous.generate_rows`, longest prompt first), into ``out``; False
+    (nothing generated) when they cannot join one (SPA's own decoding, say) or the model cannot run one
+    now. ``on_batch`` gets the finished rows' ``(key, text)`` pairs every ``batch_size`` rows and at
+    the end (also when generation stops with an error)."""
     from ..runtime.continuous import Row, continuous_reason, generate_rows, joinable
 
-    if continuous_reason(model, busy_ok=True) is not None or not all(joinable(p) for _, _, p in members):
+    if continuous_reason(model, busy_ok=True) is not None or \
+            not all(joinable(p, edits=edits) for _, _, p in members):
         return False
     order = sorted(members, key=lambda m: -len(m[1].prompt.input_ids))
     rows = [Row(list(map(int, req.prompt.input_ids)), list(plans), key=key) for key, req, plans in order]
     finished: list[tuple[str, str]] = []
     try:
         for key, tokens in generate_rows(model, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                         max_tokens=max_tokens, min_rows=min_rows):
+                                         max_tokens=max_tokens, min_rows=min_rows, edits=edits):
             text = model.tokenizer.decode(tokens, skip_special_tokens=True)
             out[key] = text
             finished.append((key, text))

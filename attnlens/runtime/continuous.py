@@ -42,7 +42,7 @@ from ..core.errors import AttnlensError
 from ..core.model import model_device
 from ..steering.bias import BiasPlan
 from ..steering.kinds import KeyBias
-from ..steering.edits import install
+from ..steering.edits import RunEdit, install
 from . import backends
 from .direct import in_use
 
@@ -68,14 +68,34 @@ class Row:
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
-def joinable(steerings: Sequence[Any]) -> bool:
-    """Whether a row with these steerings can join a continuous batch (static key biases only)."""
-    return all(isinstance(s, KeyBias) and s.rows in (None, 1) for s in steerings)
+def joinable(steerings: Sequence[Any], *, edits: bool = False) -> bool:
+    """Whether a row with these steerings can join a continuous batch: static key biases, and with
+    ``edits`` also run-time edits of attention for the row's one prompt (SpotLight), where the caller
+    puts only rows of one edit setting in the batch (their edits are stacked as the first row's
+    edit with every row's spans)."""
+    def one(s: Any) -> bool:
+        if isinstance(s, KeyBias):
+            return s.rows in (None, 1)
+        return edits and isinstance(s, RunEdit) and s.rows == 1 and s.point != "logits"
+
+    return all(one(s) for s in steerings)
 
 
-def for_all_rows(plan: KeyBias) -> KeyBias:
-    """A one-row plan with its terms for every row (what :meth:`BiasPlan.stack` takes)."""
-    if plan.rows is None:
+def _stack(plans: Sequence[Any], model: Any) -> Any:
+    """One steering for the rows whose own steerings are ``plans`` (None: the row has none in this slot)."""
+    if all(plan is None or isinstance(plan, KeyBias) for plan in plans):
+        empty = BiasPlan.for_model(model)
+        stacked = [empty if plan is None else plan for plan in plans]
+        return BiasPlan.stack(stacked) if any(plan.terms for plan in stacked) else None
+    first = next(plan for plan in plans if plan is not None)
+    if not all(plan is None or isinstance(plan, RunEdit) for plan in plans):
+        raise AttnlensError("a continuous batch's rows mix static biases and run-time edits in one place")
+    return replace(first, spans=tuple(() if plan is None else plan.spans[0] for plan in plans), per_row=True)
+
+
+def for_all_rows(plan: Any) -> Any:
+    """A one-row plan with its terms for every row (what :meth:`BiasPlan.stack` takes); an edit as it is."""
+    if isinstance(plan, RunEdit) or plan.rows is None:
         return plan
     return BiasPlan(plan.n_layers, plan.n_heads, [replace(t, row=None) for t in plan.terms])
 
@@ -114,12 +134,13 @@ class ContinuousBatch:
     (through the direct run) until the stack closes, and its bias hooks are removed then too.
     """
 
-    def __init__(self, model: Any, stack: ExitStack, *, pad: int) -> None:
+    def __init__(self, model: Any, stack: ExitStack, *, pad: int, edits: bool = False) -> None:
         reason = continuous_reason(model, busy_ok=True)  # a block of another thread: opening the run waits for it
         if reason is not None:
             raise AttnlensError(f"this model cannot generate in a continuous batch: {reason}")
         self.model = model
         self.pad = int(pad)
+        self.edits = edits  # rows may carry run-time edits of one setting (see joinable)
         self.device = model_device(model)
         self.run = backends.open_run(stack, model, "direct", logger)
         self.hf = self.run.hf
@@ -150,13 +171,10 @@ class ContinuousBatch:
         self._hooks.close()
         self._hooks = ExitStack()
         slots = max((len(row.plans) for row in rows), default=0)
-        if not slots:
-            return
-        empty = BiasPlan.for_model(self.model)
         for k in range(slots):
-            plans = [row.plans[k] if k < len(row.plans) else empty for row in rows]
-            if any(plan.terms for plan in plans):
-                self._hooks.enter_context(install(self.model, BiasPlan.stack(plans).shifted(offsets)))
+            stacked = _stack([row.plans[k] if k < len(row.plans) else None for row in rows], self.model)
+            if stacked is not None:
+                self._hooks.enter_context(install(self.model, stacked.shifted(offsets)))
 
     def _forward(self, tokens: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
@@ -172,8 +190,9 @@ class ContinuousBatch:
         for row in rows:
             if not row.tokens:
                 raise AttnlensError("a row has no tokens")
-            if not joinable(row.plans):
-                raise AttnlensError("a row's steering must be static bias plans for its one prompt")
+            if not joinable(row.plans, edits=self.edits):
+                raise AttnlensError("a row's steering must be static bias plans for its one prompt"
+                                    + (" or run-time edits of it" if self.edits else ""))
             row.plans = [for_all_rows(plan) for plan in row.plans]
             if row.temperature > 0:
                 row.generator = torch.Generator(device=self.device)
@@ -265,7 +284,8 @@ class ContinuousBatch:
 
 
 def generate_rows(model: Any, rows: Sequence[Row], *, max_new_tokens: int, batch_size: int,
-                  max_tokens: int | None = None, min_rows: int = 1) -> Iterator[tuple[Any, list[int]]]:
+                  max_tokens: int | None = None, min_rows: int = 1,
+                  edits: bool = False) -> Iterator[tuple[Any, list[int]]]:
     """Generate every row of ``rows`` through one continuous batch; yield ``(row.key, new tokens)`` as each ends.
 
     Rows join in the order given while the batch has fewer than ``batch_size`` rows and, with
@@ -274,7 +294,8 @@ def generate_rows(model: Any, rows: Sequence[Row], *, max_new_tokens: int, batch
     tokens, as :func:`~attnlens.runtime.generate.generate_batch` counts them, and the next row joins at
     the next step. The model is held while the generator runs, with the rows' steering installed: run
     nothing else on it between two items (close the generator, or run it to its end, to let it go). Raises :class:`~attnlens.core.errors.AttnlensError` when the model cannot run a continuous
-    batch now (:func:`continuous_reason`) or a row's steering cannot join (:func:`joinable`).
+    batch now (:func:`continuous_reason`) or a row's steering cannot join (:func:`joinable`; ``edits``:
+    run-time edits may join, all of one setting, which the caller guarantees).
     """
     from ..core.concurrency import exclusive
     from ..core.model import check_window, pad_id
@@ -289,7 +310,7 @@ def generate_rows(model: Any, rows: Sequence[Row], *, max_new_tokens: int, batch
     eos = getattr(tokenizer, "eos_token_id", None)
     made: dict[int, list[int]] = {}
     with exclusive(model), torch.no_grad(), ExitStack() as stack:
-        batch = ContinuousBatch(model, stack, pad=pad_id(tokenizer))
+        batch = ContinuousBatch(model, stack, pad=pad_id(tokenizer), edits=edits)
         widest = 0
         while queue or len(batch):
             admit: list[Row] = []

@@ -9,8 +9,9 @@ into a fresh output directory, on one loaded model (loading is not timed):
   (``spa_method.DROP_ENDED_ROWS = False``), as ``attnlens compare`` did before the stream;
 * one stream (the default): every output the searches need is scheduled as one stream of rows
   (unsteered rows shared; the strengths of a static bias in one continuous batch, each row its own
-  plan, a row leaving at its end and the next joining; SpotLight and SPA in batches per strength,
-  SPA dropping ended rows), then the held-out part at each chosen strength as a second stream.
+  plan, a row leaving at its end and the next joining; SpotLight in a continuous batch per strength;
+  SPA in batches per strength, dropping ended rows), then the held-out part at each chosen strength
+  as a second stream.
 
 The benchmark checks that both give the same outputs (text by text), the same saved scores and the
 same table, and prints the wall times and their ratio. PASTA uses the shipped heads of the

@@ -12,15 +12,17 @@ similar length:
   SpotLight, SPA) forms one group per strength, as its edit takes one setting;
   unsteered rows form their own groups (no plan at all), so every row is computed
   as a batch of its own kind would compute it;
-- unsteered rows and static biases run in one continuous batch per group
+- unsteered rows, static biases and run-time edits of attention (SpotLight, one
+  setting per group) run in one continuous batch per group
   (:class:`~attnlens.runtime.continuous.ContinuousBatch`): longest prompts first,
   a row leaves as soon as it ends (its end token or its budget) and the next one
   joins at the next step, under the row limit and the token limit, so no row
   waits for the slowest of a batch (greedy outputs end at 25 of 128 tokens in
   the median on the pronouns study, and one long row used to hold its whole
   batch to 128 steps);
-- the other groups (and every group where the model cannot run a continuous
-  batch, a hook of the user's on it, say) are sorted by prompt length and cut
+- the other groups (SPA, which runs its own decoding steps, and every group where
+  the model cannot run a continuous batch, a hook of the user's on it, say) are
+  sorted by prompt length and cut
   into batches under a row limit and a token limit (rows x (longest prompt + new
   tokens)), each generated to its end;
 - a request already answered (the same key) is generated once.

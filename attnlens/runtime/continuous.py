@@ -16,9 +16,13 @@ the next step. Each row's steering is a list of static per-key bias plans
 (:class:`~attnlens.steering.bias.BiasPlan`, built in the row's unpadded positions);
 the plans of all rows are stacked into one per-row plan, shifted by each row's
 padding, and installed again whenever the batch changes. A steering that edits the
-run while it goes (a :class:`~attnlens.steering.edits.RunEdit`) or runs its own
-decoding steps (SPA) cannot join: :func:`joinable` says so, and such a request runs
-in its own generation (:func:`attnlens.runtime.generate.generate_batch`).
+run while it goes (a :class:`~attnlens.steering.edits.RunEdit`: SpotLight) joins only
+a batch opened with ``edits=True``, whose caller puts rows of one edit setting in it
+(comparisons and studies do, per strength; the server, whose requests each bring their
+own, does not); one that runs its own decoding steps (SPA) never joins.
+:func:`joinable` says which, and such a request runs in its own generation
+(:func:`attnlens.runtime.generate.generate_batch`). :func:`generate_rows` runs a list
+of rows through one batch and hands each row's tokens back as it ends.
 
 Greedy rows make the tokens a batch of their own makes (up to the padding's
 rounding, which the tests check does not change the tokens on the embedded model).

@@ -46,6 +46,8 @@ RUNS = {
                          r"speed-up \(one search at a time / one stream\): (\S+)x"),
     "bench_engines.py": (["--prompts", "2", "--new-tokens", "2", "--batch-sizes", "1", "--no-server"],
                          r"^  attnlens, GUIDE +1 +\S+ +\S+ +\S+ +(\S+)x"),
+    "bench_decode_rate.py": (["--batch-sizes", "2", "--prompt", "8", "--new-tokens", "2"],
+                             r"^ +2 +\S+ +\S+ +\S+ +(\S+)x$"),
 }
 
 

@@ -12,7 +12,8 @@ new tokens per second and the arithmetic rate it reached: 2 x the weights of the
 (every parameter but the input embedding) per token position the model ran (prompt and new tokens),
 plus the output layer's once per new token, over the wall time. Beside it, the rate of a square
 matrix product of the same dtype on the same threads (``torch.mm``, 2,048 wide) in the same run: the
-ratio says how much of a speed-up is left to take from doing the same arithmetic faster.
+ratio says how much of a speed-up is left to take from doing the same arithmetic faster. A short
+generation first warms up what is done once (kernels, an accelerator's start-up).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     base = torch.randint(100, vocab - 100, (args.prompt + 9,), generator=generator).tolist()
     model.tokenizer.eos_token = None  # every row makes all its new tokens
     peak = matmul_rate(args.device, torch_dtype(args.dtype))
+    for _ in generate_rows(model, [Row(base[:8], [], key=0)], max_new_tokens=2, batch_size=1):
+        pass  # warm-up: one-time start-up (kernels, an accelerator's context) is not timed
     print(f"{describe(args.shape, args.device, args.dtype)}, {args.threads} thread(s), prompts of "
           f"{args.prompt}-{args.prompt + 9} tokens, {args.new_tokens} new tokens, greedy, wall time")
     print(f"  matrix product ({args.dtype}, 2,048 wide): {peak:.0f} GFLOP/s")

@@ -124,3 +124,21 @@ def test_device_names_are_checked(bad):
 def test_cpu_device_is_accepted():
     assert check_device("cpu") == torch.device("cpu")
     assert check_device(None) is None
+
+
+def test_kv_cache_rows_are_selected_in_every_layer(tokenizer):
+    """_internals.select_kv_cache_rows on a real transformers DynamicCache: the kept rows and positions of
+    every layer, and False (nothing changed) for a cache whose layers are not plain growing ones."""
+    model = make_tiny_bridge(tokenizer)
+    hf = model.original_model
+    cache = _internals.new_kv_cache()
+    with torch.no_grad():
+        hf(input_ids=torch.randint(3, 500, (3, 6), generator=torch.Generator().manual_seed(0)), use_cache=True,
+           **{_internals.kv_cache_argument(hf): cache})
+    before = [(k.clone(), v.clone()) for k, v in _internals.kv_cache_layers(cache)]
+    assert _internals.select_kv_cache_rows(cache, torch.tensor([2, 0]), 1)
+    after = _internals.kv_cache_layers(cache)
+    assert len(after) == len(before) == hf.config.num_hidden_layers
+    for (k0, v0), (k1, v1) in zip(before, after):
+        assert torch.equal(k1, k0[[2, 0], :, 1:]) and torch.equal(v1, v0[[2, 0], :, 1:])
+    assert not _internals.select_kv_cache_rows(_internals.new_kv_cache(), torch.tensor([0]))  # no layer made yet

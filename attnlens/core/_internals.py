@@ -372,6 +372,17 @@ def set_kv_cache_layers(cache: Any, tensors: list[tuple[torch.Tensor, torch.Tens
         layer.keys, layer.values = keys, values
 
 
+def select_kv_cache_rows(cache: Any, index: torch.Tensor, start: int = 0) -> bool:
+    """Keep only the batch rows ``index`` of every layer's keys and values, and their positions from ``start``
+    on; False, changing nothing, when a layer is not a plain growing one (:func:`kv_cache_layers`)."""
+    layers = kv_cache_layers(cache)
+    if layers is None:
+        return False
+    set_kv_cache_layers(cache, [(k.index_select(0, index)[..., start:, :], v.index_select(0, index)[..., start:, :])
+                                for k, v in layers])
+    return True
+
+
 def kv_cache_argument(hf_model: Any) -> str:
     """The name under which the model's forward takes its key-value cache: ``cache`` (transformers 5.24
     renamed it) or ``past_key_values`` (earlier releases, and 5.24's deprecated spelling)."""

@@ -278,9 +278,7 @@ class ContinuousBatch:
         index = torch.tensor(kept, dtype=torch.long, device=self.device)
         offsets = [self.offsets[i] for i in kept]
         trim = min(offsets)
-        layers = tl.kv_cache_layers(self.cache)
-        tl.set_kv_cache_layers(self.cache, [(k.index_select(0, index)[..., trim:, :],
-                                             v.index_select(0, index)[..., trim:, :]) for k, v in layers])
+        tl.select_kv_cache_rows(self.cache, index, trim)
         self.mask = self.mask.index_select(0, index)[:, trim:]
         self.offsets = [o - trim for o in offsets]
         self.logits = self.logits.index_select(0, index)
@@ -297,9 +295,10 @@ def generate_rows(model: Any, rows: Sequence[Row], *, max_new_tokens: int, batch
     ``min_rows``); a row leaves at its end token (not included in its tokens) or after ``max_new_tokens``
     tokens, as :func:`~attnlens.runtime.generate.generate_batch` counts them, and the next row joins at
     the next step. The model is held while the generator runs, with the rows' steering installed: run
-    nothing else on it between two items (close the generator, or run it to its end, to let it go). Raises :class:`~attnlens.core.errors.AttnlensError` when the model cannot run a continuous
-    batch now (:func:`continuous_reason`) or a row's steering cannot join (:func:`joinable`; ``edits``:
-    run-time edits may join, all of one setting, which the caller guarantees).
+    nothing else on it between two items (close the generator, or run it to its end, to let it go).
+    Raises :class:`~attnlens.core.errors.AttnlensError` when the model cannot run a continuous batch now
+    (:func:`continuous_reason`) or a row's steering cannot join (:func:`joinable`; ``edits``: run-time
+    edits may join, all of one setting, which the caller guarantees).
     """
     from ..core.concurrency import exclusive
     from ..core.model import check_window, pad_id

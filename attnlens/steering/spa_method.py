@@ -215,11 +215,8 @@ class _SpaRun:
         n = len(active)
         keep = (~done[active]).nonzero().flatten()
         select = torch.cat([keep, keep + n])
-        if past is not None:
-            layers = tl.kv_cache_layers(past)
-            if layers is None:
-                return x, mask, past, active
-            tl.set_kv_cache_layers(past, [(k.index_select(0, select), v.index_select(0, select)) for k, v in layers])
+        if past is not None and not tl.select_kv_cache_rows(past, select):
+            return x, mask, past, active
         return x.index_select(0, select), mask.index_select(0, select), past, active.index_select(0, keep)
 
 

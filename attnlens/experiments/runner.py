@@ -349,12 +349,10 @@ CONTINUOUS_CHUNK = 4
 def _continuous_kind(model: Any, condition: Condition, batch: Sequence[_Job], config: ExperimentConfig,
                      method_settings: Any) -> Any:
     """How a batch can join a continuous batch: ("plain",), ("static", method), ("edit", condition) for
-    one condition's run-time edit of attention (SpotLight), or None (sampled runs, SPA's own decoding,
-    a model that cannot run one)."""
-    from ..runtime.continuous import continuous_reason, joinable
+    one condition's run-time edit of attention (SpotLight), or None (SPA's own decoding). Whether the run
+    uses continuous batches at all is the caller's (:func:`_generate_rows`)."""
+    from ..runtime.continuous import joinable
 
-    if config.sampling or not STREAM_CONDITIONS or continuous_reason(model, busy_ok=True) is not None:
-        return None
     if _steers(model, condition, batch[0].prompt, config, method_settings) is None:
         return ("plain",)
     if _static_condition(model, condition, batch, config, method_settings) and \
@@ -393,10 +391,15 @@ def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_se
 
     Greedy runs generate consecutive unsteered (or one static-bias method's) batches in a continuous
     batch, :data:`CONTINUOUS_CHUNK` batches at a time, so no row waits for the slowest of its batch."""
+    from ..runtime.continuous import continuous_reason
+    from ..runtime.generate import Generation
+
     total = sum(len(batch) for _, batch in mine)
     influences: dict[tuple[str, str], float | None] = {}
     generated = 0
-    kinds = [_continuous_kind(model, c, b, config, method_settings) for c, b in mine]
+    # sampled runs keep each batch's seed; a model with a hook of the user's on it cannot run one
+    continuous = not config.sampling and STREAM_CONDITIONS and continuous_reason(model, busy_ok=True) is None
+    kinds = [_continuous_kind(model, c, b, config, method_settings) if continuous else None for c, b in mine]
     with tqdm(total=total, desc=study.name, unit="gen", disable=total == 0) as bar, store.writer() as write:
         i = 0
         while i < len(mine):
@@ -420,8 +423,6 @@ def _generate_rows(model: Any, study: Study, config: ExperimentConfig, method_se
                 return len(rows)
 
             if kinds[i] is not None:
-                from ..runtime.generate import Generation
-
                 made = [Generation([[] for _ in batch], backend="direct") for _, batch in chunk]  # run directly
                 try:
                     _continuous_tokens(model, chunk, config, method_settings, made, missing,
